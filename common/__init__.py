@@ -1,0 +1,1 @@
+"""Code shared by the edge agent and the ingest server: topics, schemas, signing, ranges, time."""

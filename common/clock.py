@@ -1,0 +1,100 @@
+"""Injected time, so tests and the simulator can run faster than the wall clock (STYLE.md).
+
+Everything that asks the time or waits takes a ``Clock``. ``SystemClock`` is real time;
+``VirtualClock`` only moves when something sleeps on it, so a 30 s recording can be made in
+the time it takes to encode it; ``ScaledClock`` runs real time ``speed`` times faster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+def utc_now() -> datetime:
+    """The current wall-clock time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` as aware UTC; a naive datetime is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Wall-clock time, aware UTC."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time."""
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        return utc_now()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class VirtualClock:
+    """A clock that only moves when told to (``advance``) or when something sleeps on it."""
+
+    def __init__(self, start: datetime | None = None, monotonic_start: float = 1000.0) -> None:
+        self._wall0 = to_utc(start) if start else utc_now()
+        self._mono0 = monotonic_start
+        self._elapsed = 0.0
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._wall0 + timedelta(seconds=self._elapsed)
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono0 + self._elapsed
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a clock cannot go back")
+        with self._lock:
+            self._elapsed += seconds
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.advance(seconds)
+
+
+class ScaledClock:
+    """Real time sped up ``speed`` times, anchored at construction."""
+
+    def __init__(self, speed: float, start: datetime | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self._wall0 = to_utc(start) if start else utc_now()
+        self._real0 = time.monotonic()
+
+    def _elapsed(self) -> float:
+        return (time.monotonic() - self._real0) * self.speed
+
+    def now(self) -> datetime:
+        return self._wall0 + timedelta(seconds=self._elapsed())
+
+    def monotonic(self) -> float:
+        return self._real0 + self._elapsed()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds / self.speed)

@@ -1,0 +1,1 @@
+"""Simulated parts for tests, the demo and ops replays: brokers, cameras, modems, phones."""

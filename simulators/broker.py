@@ -1,0 +1,249 @@
+"""Start a real MQTT broker for tests and the demo, configured from ``firmware_config/``.
+
+``MosquittoBroker`` runs the Mosquitto binary with the project's own config template and ACL, on
+a free loopback port, so a test can restart it, stop it and rely on the same ACLs as production.
+``EmbeddedBroker`` runs amqtt (MQTT 3.1.1 only) for machines without Mosquitto: a demo fallback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "firmware_config"
+SERVER_USER = "classcam-server"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+@dataclass
+class BrokerAccounts:
+    """Usernames and passwords the broker accepts: the server account plus one per device."""
+
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def add(self, username: str, password: str | None = None) -> str:
+        password = password or os.urandom(12).hex()
+        self.passwords[username] = password
+        return password
+
+
+class MosquittoBroker:
+    """A Mosquitto process on a free loopback port with classcam's config, ACL and accounts."""
+
+    protocol_versions = ("3.1.1", "5")
+
+    def __init__(self, workdir: Path | None = None, accounts: BrokerAccounts | None = None,
+                 port: int | None = None, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).exists():
+            raise FileNotFoundError("mosquitto is not installed (make test installs it with apt)")
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="classcam-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.accounts = accounts or BrokerAccounts()
+        if SERVER_USER not in self.accounts.passwords:
+            self.accounts.add(SERVER_USER)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def add_account(self, username: str, password: str | None = None) -> str:
+        """Add a broker account; takes effect at the next (re)start or ``reload()``."""
+        password = self.accounts.add(username, password)
+        if self.process:
+            self._write_passwords()
+            self.reload()
+        return password
+
+    def _write_passwords(self) -> Path:
+        path = self.workdir / "passwords"
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        for user, password in self.accounts.passwords.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(path), user, password],
+                           check=True, capture_output=True)
+        return path
+
+    def render_config(self) -> Path:
+        data_dir = self.workdir / "data"
+        data_dir.mkdir(exist_ok=True)
+        acl = self.workdir / "acl"
+        shutil.copyfile(CONFIG_DIR / "mosquitto.acl", acl)
+        template = (CONFIG_DIR / "mosquitto.conf.template").read_text()
+        # As root Mosquitto drops to user `mosquitto`, which cannot read a test's private files.
+        user = getpass.getuser()
+        config = template.format(
+            port=self.port, bind=self.host, data_dir=data_dir,
+            password_file=self._write_passwords(), acl_file=acl, log_file=self.log_file,
+            run_user_line=f"user {user}", run_user=user,
+        )
+        path = self.workdir / "mosquitto.conf"
+        path.write_text(config)
+        return path
+
+    def start(self) -> None:
+        if self.process and self.process.poll() is None:
+            return
+        config = self.render_config()
+        self.process = subprocess.Popen([self.binary, "-c", str(config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_port(self.host, self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {self.tail_log()}") from None
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), so persistent sessions are saved."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL): what a crash or power cut does."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def reload(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(1)  # SIGHUP re-reads password and ACL files
+            time.sleep(0.2)
+
+    def tail_log(self, lines: int = 30) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> MosquittoBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedBroker:
+    """amqtt in a child process: MQTT 3.1.1 only, no ``$share``, no ACLs. Demo fallback only."""
+
+    protocol_versions = ("3.1.1",)
+
+    def __init__(self, workdir: Path | None = None, accounts: BrokerAccounts | None = None,
+                 port: int | None = None) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="classcam-amqtt-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.accounts = accounts or BrokerAccounts()
+        if SERVER_USER not in self.accounts.passwords:
+            self.accounts.add(SERVER_USER)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "amqtt.log"
+
+    def add_account(self, username: str, password: str | None = None) -> str:
+        password = self.accounts.add(username, password)
+        if self.process:
+            self.restart()
+        return password
+
+    def _write_passwords(self) -> Path:
+        from pwdlib.hashers.argon2 import Argon2Hasher  # amqtt's own dependency
+
+        hasher = Argon2Hasher()
+        path = self.workdir / "passwords"
+        path.write_text("".join(f"{user}:{hasher.hash(password)}\n"
+                                for user, password in self.accounts.passwords.items()))
+        return path
+
+    def start(self) -> None:
+        if self.process and self.process.poll() is None:
+            return
+        passwords = self._write_passwords()
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "simulators.embedded_broker", "--port", str(self.port),
+                 "--password-file", str(passwords)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(self.host, self.port, timeout=30)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"amqtt did not start: {self.log_file.read_text()[-2000:]}") from None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    kill = stop
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tail_log(self, lines: int = 30) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def mosquitto_available() -> bool:
+    return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()

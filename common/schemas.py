@@ -139,6 +139,12 @@ class RejectReason(StrEnum):
     STORAGE_ERROR = "storage_error"
 
 
+class AckReplyTo(StrEnum):
+    INIT = "init"
+    CHUNK = "chunk"
+    FIN = "fin"
+
+
 class Ack(Message):
     """The server's word on an upload.
 
@@ -146,10 +152,13 @@ class Ack(Message):
     clip is verified, stored and recorded; only now may the device forget it. ``rejected``: the
     upload will never be accepted (``reason`` says why). A ``missing`` ack may also carry a
     ``reason`` when a single chunk was refused (bad offset, oversize, wrong hash).
+    ``reply_to`` names the message answered, so a device can tell the answer to its ``fin``
+    from a chunk-level complaint that arrived meanwhile.
     """
 
     upload_id: SafeId
     state: AckState
+    reply_to: AckReplyTo
     missing: list[ByteRange] = Field(default_factory=list)
     reason: RejectReason | None = None
     detail: str | None = None

@@ -1,0 +1,202 @@
+"""``classcam-agent``: provision a device, record, cut, upload, run as a service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from common.clock import Clock, SystemClock, VirtualClock, to_utc
+from common.signing import generate_private_key, load_private_key, private_key_pem, public_key_b64
+from edge_agent.config import AgentConfig, ConfigError, load_config
+
+console = Console(stderr=True)
+log = logging.getLogger("classcam.agent")
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return to_utc(datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from exc
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Create a device's key pair, broker password and config; print what to register."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, password_path = out / "device-key.pem", out / "broker-password"
+    if key_path.exists() and not args.force:
+        console.print(f"[red]{key_path} exists; use --force to replace the device's identity")
+        return 2
+    key = generate_private_key()
+    password = secrets.token_urlsafe(24)
+    for path, data in ((key_path, private_key_pem(key)), (password_path, password.encode())):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    template = Path(__file__).resolve().parent.parent / "firmware_config" / "agent.example.toml"
+    text = template.read_text().replace('device_id = "cam-0001"', f'device_id = "{args.device_id}"')
+    text = text.replace('host = "127.0.0.1"', f'host = "{args.broker_host}"')
+    (out / "agent.toml").write_text(text)
+    public = public_key_b64(key)
+    (out / "device-key.pub").write_text(public + "\n")
+    console.print(f"device [bold]{args.device_id}[/bold] provisioned in {out}")
+    console.print(f"register on the server:\n  classcam-server register-device "
+                  f"--device-id {args.device_id} --public-key {public}")
+    print(public)
+    return 0
+
+
+def _clock(args: argparse.Namespace) -> Clock:
+    return VirtualClock() if getattr(args, "virtual_clock", False) else SystemClock()
+
+
+def cmd_record(args: argparse.Namespace, config: AgentConfig) -> int:
+    """Record ``--seconds`` of the configured camera into the spool."""
+    from edge_agent.camera import SyntheticCamera
+    from edge_agent.recorder import Recorder
+    from edge_agent.spool import Spool
+
+    clock = _clock(args)
+    cam = config.camera
+    camera = SyntheticCamera(config.device_id, width=cam.width, height=cam.height, fps=cam.fps,
+                             clock=clock)
+    spool = Spool(config.spool_dir)
+    rec = config.recording
+    recorder = Recorder(camera, spool, clock, segment_seconds=rec.segment_seconds,
+                        keyframe_interval_s=rec.keyframe_interval_s, bitrate=rec.bitrate,
+                        session_id=args.session_id, preset=rec.preset)
+    start = clock.now()
+    recording_id = recorder.record_for(args.seconds)
+    end = clock.now()
+    spool.close()
+    console.print(f"recording {recording_id}: {start.isoformat()} → {end.isoformat()}")
+    print(f"{start.isoformat()} {end.isoformat()}")
+    return 0
+
+
+def _key(config: AgentConfig):  # type: ignore[no-untyped-def]
+    try:
+        return load_private_key(config.keys.private_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(config.keys.private_key_file, "keys.private_key_file", str(exc)) from exc
+
+
+def cmd_cut(args: argparse.Namespace, config: AgentConfig) -> int:
+    """Cut a window from the spool into the outbox."""
+    from edge_agent.clips import ClipRequest, cut_and_enqueue
+    from edge_agent.outbox import Outbox
+    from edge_agent.spool import Spool
+
+    clock = SystemClock()
+    spool, outbox = Spool(config.spool_dir), Outbox(config.outbox_dir, clock)
+    request = ClipRequest(start=args.start, end=args.end, session_id=args.session_id)
+    item = cut_and_enqueue(spool, outbox, _key(config), request, device_id=config.device_id,
+                           chunk_size=config.upload.chunk_size, clock=clock)
+    console.print(f"cut {item.size} bytes into upload {item.upload_id} (sha256 {item.sha256})")
+    print(item.upload_id)
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
+    """Upload the outbox: until it is empty (``--until-empty``) or until stopped."""
+    from edge_agent.outbox import Outbox, OutboxState
+    from edge_agent.uplink import MqttLink, Uploader
+
+    stop = _stop_on_signals()
+    outbox = Outbox(config.outbox_dir)
+    link = MqttLink(config, config.broker_password())
+    uploader = Uploader(link, outbox, config.upload)
+    link.start()
+    try:
+        if args.until_empty:
+            pending = outbox.pending()
+            with Progress(TextColumn("{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                          console=console, disable=not console.is_terminal) as progress:
+                task = progress.add_task("uploading clips", total=len(pending))
+                for item in pending:
+                    if stop.is_set():
+                        break
+                    state = uploader.upload(item, stop)
+                    log.info("upload %s: %s", item.upload_id, state)
+                    progress.advance(task)
+        else:
+            uploader.run(stop)
+    finally:
+        link.stop()
+    left = outbox.count(OutboxState.PENDING)
+    rejected = outbox.count(OutboxState.REJECTED)
+    console.print(f"outbox: {left} pending, {rejected} rejected; "
+                  f"{uploader.stats.chunks_sent} chunks sent")
+    return 0 if left == 0 and rejected == 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="classcam-agent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("provision", help="create a device's key, broker password and config")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--broker-host", default="127.0.0.1")
+    p.add_argument("--force", action="store_true")
+
+    for name, help_ in (("record", "record the camera into the spool"),
+                        ("cut", "cut a window from the spool into the outbox"),
+                        ("upload", "upload the outbox to the server"),
+                        ("run", "run as the device's service")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", type=Path, required=True)
+        if name == "record":
+            p.add_argument("--seconds", type=float, required=True)
+            p.add_argument("--session-id")
+            p.add_argument("--virtual-clock", action="store_true",
+                           help="synthetic time: record as fast as the encoder goes")
+        if name == "cut":
+            p.add_argument("--start", type=_parse_time, required=True)
+            p.add_argument("--end", type=_parse_time, required=True)
+            p.add_argument("--session-id")
+        if name == "upload":
+            p.add_argument("--until-empty", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "provision":
+        return cmd_provision(args)
+    try:
+        config = load_config(args.config)
+        handler = {"record": cmd_record, "cut": cmd_cut, "upload": cmd_upload,
+                   "run": cmd_upload}[args.command]
+        if args.command == "run":
+            args.until_empty = False
+        return handler(args, config)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The agent's MQTT link and the resumable, verified upload of outbox clips (DESIGN.md §1 step 5).
+
+One paho client per process (paho is light and lets us bound in-flight QoS 1 messages). The
+upload of one clip is a conversation with the server:
+
+1. ``init`` (the signed manifest) → the server answers with the byte ranges it still needs
+   (all of them for a new upload, fewer after a restart or a broken link);
+2. the chunks covering those ranges, QoS 1, at most ``window`` unacknowledged at the broker,
+   paced by a rate limit so heartbeats and commands keep room on a thin link;
+3. ``fin`` → ``complete`` (the clip is verified, stored and recorded: delete it), ``missing``
+   (send those ranges again, then ``fin`` again) or ``rejected`` (keep it, stop trying).
+
+A lost link or a silent server only costs a timeout: the next round starts again from ``init``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from common import topics
+from common.clock import Clock, SystemClock
+from common.errors import ProtocolError
+from common.ranges import chunk_offsets
+from common.schemas import Ack, AckReplyTo, AckState, Fin, Status, StatusState, decode
+from edge_agent.config import AgentConfig, UploadConfig
+from edge_agent.outbox import Outbox, OutboxItem
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class LinkDown(Exception):
+    """The broker connection went away while a message was being sent."""
+
+
+class MqttLink:
+    """The device's one MQTT connection: persistent session, retained presence, its down/ topics."""
+
+    def __init__(self, config: AgentConfig, password: str, clock: Clock | None = None,
+                 firmware: str = "classcam-agent") -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.clock = clock or SystemClock()
+        self.firmware = firmware
+        self.connected = threading.Event()
+        self.handlers: dict[str, MessageHandler] = {}
+        self.counters: Counter[str] = Counter()
+        broker = config.broker
+        v5 = broker.protocol == "5"
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.device_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            # 3.1.1: the session (subscriptions, queued acks and commands) outlives the link.
+            clean_session=None if v5 else False,
+        )
+        self.client.username_pw_set(self.device_id, password)
+        self.client.max_inflight_messages_set(config.upload.window)
+        self.client.reconnect_delay_set(int(broker.reconnect_min_s), int(broker.reconnect_max_s))
+        if broker.tls:
+            self.client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None)
+        will = Status(device_id=self.device_id, state=StatusState.OFFLINE, firmware=firmware)
+        self.client.will_set(topics.status(self.device_id), will.to_bytes(), qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects with backoff for as long as we run."""
+        broker = self.config.broker
+        kwargs: dict[str, object] = {}
+        if broker.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = broker.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        self.client.connect_async(broker.host, broker.port, broker.keepalive_s, **kwargs)  # type: ignore[arg-type]
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Say ``offline`` ourselves (a clean stop fires no will), then disconnect."""
+        if self.connected.is_set():
+            status = Status(device_id=self.device_id, state=StatusState.OFFLINE,
+                            at=self.clock.now(), firmware=self.firmware)
+            info = self.client.publish(topics.status(self.device_id), status.to_bytes(), 1, True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self.connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish; ``LinkDown`` when there is no connection to publish on."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            raise LinkDown(topic)
+        return info
+
+    def on(self, suffix: str, handler: MessageHandler) -> None:
+        """Route messages on ``classcam/v1/down/{device}/{suffix}`` to ``handler``."""
+        self.handlers[suffix] = handler
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused connection: %s", reason_code)
+            self.counters["connect_refused"] += 1
+            return
+        log.info("connected to %s:%s", self.config.broker.host, self.config.broker.port)
+        self.counters["connects"] += 1
+        client.subscribe(topics.down_all(self.device_id), qos=1)
+        status = Status(device_id=self.device_id, state=StatusState.ONLINE,
+                        at=self.clock.now(), firmware=self.firmware)
+        client.publish(topics.status(self.device_id), status.to_bytes(), qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if self.connected.is_set():
+            log.warning("disconnected from broker: %s", reason_code)
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: object,
+                    message: mqtt.MQTTMessage) -> None:
+        prefix = f"{topics.DOWN}/{self.device_id}/"
+        suffix = message.topic[len(prefix):] if message.topic.startswith(prefix) else ""
+        handler = self.handlers.get(suffix)
+        if handler is None:
+            self.counters["unhandled_message"] += 1
+            log.warning("no handler for %s", message.topic)
+            return
+        try:
+            handler(message.topic, message.payload)
+        except Exception:  # a bad message must never kill paho's network thread
+            self.counters["handler_error"] += 1
+            log.exception("handling %s failed", message.topic)
+
+
+class RateLimiter:
+    """A token bucket over bytes; ``rate`` 0 means unlimited."""
+
+    def __init__(self, rate: int, clock: Clock, burst: int | None = None) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.capacity = burst or max(rate, 1)
+        self.tokens = float(self.capacity)
+        self.last = clock.monotonic()
+
+    def take(self, amount: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self.clock.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= amount
+        if self.tokens < 0:
+            self.clock.sleep(-self.tokens / self.rate)
+
+
+@dataclass
+class UploadStats:
+    inits: int = 0
+    fins: int = 0
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    completed: int = 0
+    rejected: int = 0
+
+
+class Uploader:
+    """Drives outbox clips through init → chunks → fin until ``complete`` or ``rejected``."""
+
+    def __init__(self, link: MqttLink, outbox: Outbox, config: UploadConfig,
+                 clock: Clock | None = None) -> None:
+        self.link = link
+        self.outbox = outbox
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.stats = UploadStats()
+        self.limiter = RateLimiter(config.rate_limit_bytes_per_s, self.clock)
+        self._acks: dict[str, queue.Queue[Ack]] = {}
+        self._lock = threading.Lock()
+        link.on("ack", self.on_ack_message)
+
+    def on_ack_message(self, topic: str, payload: bytes) -> None:
+        """Called on paho's thread for every message on our ack topic."""
+        try:
+            ack = decode(Ack, payload)
+        except ProtocolError as exc:
+            self.link.counters["bad_ack"] += 1
+            log.warning("ignoring bad ack: %s", exc)
+            return
+        with self._lock:
+            waiting = self._acks.get(ack.upload_id)
+        if waiting is None:
+            log.debug("ack for %s, which no upload waits for", ack.upload_id)
+            return
+        waiting.put(ack)
+
+    def _wait_ack(self, upload_id: str, answer_to: AckReplyTo) -> Ack | None:
+        """The server's answer to our ``init`` or ``fin``; chunk complaints are logged."""
+        deadline = self.clock.monotonic() + self.config.ack_timeout_s
+        waiting = self._acks[upload_id]
+        while (left := deadline - self.clock.monotonic()) > 0:
+            try:
+                ack = waiting.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if ack.reply_to == answer_to or ack.state == AckState.REJECTED:
+                return ack
+            if ack.reason:
+                log.warning("upload %s: server refused a chunk: %s %s", upload_id,
+                            ack.reason, ack.detail or "")
+        return None
+
+    def upload(self, item: OutboxItem, stop: threading.Event | None = None) -> AckState | None:
+        """Take one clip to a final state; ``None`` if stopped or the link stayed down."""
+        stop = stop or threading.Event()
+        with self._lock:
+            self._acks[item.upload_id] = queue.Queue()
+        try:
+            return self._upload(item, stop)
+        finally:
+            with self._lock:
+                self._acks.pop(item.upload_id, None)
+
+    def _upload(self, item: OutboxItem, stop: threading.Event) -> AckState | None:
+        device = self.link.device_id
+        backoff = 1.0
+        while not stop.is_set():
+            if not self.link.wait_connected(timeout=1.0):
+                continue
+            try:
+                self.outbox.note_attempt(item.upload_id)
+                self.link.publish(topics.file_init(device, item.upload_id),
+                                  item.manifest_payload)
+                self.stats.inits += 1
+                ack = self._wait_ack(item.upload_id, AckReplyTo.INIT)
+                while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
+                    self._send_ranges(item, ack.missing, stop)
+                    fin = Fin(upload_id=item.upload_id, size=item.size, sha256=item.sha256)
+                    self.link.publish(topics.file_fin(device, item.upload_id), fin.to_bytes())
+                    self.stats.fins += 1
+                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN)
+            except LinkDown:
+                log.info("link down during upload %s; will resume", item.upload_id)
+                ack = None
+            if ack is None:
+                if stop.is_set():
+                    return None
+                # Silent server or broken link: resume from init after a jittered pause.
+                self.clock.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, 60.0)
+                continue
+            if ack.state == AckState.COMPLETE:
+                self.outbox.mark_complete(item.upload_id)
+                self.stats.completed += 1
+                log.info("upload %s complete (%d bytes)", item.upload_id, item.size)
+                return AckState.COMPLETE
+            if ack.state == AckState.REJECTED:
+                reason = ack.reason.value if ack.reason else "rejected"
+                self.outbox.mark_rejected(item.upload_id, reason)
+                self.stats.rejected += 1
+                log.error("upload %s rejected: %s %s", item.upload_id, reason, ack.detail or "")
+                return AckState.REJECTED
+        return None
+
+    def _send_ranges(self, item: OutboxItem, ranges: list[tuple[int, int]],
+                     stop: threading.Event) -> None:
+        """Publish every chunk that overlaps ``ranges``, keeping at most ``window`` in flight."""
+        device = self.link.device_id
+        in_flight: deque[mqtt.MQTTMessageInfo] = deque()
+        offsets = chunk_offsets(ranges, item.size, item.chunk_size)
+        fd = os.open(item.path, os.O_RDONLY)
+        try:
+            for offset in offsets:
+                if stop.is_set():
+                    return
+                data = os.pread(fd, item.chunk_size, offset)
+                self.limiter.take(len(data))
+                in_flight.append(self.link.publish(
+                    topics.file_chunk(device, item.upload_id, offset), data))
+                self.stats.chunks_sent += 1
+                self.stats.bytes_sent += len(data)
+                while len(in_flight) >= self.config.window:
+                    self._wait_published(in_flight.popleft())
+            while in_flight:
+                self._wait_published(in_flight.popleft())
+        finally:
+            os.close(fd)
+
+    def _wait_published(self, info: mqtt.MQTTMessageInfo) -> None:
+        try:
+            info.wait_for_publish(self.config.ack_timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            raise LinkDown(str(exc)) from exc
+        if not info.is_published():
+            raise LinkDown("broker did not acknowledge a chunk in time")
+
+    def drain(self, stop: threading.Event | None = None) -> int:
+        """Upload everything pending now; return how many reached a final state."""
+        stop = stop or threading.Event()
+        done = 0
+        for item in self.outbox.pending():
+            if stop.is_set():
+                break
+            if self.upload(item, stop) is not None:
+                done += 1
+        return done
+
+    def run(self, stop: threading.Event, idle_s: float = 1.0) -> None:
+        """Keep the outbox empty until ``stop`` is set."""
+        while not stop.is_set():
+            if not self.drain(stop):
+                stop.wait(idle_s)
+

@@ -1,0 +1,1 @@
+"""The classroom device's agent: camera, recorder and spool, cutter, uploader, heartbeat."""

@@ -173,6 +173,11 @@ class EventType(StrEnum):
     CUT_FAILED = "cut_failed"
     UPLOAD_COMPLETE = "upload_complete"
     UPLOAD_REJECTED = "upload_rejected"
+    SNAPSHOT_DONE = "snapshot_done"
+    CONFIG_APPLIED = "config_applied"
+    COMMAND_FAILED = "command_failed"
+    CAMERA_LOST = "camera_lost"
+    CAMERA_RESTORED = "camera_restored"
     STORAGE_LOW = "storage_low"
     ERROR = "error"
 

@@ -1,0 +1,55 @@
+"""The device heartbeat (DESIGN.md §2): health every 30 s, small enough for a thin 4G plan."""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from common.schemas import Message, SafeId
+
+
+class ModemHealth(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str | None = None
+    rssi_dbm: int | None = None
+    rsrp_dbm: int | None = None
+    rsrq_db: float | None = None
+    sinr_db: float | None = None
+    registration: str | None = None
+    operator: str | None = None
+    access_technology: str | None = None
+    iccid: str | None = None
+    imei: str | None = None
+    failed: list[str] = Field(default_factory=list)
+
+
+class GnssPosition(BaseModel):
+    """A GNSS fix, WGS-84 as every GNSS receiver reports."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    datum: str = "wgs84"
+    altitude_m: float | None = None
+    hdop: float | None = None
+    at: AwareDatetime | None = None
+
+
+class Heartbeat(Message):
+    device_id: SafeId
+    at: AwareDatetime  # the device clock, so the server sees skew
+    seq: int = Field(ge=0)
+    uptime_s: float = Field(ge=0)
+    firmware: str
+    recording: bool
+    session_id: SafeId | None = None
+    spool_bytes: int = Field(ge=0)
+    outbox_pending: int = Field(ge=0)
+    disk_free_bytes: int = Field(ge=0)
+    disk_total_bytes: int = Field(ge=0)
+    storage_low: bool = False
+    cpu_temp_c: float | None = None
+    clock_offset_s: float | None = None
+    bytes_sent_today: int = Field(ge=0)
+    bytes_sent_month: int = Field(ge=0)
+    modem: ModemHealth | None = None
+    gnss: GnssPosition | None = None

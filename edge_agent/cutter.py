@@ -1,0 +1,215 @@
+"""Cutting a wall-clock window out of the spool into one MP4, by stream copy (DESIGN.md §1.4).
+
+No re-encoding: packets are copied byte for byte from the segment files, from the last
+keyframe at or before the window's start through the last frame that starts before its end.
+With a keyframe every second the cut starts at most one second early, and needs no edit list.
+
+Output pts start at 0 (90 kHz, like the spool). The absolute time of frame 0 is written into
+the MP4 twice: ``creation_time`` (which MP4 stores to the whole second only) and ``comment``
+= ``classcam cut_start=<ISO8601 µs> cut_end=<ISO8601 µs> recordings=<ids>``, parsable with
+``parse_cut_comment``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from common.clock import to_utc
+from edge_agent.errors import CutError
+from edge_agent.spool import RecordingInfo, SegmentInfo, Spool, durable_replace, temp_path
+
+OUTPUT_TIME_BASE = Fraction(1, 90_000)
+_COMMENT = re.compile(r"classcam cut_start=(\S+) cut_end=(\S+)")
+
+
+@dataclass(frozen=True)
+class CutResult:
+    """A finished clip and the device-clock bounds it really covers."""
+
+    path: Path
+    cut_start: datetime  # wall time of the first frame (a keyframe)
+    cut_end: datetime  # wall time of the last frame plus its duration
+    duration_s: float
+    frames: int
+    width: int
+    height: int
+    codec: str
+    recording_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class _Picked:
+    packet: av.Packet
+    wall: datetime
+    ticks: int  # output pts before shifting to 0, in OUTPUT_TIME_BASE
+    duration: int
+
+
+def _iso(value: datetime) -> str:
+    return to_utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_cut_comment(comment: str) -> tuple[datetime, datetime] | None:
+    """``(cut_start, cut_end)`` from a clip's ``comment`` metadata, or None if absent."""
+    match = _COMMENT.search(comment)
+    if match is None:
+        return None
+    return tuple(  # type: ignore[return-value]
+        datetime.fromisoformat(part.replace("Z", "+00:00")) for part in match.groups()
+    )
+
+
+def _choose_recordings(
+    spool: Spool, segments: list[SegmentInfo], start: datetime, end: datetime
+) -> list[RecordingInfo]:
+    """The recordings to cut from: the one covering most of the window, plus any other with
+    identical stream parameters (so one MP4 track can hold them; the gap shows in the pts)."""
+    overlap: dict[int, timedelta] = defaultdict(timedelta)
+    for seg in segments:
+        overlap[seg.recording_id] += min(seg.end_wall, end) - max(seg.start_wall, start)
+    infos = {rid: spool.recording(rid) for rid in overlap}
+    best = infos[max(overlap, key=lambda rid: (overlap[rid], -rid))]
+
+    def same_stream(info: RecordingInfo) -> bool:
+        return (info.codec, info.width, info.height, info.extradata) == (
+            best.codec,
+            best.width,
+            best.height,
+            best.extradata,
+        )
+
+    return sorted((i for i in infos.values() if same_stream(i)), key=lambda i: i.started_wall)
+
+
+def _pick_packets(
+    segments: list[SegmentInfo],
+    recordings: list[RecordingInfo],
+    start: datetime,
+    end: datetime,
+    stack: contextlib.ExitStack,
+) -> tuple[list[_Picked], bytes]:
+    """Packets from the last keyframe at or before ``start`` to the last frame before ``end``.
+
+    The segment files stay open on ``stack`` until the clip is written: the packets, and the
+    stream used as the output's template, belong to them.
+    """
+    by_id = {r.recording_id: r for r in recordings}
+    first_wall = recordings[0].started_wall
+    picked: list[_Picked] = []
+    extradata = b""
+    for seg in segments:
+        rec = by_id.get(seg.recording_id)
+        if rec is None:
+            continue
+        # Place every recording on one timeline by its wall anchor, in output ticks.
+        base = round((rec.started_wall - first_wall).total_seconds() / OUTPUT_TIME_BASE)
+        container = stack.enter_context(av.open(str(seg.path)))
+        stream = container.streams.video[0]
+        tb = stream.time_base or OUTPUT_TIME_BASE
+        if not extradata:
+            extradata = bytes(stream.codec_context.extradata or b"")
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            rec_pts = seg.start_pts + round(packet.pts * tb / rec.time_base)
+            wall = rec.wall_at(rec_pts)
+            if wall >= end:
+                break
+            ticks = base + round(rec_pts * rec.time_base / OUTPUT_TIME_BASE)
+            if wall <= start and packet.is_keyframe:
+                picked.clear()  # a later keyframe at or before start: begin there instead
+            elif (wall < start or not packet.is_keyframe) and not picked:
+                continue  # nothing decodable yet
+            elif picked and ticks <= picked[-1].ticks:
+                continue  # overlapping recordings (a clock step): keep the timeline monotonic
+            duration = round((packet.duration or 0) * tb / OUTPUT_TIME_BASE)
+            picked.append(_Picked(packet, wall, ticks, duration))
+    # Durations follow the next packet's pts where there is one (exact across segments).
+    for here, after in itertools.pairwise(picked):
+        here.duration = after.ticks - here.ticks
+    if picked and picked[-1].duration <= 0:
+        picked[-1].duration = round(1 / (recordings[0].fps * OUTPUT_TIME_BASE))
+    return picked, extradata
+
+
+def cut_window(spool: Spool, start: datetime, end: datetime, out_path: Path) -> CutResult:
+    """Cut ``[start, end]`` (aware datetimes, device clock) from the spool into ``out_path``.
+
+    The clip starts at the last keyframe at or before ``start`` (or where recording began,
+    if later) and ends with the last frame starting before ``end``; ``CutResult`` reports
+    the bounds actually covered. Raises ``CutError`` if the window is empty or inverted, or
+    if no recording covers any of it.
+    """
+    start, end = to_utc(start), to_utc(end)
+    if end <= start:
+        raise CutError(start, end, "the window is empty or inverted")
+    segments = spool.segments_between(start, end)
+    if not segments:
+        raise CutError(start, end, "no recording in the spool covers any of the window")
+    recordings = _choose_recordings(spool, segments, start, end)
+    with contextlib.ExitStack() as stack:
+        picked, extradata = _pick_packets(segments, recordings, start, end, stack)
+        if not picked:
+            raise CutError(start, end, "no frame of the recordings falls inside the window")
+        cut_start = picked[0].wall
+        span = picked[-1].ticks + picked[-1].duration - picked[0].ticks
+        cut_end = cut_start + timedelta(seconds=float(span * OUTPUT_TIME_BASE))
+        rec_ids = tuple(sorted({r.recording_id for r in recordings}))
+        _write_mp4(out_path, picked, extradata, cut_start, cut_end, rec_ids)
+    first = recordings[0]
+    return CutResult(
+        path=out_path,
+        cut_start=cut_start,
+        cut_end=cut_end,
+        duration_s=(cut_end - cut_start).total_seconds(),
+        frames=len(picked),
+        width=first.width,
+        height=first.height,
+        codec=first.codec,
+        recording_ids=rec_ids,
+    )
+
+
+def _write_mp4(
+    out_path: Path,
+    picked: list[_Picked],
+    extradata: bytes,
+    cut_start: datetime,
+    cut_end: datetime,
+    rec_ids: tuple[int, ...],
+) -> None:
+    temp = temp_path(out_path)
+    zero = picked[0].ticks
+    try:
+        # faststart puts the index first, so a browser can play the clip as it downloads.
+        with av.open(str(temp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            out.metadata["creation_time"] = _iso(cut_start)
+            out.metadata["comment"] = (
+                f"classcam cut_start={_iso(cut_start)} cut_end={_iso(cut_end)} "
+                f"recordings={','.join(map(str, rec_ids))}"
+            )
+            stream = out.add_stream_from_template(picked[0].packet.stream)
+            # add_stream_from_template does not carry the SPS/PPS over (DESIGN.md §4).
+            stream.codec_context.extradata = extradata
+            stream.time_base = OUTPUT_TIME_BASE
+            for item in picked:
+                packet = item.packet
+                packet.pts = packet.dts = item.ticks - zero
+                packet.duration = item.duration
+                packet.time_base = OUTPUT_TIME_BASE
+                packet.stream = stream
+                out.mux(packet)
+        durable_replace(temp, out_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise

@@ -68,6 +68,11 @@ def parse_cut_comment(comment: str) -> tuple[datetime, datetime] | None:
     )
 
 
+def _rescale(value: int, source: Fraction, target: Fraction) -> int:
+    # The spool, its files and the output all use 90 kHz: skip Fraction arithmetic then.
+    return value if source == target else round(value * source / target)
+
+
 def _choose_recordings(
     spool: Spool, segments: list[SegmentInfo], start: datetime, end: datetime
 ) -> list[RecordingInfo]:
@@ -120,18 +125,18 @@ def _pick_packets(
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
                 continue
-            rec_pts = seg.start_pts + round(packet.pts * tb / rec.time_base)
+            rec_pts = seg.start_pts + _rescale(packet.pts, tb, rec.time_base)
             wall = rec.wall_at(rec_pts)
             if wall >= end:
                 break
-            ticks = base + round(rec_pts * rec.time_base / OUTPUT_TIME_BASE)
+            ticks = base + _rescale(rec_pts, rec.time_base, OUTPUT_TIME_BASE)
             if wall <= start and packet.is_keyframe:
                 picked.clear()  # a later keyframe at or before start: begin there instead
             elif (wall < start or not packet.is_keyframe) and not picked:
                 continue  # nothing decodable yet
             elif picked and ticks <= picked[-1].ticks:
                 continue  # overlapping recordings (a clock step): keep the timeline monotonic
-            duration = round((packet.duration or 0) * tb / OUTPUT_TIME_BASE)
+            duration = _rescale(packet.duration or 0, tb, OUTPUT_TIME_BASE)
             picked.append(_Picked(packet, wall, ticks, duration))
     # Durations follow the next packet's pts where there is one (exact across segments).
     for here, after in itertools.pairwise(picked):

@@ -240,7 +240,8 @@ class Recorder:
     camera disappears mid-recording, everything captured so far is kept (the last segment
     included) and the ``CameraError`` is re-raised; ``recording_id`` names what was kept.
     ``on_gap(start, end)`` is called for any stretch longer than ``gap_threshold_s`` without
-    frames inside a recording (the gap also shows in the pts).
+    frames inside a recording (the gap also shows in the pts). ``clock`` is the clock the
+    camera paces by; a recording's times come from its frames, which carry that clock's time.
     """
 
     def __init__(
@@ -290,12 +291,14 @@ class Recorder:
             first = self.camera.read()
             recording = _Recording(self, first)
             self.recording_id = recording.recording_id
-            frame = first
-            while not done(first, frame):
+            frame = first  # always kept, so every recording has at least one frame
+            while True:
                 recording.add(frame)
                 if stop is not None and stop.is_set():
                     break
                 frame = self.camera.read()
+                if done(first, frame):
+                    break
         finally:
             try:
                 if recording is not None:

@@ -123,8 +123,9 @@ class RecordingInfo:
 
     def wall_at(self, pts: int) -> datetime:
         """Wall-clock time of a packet with this recording-relative ``pts``."""
-        us = pts * self.time_base * 1_000_000
-        return self.started_wall + timedelta(microseconds=round(us))
+        # Integer arithmetic: Fractions cost ~20 ms over the packets of a 60 s cut.
+        num, den = self.time_base.numerator * 1_000_000, self.time_base.denominator
+        return self.started_wall + timedelta(microseconds=(2 * pts * num + den) // (2 * den))
 
     def mono_at(self, pts: int) -> float:
         """Monotonic time of a packet with this recording-relative ``pts``."""
@@ -155,7 +156,7 @@ class Spool:
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.rec_dir = self.root / "rec"
         self.rec_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.root / "lock", "a+b")  # noqa: SIM115 - held for our lifetime

@@ -239,3 +239,11 @@ def test_add_segment_checks_and_computes_times(tmp_path: Path) -> None:
             spool.recording(rid + 1)
         spool.delete_recording(rid)
         assert spool.recordings() == [] and not path.exists()
+
+
+def test_even_the_shortest_recording_keeps_its_first_frame(tmp_path: Path) -> None:
+    rid = record(tmp_path, 0.01)
+    with Spool(tmp_path) as spool:
+        (segment,) = spool.segments(rid)
+        assert segment.frames == 1
+        assert spool.recording(rid).ended_wall == T0 + timedelta(seconds=1 / 15)

@@ -150,29 +150,43 @@ class SegmentInfo:
 
 
 class Spool:
-    """Segment files plus their index. One instance per root; it holds an exclusive lock.
+    """Segment files plus their index. One writer per root, holding an exclusive lock.
 
     Thread-safe: the recorder adds segments from its thread while the cutter reads.
+    ``read_only=True`` opens a running agent's spool from another process (e.g. a CLI cut):
+    no lock, no start-up clean-up (which would delete the writer's in-flight file), no writes.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = Path(root).resolve()
         self.rec_dir = self.root / "rec"
-        self.rec_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root / "lock", "a+b")  # noqa: SIM115 - held for our lifetime
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_file.close()
-            raise SpoolError(f"spool {self.root} is in use by another Spool") from exc
+        self.read_only = read_only
         self._lock = threading.Lock()
+        self._lock_file = None
+        self.dropped_files: list[Path] = []
+        if read_only:
+            if not (self.root / "index.sqlite3").exists():
+                raise SpoolError(f"no spool index in {self.root}")
+        else:
+            self.rec_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.root / "lock", "a+b")  # noqa: SIM115 - held while open
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                self._lock_file.close()
+                raise SpoolError(f"spool {self.root} is in use by another Spool") from exc
         self._db = sqlite3.connect(
             self.root / "index.sqlite3", check_same_thread=False, isolation_level=None
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self.dropped_files: list[Path] = self._recover()
+        if not read_only:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self.dropped_files = self._recover()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise SpoolError(f"spool {self.root} was opened read-only")
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -221,6 +235,7 @@ class Spool:
         started_mono: float,
     ) -> int:
         """Register a new recording (anchored at its first frame) and return its id."""
+        self._check_writable()
         with self._lock:
             cur = self._db.execute(
                 """INSERT INTO recordings (session_id, width, height, fps, codec, tb_num, tb_den,
@@ -257,6 +272,7 @@ class Spool:
         self, recording_id: int, *, seq: int, path: Path, start_pts: int, end_pts: int, frames: int
     ) -> SegmentInfo:
         """Index a complete, durable segment file covering pts ``[start_pts, end_pts)``."""
+        self._check_writable()
         if end_pts <= start_pts or frames <= 0:
             raise SpoolError(f"empty segment {seq} of recording {recording_id}")
         rec = self.recording(recording_id)
@@ -295,6 +311,7 @@ class Spool:
 
     def end_recording(self, recording_id: int, *, ended_wall: datetime) -> None:
         """Mark a recording finished at ``ended_wall``."""
+        self._check_writable()
         with self._lock:
             self._db.execute(
                 "UPDATE recordings SET ended_wall_us = ? WHERE id = ?",
@@ -303,6 +320,7 @@ class Spool:
 
     def delete_recording(self, recording_id: int) -> None:
         """Forget a recording and delete its files (retention, or after its cuts are acked)."""
+        self._check_writable()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM segments WHERE recording_id = ?", (recording_id,))
@@ -381,9 +399,10 @@ class Spool:
         """Close the index and release the lock."""
         with self._lock:
             self._db.close()
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-        self._lock_file.close()
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
 
     def __enter__(self) -> Spool:
         return self

@@ -21,7 +21,7 @@ from common.clock import VirtualClock
 from edge_agent.camera import Frame, SyntheticCamera
 from edge_agent.errors import CameraError, SpoolError
 from edge_agent.recorder import TIME_BASE, Recorder
-from edge_agent.spool import SegmentInfo, Spool
+from edge_agent.spool import SegmentInfo, Spool, temp_path
 
 T0 = datetime(2025, 3, 3, 1, 0, 0, tzinfo=UTC)
 
@@ -247,3 +247,21 @@ def test_even_the_shortest_recording_keeps_its_first_frame(tmp_path: Path) -> No
         (segment,) = spool.segments(rid)
         assert segment.frames == 1
         assert spool.recording(rid).ended_wall == T0 + timedelta(seconds=1 / 15)
+
+
+def test_a_read_only_spool_reads_beside_the_writer_without_touching_its_files(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock(T0)
+    with Spool(tmp_path) as writer:
+        rid = Recorder(SyntheticCamera("dev-ro", clock=clock), writer, clock).record_for(4)
+        in_flight = temp_path(writer.segment_path(rid, 99))
+        in_flight.write_bytes(b"being written")
+        with Spool(tmp_path, read_only=True) as reader:
+            assert [s.seq for s in reader.segments(rid)] == [0, 1]
+            assert reader.recording(rid).ended_wall == T0 + timedelta(seconds=4)
+            with pytest.raises(SpoolError, match="read-only"):
+                reader.end_recording(rid, ended_wall=T0)
+        assert in_flight.exists()  # only the writer cleans up, and only at its own start
+    with pytest.raises(SpoolError, match="no spool index"):
+        Spool(tmp_path / "nowhere", read_only=True)

@@ -1,0 +1,112 @@
+"""The server's one typed config, read from ``CLASSCAM_*`` environment variables (STYLE.md).
+
+Everything has a default that runs on one machine: a SQLite file and a filesystem evidence store
+under ``data_dir`` (``./var``), a broker on localhost. Paths are made absolute when the settings
+are loaded, so a later ``chdir`` (Alembic, a daemon) cannot move the database.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.schemas import MAX_CHUNK_SIZE
+from common.topics import SHARED_GROUP
+
+_SQLITE_PREFIX = re.compile(r"^sqlite(\+\w+)?:///")
+# The broker account firmware_config/mosquitto.acl grants up/# read and down/# write.
+SERVER_USER = "classcam-server"
+
+
+def _default_client_id() -> str:
+    # Stable across restarts (the broker keeps this client's session), distinct per host.
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+    return f"classcam-ingest-{host}"
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """Turn a relative SQLite file URL into an absolute one; leave other URLs alone."""
+    match = _SQLITE_PREFIX.match(url)
+    if not match:
+        return url
+    path, sep, query = url[match.end() :].partition("?")
+    if not path or path == ":memory:" or path.startswith("/"):
+        return url
+    return f"{match.group(0)}{Path(path).resolve()}{sep}{query}"
+
+
+class Settings(BaseSettings):
+    """Server configuration; every field can be set as ``CLASSCAM_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CLASSCAM_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    # Derived from data_dir unless set (pydantic validates fields in declaration order).
+    database_url: str = Field(
+        default_factory=lambda data: f"sqlite:///{data['data_dir'] / 'classcam.db'}"
+    )
+    evidence_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "evidence")
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str = SERVER_USER
+    mqtt_password: str | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_client_id: str = Field(default_factory=_default_client_id)
+    mqtt_keepalive_s: int = Field(default=60, ge=5)
+    # MQTT 5: how long the broker keeps our session (and queues device messages) while we are
+    # down. A week outlives any maintenance window.
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    # None or "" subscribes without $share (amqtt has no shared subscriptions).
+    shared_group: str | None = SHARED_GROUP
+
+    max_chunk_size: int = Field(default=MAX_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE)
+    max_upload_size: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Group commit: flush (fsync + DB) at least this often while messages keep coming.
+    flush_every_messages: int = Field(default=256, gt=0)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+    @field_validator("data_dir", "evidence_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        return absolute_sqlite_url(value)
+
+    @field_validator("shared_group", mode="after")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def mqtt_secret(self) -> str | None:
+        """The broker password: ``mqtt_password`` if set, else the first line of the file."""
+        if self.mqtt_password:
+            return self.mqtt_password
+        if self.mqtt_password_file:
+            return self.mqtt_password_file.read_text().strip() or None
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Where things live, with the database password masked: for logs and ``run``."""
+        return {
+            "database": re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.database_url),
+            "evidence": str(self.evidence_dir),
+            "broker": f"{self.mqtt_host}:{self.mqtt_port} (MQTT {self.mqtt_protocol})",
+            "subscription": self.shared_group or "(plain, no $share)",
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, loaded once; a FastAPI dependency that tests override."""
+    return Settings()

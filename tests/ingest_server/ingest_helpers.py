@@ -1,0 +1,156 @@
+"""Helpers for ingest server tests: random signed uploads and a processor harness."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine
+
+from common import topics
+from common.chunks import digest_file
+from common.clock import VirtualClock
+from common.schemas import Ack, Fin, Manifest, decode
+from common.signing import public_key_b64, sign_manifest
+from ingest_server import crud
+from ingest_server.db import make_engine, make_session_factory
+from ingest_server.ingest import IngestProcessor, Outgoing
+from ingest_server.settings import Settings
+from ingest_server.store import EvidenceStore
+
+START = datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
+
+
+@dataclass
+class TestUpload:
+    """A random 'clip' on disk with its signed manifest, ready to send chunk by chunk."""
+
+    __test__ = False  # not a pytest test class
+
+    device_id: str
+    upload_id: str
+    path: Path
+    manifest: Manifest
+    init_payload: bytes
+    chunks: list[tuple[int, bytes]] = field(default_factory=list)
+
+    @property
+    def data(self) -> bytes:
+        return self.path.read_bytes()
+
+    def init_topic(self) -> str:
+        return topics.file_init(self.device_id, self.upload_id)
+
+    def chunk_topic(self, offset: int) -> str:
+        return topics.file_chunk(self.device_id, self.upload_id, offset)
+
+    def fin_topic(self) -> str:
+        return topics.file_fin(self.device_id, self.upload_id)
+
+    def fin_payload(self) -> bytes:
+        return Fin(
+            upload_id=self.upload_id, size=self.manifest.size, sha256=self.manifest.sha256
+        ).to_bytes()
+
+
+def make_upload(
+    directory: Path,
+    key: Ed25519PrivateKey,
+    device_id: str,
+    upload_id: str,
+    size: int = 5 * 4096 + 123,
+    chunk_size: int = 4096,
+    manifest_device_id: str | None = None,
+) -> TestUpload:
+    """Write ``size`` random bytes and sign a manifest for them with ``key``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{upload_id}.mp4"
+    path.write_bytes(os.urandom(size))
+    digest = digest_file(path, chunk_size)
+    manifest = Manifest(
+        upload_id=upload_id,
+        device_id=manifest_device_id or device_id,
+        session_id="sess-1",
+        requested_start=START,
+        requested_end=START + timedelta(seconds=60),
+        cut_start=START - timedelta(seconds=1),
+        cut_end=START + timedelta(seconds=61),
+        size=digest.size,
+        sha256=digest.sha256,
+        chunk_size=chunk_size,
+        chunk_sha256=digest.chunk_sha256,
+        duration_s=62.0,
+        frames=1550,
+        width=1280,
+        height=720,
+        created_at=START + timedelta(seconds=70),
+    )
+    data = path.read_bytes()
+    chunks = [(o, data[o : o + chunk_size]) for o in range(0, size, chunk_size)]
+    return TestUpload(device_id, upload_id, path, manifest, sign_manifest(manifest, key), chunks)
+
+
+class Harness:
+    """A real processor on a real database and store, speaking in topics and payloads."""
+
+    def __init__(
+        self,
+        database_url: str,
+        evidence: Path,
+        settings: Settings | None = None,
+        clock: VirtualClock | None = None,
+    ) -> None:
+        self.engine: Engine = make_engine(database_url)
+        self.sessions = make_session_factory(self.engine)
+        self.store = EvidenceStore(evidence)
+        self.settings = settings or Settings(data_dir=evidence.parent, database_url=database_url)
+        self.clock = clock or VirtualClock(START + timedelta(minutes=5))
+        self.processor = IngestProcessor(self.sessions, self.store, self.settings, self.clock)
+
+    def register(self, device_id: str, key: Ed25519PrivateKey) -> None:
+        with self.sessions.begin() as session:
+            crud.register_device(session, device_id, public_key_b64(key))
+
+    def send(self, topic: str, payload: bytes) -> list[Ack]:
+        return acks(self.processor.handle(topic, payload))
+
+    def flush(self) -> list[Ack]:
+        return acks(self.processor.flush())
+
+    def send_chunks(self, upload: TestUpload, offsets: list[int] | None = None) -> list[Ack]:
+        wanted = None if offsets is None else set(offsets)
+        out: list[Ack] = []
+        for offset, data in upload.chunks:
+            if wanted is None or offset in wanted:
+                out += self.send(upload.chunk_topic(offset), data)
+        return out
+
+    def upload(self, upload: TestUpload) -> list[Ack]:
+        """init, every chunk, fin: the acks of all of it."""
+        out = self.send(upload.init_topic(), upload.init_payload)
+        out += self.send_chunks(upload)
+        out += self.send(upload.fin_topic(), upload.fin_payload())
+        return out
+
+    def restart(self) -> None:
+        """A fresh processor and store on the same database and directory (a server restart)."""
+        self.store.close()
+        self.store = EvidenceStore(self.store.root)
+        self.processor = IngestProcessor(self.sessions, self.store, self.settings, self.clock)
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+
+
+def acks(outgoing: list[Outgoing]) -> list[Ack]:
+    assert all(o.qos == 1 and o.topic.endswith("/ack") for o in outgoing)
+    return [decode(Ack, o.payload) for o in outgoing]
+
+
+def stored_files(root: Path) -> list[Path]:
+    """Every regular file in a store, staging included."""
+    return sorted(p for p in root.rglob("*") if p.is_file())

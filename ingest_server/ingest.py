@@ -56,17 +56,26 @@ class Outgoing:
 
 @dataclass
 class _Upload:
-    """What the processor keeps in memory about an upload in progress."""
+    """What the processor keeps in memory about an upload still receiving."""
 
     upload_id: str
     device_id: str
     manifest: Manifest
-    state: UploadState
     received: list[Range]  # durable: fsync'ed and in the database
-    reject_reason: str | None = None
     pending: list[Range] = field(default_factory=list)  # written, not yet durable
     new_chunks: int = 0
     duplicate_chunks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Final:
+    """An upload that reached a final state: all a late chunk or a repeated fin needs (the
+    manifest, with a hash per chunk, is not kept)."""
+
+    upload_id: str
+    device_id: str
+    state: UploadState
+    reject_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +118,7 @@ class IngestProcessor:
         self.stats: Counter[str] = Counter()
         self._uploads: dict[str, _Upload] = {}
         # Uploads that reached a final state recently: late chunks need no database lookup.
-        self._finished: OrderedDict[str, _Upload] = OrderedDict()
+        self._finished: OrderedDict[str, _Final] = OrderedDict()
         self._rejections: list[Rejection] = []
         # Chunk complaints wait for the next flush; one per (device, upload, reason) suffices.
         self._deferred: dict[tuple[str, str, str], _Reply] = {}
@@ -162,7 +171,7 @@ class IngestProcessor:
 
     # ---------------------------------------------------------------- init
 
-    def _on_init(self, up: topics.UpTopic, payload: bytes) -> _Reply | None:
+    def _on_init(self, up: topics.UpTopic, payload: bytes) -> _Reply:
         upload_id = up.upload_id or ""
         signed = self._parse_manifest(upload_id, payload)
         manifest = signed.manifest
@@ -264,9 +273,7 @@ class IngestProcessor:
             if existing is None:
                 raise
             return existing
-        self._remember(
-            _Upload(manifest.upload_id, manifest.device_id, manifest, UploadState.RECEIVING, [])
-        )
+        self._remember(_Upload(manifest.upload_id, manifest.device_id, manifest, []))
         return None
 
     def _reinit(self, row: Upload, signed: SignedManifest, up: topics.UpTopic) -> _Reply:
@@ -318,12 +325,12 @@ class IngestProcessor:
             raise UploadRejected(
                 RejectReason.UNKNOWN_UPLOAD, upload_id, f"no upload {upload_id} from {up.device_id}"
             )
-        if upload.state is UploadState.COMPLETE:
+        if isinstance(upload, _Final):
+            if upload.state is UploadState.REJECTED:
+                reason = RejectReason(upload.reject_reason or RejectReason.UNKNOWN_UPLOAD)
+                raise UploadRejected(reason, upload_id, "this upload was rejected")
             self.stats["late_chunks"] += 1
             return
-        if upload.state is UploadState.REJECTED:
-            reason = RejectReason(upload.reject_reason or RejectReason.UNKNOWN_UPLOAD)
-            raise UploadRejected(reason, upload_id, "this upload was rejected")
         manifest = upload.manifest
         size, chunk_size = manifest.size, manifest.chunk_size
         if offset % chunk_size or offset >= size:
@@ -387,9 +394,9 @@ class IngestProcessor:
             raise UploadRejected(
                 RejectReason.UNKNOWN_UPLOAD, upload_id, f"no upload {upload_id} from {up.device_id}"
             )
-        if upload.state is UploadState.COMPLETE:
+        if isinstance(upload, _Final) and upload.state is UploadState.COMPLETE:
             return _Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.FIN)
-        if upload.state is UploadState.REJECTED:
+        if isinstance(upload, _Final):
             reason = RejectReason(upload.reject_reason) if upload.reject_reason else None
             return _Reply(
                 up.device_id,
@@ -507,8 +514,7 @@ class IngestProcessor:
             # Another worker recorded the same clip first: that is the outcome we wanted.
             log.info("upload %s was recorded by another worker", upload.upload_id)
         self.store.discard(upload.upload_id)
-        upload.state = UploadState.COMPLETE
-        self._finish(upload)
+        self._finish(_Final(upload.upload_id, upload.device_id, UploadState.COMPLETE))
         self.stats["uploads_complete"] += 1
         log.info("upload %s complete: %s (%d bytes)", upload.upload_id, relative, manifest.size)
 
@@ -521,9 +527,7 @@ class IngestProcessor:
                 row.reject_reason = reason.value
                 row.updated_at = self.clock.now()
         self.store.discard(upload.upload_id)
-        upload.state = UploadState.REJECTED
-        upload.reject_reason = reason.value
-        self._finish(upload)
+        self._finish(_Final(upload.upload_id, upload.device_id, UploadState.REJECTED, reason.value))
         raise UploadRejected(reason, upload.upload_id, detail)
 
     # ---------------------------------------------------------------- durability
@@ -571,34 +575,31 @@ class IngestProcessor:
 
     # ---------------------------------------------------------------- cache
 
-    def _load(self, upload_id: str, fresh: bool = False) -> _Upload | None:
+    def _load(self, upload_id: str, fresh: bool = False) -> _Upload | _Final | None:
         """The upload from memory, or from the database (after a restart, or ``fresh``)."""
-        cached = self._uploads.get(upload_id) or self._finished.get(upload_id)
-        if cached is not None and not (fresh and cached.state is UploadState.RECEIVING):
+        cached = self._uploads.get(upload_id)
+        if cached is not None and not fresh:
             return cached
+        final = self._finished.get(upload_id)
+        if final is not None:
+            return final
         with self.session_factory() as session:
             row = session.get(Upload, upload_id)
         if row is None:
             return None
+        if row.state != UploadState.RECEIVING.value:
+            final = _Final(upload_id, row.device_id, UploadState(row.state), row.reject_reason)
+            self._finish(final)
+            return final
         manifest = (
             cached.manifest if cached else parse_signed_manifest(row.manifest.encode()).manifest
         )
-        upload = _Upload(
-            upload_id,
-            row.device_id,
-            manifest,
-            UploadState(row.state),
-            row.ranges,
-            row.reject_reason,
-        )
+        upload = _Upload(upload_id, row.device_id, manifest, row.ranges)
         if cached is not None:
             upload.pending = cached.pending
             upload.new_chunks = cached.new_chunks
             upload.duplicate_chunks = cached.duplicate_chunks
-        if upload.state is UploadState.RECEIVING:
-            self._remember(upload)
-        else:
-            self._finish(upload)
+        self._remember(upload)
         return upload
 
     def _remember(self, upload: _Upload) -> None:
@@ -609,10 +610,10 @@ class IngestProcessor:
                     del self._uploads[key]
                     break
 
-    def _finish(self, upload: _Upload) -> None:
-        self._uploads.pop(upload.upload_id, None)
-        self._finished[upload.upload_id] = upload
-        self._finished.move_to_end(upload.upload_id)
+    def _finish(self, final: _Final) -> None:
+        self._uploads.pop(final.upload_id, None)
+        self._finished[final.upload_id] = final
+        self._finished.move_to_end(final.upload_id)
         while len(self._finished) > MAX_FINISHED_REMEMBERED:
             self._finished.popitem(last=False)
 
@@ -656,7 +657,7 @@ class IngestProcessor:
             upload = self._load(reply.upload_id)
             missing = (
                 missing_ranges(upload.received, upload.manifest.size)
-                if upload is not None and upload.state is UploadState.RECEIVING
+                if isinstance(upload, _Upload)
                 else []
             )
         ack = Ack(

@@ -48,6 +48,9 @@ def run_migrations_online() -> None:
                 target_metadata=target_metadata,
                 # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
                 render_as_batch=connection.dialect.name == "sqlite",
+                # make_engine has SQLAlchemy emit BEGIN on SQLite too, so a migration there is
+                # all-or-nothing like on PostgreSQL.
+                transactional_ddl=True,
                 compare_type=True,
             )
             with context.begin_transaction():

@@ -1,0 +1,152 @@
+"""``classcam-server``: migrate the database, register devices, run ingest, list clips.
+
+Configuration comes from ``CLASSCAM_*`` environment variables (``ingest_server.settings``);
+``--data-dir`` and ``--database-url`` override the two most used ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ingest_server import crud
+from ingest_server.consumer import run_consumer
+from ingest_server.db import make_engine, make_session_factory, migrate
+from ingest_server.settings import Settings
+
+log = logging.getLogger("classcam.server")
+
+
+def _console() -> Console:
+    # Made per command, not at import, so the terminal width (COLUMNS) is read when used.
+    return Console()
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    migrate(settings.database_url)
+    _console().print(f"database at {settings.describe()['database']} is up to date")
+    return 0
+
+
+def cmd_register_device(settings: Settings, args: argparse.Namespace) -> int:
+    key = args.public_key
+    if args.public_key_file:
+        key = Path(args.public_key_file).read_text().strip()
+    if not key:
+        _console().print("[red]give --public-key or --public-key-file[/red]")
+        return 2
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            crud.register_device(session, args.device_id, key, args.classroom_id, args.replace)
+    except (ValueError, crud.DeviceExists) as exc:
+        _console().print(f"[red]{exc}[/red]")
+        return 1
+    finally:
+        engine.dispose()
+    _console().print(f"device {args.device_id} registered")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    migrate(settings.database_url)
+    # Logged, not printed: under systemd stderr reaches the journal unbuffered.
+    for what, where in settings.describe().items():
+        log.info("%s: %s", what, where)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_consumer(settings, stop)
+
+    asyncio.run(serve())
+    return 0
+
+
+def cmd_clips(settings: Settings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            clips = crud.list_clips(session, args.device_id, args.limit)
+    finally:
+        engine.dispose()
+    table = Table(title=f"clips in {settings.evidence_dir}")
+    for column in ("stored (UTC)", "device", "session", "kind", "cut start", "s", "MB"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("path", overflow="fold")
+    for clip in clips:
+        table.add_row(
+            clip.stored_at.strftime("%Y-%m-%d %H:%M:%S"),
+            clip.device_id,
+            clip.session_id or "",
+            clip.kind,
+            clip.cut_start.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{clip.duration_s:.1f}",
+            f"{clip.size / 1e6:.2f}",
+            clip.path,
+        )
+    _console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``classcam-server`` argument parser."""
+    parser = argparse.ArgumentParser(prog="classcam-server", description=__doc__)
+    parser.add_argument("--data-dir", help="where the SQLite file and evidence live (./var)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in data dir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    register = sub.add_parser("register-device", help="allow a device to upload")
+    register.add_argument("--device-id", required=True)
+    key = register.add_mutually_exclusive_group(required=True)
+    key.add_argument("--public-key", help="raw Ed25519 public key, base64")
+    key.add_argument("--public-key-file", help="file holding that base64 key")
+    register.add_argument("--classroom-id")
+    register.add_argument("--replace", action="store_true", help="change an existing key")
+    sub.add_parser("run", help="migrate, then ingest uploads until SIGTERM/SIGINT")
+    clips = sub.add_parser("clips", help="list stored clips")
+    clips.add_argument("--device-id")
+    clips.add_argument("--limit", type=int, default=50)
+    return parser
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "register-device": cmd_register_device,
+    "run": cmd_run,
+    "clips": cmd_clips,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``classcam-server`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = _settings(args)
+    return COMMANDS[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,8 +27,9 @@ def pg_harness(pg_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[
         h.close()
 
 
-def test_happy_path_on_postgresql(pg_harness: Harness, tmp_path: Path,
-                                  key: Ed25519PrivateKey) -> None:
+def test_happy_path_on_postgresql(
+    pg_harness: Harness, tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
     upload = make_upload(tmp_path / "d", key, "dev-1", "up-pg", size=3 * 4096 + 1)
     acks = pg_harness.upload(upload)
     assert [a.state for a in acks] == [AckState.MISSING, AckState.COMPLETE]

@@ -63,8 +63,9 @@ def test_sqlite_engine_is_durable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("url", ["sqlite:///relative/x.db"])
-def test_relative_sqlite_urls_become_absolute(url: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_sqlite_urls_become_absolute(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ingest_server.settings import Settings
 
     monkeypatch.chdir(tmp_path)

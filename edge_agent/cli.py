@@ -99,7 +99,8 @@ def cmd_cut(args: argparse.Namespace, config: AgentConfig) -> int:
     from edge_agent.spool import Spool
 
     clock = SystemClock()
-    spool, outbox = Spool(config.spool_dir), Outbox(config.outbox_dir, clock)
+    # Read-only: a running recorder owns the spool; cutting beside it must not disturb it.
+    spool, outbox = Spool(config.spool_dir, read_only=True), Outbox(config.outbox_dir, clock)
     request = ClipRequest(start=args.start, end=args.end, session_id=args.session_id)
     item = cut_and_enqueue(spool, outbox, _key(config), request, device_id=config.device_id,
                            chunk_size=config.upload.chunk_size, clock=clock)
@@ -149,6 +150,36 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
     return 0 if left == 0 and rejected == 0 else 1
 
 
+def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
+    """The device's service: sessions, commands, uploads, events, heartbeats, until SIGTERM."""
+    from edge_agent.service import AgentService
+
+    stop = _stop_on_signals()
+    service = AgentService(config, modem=_modem(config))
+    service.start()
+    console.print(f"agent {config.device_id} running; state in {config.state_dir}")
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+    return 0
+
+
+def _modem(config: AgentConfig):  # type: ignore[no-untyped-def]
+    """The 4G modem driver when the box has one configured."""
+    if not config.modem.port:
+        return None
+    from edge_agent.modem import SerialModem
+
+    modem = SerialModem(config.modem.port, baudrate=config.modem.baudrate,
+                        clock=SystemClock(), command_timeout=config.modem.command_timeout_s)
+    try:
+        modem.open()
+    except Exception as exc:  # the agent records without a modem rather than not at all
+        log.error("modem on %s unavailable: %s", config.modem.port, exc)
+    return modem
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classcam-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -189,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         handler = {"record": cmd_record, "cut": cmd_cut, "upload": cmd_upload,
-                   "run": cmd_upload}[args.command]
-        if args.command == "run":
-            args.until_empty = False
+                   "run": cmd_run}[args.command]
         return handler(args, config)
     except ConfigError as exc:
         console.print(f"[red]config error:[/red] {exc}")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.chunks import digest_file
 from common.clock import Clock
-from common.schemas import Manifest
+from common.schemas import ClipKind, Manifest
 from common.signing import sign_manifest
 from edge_agent.cutter import CutResult, cut_window
 from edge_agent.outbox import Outbox, OutboxItem
-from edge_agent.spool import Spool
+from edge_agent.spool import Spool, durable_replace, temp_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +70,30 @@ def cut_and_enqueue(spool: Spool, outbox: Outbox, key: Ed25519PrivateKey, reques
     payload = sign_manifest(manifest, key)
     return outbox.enqueue(upload_id, path, payload, size=manifest.size, chunk_size=chunk_size,
                           sha256=manifest.sha256)
+
+
+def enqueue_snapshot(outbox: Outbox, key: Ed25519PrivateKey, jpeg: bytes, taken: datetime, *,
+                     width: int, height: int, device_id: str, chunk_size: int, clock: Clock,
+                     cmd_id: str | None = None, upload_id: str | None = None,
+                     kind: ClipKind = ClipKind.SNAPSHOT) -> OutboxItem:
+    """Queue a still (a snapshot, or the installation's reference view) for upload."""
+    upload_id = upload_id or uuid.uuid4().hex
+    path = outbox.file_path(upload_id, ".jpg")
+    durable_write(path, jpeg)
+    digest = digest_file(path, chunk_size)
+    manifest = Manifest(
+        upload_id=upload_id, device_id=device_id, kind=kind, cmd_id=cmd_id,
+        cut_start=taken, cut_end=taken, size=digest.size, sha256=digest.sha256,
+        chunk_size=chunk_size, chunk_sha256=digest.chunk_sha256, content_type="image/jpeg",
+        codec="jpeg", duration_s=0.0, frames=1, width=width, height=height,
+        created_at=clock.now(),
+    )
+    return outbox.enqueue(upload_id, path, sign_manifest(manifest, key), size=digest.size,
+                          chunk_size=chunk_size, sha256=digest.sha256)
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file, fsync, rename, fsync the directory."""
+    temp = temp_path(path)
+    temp.write_bytes(data)
+    durable_replace(temp, path)

@@ -90,6 +90,27 @@ class UploadConfig(Section):
     ack_timeout_s: float = Field(20.0, gt=0)
 
 
+class HeartbeatConfig(Section):
+    interval_s: float = Field(30.0, ge=5, le=3600)
+
+
+class StorageConfig(Section):
+    # Session recordings are kept until their windows are acknowledged or this many days pass.
+    retention_days: float = Field(7.0, gt=0)
+    # Below this much free space: delete recordings outside sessions, report storage_low.
+    low_water_mb: int = Field(512, ge=0)
+    # Below this: no recording outside sessions at all. Session evidence is never deleted.
+    critical_mb: int = Field(128, ge=0)
+
+
+class ModemConfig(Section):
+    # Serial port of the modem's AT interface, e.g. /dev/ttyUSB2 (Quectel) or /dev/ttyUSB3
+    # (SIMCom); empty when the box has no modem (wired or Wi-Fi network).
+    port: str = ""
+    baudrate: int = Field(115200, gt=0)
+    command_timeout_s: float = Field(2.0, gt=0)
+
+
 class AgentConfig(Section):
     device_id: Annotated[str, AfterValidator(lambda v: validate_id(v, "device_id"))]
     state_dir: Path = Path("/var/lib/classcam")
@@ -98,6 +119,9 @@ class AgentConfig(Section):
     camera: CameraConfig = Field(default_factory=lambda: CameraConfig.model_validate({}))
     recording: RecordingConfig = Field(default_factory=lambda: RecordingConfig.model_validate({}))
     upload: UploadConfig = Field(default_factory=lambda: UploadConfig.model_validate({}))
+    heartbeat: HeartbeatConfig = Field(default_factory=lambda: HeartbeatConfig.model_validate({}))
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig.model_validate({}))
+    modem: ModemConfig = Field(default_factory=lambda: ModemConfig.model_validate({}))
 
     @property
     def spool_dir(self) -> Path:
@@ -124,7 +148,8 @@ def load_config(path: Path) -> AgentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "<toml>", str(exc)) from exc
     # Absent sections are validated too, so their relative secret paths resolve the same way.
-    for section in ("broker", "keys", "camera", "recording", "upload"):
+    for section in ("broker", "keys", "camera", "recording", "upload", "heartbeat", "storage",
+                    "modem"):
         raw.setdefault(section, {})
     try:
         return AgentConfig.model_validate(raw, context={"base_dir": path.parent})

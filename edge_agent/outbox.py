@@ -7,7 +7,6 @@ cut never loses an entry the agent already reported.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from common.clock import Clock, SystemClock
+from edge_agent.spool import fsync_dir
 
 
 class OutboxState(StrEnum):
@@ -51,15 +51,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at TEXT NOT NULL
 )
 """
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:

@@ -57,6 +57,8 @@ class MqttLink:
         self.connected = threading.Event()
         self.handlers: dict[str, MessageHandler] = {}
         self.counters: Counter[str] = Counter()
+        # Called with the bytes each publish puts on the wire (payload, topic, MQTT header).
+        self.on_sent: Callable[[int], None] | None = None
         broker = config.broker
         v5 = broker.protocol == "5"
         self.client = mqtt.Client(
@@ -110,6 +112,8 @@ class MqttLink:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
             raise LinkDown(topic)
+        if self.on_sent is not None:
+            self.on_sent(len(payload) + len(topic) + 6)
         return info
 
     def on(self, suffix: str, handler: MessageHandler) -> None:
@@ -187,8 +191,11 @@ class Uploader:
     """Drives outbox clips through init → chunks → fin until ``complete`` or ``rejected``."""
 
     def __init__(self, link: MqttLink, outbox: Outbox, config: UploadConfig,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, *, on_ack: Callable[[Ack], None] | None = None,
+                 on_complete: Callable[[str], None] | None = None) -> None:
         self.link = link
+        self.on_ack = on_ack
+        self.on_complete = on_complete
         self.outbox = outbox
         self.config = config
         self.clock = clock or SystemClock()
@@ -206,6 +213,8 @@ class Uploader:
             self.link.counters["bad_ack"] += 1
             log.warning("ignoring bad ack: %s", exc)
             return
+        if self.on_ack is not None:
+            self.on_ack(ack)
         with self._lock:
             waiting = self._acks.get(ack.upload_id)
         if waiting is None:
@@ -271,6 +280,8 @@ class Uploader:
             if ack.state == AckState.COMPLETE:
                 self.outbox.mark_complete(item.upload_id)
                 self.stats.completed += 1
+                if self.on_complete is not None:
+                    self.on_complete(item.upload_id)
                 log.info("upload %s complete (%d bytes)", item.upload_id, item.size)
                 return AckState.COMPLETE
             if ack.state == AckState.REJECTED:

@@ -1,0 +1,422 @@
+"""The agent as one supervised process: sessions, commands, uploads, events and heartbeats.
+
+Threads, one stop event: paho runs its network thread; the recorder, uploader, command worker,
+event sender, heartbeat and housekeeping each have a named thread of their own (they block on
+the camera, the encoder, the disk or the serial port, so an event loop would only hand them to
+threads anyway). Everything durable lives in SQLite under ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import av
+
+from common import topics
+from common.clock import Clock, SystemClock
+from common.commands import Command, Schedule
+from common.errors import ProtocolError
+from common.heartbeat import Heartbeat
+from common.schemas import Ack, Event, EventType, decode
+from common.signing import load_private_key
+from edge_agent.camera import CameraSource, Frame, SyntheticCamera
+from edge_agent.commands import CommandRunner, RuntimeSettings
+from edge_agent.config import AgentConfig
+from edge_agent.heartbeat import cpu_temperature_c, directory_bytes, disk_usage, modem_health
+from edge_agent.notify import SystemdNotifier
+from edge_agent.outbox import Outbox
+from edge_agent.recording import RecordingSettings, SessionRecorder
+from edge_agent.sessions import OpenSession, due_session, should_close
+from edge_agent.spool import Spool
+from edge_agent.state import AgentState
+from edge_agent.storage import RecordingUse, StoragePolicy, plan_cleanup
+from edge_agent.timesync import ClockOffset
+from edge_agent.uplink import LinkDown, MqttLink, Uploader
+
+log = logging.getLogger(__name__)
+FIRMWARE = "classcam-agent/0.1.0"
+
+
+def default_camera_factory(config: AgentConfig, clock: Clock) -> Callable[[], CameraSource]:
+    """The configured camera backend; each backend is imported only when used."""
+    try:
+        from edge_agent.cameras import open_camera  # type: ignore[attr-defined]
+    except ImportError:
+        open_camera = None
+    if open_camera is not None and config.camera.kind != "synthetic":
+        return lambda: open_camera(config.camera, clock=clock)  # type: ignore[no-any-return]
+    cam = config.camera
+    return lambda: SyntheticCamera(config.device_id, width=cam.width, height=cam.height,
+                                   fps=cam.fps, clock=clock)
+
+
+class AgentService:
+    """Wires the parts together and runs them until ``stop()``."""
+
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
+                 camera_factory: Callable[[], CameraSource] | None = None,
+                 modem: Any = None, notifier: SystemdNotifier | None = None,
+                 link: MqttLink | None = None,
+                 disk_probe: Callable[[], tuple[int, int]] | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.state = AgentState(config.state_dir / "agent.sqlite3")
+        self.spool = Spool(config.spool_dir)
+        self.outbox = Outbox(config.outbox_dir, self.clock)
+        self.key = load_private_key(config.keys.private_key_file)
+        self.link = link or MqttLink(config, config.broker_password(), self.clock, FIRMWARE)
+        self.modem = modem
+        self.notifier = notifier or SystemdNotifier()
+        self.disk_probe = disk_probe or (lambda: disk_usage(config.state_dir))
+        self.offset = ClockOffset()
+        self.camera_factory = camera_factory or default_camera_factory(config, self.clock)
+        stored = self.state.get("runtime") or {}
+        self.runtime = RuntimeSettings.model_validate({
+            "heartbeat_interval_s": config.heartbeat.interval_s,
+            "upload_rate_limit_bytes_per_s": config.upload.rate_limit_bytes_per_s,
+            "upload_window": config.upload.window, **stored})
+        self.uploader = Uploader(self.link, self.outbox, config.upload, self.clock,
+                                 on_ack=self._on_ack, on_complete=self._on_upload_complete)
+        self.apply_runtime(self.runtime, persist=False)
+        rec = config.recording
+        self.recorder = SessionRecorder(
+            self.spool, self.clock, self.camera_factory,
+            RecordingSettings(rec.segment_seconds, rec.keyframe_interval_s, rec.bitrate,
+                              rec.preset), self.emit, on_write_error=self.cleanup_storage)
+        self.policy = StoragePolicy(
+            retention=timedelta(days=config.storage.retention_days),
+            low_water_bytes=config.storage.low_water_mb * 1024 * 1024,
+            critical_bytes=config.storage.critical_mb * 1024 * 1024)
+        self.commands = CommandRunner(self)
+        self.stop_event = threading.Event()
+        self.events_ready = threading.Event()
+        self.uploads_ready = threading.Event()
+        self.storage_low = False
+        self.open: OpenSession | None = None
+        self._session_lock = threading.RLock()
+        self._cmd_queue: queue.Queue[Command] = queue.Queue()
+        self._traffic = 0
+        self._traffic_lock = threading.Lock()
+        self._started_mono = self.clock.monotonic()
+        self._hb_seq = 0
+        self._threads: list[threading.Thread] = []
+        self.link.on_sent = self._count_traffic
+        self.link.on("cmd", self._on_cmd_message)
+        self.link.on("schedule", self._on_schedule_message)
+        self.link.on("ack", self.uploader.on_ack_message)
+
+    # -- messages from the server -----------------------------------------------------------
+
+    def _on_cmd_message(self, topic: str, payload: bytes) -> None:
+        cmd = self.commands.on_message(topic, payload)
+        if cmd is not None:
+            self._cmd_queue.put(cmd)
+
+    def _on_schedule_message(self, topic: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained message
+            self.state.put("schedule", None)
+            return
+        try:
+            schedule = decode(Schedule, payload)
+        except ProtocolError as exc:
+            self.link.counters["bad_schedule"] += 1
+            log.warning("bad schedule: %s", exc)
+            return
+        self.offset.observe(schedule.issued_at, self.clock.now())
+        self.state.put("schedule", schedule.model_dump(mode="json"))
+        log.info("timetable: %d session(s)", len(schedule.sessions))
+
+    def _on_ack(self, ack: Ack) -> None:
+        self.offset.observe(ack.server_time, self.clock.now())
+
+    def _on_upload_complete(self, upload_id: str) -> None:
+        session_id = self.state.upload_acked(upload_id)
+        if session_id:
+            log.info("session %s: a cut was acknowledged", session_id)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def emit(self, type_: EventType, *, cmd_id: str | None = None, session_id: str | None = None,
+             data: dict[str, Any] | None = None) -> bytes:
+        """Queue an event durably; the sender delivers it when the link allows."""
+        now = self.clock.now()
+        event = Event(event_id=f"{self.config.device_id}-{now:%Y%m%d%H%M%S%f}-{type_.value}"[:64],
+                      device_id=self.config.device_id, type=type_, at=now, cmd_id=cmd_id,
+                      session_id=session_id, data=data or {})
+        payload = event.to_bytes()
+        self.state.push_event(payload)
+        self.events_ready.set()
+        return payload
+
+    def _send_events(self) -> None:
+        topic = topics.event(self.config.device_id)
+        while not self.stop_event.is_set():
+            self.events_ready.wait(1.0)
+            self.events_ready.clear()
+            if not self.link.connected.is_set():
+                continue
+            for seq, payload in self.state.pending_events():
+                try:
+                    info = self.link.publish(topic, payload)
+                    info.wait_for_publish(10)
+                except (LinkDown, RuntimeError, ValueError):
+                    break
+                if not info.is_published():
+                    break
+                self.state.event_delivered(seq)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def open_session(self, session_id: str, *, source: str, windows: int,
+                     planned_end: datetime | None, cmd_id: str | None = None,
+                     planned_start: datetime | None = None) -> dict[str, Any]:
+        """Start recording ``session_id``; return what the ``session_started`` event says."""
+        with self._session_lock:
+            if self.open and self.open.session_id == session_id:
+                return {"already_open": True, "source": self.open.source}
+            if self.open:
+                self.close_session(self.open.session_id, reason="superseded")
+            now = self.clock.now()
+            self.state.upsert_session(session_id, source=source, windows=windows,
+                                      planned_start=planned_start, planned_end=planned_end)
+            self.state.mark_session(session_id, opened_at=now)
+            self.recorder.start(session_id)
+            self.open = OpenSession(session_id, source, planned_end, now)
+            data = {"source": source, "opened_at": now.isoformat(),
+                    "planned_end": planned_end.isoformat() if planned_end else None}
+            log.info("session %s opened (%s)", session_id, source)
+            if cmd_id is None:
+                self.emit(EventType.SESSION_STARTED, session_id=session_id, data=data)
+            return data
+
+    def close_session(self, session_id: str, *, reason: str,
+                      announce: bool = False) -> dict[str, Any]:
+        """Stop recording ``session_id``; return what the ``session_stopped`` event says."""
+        with self._session_lock:
+            if self.open is None or self.open.session_id != session_id:
+                return {"was_open": False}
+            current = self.open
+            rec = self.recorder.stop()
+            self.open = None
+            now = self.clock.now()
+            self.state.mark_session(session_id, closed_at=now)
+            gaps = rec.gaps if rec else []
+            missing = sum((b - a).total_seconds() for a, b in gaps)
+            data = {"reason": reason, "opened_at": current.opened_at.isoformat(),
+                    "closed_at": now.isoformat(),
+                    "recorded_s": max(0.0, (now - current.opened_at).total_seconds() - missing),
+                    "gaps": [[a.isoformat(), b.isoformat()] for a, b in gaps],
+                    "recording_ids": rec.recording_ids if rec else []}
+            log.info("session %s closed (%s)", session_id, reason)
+            if announce:
+                self.emit(EventType.SESSION_STOPPED, session_id=session_id, data=data)
+            return data
+
+    def _server_now(self) -> datetime:
+        return self.clock.now() - timedelta(seconds=self.offset.or_zero())
+
+    def _check_timetable(self) -> None:
+        with self._session_lock:
+            server_now, device_now = self._server_now(), self.clock.now()
+            if self.open and should_close(self.open, server_now, device_now):
+                self.close_session(self.open.session_id, reason="planned_end", announce=True)
+            raw = self.state.get("schedule")
+            schedule = Schedule.model_validate(raw) if raw else None
+            closed = set()
+            if schedule:
+                for s in schedule.sessions:
+                    row = self.state.session(s.session_id)
+                    if row and row.closed_at:
+                        closed.add(s.session_id)
+            due = due_session(schedule, server_now, closed)
+            if due and self.open is None:
+                self.open_session(due.session_id, source="schedule", windows=due.windows,
+                                  planned_end=due.end, planned_start=due.start)
+
+    def wait_for_spool(self, device_end: datetime, timeout: float | None = None) -> None:
+        """Wait until the spool holds what was recorded up to ``device_end`` (or nothing more
+        will come): a cut asked right after its window must not lose the last segment."""
+        limit = timeout if timeout is not None else 3 * self.config.recording.segment_seconds + 10
+        deadline = self.clock.monotonic() + limit
+        while self.clock.monotonic() < deadline and not self.stop_event.is_set():
+            rec = self.recorder.current
+            if rec is None or not rec.frames_flowing:
+                return
+            latest = self.spool.segments_between(device_end, device_end + timedelta(days=1))
+            if any(seg.end_wall >= device_end for seg in latest):
+                return
+            self.clock.sleep(0.1)
+
+    def grab_frame(self) -> Frame:
+        """A still of the classroom now: the newest recorded keyframe, or the camera itself."""
+        if self.recorder.current is not None:
+            now = self.clock.now()
+            segments = self.spool.segments_between(now - timedelta(seconds=30), now)
+            if segments:
+                seg = segments[-1]
+                with av.open(str(seg.path)) as container:
+                    frame = next(container.decode(video=0))
+                    image = frame.to_ndarray(format="bgr24")
+                return Frame(image=image, wall=seg.start_wall, mono=seg.start_mono)
+        camera = self.camera_factory()
+        camera.open()
+        try:
+            return camera.read()
+        finally:
+            camera.close()
+
+    # -- runtime settings, storage, traffic ------------------------------------------------------
+
+    def apply_runtime(self, runtime: RuntimeSettings, persist: bool = True) -> None:
+        self.runtime = runtime
+        self.uploader.config = self.uploader.config.model_copy(update={
+            "rate_limit_bytes_per_s": runtime.upload_rate_limit_bytes_per_s,
+            "window": runtime.upload_window})
+        self.uploader.limiter.rate = runtime.upload_rate_limit_bytes_per_s
+        if persist:
+            self.state.put("runtime", runtime.model_dump())
+
+    def _count_traffic(self, nbytes: int) -> None:
+        with self._traffic_lock:
+            self._traffic += nbytes
+
+    def _flush_traffic(self) -> None:
+        with self._traffic_lock:
+            nbytes, self._traffic = self._traffic, 0
+        if nbytes:
+            self.state.add_traffic(self.clock.now(), nbytes)
+
+    def cleanup_storage(self) -> None:
+        """Apply the retention and low-space policy; report ``storage_low`` when it changes."""
+        uses = []
+        current = self.recorder.current
+        for info in self.spool.recordings():
+            if current is not None and info.recording_id in current.recording_ids:
+                continue
+            size = sum(seg.size for seg in self.spool.segments(info.recording_id))
+            row = self.state.session(info.session_id) if info.session_id else None
+            pinned = info.session_id is not None and (row is None or row.pinned)
+            uses.append(RecordingUse(info.recording_id, info.session_id, info.ended_wall, size,
+                                     pinned))
+        free, _total = self.disk_probe()
+        plan = plan_cleanup(uses, free, self.clock.now(), self.policy)
+        for recording_id in plan.delete:
+            self.spool.delete_recording(recording_id)
+        if plan.delete:
+            log.info("storage: deleted %d recording(s), %d bytes", len(plan.delete),
+                     plan.freed_bytes)
+        if plan.storage_low != self.storage_low:
+            self.storage_low = plan.storage_low
+            if plan.storage_low:
+                self.emit(EventType.STORAGE_LOW, data={"free_bytes": free + plan.freed_bytes,
+                                                       "low_water_bytes":
+                                                           self.policy.low_water_bytes})
+
+    # -- heartbeat ------------------------------------------------------------------------------
+
+    def heartbeat(self) -> Heartbeat:
+        now = self.clock.now()
+        free, total = self.disk_probe()
+        today, month = self.state.traffic(now)
+        modem, gnss = modem_health(self.modem)
+        self._hb_seq += 1
+        return Heartbeat(
+            device_id=self.config.device_id, at=now, seq=self._hb_seq,
+            uptime_s=max(0.0, self.clock.monotonic() - self._started_mono), firmware=FIRMWARE,
+            recording=self.recorder.current is not None,
+            session_id=self.open.session_id if self.open else None,
+            spool_bytes=directory_bytes(self.spool.root), outbox_pending=self.outbox.count(),
+            disk_free_bytes=free, disk_total_bytes=total, storage_low=self.storage_low,
+            cpu_temp_c=cpu_temperature_c(), clock_offset_s=self.offset.seconds,
+            bytes_sent_today=today, bytes_sent_month=month, modem=modem, gnss=gnss)
+
+    def _heartbeats(self) -> None:
+        topic = topics.heartbeat(self.config.device_id)
+        while not self.stop_event.is_set():
+            if self.link.connected.is_set():
+                try:
+                    self.link.publish(topic, self.heartbeat().to_bytes(), qos=1)
+                except LinkDown:
+                    pass
+                except Exception:
+                    log.exception("heartbeat failed")
+            self.stop_event.wait(self.runtime.heartbeat_interval_s)
+
+    # -- the loops ------------------------------------------------------------------------------
+
+    def _command_worker(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                cmd = self._cmd_queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.commands.execute(cmd)
+
+    def _housekeeping(self) -> None:
+        last_slow = 0.0
+        while not self.stop_event.is_set():
+            try:
+                self._check_timetable()
+                mono = self.clock.monotonic()
+                if mono - last_slow >= 10:
+                    last_slow = mono
+                    self._flush_traffic()
+                    self.cleanup_storage()
+                self.notifier.watchdog()
+            except Exception:
+                log.exception("housekeeping failed")
+            self.stop_event.wait(0.5)
+
+    def _resume_open_sessions(self) -> None:
+        """A restart during a class resumes its recording; the outage shows as a gap."""
+        for info in reversed(self.spool.recordings()):
+            if not info.session_id:
+                continue
+            row = self.state.session(info.session_id)
+            if row and row.opened_at and not row.closed_at and row.source == "command":
+                planned_end = row.planned_end
+                if planned_end is None or self._server_now() < planned_end:
+                    self.open_session(row.session_id, source=row.source, windows=row.windows,
+                                      planned_end=planned_end)
+                    if info.ended_wall:
+                        self.emit(EventType.RECORDING_GAP, session_id=row.session_id,
+                                  data={"start": info.ended_wall.isoformat(),
+                                        "end": self.clock.now().isoformat(),
+                                        "reason": "agent_restart"})
+                break
+
+    def start(self) -> None:
+        self.link.start()
+        self._resume_open_sessions()
+        for name, target in (("uploader", lambda: self.uploader.run(self.stop_event)),
+                             ("commands", self._command_worker),
+                             ("events", self._send_events),
+                             ("heartbeat", self._heartbeats),
+                             ("housekeeping", self._housekeeping)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.notifier.ready(f"device {self.config.device_id} running")
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        self.stop_event.set()
+        rec = self.recorder.stop()
+        if rec:
+            log.info("stopped recording session %s for shutdown", rec.session_id)
+        for thread in self._threads:
+            thread.join(10)
+        self._flush_traffic()
+        self.link.stop()
+        self.spool.close()
+        self.outbox.close()
+        self.state.close()
+
+    def run_forever(self) -> None:
+        self.start()
+        self.stop_event.wait()

@@ -91,6 +91,17 @@ class _Reply:
     missing: list[Range] | None = None
 
 
+def _chunk_with_bad_offset(topic: str) -> topics.UpTopic | None:
+    """A chunk topic whose only fault is its offset: its device can still be told."""
+    parts = topic.split("/")
+    if len(parts) != 8 or "/".join(parts[:3]) != topics.UP or parts[4:7:2] != ["file", "chunk"]:
+        return None
+    device_id, upload_id = parts[3], parts[5]
+    if not (topics.ID_PATTERN.fullmatch(device_id) and topics.ID_PATTERN.fullmatch(upload_id)):
+        return None
+    return topics.UpTopic(device_id, topics.UpKind.FILE_CHUNK, upload_id, None)
+
+
 def _short(text: str) -> str:
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
@@ -130,8 +141,14 @@ class IngestProcessor:
         try:
             up = topics.parse_up(topic)
         except TopicError as exc:
-            self.counters["bad_topic"] += 1
-            log.warning("ignoring message on a bad topic: %s", exc)
+            chunk = _chunk_with_bad_offset(topic)
+            if chunk is None:
+                # No device to answer: count, log, go on.
+                self.counters["bad_topic"] += 1
+                log.warning("ignoring message on a bad topic: %s", exc)
+            else:
+                refusal = ChunkRefused(RejectReason.BAD_OFFSET, chunk.upload_id, exc.why)
+                self._refuse_chunk(refusal, chunk)
             return []
         if up.upload_id is None:
             # Status, heartbeat and event messages belong to other handlers.
@@ -313,9 +330,12 @@ class IngestProcessor:
         try:
             self._on_chunk(up, data)
         except Refusal as exc:
-            self._record(exc, up)
-            reply = self._refusal_reply(exc, up, AckReplyTo.CHUNK)
-            self._deferred.setdefault((reply.device_id, reply.upload_id, exc.reason.value), reply)
+            self._refuse_chunk(exc, up)
+
+    def _refuse_chunk(self, refusal: Refusal, up: topics.UpTopic) -> None:
+        self._record(refusal, up)
+        reply = self._refusal_reply(refusal, up, AckReplyTo.CHUNK)
+        self._deferred.setdefault((reply.device_id, reply.upload_id, refusal.reason.value), reply)
 
     def _on_chunk(self, up: topics.UpTopic, data: bytes) -> None:
         upload_id = up.upload_id or ""

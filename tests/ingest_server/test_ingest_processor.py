@@ -375,8 +375,16 @@ def test_fin_contradicting_the_manifest_rejects_the_upload(
 
 
 def test_bad_topics_are_counted_and_other_kinds_ignored(harness: Harness) -> None:
-    assert harness.send("classcam/v1/up/dev-1/file/up-1/chunk/-5", b"x") == []
     assert harness.send("something/else", b"x") == []
+    assert harness.send("classcam/v1/up/dev-1/file/up-1/unknown", b"x") == []
     assert harness.send(topics.heartbeat("dev-1"), b"{}") == []
     assert harness.processor.counters == {"bad_topic": 2}
     assert harness.processor.stats["ignored_heartbeat"] == 1
+    assert harness.flush() == []
+    assert _rejections(harness) == []
+
+
+def test_chunk_topic_with_a_bad_offset_is_answered(harness: Harness) -> None:
+    assert harness.send("classcam/v1/up/dev-1/file/up-1/chunk/-5", b"x") == []
+    ack = _assert_refused(harness, harness.flush(), RejectReason.BAD_OFFSET, AckState.MISSING)
+    assert (ack.upload_id, ack.reply_to) == ("up-1", AckReplyTo.CHUNK)

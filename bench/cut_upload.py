@@ -25,17 +25,17 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.clock import SystemClock, VirtualClock  # noqa: E402
-from edge_agent.camera import SyntheticCamera  # noqa: E402
-from edge_agent.clips import ClipRequest, cut_and_enqueue  # noqa: E402
-from edge_agent.config import load_config  # noqa: E402
-from edge_agent.cutter import cut_window  # noqa: E402
-from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.recorder import Recorder  # noqa: E402
-from edge_agent.spool import Spool  # noqa: E402
-from edge_agent.uplink import MqttLink, Uploader  # noqa: E402
-from simulators.broker import SERVER_USER, MosquittoBroker  # noqa: E402
-from simulators.harness import ServerProcess, provision_device  # noqa: E402
+from common.clock import SystemClock, VirtualClock
+from edge_agent.camera import SyntheticCamera
+from edge_agent.clips import ClipRequest, cut_and_enqueue
+from edge_agent.config import load_config
+from edge_agent.cutter import cut_window
+from edge_agent.outbox import Outbox
+from edge_agent.recorder import Recorder
+from edge_agent.spool import Spool
+from edge_agent.uplink import MqttLink, Uploader
+from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.harness import ServerProcess, provision_device
 
 console = Console()
 REPEATS = 5
@@ -64,9 +64,13 @@ def bench_cut(work: Path) -> tuple[dict[str, float], Spool, object]:
     cut_s = timed(lambda: cut_window(spool, w_start, w_end, out))
     size = out.stat().st_size
     copy_s = timed(lambda: shutil.copyfile(out, copy))
-    figures = {"record_70s_s": record_s, "cut_60s_ms": cut_s * 1000,
-               "copyfile_ms": copy_s * 1000, "cut_vs_copy": cut_s / copy_s,
-               "clip_mb": size / 1e6}
+    figures = {
+        "record_70s_s": record_s,
+        "cut_60s_ms": cut_s * 1000,
+        "copyfile_ms": copy_s * 1000,
+        "cut_vs_copy": cut_s / copy_s,
+        "clip_mb": size / 1e6,
+    }
     return figures, spool, (w_start, w_end)
 
 
@@ -83,15 +87,17 @@ def bare_paho_goodput(broker: MosquittoBroker, total_bytes: int, chunk: int = 65
             got.set()
 
     broker.add_account("bench-pub")
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub",
-                      protocol=mqtt.MQTTv311)
+    sub = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv311
+    )
     sub.username_pw_set(SERVER_USER, broker.accounts.passwords[SERVER_USER])
     sub.on_message = on_message
     sub.connect(broker.host, broker.port)
     sub.subscribe("classcam/v1/up/bench-pub/#", qos=1)
     sub.loop_start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub",
-                      protocol=mqtt.MQTTv311)
+    pub = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv311
+    )
     pub.username_pw_set("bench-pub", broker.accounts.passwords["bench-pub"])
     pub.max_inflight_messages_set(16)
     pub.connect(broker.host, broker.port)
@@ -123,10 +129,18 @@ def bench_upload(work: Path, spool: Spool, window: tuple) -> dict[str, float]:  
         from common.signing import load_private_key
 
         key = load_private_key(config.keys.private_key_file)
-        items = [cut_and_enqueue(spool, outbox, key, ClipRequest(*window),
-                                 device_id=config.device_id,
-                                 chunk_size=config.upload.chunk_size, clock=SystemClock())
-                 for _ in range(3)]
+        items = [
+            cut_and_enqueue(
+                spool,
+                outbox,
+                key,
+                ClipRequest(*window),
+                device_id=config.device_id,
+                chunk_size=config.upload.chunk_size,
+                clock=SystemClock(),
+            )
+            for _ in range(3)
+        ]
         total = sum(i.size for i in items)
         link = MqttLink(config, config.broker_password())
         uploader = Uploader(link, outbox, config.upload)
@@ -140,8 +154,12 @@ def bench_upload(work: Path, spool: Spool, window: tuple) -> dict[str, float]:  
         link.stop()
         ours = total / ours_s / 1e6
         bare = bare_paho_goodput(broker, total)
-        return {"upload_mb": total / 1e6, "agent_to_stored_mb_s": ours,
-                "bare_paho_mb_s": bare, "ours_vs_bare": ours / bare}
+        return {
+            "upload_mb": total / 1e6,
+            "agent_to_stored_mb_s": ours,
+            "bare_paho_mb_s": bare,
+            "ours_vs_bare": ours / bare,
+        }
     finally:
         server.stop()
         broker.stop()

@@ -37,7 +37,7 @@ class Message(BaseModel):
     """Base of every payload: frozen, strict about unknown fields, versioned."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
     def to_bytes(self) -> bytes:
         """The payload as compact UTF-8 JSON."""
@@ -104,7 +104,11 @@ class Manifest(Message):
             raise ValueError("cut_end is before cut_start")
         if (self.requested_start is None) != (self.requested_end is None):
             raise ValueError("requested_start and requested_end go together")
-        if self.requested_start and self.requested_end and self.requested_end <= self.requested_start:
+        if (
+            self.requested_start
+            and self.requested_end
+            and self.requested_end <= self.requested_start
+        ):
             raise ValueError("requested_end must be after requested_start")
         return self
 

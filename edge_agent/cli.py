@@ -11,7 +11,9 @@ import sys
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -51,8 +53,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     public = public_key_b64(key)
     (out / "device-key.pub").write_text(public + "\n")
     console.print(f"device [bold]{args.device_id}[/bold] provisioned in {out}")
-    console.print(f"register on the server:\n  classcam-server register-device "
-                  f"--device-id {args.device_id} --public-key {public}")
+    console.print(
+        f"register on the server:\n  classcam-server register-device "
+        f"--device-id {args.device_id} --public-key {public}"
+    )
     print(public)
     return 0
 
@@ -69,13 +73,21 @@ def cmd_record(args: argparse.Namespace, config: AgentConfig) -> int:
 
     clock = _clock(args)
     cam = config.camera
-    camera = SyntheticCamera(config.device_id, width=cam.width, height=cam.height, fps=cam.fps,
-                             clock=clock)
+    camera = SyntheticCamera(
+        config.device_id, width=cam.width, height=cam.height, fps=cam.fps, clock=clock
+    )
     spool = Spool(config.spool_dir)
     rec = config.recording
-    recorder = Recorder(camera, spool, clock, segment_seconds=rec.segment_seconds,
-                        keyframe_interval_s=rec.keyframe_interval_s, bitrate=rec.bitrate,
-                        session_id=args.session_id, preset=rec.preset)
+    recorder = Recorder(
+        camera,
+        spool,
+        clock,
+        segment_seconds=rec.segment_seconds,
+        keyframe_interval_s=rec.keyframe_interval_s,
+        bitrate=rec.bitrate,
+        session_id=args.session_id,
+        preset=rec.preset,
+    )
     start = clock.now()
     recording_id = recorder.record_for(args.seconds)
     end = clock.now()
@@ -85,7 +97,7 @@ def cmd_record(args: argparse.Namespace, config: AgentConfig) -> int:
     return 0
 
 
-def _key(config: AgentConfig):  # type: ignore[no-untyped-def]
+def _key(config: AgentConfig) -> Ed25519PrivateKey:
     try:
         return load_private_key(config.keys.private_key_file)
     except (OSError, ValueError) as exc:
@@ -102,8 +114,15 @@ def cmd_cut(args: argparse.Namespace, config: AgentConfig) -> int:
     # Read-only: a running recorder owns the spool; cutting beside it must not disturb it.
     spool, outbox = Spool(config.spool_dir, read_only=True), Outbox(config.outbox_dir, clock)
     request = ClipRequest(start=args.start, end=args.end, session_id=args.session_id)
-    item = cut_and_enqueue(spool, outbox, _key(config), request, device_id=config.device_id,
-                           chunk_size=config.upload.chunk_size, clock=clock)
+    item = cut_and_enqueue(
+        spool,
+        outbox,
+        _key(config),
+        request,
+        device_id=config.device_id,
+        chunk_size=config.upload.chunk_size,
+        clock=clock,
+    )
     console.print(f"cut {item.size} bytes into upload {item.upload_id} (sha256 {item.sha256})")
     print(item.upload_id)
     return 0
@@ -129,9 +148,14 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
     try:
         if args.until_empty:
             pending = outbox.pending()
-            with Progress(TextColumn("{task.description}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                          console=console, disable=not console.is_terminal) as progress:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                console=console,
+                disable=not console.is_terminal,
+            ) as progress:
                 task = progress.add_task("uploading clips", total=len(pending))
                 for item in pending:
                     if stop.is_set():
@@ -145,8 +169,9 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
         link.stop()
     left = outbox.count(OutboxState.PENDING)
     rejected = outbox.count(OutboxState.REJECTED)
-    console.print(f"outbox: {left} pending, {rejected} rejected; "
-                  f"{uploader.stats.chunks_sent} chunks sent")
+    console.print(
+        f"outbox: {left} pending, {rejected} rejected; {uploader.stats.chunks_sent} chunks sent"
+    )
     return 0 if left == 0 and rejected == 0 else 1
 
 
@@ -165,14 +190,18 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     return 0
 
 
-def _modem(config: AgentConfig):  # type: ignore[no-untyped-def]
+def _modem(config: AgentConfig) -> Any:
     """The 4G modem driver when the box has one configured."""
     if not config.modem.port:
         return None
     from edge_agent.modem import SerialModem
 
-    modem = SerialModem(config.modem.port, baudrate=config.modem.baudrate,
-                        clock=SystemClock(), command_timeout=config.modem.command_timeout_s)
+    modem = SerialModem(
+        config.modem.port,
+        baudrate=config.modem.baudrate,
+        clock=SystemClock(),
+        command_timeout=config.modem.command_timeout_s,
+    )
     try:
         modem.open()
     except Exception as exc:  # the agent records without a modem rather than not at all
@@ -191,17 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-host", default="127.0.0.1")
     p.add_argument("--force", action="store_true")
 
-    for name, help_ in (("record", "record the camera into the spool"),
-                        ("cut", "cut a window from the spool into the outbox"),
-                        ("upload", "upload the outbox to the server"),
-                        ("run", "run as the device's service")):
+    for name, help_ in (
+        ("record", "record the camera into the spool"),
+        ("cut", "cut a window from the spool into the outbox"),
+        ("upload", "upload the outbox to the server"),
+        ("run", "run as the device's service"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", type=Path, required=True)
         if name == "record":
             p.add_argument("--seconds", type=float, required=True)
             p.add_argument("--session-id")
-            p.add_argument("--virtual-clock", action="store_true",
-                           help="synthetic time: record as fast as the encoder goes")
+            p.add_argument(
+                "--virtual-clock",
+                action="store_true",
+                help="synthetic time: record as fast as the encoder goes",
+            )
         if name == "cut":
             p.add_argument("--start", type=_parse_time, required=True)
             p.add_argument("--end", type=_parse_time, required=True)
@@ -213,14 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.command == "provision":
         return cmd_provision(args)
     try:
         config = load_config(args.config)
-        handler = {"record": cmd_record, "cut": cmd_cut, "upload": cmd_upload,
-                   "run": cmd_run}[args.command]
+        handler = {"record": cmd_record, "cut": cmd_cut, "upload": cmd_upload, "run": cmd_run}[
+            args.command
+        ]
         return handler(args, config)
     except ConfigError as exc:
         console.print(f"[red]config error:[/red] {exc}")

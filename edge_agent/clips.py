@@ -30,8 +30,15 @@ class ClipRequest:
     clock_offset_s: float = 0.0
 
 
-def build_manifest(request: ClipRequest, cut: CutResult, *, upload_id: str, device_id: str,
-                   chunk_size: int, created_at: datetime) -> Manifest:
+def build_manifest(
+    request: ClipRequest,
+    cut: CutResult,
+    *,
+    upload_id: str,
+    device_id: str,
+    chunk_size: int,
+    created_at: datetime,
+) -> Manifest:
     """The manifest of a finished cut: what was asked, what was cut, and every hash."""
     digest = digest_file(cut.path, chunk_size)
     return Manifest(
@@ -57,39 +64,83 @@ def build_manifest(request: ClipRequest, cut: CutResult, *, upload_id: str, devi
     )
 
 
-def cut_and_enqueue(spool: Spool, outbox: Outbox, key: Ed25519PrivateKey, request: ClipRequest,
-                    *, device_id: str, chunk_size: int, clock: Clock,
-                    upload_id: str | None = None) -> OutboxItem:
+def cut_and_enqueue(
+    spool: Spool,
+    outbox: Outbox,
+    key: Ed25519PrivateKey,
+    request: ClipRequest,
+    *,
+    device_id: str,
+    chunk_size: int,
+    clock: Clock,
+    upload_id: str | None = None,
+) -> OutboxItem:
     """Cut ``request`` from the spool by stream copy, sign its manifest, queue it for upload."""
     upload_id = upload_id or uuid.uuid4().hex
     offset = timedelta(seconds=request.clock_offset_s)
     path = outbox.file_path(upload_id)
     cut = cut_window(spool, request.start + offset, request.end + offset, path)
-    manifest = build_manifest(request, cut, upload_id=upload_id, device_id=device_id,
-                              chunk_size=chunk_size, created_at=clock.now())
+    manifest = build_manifest(
+        request,
+        cut,
+        upload_id=upload_id,
+        device_id=device_id,
+        chunk_size=chunk_size,
+        created_at=clock.now(),
+    )
     payload = sign_manifest(manifest, key)
-    return outbox.enqueue(upload_id, path, payload, size=manifest.size, chunk_size=chunk_size,
-                          sha256=manifest.sha256)
+    return outbox.enqueue(
+        upload_id, path, payload, size=manifest.size, chunk_size=chunk_size, sha256=manifest.sha256
+    )
 
 
-def enqueue_snapshot(outbox: Outbox, key: Ed25519PrivateKey, jpeg: bytes, taken: datetime, *,
-                     width: int, height: int, device_id: str, chunk_size: int, clock: Clock,
-                     cmd_id: str | None = None, upload_id: str | None = None,
-                     kind: ClipKind = ClipKind.SNAPSHOT) -> OutboxItem:
+def enqueue_snapshot(
+    outbox: Outbox,
+    key: Ed25519PrivateKey,
+    jpeg: bytes,
+    taken: datetime,
+    *,
+    width: int,
+    height: int,
+    device_id: str,
+    chunk_size: int,
+    clock: Clock,
+    cmd_id: str | None = None,
+    upload_id: str | None = None,
+    kind: ClipKind = ClipKind.SNAPSHOT,
+) -> OutboxItem:
     """Queue a still (a snapshot, or the installation's reference view) for upload."""
     upload_id = upload_id or uuid.uuid4().hex
     path = outbox.file_path(upload_id, ".jpg")
     durable_write(path, jpeg)
     digest = digest_file(path, chunk_size)
     manifest = Manifest(
-        upload_id=upload_id, device_id=device_id, kind=kind, cmd_id=cmd_id,
-        cut_start=taken, cut_end=taken, size=digest.size, sha256=digest.sha256,
-        chunk_size=chunk_size, chunk_sha256=digest.chunk_sha256, content_type="image/jpeg",
-        codec="jpeg", duration_s=0.0, frames=1, width=width, height=height,
+        upload_id=upload_id,
+        device_id=device_id,
+        kind=kind,
+        cmd_id=cmd_id,
+        cut_start=taken,
+        cut_end=taken,
+        size=digest.size,
+        sha256=digest.sha256,
+        chunk_size=chunk_size,
+        chunk_sha256=digest.chunk_sha256,
+        content_type="image/jpeg",
+        codec="jpeg",
+        duration_s=0.0,
+        frames=1,
+        width=width,
+        height=height,
         created_at=clock.now(),
     )
-    return outbox.enqueue(upload_id, path, sign_manifest(manifest, key), size=digest.size,
-                          chunk_size=chunk_size, sha256=digest.sha256)
+    return outbox.enqueue(
+        upload_id,
+        path,
+        sign_manifest(manifest, key),
+        size=digest.size,
+        chunk_size=chunk_size,
+        sha256=digest.sha256,
+    )
 
 
 def durable_write(path: Path, data: bytes) -> None:

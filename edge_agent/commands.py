@@ -55,8 +55,9 @@ class CommandRunner:
         except ProtocolError as exc:
             self.service.link.counters["bad_command"] += 1
             log.warning("bad command: %s", exc)
-            self.service.emit(EventType.COMMAND_FAILED,
-                              data={"reason": "invalid_command", "detail": str(exc)})
+            self.service.emit(
+                EventType.COMMAND_FAILED, data={"reason": "invalid_command", "detail": str(exc)}
+            )
             return None
 
     def execute(self, cmd: Command) -> None:
@@ -77,9 +78,11 @@ class CommandRunner:
             event_type, data, session_id = self._run(cmd)
         except Exception as exc:  # a command must never take the agent down
             log.exception("command %s (%s) failed", cmd.cmd_id, cmd.type)
-            event_type, data, session_id = (EventType.COMMAND_FAILED,
-                                            {"reason": "error", "detail": str(exc)},
-                                            cmd.session_id)
+            event_type, data, session_id = (
+                EventType.COMMAND_FAILED,
+                {"reason": "error", "detail": str(exc)},
+                cmd.session_id,
+            )
         finally:
             with self._lock:
                 self._running.discard(cmd.cmd_id)
@@ -90,10 +93,16 @@ class CommandRunner:
         svc = self.service
         if cmd.type == CommandType.OPEN_SESSION:
             assert cmd.session_id
-            planned_end = (cmd.issued_at + timedelta(seconds=cmd.duration_s)
-                           if cmd.duration_s else None)
-            opened = svc.open_session(cmd.session_id, source="command", windows=cmd.windows,
-                                      planned_end=planned_end, cmd_id=cmd.cmd_id)
+            planned_end = (
+                cmd.issued_at + timedelta(seconds=cmd.duration_s) if cmd.duration_s else None
+            )
+            opened = svc.open_session(
+                cmd.session_id,
+                source="command",
+                windows=cmd.windows,
+                planned_end=planned_end,
+                cmd_id=cmd.cmd_id,
+            )
             return EventType.SESSION_STARTED, opened, cmd.session_id
         if cmd.type == CommandType.CLOSE_SESSION:
             assert cmd.session_id
@@ -113,22 +122,43 @@ class CommandRunner:
         if existing is None:
             offset = svc.offset.or_zero()
             svc.wait_for_spool(cmd.end + timedelta(seconds=offset))
-            request = ClipRequest(start=cmd.start, end=cmd.end, session_id=cmd.session_id,
-                                  cmd_id=cmd.cmd_id, clock_offset_s=offset)
+            request = ClipRequest(
+                start=cmd.start,
+                end=cmd.end,
+                session_id=cmd.session_id,
+                cmd_id=cmd.cmd_id,
+                clock_offset_s=offset,
+            )
             try:
-                existing = cut_and_enqueue(svc.spool, svc.outbox, svc.key, request,
-                                           device_id=svc.config.device_id,
-                                           chunk_size=svc.config.upload.chunk_size,
-                                           clock=svc.clock, upload_id=upload_id)
+                existing = cut_and_enqueue(
+                    svc.spool,
+                    svc.outbox,
+                    svc.key,
+                    request,
+                    device_id=svc.config.device_id,
+                    chunk_size=svc.config.upload.chunk_size,
+                    clock=svc.clock,
+                    upload_id=upload_id,
+                )
             except CutError as exc:
-                return (EventType.CUT_FAILED, {"reason": "not_recorded", "detail": exc.why,
-                                               "start": cmd.start.isoformat(),
-                                               "end": cmd.end.isoformat()}, cmd.session_id)
+                return (
+                    EventType.CUT_FAILED,
+                    {
+                        "reason": "not_recorded",
+                        "detail": exc.why,
+                        "start": cmd.start.isoformat(),
+                        "end": cmd.end.isoformat(),
+                    },
+                    cmd.session_id,
+                )
             if cmd.session_id:
                 svc.state.link_upload(upload_id, cmd.session_id)
             svc.uploads_ready.set()
-        return (EventType.CUT_DONE, {"upload_id": upload_id, "size": existing.size,
-                                     "sha256": existing.sha256}, cmd.session_id)
+        return (
+            EventType.CUT_DONE,
+            {"upload_id": upload_id, "size": existing.size, "sha256": existing.sha256},
+            cmd.session_id,
+        )
 
     def _snapshot(self, cmd: Command) -> tuple[EventType, dict[str, Any], str | None]:
         svc = self.service
@@ -139,14 +169,25 @@ class CommandRunner:
             ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
             if not ok:
                 raise AgentError("JPEG encoding of the snapshot failed")
-            item = enqueue_snapshot(svc.outbox, svc.key, jpeg.tobytes(), frame.wall,
-                                    width=frame.image.shape[1], height=frame.image.shape[0],
-                                    device_id=svc.config.device_id, cmd_id=cmd.cmd_id,
-                                    chunk_size=svc.config.upload.chunk_size, clock=svc.clock,
-                                    upload_id=upload_id)
+            item = enqueue_snapshot(
+                svc.outbox,
+                svc.key,
+                jpeg.tobytes(),
+                frame.wall,
+                width=frame.image.shape[1],
+                height=frame.image.shape[0],
+                device_id=svc.config.device_id,
+                cmd_id=cmd.cmd_id,
+                chunk_size=svc.config.upload.chunk_size,
+                clock=svc.clock,
+                upload_id=upload_id,
+            )
             svc.uploads_ready.set()
-        return (EventType.SNAPSHOT_DONE, {"upload_id": upload_id, "size": item.size,
-                                          "sha256": item.sha256}, None)
+        return (
+            EventType.SNAPSHOT_DONE,
+            {"upload_id": upload_id, "size": item.size, "sha256": item.sha256},
+            None,
+        )
 
     def _config(self, cmd: Command) -> tuple[EventType, dict[str, Any], str | None]:
         svc = self.service
@@ -156,7 +197,10 @@ class CommandRunner:
         except ValidationError as exc:
             first = exc.errors()[0]
             name = ".".join(str(p) for p in first["loc"]) or "settings"
-            return (EventType.COMMAND_FAILED,
-                    {"reason": "invalid_setting", "field": name, "detail": first["msg"]}, None)
+            return (
+                EventType.COMMAND_FAILED,
+                {"reason": "invalid_setting", "field": name, "detail": first["msg"]},
+                None,
+            )
         svc.apply_runtime(runtime)
         return EventType.CONFIG_APPLIED, {"settings": runtime.model_dump()}, None

@@ -148,8 +148,16 @@ def load_config(path: Path) -> AgentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "<toml>", str(exc)) from exc
     # Absent sections are validated too, so their relative secret paths resolve the same way.
-    for section in ("broker", "keys", "camera", "recording", "upload", "heartbeat", "storage",
-                    "modem"):
+    for section in (
+        "broker",
+        "keys",
+        "camera",
+        "recording",
+        "upload",
+        "heartbeat",
+        "storage",
+        "modem",
+    ):
         raw.setdefault(section, {})
     try:
         return AgentConfig.model_validate(raw, context={"base_dir": path.parent})

@@ -72,8 +72,13 @@ def modem_health(modem: Any) -> tuple[ModemHealth | None, GnssPosition | None]:
     fix = getattr(snap, "gnss", None) or getattr(snap, "gnss_fix", None)
     gnss = None
     if fix is not None and getattr(fix, "lat", None) is not None:
-        gnss = GnssPosition(lat=fix.lat, lon=fix.lon, altitude_m=getattr(fix, "altitude_m", None),
-                            hdop=getattr(fix, "hdop", None), at=getattr(fix, "at", None))
+        gnss = GnssPosition(
+            lat=fix.lat,
+            lon=fix.lon,
+            altitude_m=getattr(fix, "altitude_m", None),
+            hdop=getattr(fix, "hdop", None),
+            at=getattr(fix, "at", None),
+        )
     return health, gnss
 
 

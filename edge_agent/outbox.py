@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from common.clock import Clock, SystemClock
 from edge_agent.spool import fsync_dir
@@ -60,8 +61,9 @@ class Outbox:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.clock = clock or SystemClock()
-        self._db = sqlite3.connect(root / "outbox.sqlite3", check_same_thread=False,
-                                   isolation_level=None)
+        self._db = sqlite3.connect(
+            root / "outbox.sqlite3", check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
@@ -78,15 +80,32 @@ class Outbox:
         """Where the clip of ``upload_id`` lives while it waits."""
         return self.root / f"{upload_id}{suffix}"
 
-    def enqueue(self, upload_id: str, path: Path, manifest_payload: bytes, *, size: int,
-                chunk_size: int, sha256: str) -> OutboxItem:
+    def enqueue(
+        self,
+        upload_id: str,
+        path: Path,
+        manifest_payload: bytes,
+        *,
+        size: int,
+        chunk_size: int,
+        sha256: str,
+    ) -> OutboxItem:
         """Record a durable, signed clip as pending."""
         now = self.clock.now().isoformat()
         self._db.execute(
             "INSERT INTO outbox (upload_id, path, manifest_payload, size, chunk_size, sha256,"
             " state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (upload_id, str(path), manifest_payload, size, chunk_size, sha256,
-             OutboxState.PENDING.value, now, now),
+            (
+                upload_id,
+                str(path),
+                manifest_payload,
+                size,
+                chunk_size,
+                sha256,
+                OutboxState.PENDING.value,
+                now,
+                now,
+            ),
         )
         item = self.get(upload_id)
         assert item is not None
@@ -95,7 +114,9 @@ class Outbox:
     def get(self, upload_id: str) -> OutboxItem | None:
         row = self._db.execute(
             "SELECT upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason,"
-            " created_at FROM outbox WHERE upload_id = ?", (upload_id,)).fetchone()
+            " created_at FROM outbox WHERE upload_id = ?",
+            (upload_id,),
+        ).fetchone()
         return self._item(row) if row else None
 
     def pending(self) -> list[OutboxItem]:
@@ -103,16 +124,22 @@ class Outbox:
         rows = self._db.execute(
             "SELECT upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason,"
             " created_at FROM outbox WHERE state = ? ORDER BY created_at, upload_id",
-            (OutboxState.PENDING.value,)).fetchall()
+            (OutboxState.PENDING.value,),
+        ).fetchall()
         return [self._item(r) for r in rows]
 
     def count(self, state: OutboxState = OutboxState.PENDING) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox WHERE state = ?",
-                                    (state.value,)).fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM outbox WHERE state = ?", (state.value,)
+            ).fetchone()[0]
+        )
 
     def note_attempt(self, upload_id: str) -> None:
-        self._db.execute("UPDATE outbox SET attempts = attempts + 1, updated_at = ?"
-                         " WHERE upload_id = ?", (self.clock.now().isoformat(), upload_id))
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, updated_at = ? WHERE upload_id = ?",
+            (self.clock.now().isoformat(), upload_id),
+        )
 
     def mark_complete(self, upload_id: str) -> None:
         """The server holds the clip: record that, then free the file."""
@@ -128,17 +155,24 @@ class Outbox:
         self._set_state(upload_id, OutboxState.REJECTED, reason)
 
     def _set_state(self, upload_id: str, state: OutboxState, reason: str | None) -> None:
-        self._db.execute("UPDATE outbox SET state = ?, reason = ?, updated_at = ?"
-                         " WHERE upload_id = ?",
-                         (state.value, reason, self.clock.now().isoformat(), upload_id))
+        self._db.execute(
+            "UPDATE outbox SET state = ?, reason = ?, updated_at = ? WHERE upload_id = ?",
+            (state.value, reason, self.clock.now().isoformat(), upload_id),
+        )
 
     def close(self) -> None:
         self._db.close()
 
     @staticmethod
-    def _item(row: tuple) -> OutboxItem:  # type: ignore[type-arg]
+    def _item(row: tuple[Any, ...]) -> OutboxItem:
         return OutboxItem(
-            upload_id=row[0], path=Path(row[1]), manifest_payload=bytes(row[2]), size=row[3],
-            chunk_size=row[4], sha256=row[5], state=OutboxState(row[6]), reason=row[7],
+            upload_id=row[0],
+            path=Path(row[1]),
+            manifest_payload=bytes(row[2]),
+            size=row[3],
+            chunk_size=row[4],
+            sha256=row[5],
+            state=OutboxState(row[6]),
+            reason=row[7],
             created_at=datetime.fromisoformat(row[8]),
         )

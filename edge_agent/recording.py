@@ -24,7 +24,7 @@ from edge_agent.spool import Spool
 
 log = logging.getLogger(__name__)
 
-EmitEvent = Callable[..., None]
+EmitEvent = Callable[..., object]
 
 
 class _WatchedCamera:
@@ -34,8 +34,12 @@ class _WatchedCamera:
         self._camera = camera
         self._on_first_frame = on_first_frame
         self._seen = False
-        self.name, self.width, self.height, self.fps = (camera.name, camera.width,
-                                                        camera.height, camera.fps)
+        self.name, self.width, self.height, self.fps = (
+            camera.name,
+            camera.width,
+            camera.height,
+            camera.fps,
+        )
 
     def open(self) -> None:
         self._camera.open()
@@ -78,9 +82,15 @@ class SessionRecording:
 class SessionRecorder:
     """Starts and stops the recording of sessions; one at a time."""
 
-    def __init__(self, spool: Spool, clock: Clock, camera_factory: Callable[[], CameraSource],
-                 settings: RecordingSettings, emit: EmitEvent,
-                 on_write_error: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        clock: Clock,
+        camera_factory: Callable[[], CameraSource],
+        settings: RecordingSettings,
+        emit: EmitEvent,
+        on_write_error: Callable[[], None] | None = None,
+    ) -> None:
         self.spool = spool
         self.clock = clock
         self.camera_factory = camera_factory
@@ -93,8 +103,9 @@ class SessionRecorder:
         if self.current is not None:
             raise RuntimeError(f"session {self.current.session_id} is still recording")
         rec = SessionRecording(session_id, self.clock.now())
-        rec.thread = threading.Thread(target=self._run, args=(rec,),
-                                      name=f"record-{session_id}", daemon=True)
+        rec.thread = threading.Thread(
+            target=self._run, args=(rec,), name=f"record-{session_id}", daemon=True
+        )
         self.current = rec
         rec.thread.start()
         return rec
@@ -119,29 +130,47 @@ class SessionRecorder:
             if lost_at is not None:
                 gap = (lost_at, frame.wall)
                 rec.gaps.append(gap)
-                self.emit(EventType.CAMERA_RESTORED, session_id=rec.session_id,
-                          data={"after_s": (frame.wall - lost_at).total_seconds()})
-                self.emit(EventType.RECORDING_GAP, session_id=rec.session_id,
-                          data={"start": gap[0].isoformat(), "end": gap[1].isoformat(),
-                                "reason": lost_reason})
+                self.emit(
+                    EventType.CAMERA_RESTORED,
+                    session_id=rec.session_id,
+                    data={"after_s": (frame.wall - lost_at).total_seconds()},
+                )
+                self.emit(
+                    EventType.RECORDING_GAP,
+                    session_id=rec.session_id,
+                    data={
+                        "start": gap[0].isoformat(),
+                        "end": gap[1].isoformat(),
+                        "reason": lost_reason,
+                    },
+                )
                 lost_at = None
             backoff = self.settings.retry_min_s
 
         def on_gap(start: datetime, end: datetime) -> None:
             rec.gaps.append((start, end))
-            self.emit(EventType.RECORDING_GAP, session_id=rec.session_id,
-                      data={"start": start.isoformat(), "end": end.isoformat(),
-                            "reason": "frames_late"})
+            self.emit(
+                EventType.RECORDING_GAP,
+                session_id=rec.session_id,
+                data={"start": start.isoformat(), "end": end.isoformat(), "reason": "frames_late"},
+            )
 
         while not rec.stop.is_set():
             s = self.settings
             recorder: Recorder | None = None
             try:
                 camera = _WatchedCamera(self.camera_factory(), first_frame)
-                recorder = Recorder(camera, self.spool, self.clock,
-                                    segment_seconds=s.segment_seconds,
-                                    keyframe_interval_s=s.keyframe_interval_s, bitrate=s.bitrate,
-                                    session_id=rec.session_id, preset=s.preset, on_gap=on_gap)
+                recorder = Recorder(
+                    camera,
+                    self.spool,
+                    self.clock,
+                    segment_seconds=s.segment_seconds,
+                    keyframe_interval_s=s.keyframe_interval_s,
+                    bitrate=s.bitrate,
+                    session_id=rec.session_id,
+                    preset=s.preset,
+                    on_gap=on_gap,
+                )
                 rec.recording_ids.append(recorder.run(rec.stop))
                 return
             except CameraError as exc:
@@ -150,8 +179,10 @@ class SessionRecorder:
                 reason, detail = "write_error", str(exc)
                 if self.on_write_error is not None:
                     self.on_write_error()
-            if recorder is not None and recorder.recording_id is not None and (
-                recorder.recording_id not in rec.recording_ids
+            if (
+                recorder is not None
+                and recorder.recording_id is not None
+                and (recorder.recording_id not in rec.recording_ids)
             ):
                 rec.recording_ids.append(recorder.recording_id)
             rec.frames_flowing = False
@@ -159,13 +190,23 @@ class SessionRecorder:
                 lost_at = self.clock.now()
                 lost_reason = reason
                 log.warning("session %s: %s: %s", rec.session_id, reason, detail)
-                self.emit(EventType.CAMERA_LOST if reason == "camera_lost" else EventType.ERROR,
-                          session_id=rec.session_id, data={"reason": reason, "detail": detail})
+                self.emit(
+                    EventType.CAMERA_LOST if reason == "camera_lost" else EventType.ERROR,
+                    session_id=rec.session_id,
+                    data={"reason": reason, "detail": detail},
+                )
             rec.stop.wait(backoff * random.uniform(0.8, 1.0))
             backoff = min(backoff * 2, self.settings.retry_max_s)
         if lost_at is not None:
             end = self.clock.now()
             rec.gaps.append((lost_at, end))
-            self.emit(EventType.RECORDING_GAP, session_id=rec.session_id,
-                      data={"start": lost_at.isoformat(), "end": end.isoformat(),
-                            "reason": lost_reason, "open_at_close": True})
+            self.emit(
+                EventType.RECORDING_GAP,
+                session_id=rec.session_id,
+                data={
+                    "start": lost_at.isoformat(),
+                    "end": end.isoformat(),
+                    "reason": lost_reason,
+                    "open_at_close": True,
+                },
+            )

@@ -51,18 +51,25 @@ def default_camera_factory(config: AgentConfig, clock: Clock) -> Callable[[], Ca
     if open_camera is not None and config.camera.kind != "synthetic":
         return lambda: open_camera(config.camera, clock=clock)  # type: ignore[no-any-return]
     cam = config.camera
-    return lambda: SyntheticCamera(config.device_id, width=cam.width, height=cam.height,
-                                   fps=cam.fps, clock=clock)
+    return lambda: SyntheticCamera(
+        config.device_id, width=cam.width, height=cam.height, fps=cam.fps, clock=clock
+    )
 
 
 class AgentService:
     """Wires the parts together and runs them until ``stop()``."""
 
-    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
-                 camera_factory: Callable[[], CameraSource] | None = None,
-                 modem: Any = None, notifier: SystemdNotifier | None = None,
-                 link: MqttLink | None = None,
-                 disk_probe: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock | None = None,
+        camera_factory: Callable[[], CameraSource] | None = None,
+        modem: Any = None,
+        notifier: SystemdNotifier | None = None,
+        link: MqttLink | None = None,
+        disk_probe: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.state = AgentState(config.state_dir / "agent.sqlite3")
@@ -76,22 +83,39 @@ class AgentService:
         self.offset = ClockOffset()
         self.camera_factory = camera_factory or default_camera_factory(config, self.clock)
         stored = self.state.get("runtime") or {}
-        self.runtime = RuntimeSettings.model_validate({
-            "heartbeat_interval_s": config.heartbeat.interval_s,
-            "upload_rate_limit_bytes_per_s": config.upload.rate_limit_bytes_per_s,
-            "upload_window": config.upload.window, **stored})
-        self.uploader = Uploader(self.link, self.outbox, config.upload, self.clock,
-                                 on_ack=self._on_ack, on_complete=self._on_upload_complete)
+        self.runtime = RuntimeSettings.model_validate(
+            {
+                "heartbeat_interval_s": config.heartbeat.interval_s,
+                "upload_rate_limit_bytes_per_s": config.upload.rate_limit_bytes_per_s,
+                "upload_window": config.upload.window,
+                **stored,
+            }
+        )
+        self.uploader = Uploader(
+            self.link,
+            self.outbox,
+            config.upload,
+            self.clock,
+            on_ack=self._on_ack,
+            on_complete=self._on_upload_complete,
+        )
         self.apply_runtime(self.runtime, persist=False)
         rec = config.recording
         self.recorder = SessionRecorder(
-            self.spool, self.clock, self.camera_factory,
-            RecordingSettings(rec.segment_seconds, rec.keyframe_interval_s, rec.bitrate,
-                              rec.preset), self.emit, on_write_error=self.cleanup_storage)
+            self.spool,
+            self.clock,
+            self.camera_factory,
+            RecordingSettings(
+                rec.segment_seconds, rec.keyframe_interval_s, rec.bitrate, rec.preset
+            ),
+            self.emit,
+            on_write_error=self.cleanup_storage,
+        )
         self.policy = StoragePolicy(
             retention=timedelta(days=config.storage.retention_days),
             low_water_bytes=config.storage.low_water_mb * 1024 * 1024,
-            critical_bytes=config.storage.critical_mb * 1024 * 1024)
+            critical_bytes=config.storage.critical_mb * 1024 * 1024,
+        )
         self.commands = CommandRunner(self)
         self.stop_event = threading.Event()
         self.events_ready = threading.Event()
@@ -141,13 +165,25 @@ class AgentService:
 
     # -- events ------------------------------------------------------------------------------
 
-    def emit(self, type_: EventType, *, cmd_id: str | None = None, session_id: str | None = None,
-             data: dict[str, Any] | None = None) -> bytes:
+    def emit(
+        self,
+        type_: EventType,
+        *,
+        cmd_id: str | None = None,
+        session_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> bytes:
         """Queue an event durably; the sender delivers it when the link allows."""
         now = self.clock.now()
-        event = Event(event_id=f"{self.config.device_id}-{now:%Y%m%d%H%M%S%f}-{type_.value}"[:64],
-                      device_id=self.config.device_id, type=type_, at=now, cmd_id=cmd_id,
-                      session_id=session_id, data=data or {})
+        event = Event(
+            event_id=f"{self.config.device_id}-{now:%Y%m%d%H%M%S%f}-{type_.value}"[:64],
+            device_id=self.config.device_id,
+            type=type_,
+            at=now,
+            cmd_id=cmd_id,
+            session_id=session_id,
+            data=data or {},
+        )
         payload = event.to_bytes()
         self.state.push_event(payload)
         self.events_ready.set()
@@ -172,9 +208,16 @@ class AgentService:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def open_session(self, session_id: str, *, source: str, windows: int,
-                     planned_end: datetime | None, cmd_id: str | None = None,
-                     planned_start: datetime | None = None) -> dict[str, Any]:
+    def open_session(
+        self,
+        session_id: str,
+        *,
+        source: str,
+        windows: int,
+        planned_end: datetime | None,
+        cmd_id: str | None = None,
+        planned_start: datetime | None = None,
+    ) -> dict[str, Any]:
         """Start recording ``session_id``; return what the ``session_started`` event says."""
         with self._session_lock:
             if self.open and self.open.session_id == session_id:
@@ -182,20 +225,29 @@ class AgentService:
             if self.open:
                 self.close_session(self.open.session_id, reason="superseded")
             now = self.clock.now()
-            self.state.upsert_session(session_id, source=source, windows=windows,
-                                      planned_start=planned_start, planned_end=planned_end)
+            self.state.upsert_session(
+                session_id,
+                source=source,
+                windows=windows,
+                planned_start=planned_start,
+                planned_end=planned_end,
+            )
             self.state.mark_session(session_id, opened_at=now)
             self.recorder.start(session_id)
             self.open = OpenSession(session_id, source, planned_end, now)
-            data = {"source": source, "opened_at": now.isoformat(),
-                    "planned_end": planned_end.isoformat() if planned_end else None}
+            data = {
+                "source": source,
+                "opened_at": now.isoformat(),
+                "planned_end": planned_end.isoformat() if planned_end else None,
+            }
             log.info("session %s opened (%s)", session_id, source)
             if cmd_id is None:
                 self.emit(EventType.SESSION_STARTED, session_id=session_id, data=data)
             return data
 
-    def close_session(self, session_id: str, *, reason: str,
-                      announce: bool = False) -> dict[str, Any]:
+    def close_session(
+        self, session_id: str, *, reason: str, announce: bool = False
+    ) -> dict[str, Any]:
         """Stop recording ``session_id``; return what the ``session_stopped`` event says."""
         with self._session_lock:
             if self.open is None or self.open.session_id != session_id:
@@ -207,11 +259,14 @@ class AgentService:
             self.state.mark_session(session_id, closed_at=now)
             gaps = rec.gaps if rec else []
             missing = sum((b - a).total_seconds() for a, b in gaps)
-            data = {"reason": reason, "opened_at": current.opened_at.isoformat(),
-                    "closed_at": now.isoformat(),
-                    "recorded_s": max(0.0, (now - current.opened_at).total_seconds() - missing),
-                    "gaps": [[a.isoformat(), b.isoformat()] for a, b in gaps],
-                    "recording_ids": rec.recording_ids if rec else []}
+            data = {
+                "reason": reason,
+                "opened_at": current.opened_at.isoformat(),
+                "closed_at": now.isoformat(),
+                "recorded_s": max(0.0, (now - current.opened_at).total_seconds() - missing),
+                "gaps": [[a.isoformat(), b.isoformat()] for a, b in gaps],
+                "recording_ids": rec.recording_ids if rec else [],
+            }
             log.info("session %s closed (%s)", session_id, reason)
             if announce:
                 self.emit(EventType.SESSION_STOPPED, session_id=session_id, data=data)
@@ -235,8 +290,13 @@ class AgentService:
                         closed.add(s.session_id)
             due = due_session(schedule, server_now, closed)
             if due and self.open is None:
-                self.open_session(due.session_id, source="schedule", windows=due.windows,
-                                  planned_end=due.end, planned_start=due.start)
+                self.open_session(
+                    due.session_id,
+                    source="schedule",
+                    windows=due.windows,
+                    planned_end=due.end,
+                    planned_start=due.start,
+                )
 
     def wait_for_spool(self, device_end: datetime, timeout: float | None = None) -> None:
         """Wait until the spool holds what was recorded up to ``device_end`` (or nothing more
@@ -274,9 +334,12 @@ class AgentService:
 
     def apply_runtime(self, runtime: RuntimeSettings, persist: bool = True) -> None:
         self.runtime = runtime
-        self.uploader.config = self.uploader.config.model_copy(update={
-            "rate_limit_bytes_per_s": runtime.upload_rate_limit_bytes_per_s,
-            "window": runtime.upload_window})
+        self.uploader.config = self.uploader.config.model_copy(
+            update={
+                "rate_limit_bytes_per_s": runtime.upload_rate_limit_bytes_per_s,
+                "window": runtime.upload_window,
+            }
+        )
         self.uploader.limiter.rate = runtime.upload_rate_limit_bytes_per_s
         if persist:
             self.state.put("runtime", runtime.model_dump())
@@ -301,21 +364,27 @@ class AgentService:
             size = sum(seg.size for seg in self.spool.segments(info.recording_id))
             row = self.state.session(info.session_id) if info.session_id else None
             pinned = info.session_id is not None and (row is None or row.pinned)
-            uses.append(RecordingUse(info.recording_id, info.session_id, info.ended_wall, size,
-                                     pinned))
+            uses.append(
+                RecordingUse(info.recording_id, info.session_id, info.ended_wall, size, pinned)
+            )
         free, _total = self.disk_probe()
         plan = plan_cleanup(uses, free, self.clock.now(), self.policy)
         for recording_id in plan.delete:
             self.spool.delete_recording(recording_id)
         if plan.delete:
-            log.info("storage: deleted %d recording(s), %d bytes", len(plan.delete),
-                     plan.freed_bytes)
+            log.info(
+                "storage: deleted %d recording(s), %d bytes", len(plan.delete), plan.freed_bytes
+            )
         if plan.storage_low != self.storage_low:
             self.storage_low = plan.storage_low
             if plan.storage_low:
-                self.emit(EventType.STORAGE_LOW, data={"free_bytes": free + plan.freed_bytes,
-                                                       "low_water_bytes":
-                                                           self.policy.low_water_bytes})
+                self.emit(
+                    EventType.STORAGE_LOW,
+                    data={
+                        "free_bytes": free + plan.freed_bytes,
+                        "low_water_bytes": self.policy.low_water_bytes,
+                    },
+                )
 
     # -- heartbeat ------------------------------------------------------------------------------
 
@@ -326,14 +395,25 @@ class AgentService:
         modem, gnss = modem_health(self.modem)
         self._hb_seq += 1
         return Heartbeat(
-            device_id=self.config.device_id, at=now, seq=self._hb_seq,
-            uptime_s=max(0.0, self.clock.monotonic() - self._started_mono), firmware=FIRMWARE,
+            device_id=self.config.device_id,
+            at=now,
+            seq=self._hb_seq,
+            uptime_s=max(0.0, self.clock.monotonic() - self._started_mono),
+            firmware=FIRMWARE,
             recording=self.recorder.current is not None,
             session_id=self.open.session_id if self.open else None,
-            spool_bytes=directory_bytes(self.spool.root), outbox_pending=self.outbox.count(),
-            disk_free_bytes=free, disk_total_bytes=total, storage_low=self.storage_low,
-            cpu_temp_c=cpu_temperature_c(), clock_offset_s=self.offset.seconds,
-            bytes_sent_today=today, bytes_sent_month=month, modem=modem, gnss=gnss)
+            spool_bytes=directory_bytes(self.spool.root),
+            outbox_pending=self.outbox.count(),
+            disk_free_bytes=free,
+            disk_total_bytes=total,
+            storage_low=self.storage_low,
+            cpu_temp_c=cpu_temperature_c(),
+            clock_offset_s=self.offset.seconds,
+            bytes_sent_today=today,
+            bytes_sent_month=month,
+            modem=modem,
+            gnss=gnss,
+        )
 
     def _heartbeats(self) -> None:
         topic = topics.heartbeat(self.config.device_id)
@@ -381,23 +461,34 @@ class AgentService:
             if row and row.opened_at and not row.closed_at and row.source == "command":
                 planned_end = row.planned_end
                 if planned_end is None or self._server_now() < planned_end:
-                    self.open_session(row.session_id, source=row.source, windows=row.windows,
-                                      planned_end=planned_end)
+                    self.open_session(
+                        row.session_id,
+                        source=row.source,
+                        windows=row.windows,
+                        planned_end=planned_end,
+                    )
                     if info.ended_wall:
-                        self.emit(EventType.RECORDING_GAP, session_id=row.session_id,
-                                  data={"start": info.ended_wall.isoformat(),
-                                        "end": self.clock.now().isoformat(),
-                                        "reason": "agent_restart"})
+                        self.emit(
+                            EventType.RECORDING_GAP,
+                            session_id=row.session_id,
+                            data={
+                                "start": info.ended_wall.isoformat(),
+                                "end": self.clock.now().isoformat(),
+                                "reason": "agent_restart",
+                            },
+                        )
                 break
 
     def start(self) -> None:
         self.link.start()
         self._resume_open_sessions()
-        for name, target in (("uploader", lambda: self.uploader.run(self.stop_event)),
-                             ("commands", self._command_worker),
-                             ("events", self._send_events),
-                             ("heartbeat", self._heartbeats),
-                             ("housekeeping", self._housekeeping)):
+        for name, target in (
+            ("uploader", lambda: self.uploader.run(self.stop_event)),
+            ("commands", self._command_worker),
+            ("events", self._send_events),
+            ("heartbeat", self._heartbeats),
+            ("housekeeping", self._housekeeping),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

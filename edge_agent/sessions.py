@@ -11,8 +11,9 @@ from common.commands import Schedule, ScheduledSession
 MAX_SESSION = timedelta(hours=6)
 
 
-def due_session(schedule: Schedule | None, server_now: datetime,
-                closed: set[str]) -> ScheduledSession | None:
+def due_session(
+    schedule: Schedule | None, server_now: datetime, closed: set[str]
+) -> ScheduledSession | None:
     """The timetabled session that covers ``server_now`` and was not closed early."""
     if schedule is None:
         return None

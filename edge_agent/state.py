@@ -95,17 +95,25 @@ class AgentState:
         return (row is not None, bytes(row[0]) if row and row[0] is not None else None)
 
     def command_received(self, cmd_id: str, type_: str, at: datetime) -> None:
-        self._exec("INSERT OR IGNORE INTO commands (cmd_id, type, received_at) VALUES (?, ?, ?)",
-                   (cmd_id, type_, at.isoformat()))
+        self._exec(
+            "INSERT OR IGNORE INTO commands (cmd_id, type, received_at) VALUES (?, ?, ?)",
+            (cmd_id, type_, at.isoformat()),
+        )
 
     def command_answered(self, cmd_id: str, reply: bytes) -> None:
         self._exec("UPDATE commands SET reply = ? WHERE cmd_id = ?", (reply, cmd_id))
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def upsert_session(self, session_id: str, *, source: str, windows: int,
-                       planned_start: datetime | None = None,
-                       planned_end: datetime | None = None) -> None:
+    def upsert_session(
+        self,
+        session_id: str,
+        *,
+        source: str,
+        windows: int,
+        planned_start: datetime | None = None,
+        planned_end: datetime | None = None,
+    ) -> None:
         self._exec(
             """INSERT INTO sessions (session_id, planned_start, planned_end, windows, source)
                VALUES (?, ?, ?, ?, ?)
@@ -113,39 +121,61 @@ class AgentState:
                    planned_start = COALESCE(excluded.planned_start, planned_start),
                    planned_end = COALESCE(excluded.planned_end, planned_end),
                    windows = excluded.windows""",
-            (session_id, planned_start.isoformat() if planned_start else None,
-             planned_end.isoformat() if planned_end else None, windows, source))
+            (
+                session_id,
+                planned_start.isoformat() if planned_start else None,
+                planned_end.isoformat() if planned_end else None,
+                windows,
+                source,
+            ),
+        )
 
-    def mark_session(self, session_id: str, *, opened_at: datetime | None = None,
-                     closed_at: datetime | None = None) -> None:
+    def mark_session(
+        self,
+        session_id: str,
+        *,
+        opened_at: datetime | None = None,
+        closed_at: datetime | None = None,
+    ) -> None:
         if opened_at:
-            self._exec("UPDATE sessions SET opened_at = COALESCE(opened_at, ?)"
-                       " WHERE session_id = ?", (opened_at.isoformat(), session_id))
+            self._exec(
+                "UPDATE sessions SET opened_at = COALESCE(opened_at, ?) WHERE session_id = ?",
+                (opened_at.isoformat(), session_id),
+            )
         if closed_at:
-            self._exec("UPDATE sessions SET closed_at = ? WHERE session_id = ?",
-                       (closed_at.isoformat(), session_id))
+            self._exec(
+                "UPDATE sessions SET closed_at = ? WHERE session_id = ?",
+                (closed_at.isoformat(), session_id),
+            )
 
     def session(self, session_id: str) -> SessionRow | None:
-        row = self._exec("SELECT session_id, planned_start, planned_end, windows, opened_at,"
-                         " closed_at, cuts_acked, source FROM sessions WHERE session_id = ?",
-                         (session_id,)).fetchone()
+        row = self._exec(
+            "SELECT session_id, planned_start, planned_end, windows, opened_at,"
+            " closed_at, cuts_acked, source FROM sessions WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
         if row is None:
             return None
-        return SessionRow(row[0], _dt(row[1]), _dt(row[2]), row[3], _dt(row[4]), _dt(row[5]),
-                          row[6], row[7])
+        return SessionRow(
+            row[0], _dt(row[1]), _dt(row[2]), row[3], _dt(row[4]), _dt(row[5]), row[6], row[7]
+        )
 
     def link_upload(self, upload_id: str, session_id: str) -> None:
-        self._exec("INSERT OR IGNORE INTO upload_sessions (upload_id, session_id) VALUES (?, ?)",
-                   (upload_id, session_id))
+        self._exec(
+            "INSERT OR IGNORE INTO upload_sessions (upload_id, session_id) VALUES (?, ?)",
+            (upload_id, session_id),
+        )
 
     def upload_acked(self, upload_id: str) -> str | None:
         """Count an acknowledged cut against its session; return the session id."""
-        row = self._exec("DELETE FROM upload_sessions WHERE upload_id = ? RETURNING session_id",
-                         (upload_id,)).fetchone()
+        row = self._exec(
+            "DELETE FROM upload_sessions WHERE upload_id = ? RETURNING session_id", (upload_id,)
+        ).fetchone()
         if row is None:
             return None
-        self._exec("UPDATE sessions SET cuts_acked = cuts_acked + 1 WHERE session_id = ?",
-                   (row[0],))
+        self._exec(
+            "UPDATE sessions SET cuts_acked = cuts_acked + 1 WHERE session_id = ?", (row[0],)
+        )
         return str(row[0])
 
     # -- events: durable until the broker has them -------------------------------------------
@@ -155,8 +185,9 @@ class AgentState:
         return int(cur.lastrowid or 0)
 
     def pending_events(self, limit: int = 100) -> list[tuple[int, bytes]]:
-        rows = self._exec("SELECT seq, payload FROM events ORDER BY seq LIMIT ?",
-                          (limit,)).fetchall()
+        rows = self._exec(
+            "SELECT seq, payload FROM events ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def event_delivered(self, seq: int) -> None:
@@ -166,8 +197,11 @@ class AgentState:
 
     def add_traffic(self, at: datetime, nbytes: int) -> None:
         for period in (at.strftime("%Y-%m-%d"), at.strftime("%Y-%m")):
-            self._exec("INSERT INTO traffic (period, bytes) VALUES (?, ?) ON CONFLICT(period)"
-                       " DO UPDATE SET bytes = bytes + excluded.bytes", (period, nbytes))
+            self._exec(
+                "INSERT INTO traffic (period, bytes) VALUES (?, ?) ON CONFLICT(period)"
+                " DO UPDATE SET bytes = bytes + excluded.bytes",
+                (period, nbytes),
+            )
 
     def traffic(self, at: datetime) -> tuple[int, int]:
         """Bytes sent on ``at``'s day and in its month."""
@@ -184,5 +218,8 @@ class AgentState:
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, value: Any) -> None:
-        self._exec("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key)"
-                   " DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+        self._exec(
+            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key)"
+            " DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )

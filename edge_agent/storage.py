@@ -36,8 +36,9 @@ class CleanupPlan:
     freed_bytes: int = 0
 
 
-def plan_cleanup(recordings: list[RecordingUse], free_bytes: int, now: datetime,
-                 policy: StoragePolicy) -> CleanupPlan:
+def plan_cleanup(
+    recordings: list[RecordingUse], free_bytes: int, now: datetime, policy: StoragePolicy
+) -> CleanupPlan:
     """Decide which finished recordings to delete and whether space is low."""
     plan = CleanupPlan()
     finished = [r for r in recordings if r.ended is not None]
@@ -50,8 +51,10 @@ def plan_cleanup(recordings: list[RecordingUse], free_bytes: int, now: datetime,
             plan.freed_bytes += rec.size
     free = free_bytes + plan.freed_bytes
     if free < policy.low_water_bytes:
-        unpinned = sorted((r for r in finished if not r.pinned
-                           and r.recording_id not in plan.delete), key=lambda r: r.ended)  # type: ignore[arg-type,return-value]
+        unpinned = sorted(
+            (r for r in finished if not r.pinned and r.recording_id not in plan.delete),
+            key=lambda r: r.ended or now,
+        )
         for rec in unpinned:
             if free >= policy.low_water_bytes:
                 break

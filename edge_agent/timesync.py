@@ -19,8 +19,7 @@ class ClockOffset:
         self._samples: deque[float] = deque(maxlen=window)
         self.source: str | None = None
 
-    def observe(self, server_time: datetime, device_time: datetime, source: str = "server"
-                ) -> None:
+    def observe(self, server_time: datetime, device_time: datetime, source: str = "server") -> None:
         """Record that the server said ``server_time`` when the device read ``device_time``."""
         self._samples.append((device_time - server_time).total_seconds())
         self.source = source

@@ -15,6 +15,7 @@ A lost link or a silent server only costs a timeout: the next round starts again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -48,8 +49,13 @@ class LinkDown(Exception):
 class MqttLink:
     """The device's one MQTT connection: persistent session, retained presence, its down/ topics."""
 
-    def __init__(self, config: AgentConfig, password: str, clock: Clock | None = None,
-                 firmware: str = "classcam-agent") -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        password: str,
+        clock: Clock | None = None,
+        firmware: str = "classcam-agent",
+    ) -> None:
         self.config = config
         self.device_id = config.device_id
         self.clock = clock or SystemClock()
@@ -93,21 +99,24 @@ class MqttLink:
     def stop(self) -> None:
         """Say ``offline`` ourselves (a clean stop fires no will), then disconnect."""
         if self.connected.is_set():
-            status = Status(device_id=self.device_id, state=StatusState.OFFLINE,
-                            at=self.clock.now(), firmware=self.firmware)
+            status = Status(
+                device_id=self.device_id,
+                state=StatusState.OFFLINE,
+                at=self.clock.now(),
+                firmware=self.firmware,
+            )
             info = self.client.publish(topics.status(self.device_id), status.to_bytes(), 1, True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(2.0)
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self.connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1,
-                retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         """Publish; ``LinkDown`` when there is no connection to publish on."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
@@ -120,8 +129,14 @@ class MqttLink:
         """Route messages on ``classcam/v1/down/{device}/{suffix}`` to ``handler``."""
         self.handlers[suffix] = handler
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if reason_code.is_failure:
             log.warning("broker refused connection: %s", reason_code)
             self.counters["connect_refused"] += 1
@@ -129,28 +144,37 @@ class MqttLink:
         log.info("connected to %s:%s", self.config.broker.host, self.config.broker.port)
         self.counters["connects"] += 1
         client.subscribe(topics.down_all(self.device_id), qos=1)
-        status = Status(device_id=self.device_id, state=StatusState.ONLINE,
-                        at=self.clock.now(), firmware=self.firmware)
+        status = Status(
+            device_id=self.device_id,
+            state=StatusState.ONLINE,
+            at=self.clock.now(),
+            firmware=self.firmware,
+        )
         client.publish(topics.status(self.device_id), status.to_bytes(), qos=1, retain=True)
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if self.connected.is_set():
             log.warning("disconnected from broker: %s", reason_code)
         self.connected.clear()
 
-    def _on_message(self, client: mqtt.Client, userdata: object,
-                    message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         prefix = f"{topics.DOWN}/{self.device_id}/"
-        suffix = message.topic[len(prefix):] if message.topic.startswith(prefix) else ""
+        suffix = message.topic[len(prefix) :] if message.topic.startswith(prefix) else ""
         handler = self.handlers.get(suffix)
         if handler is None:
             self.counters["unhandled_message"] += 1
             log.warning("no handler for %s", message.topic)
             return
         try:
-            handler(message.topic, message.payload)
+            handler(message.topic, bytes(message.payload))
         except Exception:  # a bad message must never kill paho's network thread
             self.counters["handler_error"] += 1
             log.exception("handling %s failed", message.topic)
@@ -190,9 +214,16 @@ class UploadStats:
 class Uploader:
     """Drives outbox clips through init → chunks → fin until ``complete`` or ``rejected``."""
 
-    def __init__(self, link: MqttLink, outbox: Outbox, config: UploadConfig,
-                 clock: Clock | None = None, *, on_ack: Callable[[Ack], None] | None = None,
-                 on_complete: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        link: MqttLink,
+        outbox: Outbox,
+        config: UploadConfig,
+        clock: Clock | None = None,
+        *,
+        on_ack: Callable[[Ack], None] | None = None,
+        on_complete: Callable[[str], None] | None = None,
+    ) -> None:
         self.link = link
         self.on_ack = on_ack
         self.on_complete = on_complete
@@ -234,8 +265,12 @@ class Uploader:
             if ack.reply_to == answer_to or ack.state == AckState.REJECTED:
                 return ack
             if ack.reason:
-                log.warning("upload %s: server refused a chunk: %s %s", upload_id,
-                            ack.reason, ack.detail or "")
+                log.warning(
+                    "upload %s: server refused a chunk: %s %s",
+                    upload_id,
+                    ack.reason,
+                    ack.detail or "",
+                )
         return None
 
     def upload(self, item: OutboxItem, stop: threading.Event | None = None) -> AckState | None:
@@ -257,8 +292,7 @@ class Uploader:
                 continue
             try:
                 self.outbox.note_attempt(item.upload_id)
-                self.link.publish(topics.file_init(device, item.upload_id),
-                                  item.manifest_payload)
+                self.link.publish(topics.file_init(device, item.upload_id), item.manifest_payload)
                 self.stats.inits += 1
                 ack = self._wait_ack(item.upload_id, AckReplyTo.INIT)
                 while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
@@ -292,8 +326,9 @@ class Uploader:
                 return AckState.REJECTED
         return None
 
-    def _send_ranges(self, item: OutboxItem, ranges: list[tuple[int, int]],
-                     stop: threading.Event) -> None:
+    def _send_ranges(
+        self, item: OutboxItem, ranges: list[tuple[int, int]], stop: threading.Event
+    ) -> None:
         """Publish every chunk that overlaps ``ranges``, keeping at most ``window`` in flight."""
         device = self.link.device_id
         in_flight: deque[mqtt.MQTTMessageInfo] = deque()
@@ -305,8 +340,9 @@ class Uploader:
                     return
                 data = os.pread(fd, item.chunk_size, offset)
                 self.limiter.take(len(data))
-                in_flight.append(self.link.publish(
-                    topics.file_chunk(device, item.upload_id, offset), data))
+                in_flight.append(
+                    self.link.publish(topics.file_chunk(device, item.upload_id, offset), data)
+                )
                 self.stats.chunks_sent += 1
                 self.stats.bytes_sent += len(data)
                 while len(in_flight) >= self.config.window:
@@ -340,4 +376,3 @@ class Uploader:
         while not stop.is_set():
             if not self.drain(stop):
                 stop.wait(idle_s)
-

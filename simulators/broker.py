@@ -57,8 +57,13 @@ class MosquittoBroker:
 
     protocol_versions = ("3.1.1", "5")
 
-    def __init__(self, workdir: Path | None = None, accounts: BrokerAccounts | None = None,
-                 port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        accounts: BrokerAccounts | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+    ) -> None:
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             raise FileNotFoundError("mosquitto is not installed (make test installs it with apt)")
@@ -88,8 +93,11 @@ class MosquittoBroker:
         path.unlink(missing_ok=True)
         path.touch(mode=0o600)
         for user, password in self.accounts.passwords.items():
-            subprocess.run(["mosquitto_passwd", "-b", str(path), user, password],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(path), user, password],
+                check=True,
+                capture_output=True,
+            )
         return path
 
     def render_config(self) -> Path:
@@ -101,9 +109,14 @@ class MosquittoBroker:
         # As root Mosquitto drops to user `mosquitto`, which cannot read a test's private files.
         user = getpass.getuser()
         config = template.format(
-            port=self.port, bind=self.host, data_dir=data_dir,
-            password_file=self._write_passwords(), acl_file=acl, log_file=self.log_file,
-            run_user_line=f"user {user}", run_user=user,
+            port=self.port,
+            bind=self.host,
+            data_dir=data_dir,
+            password_file=self._write_passwords(),
+            acl_file=acl,
+            log_file=self.log_file,
+            run_user_line=f"user {user}",
+            run_user=user,
         )
         path = self.workdir / "mosquitto.conf"
         path.write_text(config)
@@ -113,8 +126,9 @@ class MosquittoBroker:
         if self.process and self.process.poll() is None:
             return
         config = self.render_config()
-        self.process = subprocess.Popen([self.binary, "-c", str(config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_for_port(self.host, self.port)
         except TimeoutError:
@@ -168,8 +182,12 @@ class EmbeddedBroker:
 
     protocol_versions = ("3.1.1",)
 
-    def __init__(self, workdir: Path | None = None, accounts: BrokerAccounts | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        accounts: BrokerAccounts | None = None,
+        port: int | None = None,
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="classcam-amqtt-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.accounts = accounts or BrokerAccounts()
@@ -194,8 +212,12 @@ class EmbeddedBroker:
 
         hasher = Argon2Hasher()
         path = self.workdir / "passwords"
-        path.write_text("".join(f"{user}:{hasher.hash(password)}\n"
-                                for user, password in self.accounts.passwords.items()))
+        path.write_text(
+            "".join(
+                f"{user}:{hasher.hash(password)}\n"
+                for user, password in self.accounts.passwords.items()
+            )
+        )
         return path
 
     def start(self) -> None:
@@ -204,15 +226,25 @@ class EmbeddedBroker:
         passwords = self._write_passwords()
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "simulators.embedded_broker", "--port", str(self.port),
-                 "--password-file", str(passwords)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "simulators.embedded_broker",
+                    "--port",
+                    str(self.port),
+                    "--password-file",
+                    str(passwords),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             wait_for_port(self.host, self.port, timeout=30)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"amqtt did not start: {self.log_file.read_text()[-2000:]}") from None
+            raise RuntimeError(
+                f"amqtt did not start: {self.log_file.read_text()[-2000:]}"
+            ) from None
 
     def stop(self) -> None:
         if self.process is None:

@@ -8,8 +8,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: classcam-sim demo [--seconds N] [--fast] [--workdir DIR]\n\n"
-              "  demo   the evidence path end to end on this machine (what `make demo` runs)")
+        print(
+            "usage: classcam-sim demo [--seconds N] [--fast] [--workdir DIR]\n\n"
+            "  demo   the evidence path end to end on this machine (what `make demo` runs)"
+        )
         return 0 if argv else 2
     if argv[0] == "demo":
         from simulators.demo import main as demo_main

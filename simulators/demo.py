@@ -22,12 +22,12 @@ from rich.table import Table
 
 from common.clock import to_utc
 from simulators.broker import BrokerAccounts, EmbeddedBroker, MosquittoBroker, mosquitto_available
-from simulators.harness import ServerProcess, provision_device
+from simulators.harness import Device, ServerProcess, provision_device
 
 console = Console()
 
 
-def _record_with_progress(device, seconds: float, fast: bool) -> datetime:  # type: ignore[no-untyped-def]
+def _record_with_progress(device: Device, seconds: float, fast: bool) -> datetime:
     args = ["record", "--seconds", str(seconds)] + (["--virtual-clock"] if fast else [])
     result: dict[str, object] = {}
 
@@ -39,10 +39,12 @@ def _record_with_progress(device, seconds: float, fast: bool) -> datetime:  # ty
 
     worker = threading.Thread(target=work)
     worker.start()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task(f"recording {seconds:.0f} s from the synthetic camera",
-                                 total=seconds)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task(
+            f"recording {seconds:.0f} s from the synthetic camera", total=seconds
+        )
         started = time.monotonic()
         while worker.is_alive():
             progress.update(task, completed=min(seconds, time.monotonic() - started))
@@ -63,34 +65,47 @@ def run_demo(workdir: Path, seconds: float, fast: bool, keep: bool) -> int:
         broker: MosquittoBroker | EmbeddedBroker = MosquittoBroker(workdir / "broker", accounts)
         protocol, shared = "5", "ingest"
     else:
-        console.print("[yellow]Mosquitto is not installed: using the embedded amqtt broker "
-                      "(MQTT 3.1.1, demo only)")
+        console.print(
+            "[yellow]Mosquitto is not installed: using the embedded amqtt broker "
+            "(MQTT 3.1.1, demo only)"
+        )
         broker = EmbeddedBroker(workdir / "broker", accounts)
         protocol, shared = "3.1.1", None
     broker.start()
-    console.print(f"broker: {type(broker).__name__} on {broker.host}:{broker.port} "
-                  f"(MQTT {protocol})")
+    console.print(
+        f"broker: {type(broker).__name__} on {broker.host}:{broker.port} (MQTT {protocol})"
+    )
     server = ServerProcess(workdir / "server", broker, protocol=protocol, shared_group=shared)
     try:
         server.cli("migrate")
-        device = provision_device(workdir / "devices", "demo-cam-01", broker, protocol=protocol,
-                                  settings={"camera": {"width": 1280, "height": 720}})
+        device = provision_device(
+            workdir / "devices",
+            "demo-cam-01",
+            broker,
+            protocol=protocol,
+            settings={"camera": {"width": 1280, "height": 720}},
+        )
         server.register_device(device.device_id, device.public_key)
         server.start()
         console.print(f"server: consuming; database {server.db_url}")
         start = _record_with_progress(device, seconds, fast)
         req_start = start + timedelta(seconds=seconds / 3)
         req_end = start + timedelta(seconds=2 * seconds / 3)
-        upload_id = device.cli("cut", "--start", req_start.isoformat(),
-                               "--end", req_end.isoformat()).stdout.strip()
-        console.print(f"cut window {req_start:%H:%M:%S}–{req_end:%H:%M:%S} UTC "
-                      f"into upload {upload_id}")
+        upload_id = device.cli(
+            "cut", "--start", req_start.isoformat(), "--end", req_end.isoformat()
+        ).stdout.strip()
+        console.print(
+            f"cut window {req_start:%H:%M:%S}–{req_end:%H:%M:%S} UTC into upload {upload_id}"
+        )
         began = time.monotonic()
         device.cli("upload", "--until-empty", timeout=300)
         took = time.monotonic() - began
         with sqlite3.connect(server.db_url.removeprefix("sqlite:///")) as db:
-            row = db.execute("SELECT path, sha256, size, cut_start, cut_end, duration_s"
-                             " FROM clips WHERE upload_id = ?", (upload_id,)).fetchone()
+            row = db.execute(
+                "SELECT path, sha256, size, cut_start, cut_end, duration_s"
+                " FROM clips WHERE upload_id = ?",
+                (upload_id,),
+            ).fetchone()
         if row is None:
             console.print("[red]the clip was not stored; server log:\n" + server.tail_log())
             return 1
@@ -114,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="classcam-sim demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"))
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--fast", action="store_true",
-                        help="record on a virtual clock, as fast as the encoder goes")
+    parser.add_argument(
+        "--fast", action="store_true", help="record on a virtual clock, as fast as the encoder goes"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the previous demo's state")
     args = parser.parse_args(argv)
     return run_demo(args.workdir, args.seconds, args.fast, args.keep)

@@ -17,12 +17,13 @@ class CorruptingLink(MqttLink):
         self.corrupt_offsets = set(corrupt_offsets)
         self.corrupted: list[int] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1,
-                retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         parsed = topics.parse_up(topic) if topic.startswith(topics.UP) else None
         if parsed and parsed.offset is not None and parsed.offset in self.corrupt_offsets:
             self.corrupt_offsets.discard(parsed.offset)
             self.corrupted.append(parsed.offset)
             middle = len(payload) // 2
-            payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1:]
+            payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1 :]
         return super().publish(topic, payload, qos, retain)

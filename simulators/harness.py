@@ -17,18 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from simulators.broker import SERVER_USER
+from simulators.broker import SERVER_USER, BrokerAccounts
 
 
 class Broker(Protocol):
     host: str
     port: int
-    protocol_versions: tuple[str, ...]
 
     def add_account(self, username: str, password: str | None = None) -> str: ...
 
-    @property
-    def accounts(self): ...  # type: ignore[no-untyped-def]
+    accounts: BrokerAccounts
 
 
 def _python_cmd(module: str) -> list[str]:
@@ -64,27 +62,35 @@ class ServerProcess:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "CLASSCAM_DATA_DIR": str(self.data_dir),
-            "CLASSCAM_DATABASE_URL": self.db_url,
-            "CLASSCAM_EVIDENCE_DIR": str(self.evidence_dir),
-            "CLASSCAM_MQTT_HOST": self.broker.host,
-            "CLASSCAM_MQTT_PORT": str(self.broker.port),
-            "CLASSCAM_MQTT_USERNAME": SERVER_USER,
-            "CLASSCAM_MQTT_PASSWORD": self.broker.accounts.passwords[SERVER_USER],
-            "CLASSCAM_MQTT_PROTOCOL": self.protocol,
-            "CLASSCAM_SHARED_GROUP": self.shared_group or "",
-        })
+        env.update(
+            {
+                "CLASSCAM_DATA_DIR": str(self.data_dir),
+                "CLASSCAM_DATABASE_URL": self.db_url,
+                "CLASSCAM_EVIDENCE_DIR": str(self.evidence_dir),
+                "CLASSCAM_MQTT_HOST": self.broker.host,
+                "CLASSCAM_MQTT_PORT": str(self.broker.port),
+                "CLASSCAM_MQTT_USERNAME": SERVER_USER,
+                "CLASSCAM_MQTT_PASSWORD": self.broker.accounts.passwords[SERVER_USER],
+                "CLASSCAM_MQTT_PROTOCOL": self.protocol,
+                "CLASSCAM_SHARED_GROUP": self.shared_group or "",
+            }
+        )
         env.update(self.extra_env)
         return env
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a ``classcam-server`` subcommand to completion; raise on failure."""
-        result = subprocess.run([*_python_cmd("ingest_server.cli"), *args], env=self.env(),
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*_python_cmd("ingest_server.cli"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"classcam-server {' '.join(args)} failed:\n"
-                               f"{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"classcam-server {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def register_device(self, device_id: str, public_key: str) -> None:
@@ -96,8 +102,12 @@ class ServerProcess:
             return
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen([*_python_cmd("ingest_server.cli"), "run"],
-                                            env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [*_python_cmd("ingest_server.cli"), "run"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             text = self.log_file.read_bytes()[offset:].decode(errors="replace")
@@ -147,30 +157,55 @@ class Device:
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run a ``classcam-agent`` subcommand with this device's config; raise on failure."""
         result = subprocess.run(
-            [*_python_cmd("edge_agent.cli"), args[0], "--config", str(self.config_path),
-             *args[1:]], capture_output=True, text=True, timeout=timeout)
+            [*_python_cmd("edge_agent.cli"), args[0], "--config", str(self.config_path), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"classcam-agent {' '.join(args)} failed "
-                               f"({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"classcam-agent {' '.join(args)} failed "
+                f"({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def spawn(self, *args: str, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
         """Start a ``classcam-agent`` subcommand in the background, logging beside its state."""
         log = (self.root / log_name).open("ab")
         return subprocess.Popen(
-            [*_python_cmd("edge_agent.cli"), args[0], "--config", str(self.config_path),
-             *args[1:]], stdout=log, stderr=subprocess.STDOUT)
+            [*_python_cmd("edge_agent.cli"), args[0], "--config", str(self.config_path), *args[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def provision_device(root: Path, device_id: str, broker: Broker, *, protocol: str = "5",
-                     settings: dict[str, dict[str, object]] | None = None) -> Device:
+def provision_device(
+    root: Path,
+    device_id: str,
+    broker: Broker,
+    *,
+    protocol: str = "5",
+    settings: dict[str, dict[str, object]] | None = None,
+) -> Device:
     """``classcam-agent provision`` a device under ``root``, give it a broker account and point
     its config at ``broker``; ``settings`` overrides config fields by section."""
     device_dir = root / device_id
     result = subprocess.run(
-        [*_python_cmd("edge_agent.cli"), "provision", "--device-id", device_id,
-         "--out", str(device_dir), "--broker-host", broker.host],
-        capture_output=True, text=True, timeout=60, check=True)
+        [
+            *_python_cmd("edge_agent.cli"),
+            "provision",
+            "--device-id",
+            device_id,
+            "--out",
+            str(device_dir),
+            "--broker-host",
+            broker.host,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     public_key = result.stdout.strip().splitlines()[-1]
     password = (device_dir / "broker-password").read_text().strip()
     broker.add_account(device_id, password)

@@ -16,8 +16,14 @@ from simulators.broker import free_port
 
 
 class ShapedLink:
-    def __init__(self, target_host: str, target_port: int, *, rate_bytes_per_s: int = 0,
-                 latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        rate_bytes_per_s: int = 0,
+        latency_s: float = 0.0,
+    ) -> None:
         self.target = (target_host, target_port)
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -29,8 +35,9 @@ class ShapedLink:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="shaped-link")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="shaped-link"
+        )
         self._bucket: dict[str, float] = {}
 
     def start(self) -> ShapedLink:
@@ -51,14 +58,18 @@ class ShapedLink:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pump(reader, up_writer, "up"),
-                             self._pump(up_reader, writer, "down"), return_exceptions=True)
+        await asyncio.gather(
+            self._pump(reader, up_writer, "up"),
+            self._pump(up_reader, writer, "down"),
+            return_exceptions=True,
+        )
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    direction: str) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
         try:
             while self._up:
                 data = await reader.read(16384)

@@ -10,8 +10,7 @@ from simulators.broker import SERVER_USER, MosquittoBroker
 
 
 def _client(broker: MosquittoBroker, user: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user,
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv311)
     client.username_pw_set(user, broker.accounts.passwords[user])
     client.connect(broker.host, broker.port)
     client.loop_start()
@@ -47,8 +46,9 @@ def test_device_writes_only_its_own_subtree_and_server_reads_it(mosquitto: Mosqu
 
 def test_wrong_password_is_refused(mosquitto: MosquittoBroker):
     mosquitto.add_account("dev-1")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1",
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1", protocol=mqtt.MQTTv311
+    )
     client.username_pw_set("dev-1", "wrong")
     result = {}
     done = threading.Event()

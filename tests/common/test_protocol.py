@@ -23,10 +23,21 @@ T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 def make_manifest(**overrides: object) -> Manifest:
     fields: dict[str, object] = dict(
-        upload_id="u1", device_id="dev-1", cut_start=T0, cut_end=T0 + timedelta(seconds=10),
-        requested_start=T0, requested_end=T0 + timedelta(seconds=10), size=150,
-        sha256="a" * 64, chunk_size=64, chunk_sha256=["b" * 64] * 3, duration_s=10.0,
-        frames=150, width=640, height=360, created_at=T0,
+        upload_id="u1",
+        device_id="dev-1",
+        cut_start=T0,
+        cut_end=T0 + timedelta(seconds=10),
+        requested_start=T0,
+        requested_end=T0 + timedelta(seconds=10),
+        size=150,
+        sha256="a" * 64,
+        chunk_size=64,
+        chunk_sha256=["b" * 64] * 3,
+        duration_s=10.0,
+        frames=150,
+        width=640,
+        height=360,
+        created_at=T0,
     )
     fields.update(overrides)
     return Manifest.model_validate(fields)
@@ -44,13 +55,24 @@ def make_manifest(**overrides: object) -> Manifest:
 def test_up_topics_round_trip(topic: str, kind: str, upload: str | None, offset: int | None):
     parsed = topics.parse_up(topic)
     assert (parsed.device_id, parsed.kind.value, parsed.upload_id, parsed.offset) == (
-        "dev-1", kind, upload, offset)
+        "dev-1",
+        kind,
+        upload,
+        offset,
+    )
 
 
-@pytest.mark.parametrize("topic", [
-    "classcam/v2/up/dev-1/event", "classcam/v1/up/dev+1/event", "classcam/v1/up/dev-1/file/u/chunk/-5",
-    "classcam/v1/up/dev-1/file/u/chunk/12a", "classcam/v1/up/dev-1/nothing", "classcam/v1/up/dev-1",
-])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "classcam/v2/up/dev-1/event",
+        "classcam/v1/up/dev+1/event",
+        "classcam/v1/up/dev-1/file/u/chunk/-5",
+        "classcam/v1/up/dev-1/file/u/chunk/12a",
+        "classcam/v1/up/dev-1/nothing",
+        "classcam/v1/up/dev-1",
+    ],
+)
 def test_bad_topics_raise_topic_error(topic: str):
     with pytest.raises(TopicError):
         topics.parse_up(topic)
@@ -115,6 +137,11 @@ def test_decode_names_the_problem():
         decode(Fin, b"{")
     with pytest.raises(ProtocolError, match="sha256"):
         decode(Fin, b'{"upload_id": "u", "size": 3, "sha256": "xyz"}')
-    ack = Ack(upload_id="u", state=AckState.MISSING, reply_to=AckReplyTo.INIT,
-              missing=[(0, 10)], server_time=T0)
+    ack = Ack(
+        upload_id="u",
+        state=AckState.MISSING,
+        reply_to=AckReplyTo.INIT,
+        missing=[(0, 10)],
+        server_time=T0,
+    )
     assert decode(Ack, ack.to_bytes()) == ack

@@ -21,7 +21,7 @@ from common.clock import to_utc
 from common.signing import generate_private_key, public_key_b64
 from edge_agent.config import load_config
 from edge_agent.outbox import Outbox
-from edge_agent.uplink import MqttLink, Uploader
+from edge_agent.uplink import Uploader
 from simulators.broker import EmbeddedBroker, MosquittoBroker
 from simulators.faults import CorruptingLink
 from simulators.harness import Device, ServerProcess, provision_device
@@ -43,25 +43,34 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def record_and_cut(device: Device, seconds: float = 30, window: tuple[float, float] = (10, 20)
-                   ) -> tuple[datetime, datetime, str]:
+def record_and_cut(
+    device: Device, seconds: float = 30, window: tuple[float, float] = (10, 20)
+) -> tuple[datetime, datetime, str]:
     """Record ``seconds`` on a virtual clock, cut ``window`` (offsets from the recording's
     start); return the requested bounds and the upload id."""
     out = device.cli("record", "--seconds", str(seconds), "--virtual-clock").stdout.split()
     start = to_utc(datetime.fromisoformat(out[0]))
     req_start = start + timedelta(seconds=window[0])
     req_end = start + timedelta(seconds=window[1])
-    upload_id = device.cli("cut", "--start", req_start.isoformat(),
-                           "--end", req_end.isoformat()).stdout.strip()
+    upload_id = device.cli(
+        "cut", "--start", req_start.isoformat(), "--end", req_end.isoformat()
+    ).stdout.strip()
     return req_start, req_end, upload_id
 
 
-def check_stored_clip(server: ServerProcess, device: Device, upload_id: str,
-                      req_start: datetime, req_end: datetime, agent_sha256: str) -> Path:
+def check_stored_clip(
+    server: ServerProcess,
+    device: Device,
+    upload_id: str,
+    req_start: datetime,
+    req_end: datetime,
+    agent_sha256: str,
+) -> Path:
     """The stored clip is the agent's bytes, decodes, lasts the window, shows the window."""
     with _db(server) as db:
-        row = db.execute("SELECT path, sha256, cut_start FROM clips WHERE upload_id = ?",
-                         (upload_id,)).fetchone()
+        row = db.execute(
+            "SELECT path, sha256, cut_start FROM clips WHERE upload_id = ?", (upload_id,)
+        ).fetchone()
     assert row is not None, server.tail_log()
     path = server.evidence_dir / row[0]
     data = path.read_bytes()
@@ -86,8 +95,13 @@ def check_stored_clip(server: ServerProcess, device: Device, upload_id: str,
 def stack(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[tuple[ServerProcess, Device]]:
     server = ServerProcess(tmp_path / "server", mosquitto, protocol="5")
     server.cli("migrate")
-    device = provision_device(tmp_path / "devices", "cam-e2e-1", mosquitto, protocol="5",
-                              settings={"camera": SMALL_CAMERA})
+    device = provision_device(
+        tmp_path / "devices",
+        "cam-e2e-1",
+        mosquitto,
+        protocol="5",
+        settings={"camera": SMALL_CAMERA},
+    )
     server.register_device(device.device_id, device.public_key)
     server.start()
     yield server, device
@@ -113,11 +127,17 @@ def test_record_cut_upload_verify_store(stack: tuple[ServerProcess, Device]):
 
 
 def test_same_path_on_embedded_broker_mqtt311(tmp_path: Path, embedded_broker: EmbeddedBroker):
-    server = ServerProcess(tmp_path / "server", embedded_broker, protocol="3.1.1",
-                           shared_group=None)
+    server = ServerProcess(
+        tmp_path / "server", embedded_broker, protocol="3.1.1", shared_group=None
+    )
     server.cli("migrate")
-    device = provision_device(tmp_path / "devices", "cam-e2e-2", embedded_broker,
-                              protocol="3.1.1", settings={"camera": SMALL_CAMERA})
+    device = provision_device(
+        tmp_path / "devices",
+        "cam-e2e-2",
+        embedded_broker,
+        protocol="3.1.1",
+        settings={"camera": SMALL_CAMERA},
+    )
     server.register_device(device.device_id, device.public_key)
     server.start()
     try:
@@ -131,28 +151,37 @@ def test_same_path_on_embedded_broker_mqtt311(tmp_path: Path, embedded_broker: E
 
 def _received_bytes(server: ServerProcess, upload_id: str) -> int:
     with _db(server) as db:
-        row = db.execute("SELECT received_ranges FROM uploads WHERE upload_id = ?",
-                         (upload_id,)).fetchone()
+        row = db.execute(
+            "SELECT received_ranges FROM uploads WHERE upload_id = ?", (upload_id,)
+        ).fetchone()
     if row is None or row[0] is None:
         return 0
     return sum(end - start for start, end in json.loads(row[0]))
 
 
-def test_resume_after_sigkill_resends_at_most_two_extra_chunks(tmp_path: Path,
-                                                                mosquitto: MosquittoBroker):
+def test_resume_after_sigkill_resends_at_most_two_extra_chunks(
+    tmp_path: Path, mosquitto: MosquittoBroker
+):
     server = ServerProcess(tmp_path / "server", mosquitto)
     server.cli("migrate")
     chunk = 16 * 1024
-    device = provision_device(tmp_path / "devices", "cam-e2e-3", mosquitto, settings={
-        "camera": SMALL_CAMERA,
-        "upload": {"chunk_size": chunk, "rate_limit_bytes_per_s": 256 * 1024, "window": 4},
-    })
+    device = provision_device(
+        tmp_path / "devices",
+        "cam-e2e-3",
+        mosquitto,
+        settings={
+            "camera": SMALL_CAMERA,
+            "upload": {"chunk_size": chunk, "rate_limit_bytes_per_s": 256 * 1024, "window": 4},
+        },
+    )
     server.register_device(device.device_id, device.public_key)
     server.start()
     try:
         req_start, req_end, upload_id = record_and_cut(device)
         sha = _manifest_sha(device, upload_id)
-        size = load_config(device.config_path).outbox_dir.joinpath(f"{upload_id}.mp4").stat().st_size
+        size = (
+            load_config(device.config_path).outbox_dir.joinpath(f"{upload_id}.mp4").stat().st_size
+        )
         agent = device.spawn("upload", "--until-empty")
         _wait(lambda: _received_bytes(server, upload_id) > size * 0.3, 60, "a third of the clip")
         os.kill(agent.pid, signal.SIGKILL)
@@ -160,14 +189,18 @@ def test_resume_after_sigkill_resends_at_most_two_extra_chunks(tmp_path: Path,
         # Let everything the broker already had reach the server: that is what it holds now.
         time.sleep(1.0)
         with _db(server) as db:
-            before = db.execute("SELECT chunks_received, chunks_duplicate FROM uploads"
-                                " WHERE upload_id = ?", (upload_id,)).fetchone()
+            before = db.execute(
+                "SELECT chunks_received, chunks_duplicate FROM uploads WHERE upload_id = ?",
+                (upload_id,),
+            ).fetchone()
         held = _received_bytes(server, upload_id)
         assert 0 < held < size
         device.cli("upload", "--until-empty", timeout=120)
         with _db(server) as db:
-            after = db.execute("SELECT chunks_received, chunks_duplicate FROM uploads"
-                               " WHERE upload_id = ?", (upload_id,)).fetchone()
+            after = db.execute(
+                "SELECT chunks_received, chunks_duplicate FROM uploads WHERE upload_id = ?",
+                (upload_id,),
+            ).fetchone()
         missing_chunks = -(-(size - held) // chunk)
         resent = after[0] - before[0]
         assert after[1] - before[1] <= 2, "chunks re-sent that the server already had"
@@ -182,8 +215,9 @@ def test_corrupted_chunk_is_repaired_by_resending_it(stack: tuple[ServerProcess,
     req_start, req_end, upload_id = record_and_cut(device)
     config = load_config(device.config_path)
     outbox = Outbox(config.outbox_dir)
-    link = CorruptingLink(config, config.broker_password(),
-                          corrupt_offsets={config.upload.chunk_size * 2})
+    link = CorruptingLink(
+        config, config.broker_password(), corrupt_offsets={config.upload.chunk_size * 2}
+    )
     uploader = Uploader(link, outbox, config.upload)
     link.start()
     try:
@@ -202,18 +236,18 @@ def test_corrupted_chunk_is_repaired_by_resending_it(stack: tuple[ServerProcess,
 
 
 def _evidence_files(server: ServerProcess) -> list[Path]:
-    return [p for p in server.evidence_dir.rglob("*") if p.is_file()
-            and ".staging" not in p.parts]
+    return [p for p in server.evidence_dir.rglob("*") if p.is_file() and ".staging" not in p.parts]
 
 
-def test_unregistered_device_and_wrong_key_are_rejected(tmp_path: Path,
-                                                        mosquitto: MosquittoBroker):
+def test_unregistered_device_and_wrong_key_are_rejected(tmp_path: Path, mosquitto: MosquittoBroker):
     server = ServerProcess(tmp_path / "server", mosquitto)
     server.cli("migrate")
-    stranger = provision_device(tmp_path / "devices", "cam-unknown", mosquitto,
-                                settings={"camera": SMALL_CAMERA})
-    impostor = provision_device(tmp_path / "devices", "cam-impostor", mosquitto,
-                                settings={"camera": SMALL_CAMERA})
+    stranger = provision_device(
+        tmp_path / "devices", "cam-unknown", mosquitto, settings={"camera": SMALL_CAMERA}
+    )
+    impostor = provision_device(
+        tmp_path / "devices", "cam-impostor", mosquitto, settings={"camera": SMALL_CAMERA}
+    )
     # The impostor's registered key is not the one it signs with.
     server.register_device(impostor.device_id, public_key_b64(generate_private_key()))
     server.start()

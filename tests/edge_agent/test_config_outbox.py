@@ -22,14 +22,17 @@ def test_example_config_is_valid_and_documents_defaults():
     assert config.broker.keepalive_s < 300  # under carrier NAT idle timeouts
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ('device_id = "a/b"', "device_id"),
-    ('device_id = "d"\n[upload]\nchunk_size = 10', "upload.chunk_size"),
-    ('device_id = "d"\n[broker]\nprot = "5"', "broker.prot"),
-    ('device_id = "d"\n[broker]\nprotocol = "4"', "broker.protocol"),
-    ('[camera]\nfps = 15', "device_id"),
-    ('device_id = ', "<toml>"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('device_id = "a/b"', "device_id"),
+        ('device_id = "d"\n[upload]\nchunk_size = 10', "upload.chunk_size"),
+        ('device_id = "d"\n[broker]\nprot = "5"', "broker.prot"),
+        ('device_id = "d"\n[broker]\nprotocol = "4"', "broker.protocol"),
+        ("[camera]\nfps = 15", "device_id"),
+        ("device_id = ", "<toml>"),
+    ],
+)
 def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str):
     path = tmp_path / "agent.toml"
     path.write_text(text)
@@ -39,8 +42,9 @@ def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str):
     assert field in str(info.value)
 
 
-def test_secret_paths_resolve_in_credentials_directory(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch):
+def test_secret_paths_resolve_in_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     (tmp_path / "broker-password").write_text("s3cret\n")
     path = tmp_path / "agent.toml"
@@ -87,8 +91,7 @@ def test_outbox_entry_survives_sigkill_right_after_enqueue(tmp_path: Path):
     assert os.path.getsize(outbox.file_path("u2")) == 10
 
 
-def test_secret_paths_default_to_beside_the_config(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch):
+def test_secret_paths_default_to_beside_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     path = tmp_path / "agent.toml"
     path.write_text('device_id = "d"\n')

@@ -39,10 +39,12 @@ def test_systemd_analyze_verify_passes(tmp_path: Path):
     agent = Path(sys.executable).parent / "classcam-agent"
     assert agent.exists(), "the venv has the classcam-agent console script"
     rendered = tmp_path / "classcam-agent.service"
-    rendered.write_text(UNIT.read_text().replace("/opt/classcam/.venv/bin/classcam-agent",
-                                                 str(agent)))
-    result = subprocess.run(["systemd-analyze", "verify", str(rendered)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    rendered.write_text(
+        UNIT.read_text().replace("/opt/classcam/.venv/bin/classcam-agent", str(agent))
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(rendered)], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     # Unknown keys are only warnings: treat any complaint about our unit as a failure.
     complaints = [line for line in result.stderr.splitlines() if rendered.name in line]
@@ -50,8 +52,11 @@ def test_systemd_analyze_verify_passes(tmp_path: Path):
 
 
 def test_install_script_is_valid_shell():
-    result = subprocess.run(["sh", "-n", str(ROOT / "firmware_config" / "install-pi.sh")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["sh", "-n", str(ROOT / "firmware_config" / "install-pi.sh")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 

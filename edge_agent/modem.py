@@ -7,7 +7,7 @@ brought back (radio reset, full reset, reopen of a vanished USB node) with cappe
 the injected clock. Reply formats are parsed in ``edge_agent.modem_parse``.
 
 Command timeouts are real seconds, because the serial line is real; only the deliberate waits
-of ``recover()`` go through the ``Clock``.
+of ``recover()`` (and the cool-down between automatic recoveries) go through the ``Clock``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class ModemPort(Protocol):
     def open(self) -> None: ...
     def close(self) -> None: ...
     def command(self, cmd: str, timeout: float | None = None) -> list[str]: ...
-    def recover(self) -> bool: ...
+    def recover(self, budget: float | None = None) -> bool: ...
     def counters(self) -> ModemCounters: ...
     def model(self) -> ModemModel: ...
     def signal(self) -> SignalInfo: ...
@@ -417,9 +417,15 @@ class SerialModem(AtQueries):
     """The AT driver over a serial port (a USB AT port such as ``/dev/ttyUSB2``, better its
     stable ``/dev/serial/by-id/...`` link, or a UART).
 
-    ``family`` skips detection when the config already knows it. After ``max_timeouts``
-    consecutive commands without an answer, ``command()`` runs ``recover()`` itself (unless
-    ``auto_recover`` is off) and still raises the timeout: the caller's command failed.
+    ``family`` skips detection when the config already knows it.
+
+    After ``max_timeouts`` consecutive commands without an answer, ``command()`` recovers by
+    itself (unless ``auto_recover`` is off) and still raises: the caller's command failed.
+    That automatic recovery waits at most ``auto_recover_budget`` clock-seconds (default: one
+    round of AT / radio reset / full reset, no waiting), and after a failed round the next one
+    comes only after a capped backoff (``cooldown_initial`` .. ``cooldown_max``), so a caller
+    such as the heartbeat loop is never held for minutes nor resets a rebooting module again
+    and again. ``recover()`` called explicitly waits up to ``recover_budget``.
     """
 
     def __init__(
@@ -433,9 +439,13 @@ class SerialModem(AtQueries):
         family: ModemFamily | None = None,
         max_timeouts: int = 3,
         auto_recover: bool = True,
+        auto_recover_budget: float = 0.0,
         recover_budget: float = 120.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
+        cooldown_initial: float = 30.0,
+        cooldown_max: float = 600.0,
+        reset_timeout: float = 5.0,
         urc_history: int = 64,
         init_commands: Sequence[str] = ("ATE0", "AT+CMEE=1"),
         rng: random.Random | None = None,
@@ -445,9 +455,15 @@ class SerialModem(AtQueries):
         self.command_timeout = command_timeout
         self.max_timeouts = max_timeouts
         self.auto_recover = auto_recover
+        self.auto_recover_budget = auto_recover_budget
         self.recover_budget = recover_budget
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.cooldown_initial = cooldown_initial
+        self.cooldown_max = cooldown_max
+        self.reset_timeout = reset_timeout
+        self._next_auto_recovery = float("-inf")  # clock.monotonic() of the next allowed round
+        self._auto_failures = 0
         self._clock = clock
         self._family = family
         self._timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
@@ -564,8 +580,22 @@ class SerialModem(AtQueries):
                 return self._transact(cmd, timeout)
             except (ModemTimeout, ModemUnavailable):
                 if self.auto_recover and self._wanted_open and self._unresponsive():
-                    self._recover_locked()
+                    self._auto_recover()
                 raise
+
+    def _auto_recover(self) -> None:
+        now = self._clock.monotonic()
+        if now < self._next_auto_recovery:
+            return  # cooling down after a failed round; commands still go out meanwhile
+        if self._recover_locked(self.auto_recover_budget):
+            self._auto_failures = 0
+            return
+        pause = backoff_delay(
+            self._auto_failures, self.cooldown_initial, self.cooldown_max, self._rng
+        )
+        self._auto_failures += 1
+        self._next_auto_recovery = self._clock.monotonic() + pause
+        log.error("modem %s: next automatic recovery in %.0f s", self.port, pause)
 
     def _unresponsive(self) -> bool:
         return self._streak >= self.max_timeouts
@@ -629,8 +659,8 @@ class SerialModem(AtQueries):
         command, so the next one starts on a clean line."""
         self._counters.garbage += 1
         quiet_until = time.monotonic() + _GARBAGE_QUIET_S
-        stop = max(deadline, quiet_until)
-        while time.monotonic() < min(quiet_until, stop):
+        hard_stop = max(deadline, quiet_until)  # a line that never falls quiet still ends
+        while time.monotonic() < min(quiet_until, hard_stop):
             chunk = port.read(max(1, port.in_waiting))
             if chunk:
                 raw += chunk
@@ -662,15 +692,16 @@ class SerialModem(AtQueries):
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def recover(self) -> bool:
+    def recover(self, budget: float | None = None) -> bool:
         """Bring a modem that stopped answering back: ``AT`` again; radio off/on
         (``AT+CFUN=0``/``AT+CFUN=1``); full reset (``AT+CFUN=1,1``); then poll with ``AT``,
         reopening the port if its node vanished, with capped backoff on the clock until
-        ``recover_budget`` clock-seconds have passed. True once the modem answers."""
+        ``budget`` (default ``recover_budget``) clock-seconds have passed. True once the modem
+        answers; never raises."""
         with self._lock:
-            return self._recover_locked()
+            return self._recover_locked(self.recover_budget if budget is None else budget)
 
-    def _recover_locked(self) -> bool:
+    def _recover_locked(self, budget: float) -> bool:
         self._counters.recovery_attempts += 1
         reopens = self._counters.reopens
         log.warning("modem %s not answering; recovering", self.port)
@@ -678,33 +709,36 @@ class SerialModem(AtQueries):
             return self._recovered(reopened=self._counters.reopens > reopens)
         waited = 0.0
         attempt = 0
-        while waited < self.recover_budget:
+        while waited < budget:
             delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max, self._rng)
             self._clock.sleep(delay)
             waited += delay
             attempt += 1
             if self._answers():
                 return self._recovered(reopened=self._counters.reopens > reopens)
-        log.error("modem %s still not answering after %.0f s", self.port, waited)
+        log.error("modem %s still not answering after %.0f s of recovery", self.port, waited)
         return False
 
     def _radio_reset(self) -> bool:
         if self._serial is None:
             return False  # the node is gone: only waiting for it to come back helps
-        self._try("AT+CFUN=0")
-        self._try("AT+CFUN=1")
+        self._try("AT+CFUN=0", reset=True)
+        self._try("AT+CFUN=1", reset=True)
         if self._answers():
             return True
         # The module reboots: on USB its ttys vanish for 10-30 s and come back.
-        self._try("AT+CFUN=1,1")
+        self._try("AT+CFUN=1,1", reset=True)
         return False
 
     def _answers(self) -> bool:
         return self._try("AT")
 
-    def _try(self, cmd: str) -> bool:
+    def _try(self, cmd: str, *, reset: bool = False) -> bool:
+        # A modem that just ignored AT rarely answers CFUN late; waiting the manual's full
+        # 15 s for each reset command would hold the caller for most of a minute.
+        timeout = min(self.timeout_for(cmd), self.reset_timeout) if reset else None
         try:
-            self._transact(cmd, None)
+            self._transact(cmd, timeout)
         except ModemError:
             return False
         return True
@@ -717,3 +751,9 @@ class SerialModem(AtQueries):
                 self._try(cmd)
         log.info("modem %s answering again", self.port)
         return True
+
+
+if TYPE_CHECKING:  # mypy proves the real driver honours the contract
+
+    def _conforms(modem: SerialModem) -> ModemPort:
+        return modem

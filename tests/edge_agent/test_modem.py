@@ -205,6 +205,26 @@ def test_third_timeout_recovers_by_itself(fake: FakeModem, clock: VirtualClock):
         assert modem.counters().recoveries == 1
 
 
+def test_automatic_recovery_never_waits_and_cools_down(clock: VirtualClock):
+    """Inside command() a round of resets is tried without waiting on the clock, and a dead
+    modem is not reset again until the cool-down has passed."""
+    with FakeModem(QUECTEL_EC25, clock=clock) as fake, driver(fake, clock) as modem:
+        fake.silent = True
+        for _ in range(4):
+            with pytest.raises(ModemTimeout):
+                modem.command("AT+CSQ")
+        assert fake.count("AT+CFUN=1,1") == 1  # one round, at the third timeout
+        assert clock.monotonic() == 1000.0  # and it did not sleep
+        clock.advance(36.0)  # past the first cool-down (30 s, +20 % jitter at most)
+        with pytest.raises(ModemTimeout):
+            modem.command("AT+CSQ")
+        assert fake.count("AT+CFUN=1,1") == 2
+        counters = modem.counters()
+        assert (counters.recovery_attempts, counters.recoveries) == (2, 0)
+        fake.silent = False
+        assert modem.command("AT+CSQ") == ["+CSQ: 22,99"]  # answers again: streak cleared
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_full_reset_with_the_node_vanishing_and_coming_back(profile: FakeProfile, tmp_path: Path):
     """Only AT+CFUN=1,1 helps; the module then reboots and its USB node goes away for a while,

@@ -112,6 +112,8 @@ def run_demo(workdir: Path, seconds: float, fast: bool, keep: bool) -> int:
         path = server.evidence_dir / row[0]
         actual = hashlib.sha256(path.read_bytes()).hexdigest()
         table = Table(title="verified clip", show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
         table.add_row("file", str(path))
         table.add_row("sha256", row[1])
         table.add_row("re-hashed", "[green]matches[/green]" if actual == row[1] else "[red]DIFFERS")
@@ -119,6 +121,8 @@ def run_demo(workdir: Path, seconds: float, fast: bool, keep: bool) -> int:
         table.add_row("window asked", f"{req_start.isoformat()} → {req_end.isoformat()}")
         table.add_row("window cut", f"{row[3]} → {row[4]} ({row[5]:.1f} s)")
         console.print(table)
+        # Plain lines too, for scripts and for terminals narrower than the table.
+        print(f"clip: {path}\nsha256: {row[1]}")
         return 0 if actual == row[1] else 1
     finally:
         server.stop()

@@ -201,6 +201,7 @@ def _modem(config: AgentConfig) -> Any:
         baudrate=config.modem.baudrate,
         clock=SystemClock(),
         command_timeout=config.modem.command_timeout_s,
+        family=config.modem.family,
     )
     try:
         modem.open()

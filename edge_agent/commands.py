@@ -32,7 +32,7 @@ class RuntimeSettings(BaseModel):
     """What a ``config`` command may change at run time; unknown names are refused."""
 
     model_config = ConfigDict(extra="forbid")
-    heartbeat_interval_s: float = Field(30.0, ge=5, le=3600)
+    heartbeat_interval_s: float = Field(30.0, ge=1, le=3600)
     upload_rate_limit_bytes_per_s: int = Field(0, ge=0)
     upload_window: int = Field(16, ge=1, le=1000)
 

@@ -11,8 +11,17 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from common.errors import ClasscamError
 from common.schemas import MAX_CHUNK_SIZE
@@ -67,10 +76,57 @@ class KeysConfig(Section):
 
 
 class CameraConfig(Section):
-    kind: Literal["synthetic"] = "synthetic"
+    # Which backend (edge_agent/cameras): the fields below that a kind does not use must be unset.
+    kind: Literal["synthetic", "v4l2", "rtsp", "picamera2"] = "synthetic"
+    # Requested picture; an RTSP camera sends what it is set to in its own web UI.
     width: int = Field(1280, ge=16, le=4096)
     height: int = Field(720, ge=16, le=4096)
     fps: float = Field(15.0, gt=0, le=60)
+    # v4l2: the device node (required); picamera2: the camera number, "0" when unset.
+    device: str | None = None
+    # rtsp: rtsp://user@host:554/path (required). The password goes in password_file.
+    url: str | None = None
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    password_file: CredentialPath | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device_fits_kind(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind == "v4l2" and not value:
+            raise ValueError("kind v4l2 needs a device, e.g. /dev/video0")
+        if kind == "picamera2" and value is not None and not value.isdigit():
+            raise ValueError('for picamera2, device is the camera number, e.g. "0"')
+        if kind in ("synthetic", "rtsp") and value is not None:
+            raise ValueError(f"kind {kind} takes no device")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_fits_kind(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind != "rtsp":
+            if value is not None:
+                raise ValueError(f"kind {kind} takes no url")
+            return value
+        if not value:
+            raise ValueError("kind rtsp needs a url, e.g. rtsp://admin@192.168.1.64:554/stream1")
+        parts = urlsplit(value)
+        if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+            raise ValueError("must be rtsp://host[:port]/path")
+        if parts.password is not None:
+            # Secrets never live in the TOML (it is world-readable to the service group).
+            raise ValueError("put the camera password in password_file, not in the url")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_fits_kind(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("kind") != "rtsp":
+            raise ValueError("only kind rtsp takes a password_file")
+        if value is not None and not urlsplit(info.data.get("url") or "").username:
+            raise ValueError("a password_file needs a user in the url (rtsp://user@host/...)")
+        return value
 
 
 class RecordingConfig(Section):
@@ -91,7 +147,7 @@ class UploadConfig(Section):
 
 
 class HeartbeatConfig(Section):
-    interval_s: float = Field(30.0, ge=5, le=3600)
+    interval_s: float = Field(30.0, ge=1, le=3600)
 
 
 class StorageConfig(Section):
@@ -104,9 +160,11 @@ class StorageConfig(Section):
 
 
 class ModemConfig(Section):
-    # Serial port of the modem's AT interface, e.g. /dev/ttyUSB2 (Quectel) or /dev/ttyUSB3
-    # (SIMCom); empty when the box has no modem (wired or Wi-Fi network).
+    # The modem's AT port; prefer the /dev/serial/by-id/…-if02-port0 link, which survives a
+    # modem reset (ttyUSB2 on both EC25 and SIM7600). Empty when the box has no modem.
     port: str = ""
+    # "quectel", "simcom" or "generic"; unset: detected with ATI.
+    family: Literal["quectel", "simcom", "generic"] | None = None
     baudrate: int = Field(115200, gt=0)
     command_timeout_s: float = Field(2.0, gt=0)
 

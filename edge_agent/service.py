@@ -27,7 +27,8 @@ from common.signing import load_private_key
 from edge_agent.camera import CameraSource, Frame, SyntheticCamera
 from edge_agent.commands import CommandRunner, RuntimeSettings
 from edge_agent.config import AgentConfig
-from edge_agent.heartbeat import cpu_temperature_c, directory_bytes, disk_usage, modem_health
+from edge_agent.heartbeat import cpu_temperature_c, directory_bytes, disk_usage
+from edge_agent.modem import ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
 from edge_agent.recording import RecordingSettings, SessionRecorder
@@ -65,7 +66,7 @@ class AgentService:
         *,
         clock: Clock | None = None,
         camera_factory: Callable[[], CameraSource] | None = None,
-        modem: Any = None,
+        modem: ModemPort | None = None,
         notifier: SystemdNotifier | None = None,
         link: MqttLink | None = None,
         disk_probe: Callable[[], tuple[int, int]] | None = None,
@@ -392,7 +393,12 @@ class AgentService:
         now = self.clock.now()
         free, total = self.disk_probe()
         today, month = self.state.traffic(now)
-        modem, gnss = modem_health(self.modem)
+        modem, gnss = None, None
+        if self.modem is not None:
+            snap = self.modem.snapshot()
+            modem, gnss = snap.to_health(), snap.gnss_position()
+            if snap.network_time is not None:
+                self.offset.observe(snap.network_time, snap.taken_at, source="modem")
         self._hb_seq += 1
         return Heartbeat(
             device_id=self.config.device_id,

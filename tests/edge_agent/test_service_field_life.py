@@ -3,6 +3,7 @@ link that never starves heartbeats, a camera that vanishes, a modem, a full disk
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_heartbeats_presence_and_will(
             assert first.device_id == "cam-life-1" and first.firmware.startswith("classcam")
             assert first.disk_total_bytes > first.disk_free_bytes > 0
             assert first.bytes_sent_today >= 0 and not first.recording
-            gaps = [b[0] - a[0] for a, b in zip(operator.heartbeats, operator.heartbeats[1:])]
+            gaps = [b[0] - a[0] for a, b in itertools.pairwise(operator.heartbeats)]
             assert all(0.5 < g < 2.5 for g in gaps[:3]), gaps
             assert operator.wait_for(
                 lambda: any(
@@ -151,7 +152,7 @@ def test_heartbeats_and_replies_are_not_starved_by_a_big_upload_on_a_thin_link(
             operator.wait_for(lambda: len(operator.heartbeats) >= mark + 4, timeout=15)
             assert service.outbox.count() == 1, "the upload is still going on"
             times = [t for t, _ in operator.heartbeats[mark - 1 :]]
-            gaps = [b - a for a, b in zip(times, times[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert max(gaps) < 3.0, gaps
             assert reply_latency < 3.0
         finally:

@@ -6,8 +6,11 @@ import argparse
 import logging
 import os
 import secrets
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +55,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
     (out / "agent.toml").write_text(text)
     public = public_key_b64(key)
     (out / "device-key.pub").write_text(public + "\n")
+    entry = _broker_password_entry(args.device_id, password)
+    if entry:
+        (out / "broker-passwd-entry").write_text(entry + "\n")
+        console.print(f"broker: append {out / 'broker-passwd-entry'} to Mosquitto's password_file")
+    else:
+        console.print(
+            "broker: mosquitto_passwd not found; add the password in "
+            f"{password_path} to the broker for user {args.device_id}"
+        )
     console.print(f"device [bold]{args.device_id}[/bold] provisioned in {out}")
     console.print(
         f"register on the server:\n  classcam-server register-device "
@@ -59,6 +71,18 @@ def cmd_provision(args: argparse.Namespace) -> int:
     )
     print(public)
     return 0
+
+
+def _broker_password_entry(username: str, password: str) -> str | None:
+    """The hashed line for Mosquitto's password_file, made by Mosquitto's own tool."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "passwd"
+        path.touch(mode=0o600)
+        subprocess.run([tool, "-b", str(path), username, password], check=True, capture_output=True)
+        return path.read_text().strip()
 
 
 def _clock(args: argparse.Namespace) -> Clock:

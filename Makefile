@@ -44,6 +44,7 @@ test: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(PY) bench/cut_upload.py
+	$(PY) bench/agent_footprint.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

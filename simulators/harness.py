@@ -169,11 +169,14 @@ class Device:
             )
         return result
 
-    def spawn(self, *args: str, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
+    def spawn(
+        self, *args: str, log_name: str = "agent.log", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a ``classcam-agent`` subcommand in the background, logging beside its state."""
         log = (self.root / log_name).open("ab")
         return subprocess.Popen(
             [*_python_cmd("edge_agent.cli"), args[0], "--config", str(self.config_path), *args[1:]],
+            env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

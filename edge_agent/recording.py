@@ -8,12 +8,18 @@ A write error (a full SD card) is reported the same way, after asking for space 
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import shutil
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import av
 
 from common.clock import Clock
 from common.schemas import EventType
@@ -25,6 +31,11 @@ from edge_agent.spool import Spool
 log = logging.getLogger(__name__)
 
 EmitEvent = Callable[..., object]
+
+
+def _errno_text(exc: BaseException) -> str:
+    code = getattr(exc, "errno", None)
+    return os.strerror(code) if isinstance(code, int) and code in errno.errorcode else "no errno"
 
 
 class _WatchedCamera:
@@ -175,10 +186,14 @@ class SessionRecorder:
                 return
             except CameraError as exc:
                 reason, detail = "camera_lost", str(exc)
-            except OSError as exc:  # ENOSPC and friends while writing segments
-                reason, detail = "write_error", str(exc)
+            except (OSError, sqlite3.Error, av.FFmpegError) as exc:
+                # A full or failing SD card: the muxer, the segment rename or the index write.
+                reason, detail = "write_error", f"{exc} ({_errno_text(exc)})"
                 if self.on_write_error is not None:
                     self.on_write_error()
+            except Exception as exc:  # the recording thread must never die silently
+                log.exception("session %s: recorder failed", rec.session_id)
+                reason, detail = "recorder_error", str(exc)
             if (
                 recorder is not None
                 and recorder.recording_id is not None
@@ -190,10 +205,14 @@ class SessionRecorder:
                 lost_at = self.clock.now()
                 lost_reason = reason
                 log.warning("session %s: %s: %s", rec.session_id, reason, detail)
+                data: dict[str, object] = {"reason": reason, "detail": detail}
+                if reason == "write_error":
+                    # FFmpeg often says EINVAL when the disk is full; the free space says why.
+                    data["free_bytes"] = shutil.disk_usage(self.spool.root).free
                 self.emit(
                     EventType.CAMERA_LOST if reason == "camera_lost" else EventType.ERROR,
                     session_id=rec.session_id,
-                    data={"reason": reason, "detail": detail},
+                    data=data,
                 )
             rec.stop.wait(backoff * random.uniform(0.8, 1.0))
             backoff = min(backoff * 2, self.settings.retry_max_s)

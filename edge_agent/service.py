@@ -8,8 +8,10 @@ threads anyway). Everything durable lives in SQLite under ``state_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -186,7 +188,14 @@ class AgentService:
             data=data or {},
         )
         payload = event.to_bytes()
-        self.state.push_event(payload)
+        try:
+            self.state.push_event(payload)
+        except sqlite3.Error as exc:
+            # The state disk is full or failing: still say it now if the link is up.
+            self.link.counters["event_not_durable"] += 1
+            log.error("event %s not stored (%s); sending it undurably", type_.value, exc)
+            with contextlib.suppress(LinkDown):
+                self.link.publish(topics.event(self.config.device_id), payload)
         self.events_ready.set()
         return payload
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 from agent_harness import Operator, field_device, later
@@ -287,3 +289,57 @@ def test_a_camera_error_is_a_typed_error():
         assert exc.camera
     else:
         raise AssertionError("a vanished camera must raise CameraError")
+
+
+def test_a_full_sd_card_is_reported_and_recording_resumes_when_space_returns(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    _, config = field_device(
+        tmp_path,
+        mosquitto,
+        server,
+        "cam-life-7",
+        settings={"camera": {"width": 640, "height": 360}, "recording": {"bitrate": 2_000_000}},
+    )
+    spool = config.spool_dir
+    spool.mkdir(parents=True)
+    # A real filesystem that really fills up: 3 MB of tmpfs under the spool.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(spool)], check=True)
+    try:
+        service = AgentService(config)
+        service.recorder.settings.retry_min_s = 0.2
+        service.start()
+        try:
+            filler = spool / "filler"
+            filler.write_bytes(b"\0" * (2 * 1024 * 1024 + 512 * 1024))
+            cmd = operator.send(config.device_id, CommandType.OPEN_SESSION, session_id="full")
+            operator.reply_to(cmd.cmd_id)
+            error = operator.wait_for(
+                lambda: next((e for e in operator.events if e.type == EventType.ERROR), None),
+                timeout=30,
+            )
+            assert error.data["reason"] == "write_error"
+            assert error.data["free_bytes"] < 256 * 1024, error.data
+            ping = operator.send(
+                config.device_id, CommandType.CONFIG, settings={"upload_window": 4}
+            )
+            assert operator.reply_to(ping.cmd_id).type == EventType.CONFIG_APPLIED
+            filler.unlink()
+            gap = operator.wait_for(
+                lambda: next(
+                    (e for e in operator.events if e.type == EventType.RECORDING_GAP), None
+                ),
+                30,
+            )
+            assert gap.data["reason"] == "write_error"
+            time.sleep(1.5)
+            close = operator.send(config.device_id, CommandType.CLOSE_SESSION, session_id="full")
+            stopped = operator.reply_to(close.cmd_id)
+            assert stopped.data["gaps"]
+            assert service.spool.segments_between(
+                datetime.fromisoformat(gap.data["end"]), service.clock.now()
+            ), "recording resumed after space came back"
+        finally:
+            service.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(spool)], check=False)

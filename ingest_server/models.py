@@ -148,3 +148,203 @@ class Rejection(Base):
     upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+# -- Who teaches what, where and when (issue: sessions, windows, photos, verdicts) -------------
+
+
+class Institution(Base):
+    """A training school."""
+
+    __tablename__ = "institutions"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class Classroom(Base):
+    """A room with a camera; its location carries its datum (DESIGN.md: datums matter)."""
+
+    __tablename__ = "classrooms"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    institution_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("institutions.id"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    datum: Mapped[str] = mapped_column(String(8))
+    radius_m: Mapped[float] = mapped_column(Float, default=100.0)
+    # The reference still of the camera's view, to tell when it was turned away or swapped.
+    reference_upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+
+class Lecturer(Base):
+    """A lecturer; the phone app authenticates with a token whose SHA-256 is kept here."""
+
+    __tablename__ = "lecturers"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    institution_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("institutions.id"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class TrainingClass(Base):
+    """A subsidised course: a series of sessions."""
+
+    __tablename__ = "training_classes"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    institution_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("institutions.id"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class SessionState(StrEnum):
+    SCHEDULED = "scheduled"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class ClassSession(Base):
+    """One class session: planned (start, preset duration), as it happened, and its verdict."""
+
+    __tablename__ = "class_sessions"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    class_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("training_classes.id"), index=True
+    )
+    classroom_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("classrooms.id"), index=True
+    )
+    lecturer_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("lecturers.id"), index=True
+    )
+    scheduled_start: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    duration_s: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default=SessionState.SCHEDULED.value)
+    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    recorded_s: Mapped[float | None] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(16), default="pending")
+    # JSON list of {"code": ..., "params": {...}}; sentences are rendered per reader language.
+    verdict_reasons: Mapped[str] = mapped_column(Text, default="[]")
+    verdict_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class SessionWindow(Base):
+    """A random window of a session. Never shown or sent anywhere before it has ended."""
+
+    __tablename__ = "session_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("class_sessions.id"), index=True
+    )
+    idx: Mapped[int] = mapped_column(Integer)
+    start: Mapped[datetime] = mapped_column(UtcDateTime())
+    end: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    cmd_id: Mapped[str] = mapped_column(String(ID_LENGTH), unique=True)
+    requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    request_count: Mapped[int] = mapped_column(Integer, default=0)
+    upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    failed_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class Photo(Base):
+    """A lecturer's opening or closing photo, stored write-once."""
+
+    __tablename__ = "photos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("class_sessions.id"), index=True
+    )
+    lecturer_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("lecturers.id"))
+    kind: Mapped[str] = mapped_column(String(8))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    phash: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(512))
+    taken_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    time_source: Mapped[str] = mapped_column(String(8))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    datum: Mapped[str] = mapped_column(String(8))
+    place_source: Mapped[str] = mapped_column(String(8))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ClipCheck(Base):
+    """What the video sanity check saw in a stored clip."""
+
+    __tablename__ = "clip_checks"
+
+    clip_id: Mapped[int] = mapped_column(Integer, ForeignKey("clips.id"), primary_key=True)
+    black: Mapped[bool] = mapped_column(Boolean)
+    frozen: Mapped[bool] = mapped_column(Boolean)
+    moved: Mapped[bool | None] = mapped_column(Boolean)
+    mean_luma: Mapped[float] = mapped_column(Float)
+    frozen_fraction: Mapped[float] = mapped_column(Float)
+    reference_similarity: Mapped[float | None] = mapped_column(Float)
+    checked_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeviceEvent(Base):
+    """Every event a device reported, kept as evidence (its own ``event_id`` dedupes)."""
+
+    __tablename__ = "device_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    cmd_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeviceHealth(Base):
+    """The latest word from each device: presence and its last heartbeat."""
+
+    __tablename__ = "device_health"
+
+    device_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    status: Mapped[str] = mapped_column(String(8), default="offline")
+    status_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    heartbeat: Mapped[str | None] = mapped_column(Text)
+
+
+class PresenceChange(Base):
+    """Online/offline transitions (from retained status and heartbeat timeouts)."""
+
+    __tablename__ = "presence_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    online: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(16))
+
+
+class FeedEvent(Base):
+    """The append-only feed the supervision backend reads with a cursor (``seq``)."""
+
+    __tablename__ = "feed_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    payload: Mapped[str] = mapped_column(Text)

@@ -12,7 +12,24 @@ from sqlalchemy import MetaData, inspect
 from ingest_server.db import make_engine, migrate
 from ingest_server.models import Base
 
-TABLES = {"devices", "uploads", "clips", "rejections"}
+TABLES = {
+    "devices",
+    "uploads",
+    "clips",
+    "rejections",
+    "institutions",
+    "classrooms",
+    "lecturers",
+    "training_classes",
+    "class_sessions",
+    "session_windows",
+    "photos",
+    "clip_checks",
+    "device_events",
+    "device_health",
+    "presence_changes",
+    "feed_events",
+}
 
 
 def _diffs(url: str, metadata: MetaData) -> list[object]:
@@ -29,7 +46,7 @@ def _check(url: str) -> None:
     migrate(url)
     migrate(url)  # idempotent: already at head
     assert _diffs(url, Base.metadata) == []
-    # The comparison is not vacuous: against an empty schema it sees all four tables.
+    # The comparison is not vacuous: against an empty schema it sees every table.
     removed = {d[1].name for d in _diffs(url, MetaData()) if d[0] == "remove_table"}  # type: ignore[index]
     assert removed == TABLES
     engine = make_engine(url)

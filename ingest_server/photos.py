@@ -1,0 +1,346 @@
+"""A lecturer's uploaded photo turned into facts the matcher can trust (DESIGN.md §1 step 7).
+
+Time and place come from the photo's EXIF when it has them, else from what the app sent; the
+source of each is recorded so a verdict can say which it relied on.
+
+* **Time.** ``DateTimeOriginal`` (Exif IFD) with ``SubSecTimeOriginal`` and
+  ``OffsetTimeOriginal`` when present. Without an offset, EXIF local time is taken to be in the
+  deployment's zone (``local_tz``, Asia/Shanghai by default): phones write the wall-clock time
+  they show, and ours are in China. When ``DateTimeOriginal`` is missing, the GPS IFD's
+  ``GPSDateStamp`` + ``GPSTimeStamp`` (UTC by definition) are used. Then the app's time.
+* **Place.** The GPS IFD's latitude/longitude rationals with their N/S/E/W refs, always WGS-84
+  (GNSS receivers report WGS-84). Otherwise the app's coordinates *with the datum the app
+  states*: WeChat's ``gcj02`` mode and Chinese map pickers (AMap, Tencent) give GCJ-02, Baidu
+  gives BD-09. An app coordinate without a known datum is refused (``bad_datum``): the datums
+  differ by more than the 100 m geofence.
+* EXIF GPS that reads exactly 0,0 or has 0/0 rationals is a phone without a fix, not a place in
+  the Gulf of Guinea: it is treated as absent. EXIF coordinates out of range are refused.
+* Only JPEG, PNG and HEIC (when a HEIF plugin such as pillow-heif is registered) are opened:
+  every other Pillow decoder is attack surface we do not need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from enum import StrEnum
+from typing import Any
+
+import imagehash
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from common.clock import to_utc
+from ingest_server.errors import IngestError
+
+# China has had no daylight saving since 1991, so a fixed offset is exact and needs no tzdata.
+SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
+DATUMS = frozenset({"wgs84", "gcj02", "bd09"})  # common.geo.Datum values
+DEFAULT_MAX_BYTES = 15 * 1024 * 1024
+# Above this many pixels an upload is treated as a decompression bomb. Just under Pillow's
+# warning threshold (MAX_IMAGE_PIXELS, ~89.5 MP), so what we accept never trips it; phones bin
+# their 50–200 MP sensors to 12–50 MP photos unless a "full resolution" mode is chosen.
+DEFAULT_MAX_PIXELS = 89_000_000
+# Pillow format name → the name we record.
+_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "HEIF": "HEIC"}
+# JPEGs are decoded at a reduced DCT scale for hashing: the hash looks at 32x32 pixels anyway.
+_HASH_DRAFT_SIZE = (512, 512)
+
+TAG_MAKE, TAG_MODEL = 0x010F, 0x0110
+TAG_DATETIME_ORIGINAL, TAG_OFFSET_TIME_ORIGINAL, TAG_SUBSEC_ORIGINAL = 0x9003, 0x9011, 0x9291
+GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON, GPS_TIMESTAMP, GPS_DATESTAMP = 1, 2, 3, 4, 7, 29
+
+_OFFSET = re.compile(r"^\s*([+-])(\d{2}):?(\d{2})\s*$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{16}$")
+
+
+class PhotoRejectReason(StrEnum):
+    """Why an uploaded photo was refused; the web layer maps each to a 4xx."""
+
+    NOT_AN_IMAGE = "not_an_image"
+    TOO_LARGE = "too_large"
+    NO_TIME = "no_time"
+    NO_PLACE = "no_place"
+    BAD_COORDINATES = "bad_coordinates"
+    BAD_DATUM = "bad_datum"
+
+
+class PhotoRejected(IngestError):
+    """An uploaded photo the server will not record, with the reason the lecturer is told."""
+
+    def __init__(self, reason: PhotoRejectReason | str, detail: str) -> None:
+        reason = PhotoRejectReason(reason)
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoFacts:
+    """What a photo says about when and where it was taken, and how we know."""
+
+    sha256: str
+    phash: str  # 64-bit perceptual hash, 16 hex digits (imagehash.phash)
+    width: int  # pixels as stored in the file (before any EXIF orientation)
+    height: int
+    format: str  # "JPEG" | "PNG" | "HEIC"
+    taken_at: datetime  # aware UTC
+    time_source: str  # "exif" | "app"
+    lat: float
+    lon: float
+    datum: str  # "wgs84" | "gcj02" | "bd09"
+    place_source: str  # "exif" | "app"
+    camera_make: str | None = None
+    camera_model: str | None = None
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    Image.init()  # registers every plugin, including a HEIF one if installed
+    formats = [name for name in _FORMATS if name in Image.OPEN]
+    try:
+        image = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as exc:
+        raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, f"decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        # Pillow's PNG text-chunk bomb guard raises ValueError, not UnidentifiedImageError.
+        raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, f"not a JPEG/PNG/HEIC: {exc}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        image.close()
+        raise PhotoRejected(
+            PhotoRejectReason.NOT_AN_IMAGE,
+            f"{width}x{height} pixels is over the {max_pixels} limit (decompression bomb?)",
+        )
+    return image
+
+
+def _perceptual_hash(image: Image.Image) -> str:
+    """phash of the picture as it is shown (EXIF orientation applied), decoding it fully."""
+    if image.format == "JPEG":
+        image.draft("RGB", _HASH_DRAFT_SIZE)
+    try:
+        upright = ImageOps.exif_transpose(image)
+        return str(imagehash.phash(upright))
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
+        # Truncated or corrupt pixel data: the header parsed but the picture does not decode.
+        raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, f"cannot decode: {exc}") from exc
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", "").strip()
+    return value or None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    """An EXIF (a, b, c) rational triple as floats; None if malformed or any part is 0/0.
+
+    A shorter tuple is padded with zeros (some writers give decimal degrees alone).
+    """
+    if not isinstance(value, tuple | list) or not 1 <= len(value) <= 3:
+        return None
+    parts = [_number(v) for v in value]
+    if None in parts:
+        return None
+    a, b, c = [p or 0.0 for p in parts] + [0.0] * (3 - len(parts))
+    return a, b, c
+
+
+def _offset(value: str | None) -> tzinfo | None:
+    match = _OFFSET.match(value or "")
+    if match is None:
+        return None
+    sign, hours, minutes = match.groups()
+    delta = timedelta(hours=int(hours), minutes=int(minutes))
+    if delta > timedelta(hours=14):
+        return None
+    return timezone(-delta if sign == "-" else delta)
+
+
+def _exif_time(exif_ifd: dict[int, Any], local_tz: tzinfo) -> datetime | None:
+    text = _text(exif_ifd.get(TAG_DATETIME_ORIGINAL))
+    if text is None:
+        return None
+    try:
+        naive = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None  # "0000:00:00 00:00:00" and friends: a camera with no clock set
+    subsec = _text(exif_ifd.get(TAG_SUBSEC_ORIGINAL))
+    if subsec and subsec.isdigit():
+        naive = naive.replace(microsecond=int(subsec[:6].ljust(6, "0")))
+    zone = _offset(_text(exif_ifd.get(TAG_OFFSET_TIME_ORIGINAL))) or local_tz
+    return naive.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _gps_time(gps: dict[int, Any]) -> datetime | None:
+    date_text, hms = _text(gps.get(GPS_DATESTAMP)), _triple(gps.get(GPS_TIMESTAMP))
+    if date_text is None or hms is None:
+        return None
+    try:
+        day = datetime.strptime(date_text[:10], "%Y:%m:%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    hours, minutes, seconds = hms
+    if not (0 <= hours < 24 and 0 <= minutes < 60 and 0 <= seconds < 61):
+        return None
+    return day + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _signed_degrees(dms: Any, ref: Any, positive: str, negative: str) -> float | None:
+    parts, hemisphere = _triple(dms), (_text(ref) or "").upper()[:1]
+    if parts is None or hemisphere not in (positive, negative):
+        return None
+    degrees, minutes, seconds = parts
+    value = degrees + minutes / 60 + seconds / 3600
+    return -value if hemisphere == negative else value
+
+
+def _exif_place(gps: dict[int, Any]) -> tuple[float, float] | None:
+    lat = _signed_degrees(gps.get(GPS_LAT), gps.get(GPS_LAT_REF), "N", "S")
+    lon = _signed_degrees(gps.get(GPS_LON), gps.get(GPS_LON_REF), "E", "W")
+    if lat is None or lon is None or (lat == 0 and lon == 0):
+        return None  # no fix: phones write zeros or 0/0 rationals
+    _check_range(lat, lon, "EXIF GPS")
+    return lat, lon
+
+
+def _check_range(lat: float, lon: float, source: str) -> None:
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        raise PhotoRejected(PhotoRejectReason.BAD_COORDINATES, f"{source} is not a number")
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise PhotoRejected(
+            PhotoRejectReason.BAD_COORDINATES, f"{source} {lat},{lon} is out of range"
+        )
+    if lat == 0 and lon == 0:
+        raise PhotoRejected(PhotoRejectReason.BAD_COORDINATES, f"{source} is 0,0 (no fix)")
+
+
+def _app_place(
+    lat: float | None, lon: float | None, datum: str | None
+) -> tuple[float, float, str] | None:
+    if lat is None and lon is None:
+        return None
+    if lat is None or lon is None:
+        raise PhotoRejected(
+            PhotoRejectReason.BAD_COORDINATES, "the app sent one coordinate without the other"
+        )
+    _check_range(lat, lon, "app location")
+    normalised = (datum or "").strip().lower()
+    if normalised not in DATUMS:
+        raise PhotoRejected(
+            PhotoRejectReason.BAD_DATUM,
+            f"app location datum {datum!r} is not one of {', '.join(sorted(DATUMS))}",
+        )
+    return lat, lon, normalised
+
+
+def _read_exif(image: Image.Image) -> tuple[dict[int, Any], dict[int, Any], dict[int, Any]]:
+    """(IFD0, Exif IFD, GPS IFD); empty dicts when absent or too damaged to read."""
+    try:
+        exif = image.getexif()
+        return dict(exif), exif.get_ifd(ExifTags.IFD.Exif), exif.get_ifd(ExifTags.IFD.GPSInfo)
+    except (OSError, ValueError, TypeError, KeyError, SyntaxError, struct.error):
+        # A broken EXIF block does not make the picture false; the app's fields may serve.
+        return {}, {}, {}
+
+
+def read_photo(
+    data: bytes,
+    *,
+    app_taken_at: datetime | None,
+    app_lat: float | None,
+    app_lon: float | None,
+    app_datum: str | None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    local_tz: tzinfo = SHANGHAI,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PhotoFacts:
+    """Hash ``data`` and read when and where it was taken, preferring EXIF to the app's fields.
+
+    ``app_taken_at`` should be aware (a naive value is taken as UTC, as ``to_utc`` does);
+    ``app_lat``/``app_lon`` are in ``app_datum`` ("wgs84", "gcj02" or "bd09"). The app's
+    fields are only checked when they are used. EXIF times without an offset are read in
+    ``local_tz``. Raises ``PhotoRejected`` with the reason the web layer reports.
+    """
+    if len(data) > max_bytes:
+        raise PhotoRejected(
+            PhotoRejectReason.TOO_LARGE, f"{len(data)} bytes is over the {max_bytes} byte limit"
+        )
+    if not data:
+        raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, "empty upload")
+    sha256 = hashlib.sha256(data).hexdigest()
+    with _open(data, max_pixels) as image:
+        width, height = image.size
+        fmt = _FORMATS[str(image.format)]
+        ifd0, exif_ifd, gps = _read_exif(image)
+        phash = _perceptual_hash(image)
+
+    taken_at = _exif_time(exif_ifd, local_tz) or _gps_time(gps)
+    time_source = "exif"
+    if taken_at is None:
+        if app_taken_at is None:
+            raise PhotoRejected(
+                PhotoRejectReason.NO_TIME, "the photo has no EXIF time and the app sent none"
+            )
+        taken_at, time_source = to_utc(app_taken_at), "app"
+
+    exif_place = _exif_place(gps)
+    if exif_place is not None:
+        (lat, lon), datum, place_source = exif_place, "wgs84", "exif"
+    else:
+        app_place = _app_place(app_lat, app_lon, app_datum)
+        if app_place is None:
+            raise PhotoRejected(
+                PhotoRejectReason.NO_PLACE, "the photo has no EXIF GPS and the app sent no location"
+            )
+        lat, lon, datum = app_place
+        place_source = "app"
+
+    return PhotoFacts(
+        sha256=sha256,
+        phash=phash,
+        width=width,
+        height=height,
+        format=fmt,
+        taken_at=taken_at,
+        time_source=time_source,
+        lat=lat,
+        lon=lon,
+        datum=datum,
+        place_source=place_source,
+        camera_make=_text(ifd0.get(TAG_MAKE)),
+        camera_model=_text(ifd0.get(TAG_MODEL)),
+    )
+
+
+def phash_distance(phash_a: str, phash_b: str) -> int:
+    """Hamming distance between two 64-bit perceptual hashes given as 16 hex digits."""
+    for value in (phash_a, phash_b):
+        if not _HEX64.match(value):
+            raise ValueError(f"not a 64-bit hex perceptual hash: {value!r}")
+    return (int(phash_a, 16) ^ int(phash_b, 16)).bit_count()
+
+
+def near_duplicate(phash_a: str, phash_b: str, max_distance: int = 6) -> bool:
+    """True when two photos' perceptual hashes differ in at most ``max_distance`` bits.
+
+    Re-encoding or rescaling a photo moves its hash by 0–2 bits; different rooms are 14+ apart
+    in our synthetic set. Two honest photos of the same room from the same spot can also be
+    close, so a match is a reason to look (``photo_reused``), together with sha256 and EXIF.
+    """
+    return phash_distance(phash_a, phash_b) <= max_distance

@@ -8,12 +8,23 @@ STAMP := $(VENV)/.classcam-installed
 
 .PHONY: demo test bench lint system-deps venv clean
 
-# apt packages the tests use: the broker (and its mosquitto_passwd), venv support.
+# Debian's own Python with GStreamer's bindings: does it have element $1? (the RTSP camera
+# simulator runs under it, since the venv cannot import gi)
+GST_HAS = /usr/bin/python3 -I -c 'import sys, gi; gi.require_version("Gst", "1.0"); \
+	from gi.repository import Gst; Gst.init(None); sys.exit(not Gst.ElementFactory.find(sys.argv[1]))'
+
+# apt packages the tests use: the broker (and its mosquitto_passwd), venv support, and
+# GStreamer's RTSP server with x264 for the RTSP camera tests (simulators/rtsp_server.py).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	/usr/bin/python3 -I -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null \
+	  || missing="$$missing python3-gi gir1.2-gst-rtsp-server-1.0"; \
+	$(GST_HAS) videotestsrc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-base"; \
+	$(GST_HAS) rtph264pay 2>/dev/null || missing="$$missing gstreamer1.0-plugins-good"; \
+	$(GST_HAS) x264enc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-ugly"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing with apt:$$missing"; \

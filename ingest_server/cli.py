@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest_server import crud
-from ingest_server.consumer import run_consumer
+from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory, migrate
 from ingest_server.settings import Settings
 
@@ -75,9 +75,39 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_consumer(settings, stop)
+        await run_server(settings, stop)
 
     asyncio.run(serve())
+    return 0
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Bulk setup from JSON or CSV: all rows or none."""
+    from ingest_server.setup_import import ImportFailed, import_rows, read_rows
+
+    console = _console()
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        rows = read_rows(Path(args.file), args.kind)
+        with make_session_factory(engine).begin() as session:
+            counts = import_rows(session, rows, settings)
+    except ImportFailed as exc:
+        table = Table(title=f"{args.file}: nothing imported", title_style="bold red")
+        for column in ("section", "line", "field", "problem"):
+            table.add_column(column, overflow="fold")
+        for err in exc.errors:
+            table.add_row(err.section, str(err.line), err.field, err.message)
+        console.print(table)
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot read {args.file}: {exc}[/red]")
+        return 1
+    finally:
+        engine.dispose()
+    console.print("imported: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
     return 0
 
 
@@ -122,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--public-key-file", help="file holding that base64 key")
     register.add_argument("--classroom-id")
     register.add_argument("--replace", action="store_true", help="change an existing key")
-    sub.add_parser("run", help="migrate, then ingest uploads until SIGTERM/SIGINT")
+    sub.add_parser("run", help="migrate, then ingest, schedule and serve the API until SIGTERM")
+    imp = sub.add_parser("import", help="bulk setup from a JSON or CSV file")
+    imp.add_argument("file")
+    imp.add_argument("--kind", help="the CSV's section (default: the file's stem)")
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)
@@ -134,6 +167,7 @@ COMMANDS = {
     "register-device": cmd_register_device,
     "run": cmd_run,
     "clips": cmd_clips,
+    "import": cmd_import,
 }
 
 

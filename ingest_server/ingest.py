@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
@@ -120,7 +121,14 @@ class IngestProcessor:
         store: Store,
         settings: Settings,
         clock: Clock | None = None,
+        *,
+        device_messages: Callable[[topics.UpTopic, bytes], None] | None = None,
+        on_clip_stored: Callable[[str], object] | None = None,
     ) -> None:
+        # Status, heartbeat and event messages go to ``device_messages``; ``on_clip_stored``
+        # hears of every clip once it is durable and recorded (checks, verdicts).
+        self.device_messages = device_messages
+        self.on_clip_stored = on_clip_stored
         self.session_factory = session_factory
         self.store = store
         self.settings = settings
@@ -152,7 +160,10 @@ class IngestProcessor:
             return []
         if up.upload_id is None:
             # Status, heartbeat and event messages belong to other handlers.
-            self.stats[f"ignored_{up.kind.value}"] += 1
+            if self.device_messages is not None:
+                self.device_messages(up, payload)
+            else:
+                self.stats[f"ignored_{up.kind.value}"] += 1
             return []
         if up.kind is topics.UpKind.FILE_CHUNK:
             self._chunk(up, payload)
@@ -537,6 +548,8 @@ class IngestProcessor:
         self._finish(_Final(upload.upload_id, upload.device_id, UploadState.COMPLETE))
         self.stats["uploads_complete"] += 1
         log.info("upload %s complete: %s (%d bytes)", upload.upload_id, relative, manifest.size)
+        if self.on_clip_stored is not None:
+            self.on_clip_stored(upload.upload_id)
 
     def _reject_upload(self, upload: _Upload, reason: RejectReason, detail: str) -> None:
         """Mark the upload rejected for good, drop its staged bytes, and raise."""

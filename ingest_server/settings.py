@@ -73,6 +73,26 @@ class Settings(BaseSettings):
     flush_every_messages: int = Field(default=256, gt=0)
     flush_interval_s: float = Field(default=0.2, gt=0)
 
+    # Sessions and verdicts (DESIGN.md §1 steps 3, 7, 8).
+    windows_per_session: int = Field(default=3, ge=0, le=20)
+    window_length_s: float = Field(default=60.0, gt=0)
+    # A window is asked for this long after it ends, so the device has closed its segment.
+    window_request_delay_s: float = Field(default=10.0, ge=0)
+    # A cut asked for but not answered is asked again this often while the device is online.
+    window_retry_s: float = Field(default=600.0, gt=0)
+    duration_tolerance_s: float = Field(default=300.0, ge=0)
+    photo_tolerance_s: float = Field(default=900.0, ge=0)
+    photo_grace_s: float = Field(default=3600.0, ge=0)
+    clip_grace_s: float = Field(default=24 * 3600.0, ge=0)
+    offline_tolerance_s: float = Field(default=120.0, ge=0)
+    heartbeat_timeout_s: float = Field(default=90.0, gt=0)
+    max_photo_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
+    timetable_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    scheduler_interval_s: float = Field(default=1.0, gt=0)
+    timezone: str = "Asia/Shanghai"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+
     @field_validator("data_dir", "evidence_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -101,6 +101,27 @@ class EvidenceStore:
             raise ValueError(f"not a path inside the store: {relative!r}")
         return self.root.joinpath(*rel.parts)
 
+    def put_bytes(self, relative: str, data: bytes) -> Path:
+        """Store a small file (a photo) write-once: temp, fsync, link into place, fsync the
+        directory. An existing file of that name is kept as it is: names carry the SHA-256."""
+        path = self.path_of(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            return path
+        temp = path.with_name(f".{path.name}.part")
+        with temp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(temp, path)  # never replaces an existing file, unlike rename
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return path
+
     def _fd(self, upload_id: str) -> int:
         fd = self._fds.get(upload_id)
         if fd is not None:

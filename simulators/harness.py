@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from simulators.broker import SERVER_USER, BrokerAccounts
+from simulators.broker import SERVER_USER, BrokerAccounts, free_port
 
 
 class Broker(Protocol):
@@ -44,6 +44,7 @@ class ServerProcess:
     database_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    api_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,10 +74,15 @@ class ServerProcess:
                 "CLASSCAM_MQTT_PASSWORD": self.broker.accounts.passwords[SERVER_USER],
                 "CLASSCAM_MQTT_PROTOCOL": self.protocol,
                 "CLASSCAM_SHARED_GROUP": self.shared_group or "",
+            "CLASSCAM_API_PORT": str(self.api_port),
             }
         )
         env.update(self.extra_env)
         return env
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/api/v1"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a ``classcam-server`` subcommand to completion; raise on failure."""

@@ -1,0 +1,97 @@
+"""The lecturer's opening and closing photos (DESIGN.md §1 step 7)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from sqlalchemy.orm import Session
+
+from common.clock import utc_now
+from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.matching import PhotoKind
+from ingest_server.models import ClassSession, Lecturer, Photo
+from ingest_server.photos import PhotoRejected, PhotoRejectReason, read_photo
+
+router = APIRouter(tags=["photos"])
+
+STATUS = {
+    PhotoRejectReason.TOO_LARGE: 413,
+    PhotoRejectReason.NOT_AN_IMAGE: 415,
+}
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "HEIC": ".heic"}
+
+
+@router.post("/sessions/{session_id}/photos/{kind}", status_code=201)
+async def upload_photo(
+    session_id: str,
+    kind: PhotoKind,
+    context: Annotated[ApiContext, Depends(get_context)],
+    db: Annotated[Session, Depends(get_db)],
+    lecturer: Annotated[Lecturer, Depends(get_lecturer)],
+    file: Annotated[UploadFile, File(description="the photo, JPEG or PNG")],
+    taken_at: Annotated[datetime | None, Form()] = None,
+    lat: Annotated[float | None, Form()] = None,
+    lon: Annotated[float | None, Form()] = None,
+    datum: Annotated[str | None, Form(description="wgs84, gcj02 or bd09")] = None,
+) -> dict[str, object]:
+    """Take the opening or closing photo of a session from its lecturer's app."""
+    session = db.get(ClassSession, session_id)
+    if session is None:
+        raise HTTPException(404, f"no session {session_id}")
+    if session.lecturer_id != lecturer.id:
+        raise HTTPException(403, f"session {session_id} is not taught by {lecturer.id}")
+    settings = context.settings
+    data = await file.read(settings.max_photo_bytes + 1)
+    try:
+        facts = read_photo(
+            data,
+            app_taken_at=taken_at,
+            app_lat=lat,
+            app_lon=lon,
+            app_datum=datum,
+            max_bytes=settings.max_photo_bytes,
+        )
+    except PhotoRejected as exc:
+        raise HTTPException(
+            STATUS.get(exc.reason, 422), {"reason": exc.reason.value, "detail": exc.detail}
+        ) from exc
+    relative = (
+        f"photos/{session_id}/{kind.value}-{facts.sha256[:32]}"
+        f"{EXTENSIONS.get(facts.format, '.img')}"
+    )
+    context.store.put_bytes(relative, data)
+    photo = Photo(
+        session_id=session_id,
+        lecturer_id=lecturer.id,
+        kind=kind.value,
+        sha256=facts.sha256,
+        phash=facts.phash,
+        path=relative,
+        taken_at=facts.taken_at,
+        time_source=facts.time_source,
+        lat=facts.lat,
+        lon=facts.lon,
+        datum=facts.datum,
+        place_source=facts.place_source,
+        width=facts.width,
+        height=facts.height,
+        received_at=utc_now(),
+    )
+    db.add(photo)
+    db.commit()
+    context.recompute({session_id})
+    return {
+        "id": photo.id,
+        "session_id": session_id,
+        "kind": kind.value,
+        "sha256": facts.sha256,
+        "taken_at": facts.taken_at.isoformat(),
+        "time_source": facts.time_source,
+        "lat": facts.lat,
+        "lon": facts.lon,
+        "datum": facts.datum,
+        "place_source": facts.place_source,
+        "path": relative,
+    }

@@ -1,0 +1,231 @@
+"""Read-only views for the supervision backend and people: sessions with their verdicts in the
+reader's language, the fleet, and the append-only event feed read with a cursor."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.clock import utc_now
+from common.commands import Command, CommandType
+from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.models import (
+    ClassSession,
+    Clip,
+    Device,
+    DeviceHealth,
+    FeedEvent,
+    Lecturer,
+    Photo,
+    SessionWindow,
+)
+from ingest_server.reasons import Reason, pick_language, render
+
+router = APIRouter()
+
+
+def _reasons(raw: str, lang: str) -> list[dict[str, Any]]:
+    out = []
+    for item in json.loads(raw or "[]"):
+        reason = Reason(code=item["code"], params=item.get("params", {}))
+        out.append({"code": reason.code, "params": reason.params, "text": render(reason, lang)})
+    return out
+
+
+def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> dict[str, Any]:
+    """A session as people and the backend see it. Windows appear only once they have ended:
+    before that nobody may know which minutes will be checked."""
+    windows = db.scalars(
+        select(SessionWindow).where(SessionWindow.session_id == row.id).order_by(SessionWindow.idx)
+    ).all()
+    shown = []
+    for w in windows:
+        if w.end > now:
+            continue
+        clip = db.scalar(select(Clip).where(Clip.upload_id == w.upload_id)) if w.upload_id else None
+        shown.append(
+            {
+                "index": w.idx,
+                "start": w.start.isoformat(),
+                "end": w.end.isoformat(),
+                "requested_at": w.requested_at.isoformat() if w.requested_at else None,
+                "clip": {
+                    "upload_id": clip.upload_id,
+                    "path": clip.path,
+                    "sha256": clip.sha256,
+                    "duration_s": clip.duration_s,
+                }
+                if clip
+                else None,
+                "failed_reason": w.failed_reason,
+            }
+        )
+    photos = db.scalars(
+        select(Photo).where(Photo.session_id == row.id).order_by(Photo.received_at)
+    ).all()
+    return {
+        "id": row.id,
+        "class_id": row.class_id,
+        "classroom_id": row.classroom_id,
+        "lecturer_id": row.lecturer_id,
+        "scheduled_start": row.scheduled_start.isoformat(),
+        "duration_s": row.duration_s,
+        "state": row.state,
+        "opened_at": row.opened_at.isoformat() if row.opened_at else None,
+        "closed_at": row.closed_at.isoformat() if row.closed_at else None,
+        "recorded_s": row.recorded_s,
+        "verdict": {
+            "state": row.verdict,
+            "reasons": _reasons(row.verdict_reasons, lang),
+            "at": row.verdict_at.isoformat() if row.verdict_at else None,
+        },
+        "windows": shown,
+        "windows_total": len(windows),
+        "photos": [
+            {
+                "id": p.id,
+                "kind": p.kind,
+                "path": p.path,
+                "sha256": p.sha256,
+                "taken_at": p.taken_at.isoformat(),
+                "time_source": p.time_source,
+                "lat": p.lat,
+                "lon": p.lon,
+                "datum": p.datum,
+                "place_source": p.place_source,
+            }
+            for p in photos
+        ],
+        "language": lang,
+    }
+
+
+@router.get("/sessions/{session_id}", tags=["sessions"])
+def get_session(
+    session_id: str,
+    db: Annotated[Session, Depends(get_db)],
+    accept_language: Annotated[str | None, Header()] = None,
+    lang: str | None = None,
+) -> dict[str, Any]:
+    """One session with its verdict and reasons (zh-CN by default; ``Accept-Language`` or
+    ``?lang=en`` switch)."""
+    row = db.get(ClassSession, session_id)
+    if row is None:
+        raise HTTPException(404, f"no session {session_id}")
+    return session_view(db, row, pick_language(lang or accept_language), utc_now())
+
+
+@router.get("/sessions", tags=["sessions"])
+def list_sessions(
+    db: Annotated[Session, Depends(get_db)],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    verdict: str | None = None,
+    limit: Annotated[int, Query(le=500)] = 100,
+    accept_language: Annotated[str | None, Header()] = None,
+    lang: str | None = None,
+) -> list[dict[str, Any]]:
+    """Sessions by scheduled start, newest first."""
+    query = select(ClassSession).order_by(ClassSession.scheduled_start.desc()).limit(limit)
+    if start:
+        query = query.where(ClassSession.scheduled_start >= start)
+    if end:
+        query = query.where(ClassSession.scheduled_start < end)
+    if verdict:
+        query = query.where(ClassSession.verdict == verdict)
+    language, now = pick_language(lang or accept_language), utc_now()
+    return [session_view(db, row, language, now) for row in db.scalars(query)]
+
+
+@router.post("/sessions/{session_id}/{action}", tags=["sessions"], status_code=202)
+def open_or_close(
+    session_id: str,
+    action: str,
+    context: Annotated[ApiContext, Depends(get_context)],
+    db: Annotated[Session, Depends(get_db)],
+    lecturer: Annotated[Lecturer, Depends(get_lecturer)],
+) -> dict[str, str]:
+    """The lecturer opens or closes the session explicitly; the command reaches the camera
+    through its persistent MQTT session even if it is offline right now."""
+    if action not in ("open", "close"):
+        raise HTTPException(404, "action is open or close")
+    row = db.get(ClassSession, session_id)
+    if row is None:
+        raise HTTPException(404, f"no session {session_id}")
+    if row.lecturer_id != lecturer.id:
+        raise HTTPException(403, f"session {session_id} is not taught by {lecturer.id}")
+    device_id = db.scalar(select(Device.device_id).where(Device.classroom_id == row.classroom_id))
+    if device_id is None or context.send_command is None:
+        raise HTTPException(409, "no camera can be reached for this classroom")
+    now = utc_now()
+    command = Command(
+        cmd_id=f"{action}-{session_id}-{now:%H%M%S%f}"[:64],
+        type=CommandType.OPEN_SESSION if action == "open" else CommandType.CLOSE_SESSION,
+        issued_at=now,
+        session_id=session_id,
+        duration_s=row.duration_s,
+        windows=len(
+            db.scalars(select(SessionWindow.id).where(SessionWindow.session_id == session_id)).all()
+        ),
+    )
+    context.send_command(device_id, command)
+    return {"cmd_id": command.cmd_id, "device_id": device_id}
+
+
+@router.get("/devices", tags=["fleet"])
+def list_devices(
+    db: Annotated[Session, Depends(get_db)], context: Annotated[ApiContext, Depends(get_context)]
+) -> list[dict[str, Any]]:
+    """Every device: online or not (retained status and heartbeat timeout), latest health."""
+    out = []
+    timeout = context.settings.heartbeat_timeout_s
+    now = utc_now()
+    for device in db.scalars(select(Device).order_by(Device.device_id)):
+        health = db.get(DeviceHealth, device.device_id)
+        beat = json.loads(health.heartbeat) if health and health.heartbeat else None
+        last = health.last_heartbeat_at if health else None
+        online = bool(
+            health
+            and health.status == "online"
+            and (last is None or (now - last).total_seconds() <= timeout)
+        )
+        out.append(
+            {
+                "device_id": device.device_id,
+                "classroom_id": device.classroom_id,
+                "online": online,
+                "status_at": health.status_at.isoformat() if health and health.status_at else None,
+                "last_heartbeat_at": last.isoformat() if last else None,
+                "heartbeat": beat,
+            }
+        )
+    return out
+
+
+@router.get("/feed", tags=["feed"])
+def read_feed(
+    db: Annotated[Session, Depends(get_db)],
+    after: int = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Events after cursor ``after``, oldest first; pass back ``next`` to continue. The feed
+    is append-only, so a reader that keeps its cursor never misses an event."""
+    rows = db.scalars(
+        select(FeedEvent).where(FeedEvent.seq > after).order_by(FeedEvent.seq).limit(limit)
+    ).all()
+    events = [
+        {
+            "seq": r.seq,
+            "at": r.at.isoformat(),
+            "kind": r.kind,
+            "session_id": r.session_id,
+            "payload": json.loads(r.payload),
+        }
+        for r in rows
+    ]
+    return {"events": events, "next": rows[-1].seq if rows else after}

@@ -1,0 +1,123 @@
+"""The running server: ingest, device messages, clip checks, the scheduler and the HTTP API in
+one asyncio process, wired together once (STYLE.md: one typed config, passed down)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+
+from common.clock import Clock, SystemClock
+from ingest_server.api.app import ApiContext, create_app
+from ingest_server.checks import ClipChecker
+from ingest_server.consumer import IngestConsumer, make_client
+from ingest_server.db import make_engine, make_session_factory
+from ingest_server.fleet import DeviceMessages
+from ingest_server.ingest import IngestProcessor
+from ingest_server.judging import VerdictKeeper
+from ingest_server.scheduler import Scheduler
+from ingest_server.settings import Settings
+from ingest_server.store import EvidenceStore
+
+log = logging.getLogger(__name__)
+
+
+class ServerCore:
+    """Every server part, built from one ``Settings``."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.engine = make_engine(settings.database_url)
+        self.session_factory = make_session_factory(self.engine)
+        self.store = EvidenceStore(settings.evidence_dir)
+        self.verdicts = VerdictKeeper(self.session_factory, settings, self.clock)
+        self.fleet = DeviceMessages(
+            self.session_factory,
+            settings.heartbeat_timeout_s,
+            self.clock,
+            on_sessions_changed=self.sessions_changed,
+            on_online=self.device_online,
+        )
+        self.checker = ClipChecker(self.session_factory, self.store, self.sessions_changed)
+        self.processor = IngestProcessor(
+            self.session_factory,
+            self.store,
+            settings,
+            self.clock,
+            device_messages=self.fleet.handle,
+            on_clip_stored=self.checker.clip_stored,
+        )
+        self.scheduler = Scheduler(
+            settings, self.session_factory, self.fleet, self.verdicts.recompute, self.clock
+        )
+
+    def sessions_changed(self, session_ids: set[str]) -> None:
+        # Verdicts are recomputed on the scheduler's next tick, off the ingest thread.
+        self.scheduler.sessions_changed(session_ids)
+
+    def device_online(self, device_id: str) -> None:
+        self.scheduler.device_online(device_id)
+
+    def api_context(self) -> ApiContext:
+        return ApiContext(
+            self.settings,
+            self.session_factory,
+            self.store,
+            recompute=self.verdicts.recompute,
+            send_command=self.scheduler.send_command,
+        )
+
+    def close(self) -> None:
+        self.checker.close()
+        self.store.close()
+        self.engine.dispose()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our loop: our stop event, not uvicorn, owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_server(settings: Settings, stop: asyncio.Event) -> None:
+    """Ingest, schedule and serve the API until ``stop`` is set."""
+    core = ServerCore(settings)
+    consumer = IngestConsumer(settings, core.processor)
+    sched_settings = settings.model_copy(
+        update={"mqtt_client_id": f"{settings.mqtt_client_id}-sched"[:64]}
+    )
+    api: _EmbeddedServer | None = None
+    if settings.api_port:
+        api = _EmbeddedServer(
+            uvicorn.Config(
+                create_app(core.api_context()),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level="warning",
+                access_log=False,
+            )
+        )
+
+    async def stop_api() -> None:
+        await stop.wait()
+        if api is not None:
+            api.should_exit = True
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run(stop), name="ingest")
+            group.create_task(
+                core.scheduler.run(lambda: make_client(sched_settings), stop), name="scheduler"
+            )
+            if api is not None:
+                group.create_task(api.serve(), name="api")
+                group.create_task(stop_api(), name="api-stop")
+                log.info("API on http://%s:%s/api/v1", settings.api_host, settings.api_port)
+    finally:
+        core.close()

@@ -1,0 +1,238 @@
+"""Gathering a session's evidence from the database and keeping its verdict current.
+
+``judge`` (ingest_server.verdict) is a pure function; this module only reads the facts, calls
+it, stores the result, and appends a feed event whenever the verdict or its reasons change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.clock import Clock, SystemClock
+from common.geo import Coordinate
+from common.schemas import EventType, RejectReason
+from ingest_server.db import SessionFactory
+from ingest_server.matching import (
+    ClassroomFacts,
+    PhotoKind,
+    SessionFacts,
+    photo_match,
+)
+from ingest_server.matching import PhotoFacts as PhotoMatchFacts
+from ingest_server.models import (
+    Classroom,
+    ClassSession,
+    Clip,
+    ClipCheck,
+    Device,
+    DeviceEvent,
+    Photo,
+    PresenceChange,
+    Rejection,
+    SessionWindow,
+)
+from ingest_server.photos import near_duplicate
+from ingest_server.sessions import append_feed
+from ingest_server.settings import Settings
+from ingest_server.verdict import (
+    ClipStatus,
+    Interval,
+    PhotoEvidence,
+    RecordingEvent,
+    RecordingEventKind,
+    SessionEvidence,
+    VerdictPolicy,
+    WindowEvidence,
+    judge,
+    recorded_seconds,
+)
+from ingest_server.windows import Window
+
+log = logging.getLogger(__name__)
+
+_RECORDING_KINDS = {
+    EventType.SESSION_STARTED.value: RecordingEventKind.STARTED,
+    EventType.SESSION_STOPPED.value: RecordingEventKind.STOPPED,
+    EventType.RECORDING_GAP.value: RecordingEventKind.GAP,
+}
+
+
+def recording_events(db: Session, session_id: str) -> list[RecordingEvent]:
+    """The device's started/stopped/gap reports for a session."""
+    out: list[RecordingEvent] = []
+    rows = db.scalars(select(DeviceEvent).where(DeviceEvent.session_id == session_id)).all()
+    for row in rows:
+        kind = _RECORDING_KINDS.get(row.type)
+        if kind is None:
+            continue
+        if kind is RecordingEventKind.GAP:
+            data = json.loads(row.data)
+            try:
+                start = datetime.fromisoformat(data["start"])
+                end = datetime.fromisoformat(data["end"]) if data.get("end") else None
+            except (KeyError, TypeError, ValueError):
+                continue
+            out.append(RecordingEvent(kind, start, end))
+        else:
+            out.append(RecordingEvent(kind, row.at))
+    return out
+
+
+def offline_intervals(db: Session, device_id: str, since: datetime) -> list[Interval]:
+    """When the device was offline from ``since`` on (from presence changes)."""
+    changes = db.scalars(
+        select(PresenceChange)
+        .where(PresenceChange.device_id == device_id)
+        .order_by(PresenceChange.at, PresenceChange.id)
+    ).all()
+    out: list[Interval] = []
+    offline_from: datetime | None = None
+    for change in changes:
+        if not change.online and offline_from is None:
+            offline_from = change.at
+        elif change.online and offline_from is not None:
+            if change.at > since:
+                out.append(Interval(max(offline_from, since), change.at))
+            offline_from = None
+    if offline_from is not None:
+        out.append(Interval(max(offline_from, since), None))
+    return out
+
+
+class VerdictKeeper:
+    """Recomputes verdicts on every new fact (called from the scheduler and the API)."""
+
+    def __init__(
+        self, session_factory: SessionFactory, settings: Settings, clock: Clock | None = None
+    ) -> None:
+        self.session_factory = session_factory
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.policy = VerdictPolicy(
+            clip_grace_s=settings.clip_grace_s,
+            photo_grace_s=settings.photo_grace_s,
+            offline_limit_s=settings.offline_tolerance_s,
+        )
+
+    def recompute(self, session_ids: set[str]) -> None:
+        for session_id in sorted(session_ids):
+            try:
+                with self.session_factory.begin() as db:
+                    self._recompute(db, session_id)
+            except Exception:  # one session's trouble must not hold up the others
+                log.exception("verdict of session %s failed", session_id)
+
+    def evidence(self, db: Session, row: ClassSession) -> SessionEvidence:
+        """Everything the database knows about a session, as plain data."""
+        device_id = (
+            db.scalar(select(Device.device_id).where(Device.classroom_id == row.classroom_id)) or ""
+        )
+        classroom = db.get(Classroom, row.classroom_id)
+        assert classroom is not None
+        facts = SessionFacts(
+            session_id=row.id,
+            classroom_id=row.classroom_id,
+            device_id=device_id,
+            lecturer_id=row.lecturer_id,
+            scheduled_start=row.scheduled_start,
+            preset_duration_s=row.duration_s,
+            opened_at=row.opened_at,
+            closed_at=row.closed_at,
+        )
+        events = recording_events(db, row.id)
+        stopped = any(e.kind is RecordingEventKind.STOPPED for e in events)
+        recorded = recorded_seconds(events) if stopped else None
+        windows = []
+        for w in db.scalars(
+            select(SessionWindow)
+            .where(SessionWindow.session_id == row.id)
+            .order_by(SessionWindow.idx)
+        ):
+            windows.append(self._window_evidence(db, w))
+        room = ClassroomFacts(
+            classroom.id,
+            Coordinate(classroom.lat, classroom.lon, classroom.datum),
+            classroom.radius_m,
+        )
+        photos = []
+        for photo in db.scalars(select(Photo).where(Photo.session_id == row.id)):
+            match_facts = PhotoMatchFacts(
+                photo_id=str(photo.id),
+                lecturer_id=photo.lecturer_id,
+                kind=PhotoKind(photo.kind),
+                taken_at=photo.taken_at,
+                location=Coordinate(photo.lat, photo.lon, photo.datum),
+            )
+            match = photo_match(
+                match_facts, facts, room, tolerance_s=self.settings.photo_tolerance_s
+            )
+            photos.append(PhotoEvidence(match_facts, match, self._reused_from(db, photo)))
+        offline = offline_intervals(db, device_id, facts.start) if device_id else []
+        return SessionEvidence(
+            session=facts,
+            recorded_s=recorded,
+            windows=tuple(windows),
+            photos=tuple(photos),
+            offline=tuple(offline),
+            duration_tolerance_s=self.settings.duration_tolerance_s,
+        )
+
+    def _window_evidence(self, db: Session, w: SessionWindow) -> WindowEvidence:
+        window = Window(w.start, w.end)
+        if not w.upload_id:
+            return WindowEvidence(window, ClipStatus.MISSING)
+        refused = db.scalar(
+            select(Rejection.reason).where(
+                Rejection.upload_id == w.upload_id,
+                Rejection.reason == RejectReason.SIGNATURE_INVALID.value,
+            )
+        )
+        if refused:
+            return WindowEvidence(window, ClipStatus.STORED, signature_valid=False)
+        clip = db.scalar(select(Clip).where(Clip.upload_id == w.upload_id))
+        if clip is None:
+            return WindowEvidence(window, ClipStatus.PENDING)
+        check = db.get(ClipCheck, clip.id)
+        if check is None:
+            # Stored but not looked at yet: not verified until it has been.
+            return WindowEvidence(window, ClipStatus.PENDING)
+        return WindowEvidence(
+            window,
+            ClipStatus.STORED,
+            black=check.black,
+            frozen=check.frozen,
+            moved=bool(check.moved),
+        )
+
+    def _reused_from(self, db: Session, photo: Photo) -> str | None:
+        """Another session with the same or a near-same image."""
+        others = db.scalars(select(Photo).where(Photo.session_id != photo.session_id)).all()
+        for other in others:
+            if other.sha256 == photo.sha256 or near_duplicate(other.phash, photo.phash):
+                return other.session_id
+        return None
+
+    def _recompute(self, db: Session, session_id: str) -> None:
+        row = db.get(ClassSession, session_id)
+        if row is None:
+            return
+        verdict = judge(self.evidence(db, row), self.clock.now(), self.policy)
+        reasons = json.dumps(
+            [r.to_dict() for r in verdict.reasons], ensure_ascii=False, sort_keys=True, default=str
+        )
+        if row.verdict == verdict.state.value and row.verdict_reasons == reasons:
+            return
+        row.verdict, row.verdict_reasons = verdict.state.value, reasons
+        row.verdict_at = self.clock.now()
+        append_feed(db, "verdict_changed", session_id, verdict.to_dict())
+        log.info(
+            "session %s: %s %s",
+            session_id,
+            verdict.state.value,
+            [r.code.value for r in verdict.reasons],
+        )

@@ -1,0 +1,245 @@
+"""The server's clockwork: timetables to devices, window requests after the fact, verdicts.
+
+Every ``scheduler_interval_s`` it (1) publishes each device's retained timetable when it
+changed, (2) asks for every window that has ended (never before: until then the window exists
+only in the database), again when a device comes back online or stays silent, (3) marks
+devices whose heartbeats stopped as offline, and (4) recomputes the verdicts of sessions that
+changed or whose grace periods may have run out. Database work runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import aiomqtt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import topics
+from common.clock import Clock, SystemClock
+from common.commands import Command, CommandType, Schedule, ScheduledSession
+from ingest_server.db import SessionFactory
+from ingest_server.fleet import DeviceMessages
+from ingest_server.models import ClassSession, Device, DeviceHealth, SessionState, SessionWindow
+from ingest_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class Scheduler:
+    """Decides what to send; ``run`` sends it over its own MQTT client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: SessionFactory,
+        fleet: DeviceMessages,
+        recompute: Callable[[set[str]], None],
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.fleet = fleet
+        self.recompute = recompute
+        self.clock = clock or SystemClock()
+        self._timetables: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._back_online: set[str] = set()
+        self._dirty: set[str] = set()
+        self._manual: list[Outbound] = []
+        self._last_full_recompute = 0.0
+
+    # -- signals from the ingest thread and the API ------------------------------------------
+
+    def device_online(self, device_id: str) -> None:
+        with self._lock:
+            self._back_online.add(device_id)
+
+    def sessions_changed(self, session_ids: set[str]) -> None:
+        with self._lock:
+            self._dirty |= session_ids
+
+    def send_command(self, device_id: str, command: Command) -> None:
+        """Queue a command for a device (the API's open/close)."""
+        with self._lock:
+            self._manual.append(Outbound(topics.cmd(device_id), command.to_bytes()))
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def tick(self) -> list[Outbound]:
+        """Everything due now; the caller publishes the result at QoS 1."""
+        out: list[Outbound] = []
+        with self._lock:
+            back, self._back_online = self._back_online, set()
+            dirty, self._dirty = self._dirty, set()
+            out.extend(self._manual)
+            self._manual.clear()
+        self.fleet.sweep_timeouts()
+        with self.session_factory.begin() as db:
+            out.extend(self._timetables_due(db))
+            out.extend(self._window_requests(db, back))
+        mono = self.clock.monotonic()
+        if mono - self._last_full_recompute >= 30:
+            self._last_full_recompute = mono
+            with self.session_factory() as db:
+                dirty |= set(
+                    db.scalars(
+                        select(ClassSession.id).where(
+                            ClassSession.verdict == "pending",
+                            ClassSession.scheduled_start <= self.clock.now(),
+                        )
+                    )
+                )
+        if dirty:
+            self.recompute(dirty)
+        return out
+
+    def _device_of(self, db: Session, classroom_id: str) -> str | None:
+        return db.scalar(
+            select(Device.device_id).where(
+                Device.classroom_id == classroom_id, Device.enabled.is_(True)
+            )
+        )
+
+    def _timetables_due(self, db: Session) -> list[Outbound]:
+        now = self.clock.now()
+        horizon = now + timedelta(seconds=self.settings.timetable_horizon_s)
+        out: list[Outbound] = []
+        devices = db.scalars(select(Device).where(Device.classroom_id.is_not(None))).all()
+        for device in devices:
+            rows = db.scalars(
+                select(ClassSession)
+                .where(
+                    ClassSession.classroom_id == device.classroom_id,
+                    ClassSession.scheduled_start <= horizon,
+                    ClassSession.state != SessionState.CLOSED.value,
+                )
+                .order_by(ClassSession.scheduled_start)
+            ).all()
+            sessions = [
+                ScheduledSession(
+                    session_id=s.id,
+                    start=s.scheduled_start,
+                    duration_s=s.duration_s,
+                    windows=self._window_count(db, s.id),
+                )
+                for s in rows
+                if s.scheduled_start + timedelta(seconds=s.duration_s) > now
+            ]
+            key = hashlib.sha256(
+                repr([(s.session_id, s.start, s.duration_s) for s in sessions]).encode()
+            ).hexdigest()
+            if self._timetables.get(device.device_id) == key:
+                continue
+            self._timetables[device.device_id] = key
+            schedule = Schedule(device_id=device.device_id, issued_at=now, sessions=sessions)
+            out.append(
+                Outbound(topics.schedule(device.device_id), schedule.to_bytes(), retain=True)
+            )
+        return out
+
+    def _window_count(self, db: Session, session_id: str) -> int:
+        return len(
+            db.scalars(select(SessionWindow.id).where(SessionWindow.session_id == session_id)).all()
+        )
+
+    def _window_requests(self, db: Session, back_online: set[str]) -> list[Outbound]:
+        now = self.clock.now()
+        ended_before = now - timedelta(seconds=self.settings.window_request_delay_s)
+        retry_before = now - timedelta(seconds=self.settings.window_retry_s)
+        out: list[Outbound] = []
+        rows = db.execute(
+            select(SessionWindow, ClassSession)
+            .join(ClassSession, ClassSession.id == SessionWindow.session_id)
+            .where(
+                SessionWindow.end <= ended_before,
+                SessionWindow.upload_id.is_(None),
+                SessionWindow.failed_reason.is_(None),
+            )
+        ).all()
+        for window, session in rows:
+            device_id = self._device_of(db, session.classroom_id)
+            if device_id is None:
+                continue
+            online = (
+                db.scalar(select(DeviceHealth.status).where(DeviceHealth.device_id == device_id))
+                == "online"
+            )
+            first = window.requested_at is None
+            again = (
+                not first
+                and online
+                and (device_id in back_online or window.requested_at <= retry_before)
+            )
+            if not (first or again):
+                continue
+            # The window is over: from here on it may be named to the device.
+            command = Command(
+                cmd_id=window.cmd_id,
+                type=CommandType.CUT,
+                issued_at=now,
+                session_id=session.id,
+                start=window.start,
+                end=window.end,
+            )
+            out.append(Outbound(topics.cmd(device_id), command.to_bytes()))
+            window.requested_at = now
+            window.request_count += 1
+            log.info(
+                "asked %s for window %d of session %s (request %d)",
+                device_id,
+                window.idx,
+                session.id,
+                window.request_count,
+            )
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self, client_factory: Callable[[], aiomqtt.Client], stop: asyncio.Event) -> None:
+        """Tick and publish until ``stop``; reconnect with backoff when the broker goes away."""
+        attempt = 0
+        pending: list[Outbound] = []
+        while not stop.is_set():
+            try:
+                async with client_factory() as client:
+                    attempt = 0
+                    while not stop.is_set():
+                        pending.extend(await asyncio.to_thread(self.tick))
+                        while pending:
+                            msg = pending[0]
+                            await client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
+                            pending.pop(0)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self.settings.scheduler_interval_s)
+            except aiomqtt.MqttError as exc:
+                delay = min(30.0, 0.5 * 2**attempt)
+                attempt += 1
+                # Timetables are re-sent after a reconnect (retained, so harmless).
+                self._timetables.clear()
+                log.warning("scheduler lost the broker (%s); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            except Exception:
+                log.exception("scheduler tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5.0)
+
+
+def scheduler_client_id(settings: Settings) -> str:
+    return f"{settings.mqtt_client_id}-sched-{uuid.uuid4().hex[:6]}"[:64]

@@ -1,0 +1,166 @@
+"""Class sessions on the server: creation with their secret random windows, and what devices
+say about them (opened, closed, gaps) turned into the session's recorded duration."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.clock import utc_now
+from common.schemas import Event, EventType
+from ingest_server.models import (
+    ClassSession,
+    Clip,
+    DeviceEvent,
+    FeedEvent,
+    SessionState,
+    SessionWindow,
+    Upload,
+)
+from ingest_server.settings import Settings
+from ingest_server.verdict import recorded_seconds
+from ingest_server.windows import draw_windows
+
+log = logging.getLogger(__name__)
+
+
+def window_cmd_id(session_id: str, idx: int) -> str:
+    """The cut command of a window has a stable id, so a re-sent request is deduplicated."""
+    return f"cut-{session_id}-{idx}"[:64]
+
+
+def create_session(
+    db: Session,
+    settings: Settings,
+    *,
+    session_id: str,
+    class_id: str,
+    classroom_id: str,
+    lecturer_id: str,
+    start: datetime,
+    duration_s: float,
+) -> ClassSession:
+    """Create (or update, while still in the future) a session and draw its windows."""
+    row = db.get(ClassSession, session_id)
+    if row is None:
+        row = ClassSession(
+            id=session_id,
+            state=SessionState.SCHEDULED.value,
+            verdict="pending",
+            verdict_reasons="[]",
+        )
+        db.add(row)
+    elif row.state != SessionState.SCHEDULED.value or row.scheduled_start <= utc_now():
+        # A session under way or past keeps its windows: redrawing would let the school
+        # fish for convenient minutes.
+        return row
+    row.class_id, row.classroom_id, row.lecturer_id = class_id, classroom_id, lecturer_id
+    row.scheduled_start, row.duration_s = start, duration_s
+    db.flush()
+    for old in db.scalars(select(SessionWindow).where(SessionWindow.session_id == session_id)):
+        db.delete(old)
+    db.flush()
+    end = start + timedelta(seconds=duration_s)
+    windows = draw_windows(
+        start, end, count=settings.windows_per_session, length_s=settings.window_length_s
+    )
+    for idx, window in enumerate(windows):
+        db.add(
+            SessionWindow(
+                session_id=session_id,
+                idx=idx,
+                start=window.start,
+                end=window.end,
+                cmd_id=window_cmd_id(session_id, idx),
+                request_count=0,
+            )
+        )
+    return row
+
+
+def append_feed(db: Session, kind: str, session_id: str | None, payload: dict[str, object]) -> None:
+    """One entry of the append-only feed the supervision backend reads."""
+    db.add(
+        FeedEvent(
+            at=utc_now(),
+            kind=kind,
+            session_id=session_id,
+            payload=json.dumps(payload, ensure_ascii=False, default=str),
+        )
+    )
+
+
+def record_device_event(db: Session, event: Event) -> set[str]:
+    """Keep a device's event and apply it to its session; return the sessions it touched."""
+    if db.scalar(select(DeviceEvent.id).where(DeviceEvent.event_id == event.event_id)):
+        return set()  # a redelivery
+    db.add(
+        DeviceEvent(
+            device_id=event.device_id,
+            event_id=event.event_id,
+            type=event.type.value,
+            at=event.at,
+            session_id=event.session_id,
+            cmd_id=event.cmd_id,
+            data=json.dumps(event.data, default=str),
+            received_at=utc_now(),
+        )
+    )
+    touched: set[str] = set()
+    if event.cmd_id and event.cmd_id.startswith("cut-"):
+        window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == event.cmd_id))
+        if window is not None:
+            if event.type == EventType.CUT_DONE:
+                window.upload_id = str(event.data.get("upload_id") or "") or None
+                window.failed_reason = None
+            elif event.type == EventType.CUT_FAILED:
+                window.failed_reason = str(event.data.get("reason") or "cut_failed")[:32]
+            touched.add(window.session_id)
+    session = db.get(ClassSession, event.session_id) if event.session_id else None
+    if session is None:
+        return touched
+    touched.add(session.id)
+    if event.type == EventType.SESSION_STARTED:
+        if session.opened_at is None or event.at < session.opened_at:
+            session.opened_at = event.at
+        if session.state == SessionState.SCHEDULED.value:
+            session.state = SessionState.OPEN.value
+            append_feed(db, "session_opened", session.id, {"at": event.at.isoformat()})
+    elif event.type == EventType.SESSION_STOPPED:
+        session.closed_at = event.at
+        session.state = SessionState.CLOSED.value
+        append_feed(db, "session_closed", session.id, {"at": event.at.isoformat()})
+    if event.type in (
+        EventType.SESSION_STARTED,
+        EventType.SESSION_STOPPED,
+        EventType.RECORDING_GAP,
+    ):
+        session.recorded_s = session_recorded_seconds(db, session.id)
+    return touched
+
+
+def session_recorded_seconds(db: Session, session_id: str) -> float | None:
+    """The recorded duration from the device's started/stopped/gap events."""
+    from ingest_server.judging import recording_events
+
+    return recorded_seconds(recording_events(db, session_id))
+
+
+def link_clip(db: Session, clip: Clip) -> str | None:
+    """Attach a stored clip to its window (by the cut's upload id, else by the command id its
+    signed manifest names, should the ``cut_done`` event come later); return the session."""
+    window = db.scalar(select(SessionWindow).where(SessionWindow.upload_id == clip.upload_id))
+    if window is None:
+        upload = db.get(Upload, clip.upload_id)
+        cmd_id = json.loads(upload.manifest).get("cmd_id") if upload else None
+        if cmd_id:
+            window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == cmd_id))
+            if window is not None and window.upload_id is None:
+                window.upload_id = clip.upload_id
+    if window is None and clip.session_id:
+        return clip.session_id if db.get(ClassSession, clip.session_id) else None
+    return window.session_id if window else None

@@ -1,0 +1,266 @@
+"""``classcam-server import FILE``: bulk setup of institutions, classrooms, devices, lecturers,
+classes and sessions from JSON or CSV, all or nothing, with errors that name line and field.
+
+JSON: one object with any of the sections ``institutions``, ``classrooms``, ``devices``,
+``lecturers``, ``classes``, ``sessions`` (lists of rows). CSV: one section per file, named by
+``--kind`` or by the file's stem (``classrooms.csv``); the header row names the fields.
+Rows are upserted by id, so a corrected file can be imported again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.clock import utc_now
+from common.geo import Datum
+from common.signing import load_public_key_b64
+from common.topics import validate_id
+from ingest_server.models import (
+    Classroom,
+    Device,
+    Institution,
+    Lecturer,
+    TrainingClass,
+)
+from ingest_server.sessions import create_session
+from ingest_server.settings import Settings
+
+SECTIONS = ("institutions", "classrooms", "devices", "lecturers", "classes", "sessions")
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class InstitutionRow(Row):
+    id: str
+    name: str = Field(min_length=1)
+
+
+class ClassroomRow(Row):
+    id: str
+    institution_id: str
+    name: str = Field(min_length=1)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    datum: Datum = Datum.WGS84
+    radius_m: float = Field(default=100.0, gt=0, le=5000)
+
+
+class DeviceRow(Row):
+    device_id: str
+    classroom_id: str
+    public_key: str
+
+
+class LecturerRow(Row):
+    id: str
+    institution_id: str
+    name: str = Field(min_length=1)
+    # The app's bearer token; only its SHA-256 is stored.
+    token: str = Field(min_length=16)
+
+
+class ClassRow(Row):
+    id: str
+    institution_id: str
+    name: str = Field(min_length=1)
+
+
+class SessionRow(Row):
+    id: str
+    class_id: str
+    classroom_id: str
+    lecturer_id: str
+    start: AwareDatetime
+    duration_min: float = Field(gt=0, le=24 * 60)
+
+
+MODELS: dict[str, type[Row]] = {
+    "institutions": InstitutionRow,
+    "classrooms": ClassroomRow,
+    "devices": DeviceRow,
+    "lecturers": LecturerRow,
+    "classes": ClassRow,
+    "sessions": SessionRow,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    section: str
+    line: int  # 1-based: the CSV line (header is line 1) or the JSON row's position
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.section} line {self.line}: {self.field}: {self.message}"
+
+
+class ImportFailed(Exception):
+    """Nothing was imported; ``errors`` says where and why."""
+
+    def __init__(self, errors: list[RowError]) -> None:
+        super().__init__(f"{len(errors)} error(s); nothing imported")
+        self.errors = errors
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def read_rows(path: Path, kind: str | None = None) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """The rows of a JSON or CSV file by section, each with its line number."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ImportFailed([RowError("file", 1, "<root>", "expected a JSON object")])
+        unknown = set(data) - set(SECTIONS)
+        if unknown:
+            raise ImportFailed(
+                [
+                    RowError(
+                        sorted(unknown)[0],
+                        1,
+                        "<section>",
+                        f"unknown section; expected one of {SECTIONS}",
+                    )
+                ]
+            )
+        return {s: [(i + 1, r) for i, r in enumerate(data.get(s) or [])] for s in SECTIONS}
+    section = kind or path.stem
+    if section not in SECTIONS:
+        raise ImportFailed(
+            [RowError(section, 1, "<kind>", f"say --kind, one of {', '.join(SECTIONS)}")]
+        )
+    reader = csv.DictReader(io.StringIO(text))
+    rows = [
+        (reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}) for row in reader
+    ]
+    return {s: rows if s == section else [] for s in SECTIONS}
+
+
+def _check_id(value: str, section: str, line: int, field: str, errors: list[RowError]) -> None:
+    try:
+        validate_id(value, field)
+    except ValueError as exc:
+        errors.append(RowError(section, line, field, str(exc)))
+
+
+def import_rows(
+    db: Session, rows: dict[str, list[tuple[int, dict[str, Any]]]], settings: Settings
+) -> dict[str, int]:
+    """Validate every row, check references, then upsert; raise ``ImportFailed`` on any error."""
+    errors: list[RowError] = []
+    parsed: dict[str, list[tuple[int, Any]]] = {s: [] for s in SECTIONS}
+    for section in SECTIONS:
+        for line, raw in rows.get(section, []):
+            try:
+                row = MODELS[section].model_validate(raw)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    field = ".".join(str(p) for p in err["loc"]) or "<row>"
+                    errors.append(RowError(section, line, field, err["msg"]))
+                continue
+            id_field = "device_id" if section == "devices" else "id"
+            _check_id(getattr(row, id_field), section, line, id_field, errors)
+            if isinstance(row, DeviceRow):
+                try:
+                    load_public_key_b64(row.public_key)
+                except ValueError as exc:
+                    errors.append(RowError(section, line, "public_key", str(exc)))
+            parsed[section].append((line, row))
+
+    def known(section: str, model: type[Any]) -> set[str]:
+        ids = {row.id for _, row in parsed[section]}
+        return ids | set(db.scalars(select(model.id)))
+
+    institutions = known("institutions", Institution)
+    classrooms = known("classrooms", Classroom)
+    lecturers = known("lecturers", Lecturer)
+    classes = known("classes", TrainingClass)
+    refs = {
+        "institution_id": institutions,
+        "classroom_id": classrooms,
+        "lecturer_id": lecturers,
+        "class_id": classes,
+    }
+    for section in SECTIONS:
+        for line, row in parsed[section]:
+            for field, ids in refs.items():
+                value = getattr(row, field, None)
+                if value is not None and value not in ids:
+                    errors.append(RowError(section, line, field, f"no such id: {value!r}"))
+    if errors:
+        raise ImportFailed(errors)
+    counts = dict.fromkeys(SECTIONS, 0)
+    for _, r in parsed["institutions"]:
+        db.merge(Institution(id=r.id, name=r.name))
+        counts["institutions"] += 1
+    for _, r in parsed["classrooms"]:
+        db.merge(
+            Classroom(
+                id=r.id,
+                institution_id=r.institution_id,
+                name=r.name,
+                lat=r.lat,
+                lon=r.lon,
+                datum=r.datum.value,
+                radius_m=r.radius_m,
+            )
+        )
+        counts["classrooms"] += 1
+    for _, r in parsed["lecturers"]:
+        db.merge(
+            Lecturer(
+                id=r.id,
+                institution_id=r.institution_id,
+                name=r.name,
+                token_sha256=token_sha256(r.token),
+            )
+        )
+        counts["lecturers"] += 1
+    for _, r in parsed["classes"]:
+        db.merge(TrainingClass(id=r.id, institution_id=r.institution_id, name=r.name))
+        counts["classes"] += 1
+    db.flush()
+    for _, r in parsed["devices"]:
+        existing = db.get(Device, r.device_id)
+        if existing is None:
+            db.add(
+                Device(
+                    device_id=r.device_id,
+                    public_key=r.public_key,
+                    classroom_id=r.classroom_id,
+                    created_at=utc_now(),
+                    enabled=True,
+                )
+            )
+        else:
+            existing.public_key, existing.classroom_id = r.public_key, r.classroom_id
+        counts["devices"] += 1
+    db.flush()
+    for _, r in parsed["sessions"]:
+        create_session(
+            db,
+            settings,
+            session_id=r.id,
+            class_id=r.class_id,
+            classroom_id=r.classroom_id,
+            lecturer_id=r.lecturer_id,
+            start=r.start,
+            duration_s=r.duration_min * 60,
+        )
+        counts["sessions"] += 1
+    return counts

@@ -102,7 +102,9 @@ def due_windows(windows: Iterable[Window], now: datetime) -> list[Window]:
     """The windows that have fully passed at ``now`` (``end <= now``), in order.
 
     Only these may be requested from the device or shown to anyone: revealing a window before
-    it has passed would tell the classroom which minutes matter.
+    it has passed would tell the classroom which minutes matter. Mind that revealing the last
+    one while the session still runs tells it that the rest of the class is unchecked; the
+    verdict therefore says nothing about windows until the session has ended.
     """
     now = to_utc(now)
     return sorted(w for w in windows if w.end <= now)

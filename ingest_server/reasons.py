@@ -1,0 +1,286 @@
+"""Reason codes of a session verdict, and their sentences in zh-CN and English.
+
+Supervisors at labour bureaus and staff at training schools read Simplified Chinese, so zh-CN is
+the default and every code has a sentence in both languages (DESIGN.md, "People who read it").
+A reason carries raw values in ``params``; ``render`` formats them by the name's suffix:
+``*_min`` and ``*_h`` with at most one decimal, ``*_m`` as whole metres, ``*_at`` (ISO-8601
+UTC strings) as local time in the deployment's zone, ``kind`` as the localised photo kind.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from enum import StrEnum
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+Lang = Literal["zh-CN", "en"]
+LANGUAGES: tuple[Lang, ...] = ("zh-CN", "en")
+DEFAULT_LANGUAGE: Lang = "zh-CN"
+DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")
+
+ParamValue = str | int | float
+
+
+class Severity(StrEnum):
+    """What a reason does to the verdict."""
+
+    HARD = "hard"  # the session is rejected
+    WARNING = "warning"  # shown to people, does not change the verdict
+    PENDING = "pending"  # evidence still awaited: the session cannot be verified yet
+
+
+class ReasonCode(StrEnum):
+    """Every reason a verdict can give. Reasons are listed in this order."""
+
+    # hard
+    SHORT_DURATION = "short_duration"
+    RECORDING_UNREPORTED = "recording_unreported"
+    CLIP_MISSING = "clip_missing"
+    CLIP_SIGNATURE_INVALID = "clip_signature_invalid"
+    VIDEO_BLACK = "video_black"
+    VIDEO_FROZEN = "video_frozen"
+    PHOTO_MISSING = "photo_missing"
+    PHOTO_WRONG_LECTURER = "photo_wrong_lecturer"
+    PHOTO_TIME_MISMATCH = "photo_time_mismatch"
+    PHOTO_LOCATION_MISSING = "photo_location_missing"
+    PHOTO_OUT_OF_RANGE = "photo_out_of_range"
+    PHOTO_REUSED = "photo_reused"
+    # warnings
+    CAMERA_OFFLINE = "camera_offline"
+    CAMERA_MOVED = "camera_moved"
+    # pending
+    SESSION_IN_PROGRESS = "session_in_progress"
+    AWAITING_RECORDING_REPORT = "awaiting_recording_report"
+    WINDOWS_NOT_DRAWN = "windows_not_drawn"
+    WINDOW_NOT_DUE = "window_not_due"
+    CLIP_AWAITED = "clip_awaited"
+    PHOTO_AWAITED = "photo_awaited"
+
+
+_C = ReasonCode
+SEVERITY: dict[ReasonCode, Severity] = {
+    **{
+        code: Severity.HARD
+        for code in (
+            _C.SHORT_DURATION,
+            _C.RECORDING_UNREPORTED,
+            _C.CLIP_MISSING,
+            _C.CLIP_SIGNATURE_INVALID,
+            _C.VIDEO_BLACK,
+            _C.VIDEO_FROZEN,
+            _C.PHOTO_MISSING,
+            _C.PHOTO_WRONG_LECTURER,
+            _C.PHOTO_TIME_MISMATCH,
+            _C.PHOTO_LOCATION_MISSING,
+            _C.PHOTO_OUT_OF_RANGE,
+            _C.PHOTO_REUSED,
+        )
+    },
+    _C.CAMERA_OFFLINE: Severity.WARNING,
+    _C.CAMERA_MOVED: Severity.WARNING,
+    **{
+        code: Severity.PENDING
+        for code in (
+            _C.SESSION_IN_PROGRESS,
+            _C.AWAITING_RECORDING_REPORT,
+            _C.WINDOWS_NOT_DRAWN,
+            _C.WINDOW_NOT_DUE,
+            _C.CLIP_AWAITED,
+            _C.PHOTO_AWAITED,
+        )
+    },
+}
+
+_CLIP_ZH = "第 {window_no} 段抽检视频（{window_start_at} 至 {window_end_at}）"
+_CLIP_EN = "Spot-check clip {window_no} ({window_start_at} to {window_end_at})"
+
+TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
+    _C.SHORT_DURATION: {
+        "zh-CN": "实际上课时长 {recorded_min} 分钟，少于规定的 {preset_min} 分钟"
+        "（允许误差 {tolerance_min} 分钟）",
+        "en": "Recorded {recorded_min} min of class, less than the required {preset_min} min"
+        " (tolerance {tolerance_min} min)",
+    },
+    _C.RECORDING_UNREPORTED: {
+        "zh-CN": "课程应于 {end_at} 结束，设备至今未上报录制结束",
+        "en": "The session was due to end at {end_at}, but the camera has not reported the end"
+        " of its recording",
+    },
+    _C.CLIP_MISSING: {
+        "zh-CN": _CLIP_ZH + "在抽检时段结束 {waited_h} 小时后仍未上传",
+        "en": _CLIP_EN + " has still not arrived {waited_h} h after the window ended",
+    },
+    _C.CLIP_SIGNATURE_INVALID: {
+        "zh-CN": _CLIP_ZH + "的签名无效，可能已被篡改",
+        "en": _CLIP_EN + " has an invalid signature and may have been tampered with",
+    },
+    _C.VIDEO_BLACK: {
+        "zh-CN": _CLIP_ZH + "画面全黑",
+        "en": _CLIP_EN + " is black",
+    },
+    _C.VIDEO_FROZEN: {
+        "zh-CN": _CLIP_ZH + "画面静止不动",
+        "en": _CLIP_EN + " shows a frozen picture",
+    },
+    _C.PHOTO_MISSING: {
+        "zh-CN": "截至 {deadline_at} 未上传{kind}照片",
+        "en": "No {kind} photo was uploaded by {deadline_at}",
+    },
+    _C.PHOTO_WRONG_LECTURER: {
+        "zh-CN": "{kind}照片不是本课程的讲师上传的",
+        "en": "The {kind} photo was not uploaded by this session's lecturer",
+    },
+    _C.PHOTO_TIME_MISMATCH: {
+        "zh-CN": "{kind}照片拍摄于 {taken_at}，与{kind}时间 {reference_at} 相差 {delta_min} 分钟，"
+        "超过允许的 {tolerance_min} 分钟",
+        "en": "The {kind} photo was taken at {taken_at}, {delta_min} min from the session's"
+        " {kind} at {reference_at}, more than the allowed {tolerance_min} min",
+    },
+    _C.PHOTO_LOCATION_MISSING: {
+        "zh-CN": "{kind}照片没有拍摄地点信息",
+        "en": "The {kind} photo has no location",
+    },
+    _C.PHOTO_OUT_OF_RANGE: {
+        "zh-CN": "{kind}照片的拍摄地点距教室 {distance_m} 米，超出 {radius_m} 米范围",
+        "en": "The {kind} photo was taken {distance_m} m from the classroom, beyond the"
+        " {radius_m} m limit",
+    },
+    _C.PHOTO_REUSED: {
+        "zh-CN": "{kind}照片与课程 {other_session} 的照片相同或几乎相同",
+        "en": "The {kind} photo is the same, or nearly the same, as a photo of session"
+        " {other_session}",
+    },
+    _C.CAMERA_OFFLINE: {
+        "zh-CN": "上课期间设备离线 {offline_min} 分钟，超过 {limit_min} 分钟",
+        "en": "The camera was offline for {offline_min} min during the session, more than"
+        " {limit_min} min",
+    },
+    _C.CAMERA_MOVED: {
+        "zh-CN": _CLIP_ZH + "与教室参考画面不符，摄像头可能被移动或调换",
+        "en": _CLIP_EN + " does not match the classroom's reference view; the camera may have"
+        " been moved or swapped",
+    },
+    _C.SESSION_IN_PROGRESS: {
+        "zh-CN": "课程尚未结束（预计 {end_at} 结束）",
+        "en": "The session has not ended yet (due to end at {end_at})",
+    },
+    _C.AWAITING_RECORDING_REPORT: {
+        "zh-CN": "等待设备上报录制结束",
+        "en": "Waiting for the camera to report the end of its recording",
+    },
+    _C.WINDOWS_NOT_DRAWN: {
+        "zh-CN": "尚未抽取抽检时段",
+        "en": "The spot-check windows have not been drawn yet",
+    },
+    _C.WINDOW_NOT_DUE: {
+        "zh-CN": "第 {window_no} 段抽检时段尚未结束",
+        "en": "Spot-check window {window_no} has not passed yet",
+    },
+    _C.CLIP_AWAITED: {
+        "zh-CN": "等待" + _CLIP_ZH + "上传",
+        "en": "Waiting for spot-check clip {window_no} ({window_start_at} to {window_end_at})"
+        " to arrive",
+    },
+    _C.PHOTO_AWAITED: {
+        "zh-CN": "等待上传{kind}照片（截止 {deadline_at}）",
+        "en": "Waiting for the {kind} photo (until {deadline_at})",
+    },
+}
+
+# Values of ``kind`` as each language says them inside a sentence.
+_KIND_WORDS: dict[Lang, dict[str, str]] = {
+    "zh-CN": {"opening": "开课", "closing": "结课"},
+    "en": {"opening": "opening", "closing": "closing"},
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason of a verdict: a code and the values its sentence quotes."""
+
+    code: ReasonCode
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> Severity:
+        """Hard, warning or pending (``SEVERITY``)."""
+        return SEVERITY[self.code]
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-ready form, for the event feed and the API."""
+        return {"code": str(self.code), "severity": str(self.severity), "params": dict(self.params)}
+
+
+def template_fields(template: str) -> set[str]:
+    """The parameter names a template quotes."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def pick_language(accept_language: str | None) -> Lang:
+    """The language to answer in for an ``Accept-Language`` header.
+
+    Highest q first (ties in header order); any ``zh`` tag gives zh-CN (we write only
+    Simplified Chinese, which zh-TW/zh-HK readers read better than English), any ``en`` tag
+    gives en; ``*``, nothing usable or no header gives the default, zh-CN.
+    """
+    if not accept_language:
+        return DEFAULT_LANGUAGE
+    ranked = []
+    for position, part in enumerate(accept_language.split(",")):
+        tag, *params = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0  # a malformed weight: ignore the entry rather than guess
+        if tag and quality > 0:
+            ranked.append((-quality, position, tag.lower()))
+    for _, _, tag in sorted(ranked):
+        primary = tag.split("-")[0]
+        if primary == "zh":
+            return "zh-CN"
+        if primary == "en":
+            return "en"
+        if tag == "*":
+            return DEFAULT_LANGUAGE
+    return DEFAULT_LANGUAGE
+
+
+def format_number(value: float, decimals: int = 1) -> str:
+    """At most ``decimals`` decimals, no trailing zeros: 45.0 → "45", 44.96 → "45", 2.5 → "2.5"."""
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _format_param(name: str, value: ParamValue, lang: Lang, tz: tzinfo) -> str:
+    if name == "kind":
+        return _KIND_WORDS[lang].get(str(value), str(value))
+    if name.endswith("_at") and isinstance(value, str):
+        return datetime.fromisoformat(value).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if name.endswith(("_min", "_h")):
+        return format_number(value)
+    if name.endswith("_m"):
+        return str(round(value))
+    return format_number(value) if isinstance(value, float) else str(value)
+
+
+def render(reason: Reason, lang: str = DEFAULT_LANGUAGE, *, tz: tzinfo = DEFAULT_TIMEZONE) -> str:
+    """The sentence for ``reason`` in ``lang`` (a language tag or an Accept-Language value)."""
+    chosen = pick_language(lang)  # "zh-CN" and "en" map to themselves
+    template = TEMPLATES[reason.code][chosen]
+    values = {
+        name: _format_param(name, reason.params[name], chosen, tz)
+        for name in template_fields(template)
+    }
+    return template.format(**values)

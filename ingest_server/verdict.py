@@ -1,0 +1,386 @@
+"""A session's verdict from its evidence (DESIGN.md §1.8): a pure function of plain data.
+
+``judge(evidence, now)`` gives ``verified``, ``pending`` or ``rejected`` with reasons. Every
+reason code has a severity (``reasons.SEVERITY``):
+
+* hard — the evidence shows the class did not happen as claimed, or evidence that should have
+  arrived by now did not: ``short_duration``, ``recording_unreported``, ``clip_missing``,
+  ``clip_signature_invalid``, ``video_black``, ``video_frozen``, every ``photo_*`` problem;
+* warning — worth a person's look, but no proof of anything: ``camera_offline`` (the device
+  records without 4G and uploads later, so an outage alone proves nothing) and
+  ``camera_moved`` (a reference-view mismatch is a heuristic; a nudged camera still filmed);
+* pending — evidence still awaited: the session running, windows not drawn or not passed,
+  clips on their way, photos within their grace, the recording report not yet in.
+
+Any hard reason → ``rejected``; else any pending → ``pending``; else ``verified`` (warnings
+are listed all the same). Reasons come in ``ReasonCode`` order, then in window/photo order.
+
+While a session runs, nothing about its windows is said: listing which windows have passed
+would tell the classroom when it is no longer watched.
+
+The verdict is recomputed whenever evidence or time moves on; it can change (a late clip
+turns ``pending`` into ``verified``, a better photo can turn ``rejected`` into ``verified``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from common.clock import to_utc
+from ingest_server.matching import (
+    PhotoFacts,
+    PhotoKind,
+    PhotoMatch,
+    SessionFacts,
+    photo_badness,
+    photo_reference_time,
+)
+from ingest_server.reasons import Reason, ReasonCode, Severity
+from ingest_server.windows import Window
+
+DAY_S = 24 * 3600.0
+
+
+class VerdictState(StrEnum):
+    VERIFIED = "verified"
+    PENDING = "pending"
+    REJECTED = "rejected"
+
+
+class ClipStatus(StrEnum):
+    """Where a window's clip is: not arrived, upload under way, or stored and verified."""
+
+    MISSING = "missing"
+    PENDING = "pending"
+    STORED = "stored"
+
+
+class RecordingEventKind(StrEnum):
+    STARTED = "started"
+    STOPPED = "stopped"
+    GAP = "gap"
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """``[start, end)``; ``end`` is ``None`` while it lasts (it then ends at "now")."""
+
+    start: datetime
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingEvent:
+    """A device report about the session's recording, in server time.
+
+    ``started``/``stopped`` at ``at``; a ``gap`` from ``at`` to ``end`` (``None``: still open).
+    """
+
+    kind: RecordingEventKind
+    at: datetime
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEvidence:
+    """A drawn window and what is known of its clip (flags apply to a stored clip)."""
+
+    window: Window
+    status: ClipStatus = ClipStatus.MISSING
+    signature_valid: bool = True
+    black: bool = False
+    frozen: bool = False
+    moved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoEvidence:
+    """A photo offered for the session, how it matches, and the session it is a copy of."""
+
+    photo: PhotoFacts
+    match: PhotoMatch
+    reused_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvidence:
+    """Everything known about a session, as plain data.
+
+    ``recorded_s`` is ``None`` until the device has reported the session stopped (see
+    ``recorded_seconds``). ``offline`` lists the device's offline intervals from the session's
+    start up to now.
+    """
+
+    session: SessionFacts
+    recorded_s: float | None = None
+    windows: tuple[WindowEvidence, ...] = ()
+    photos: tuple[PhotoEvidence, ...] = ()
+    offline: tuple[Interval, ...] = ()
+    duration_tolerance_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictPolicy:
+    """Grace periods and limits of ``judge``.
+
+    A clip (or the recording report) is missing once the device has been online for
+    ``clip_grace_s`` since it was due, or ``clip_deadline_s`` has passed regardless (the spool
+    keeps a session about a week; past that it cannot come). A photo is missing
+    ``photo_grace_s`` after the session's end. All three are inclusive: at exactly the grace,
+    the evidence is missing.
+    """
+
+    clip_grace_s: float = DAY_S
+    clip_deadline_s: float = 7 * DAY_S
+    photo_grace_s: float = 2 * 3600.0
+    offline_limit_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class SessionVerdict:
+    """The state of a session and why."""
+
+    state: VerdictState
+    reasons: list[Reason] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-ready form, for the event feed and the API."""
+        return {"state": str(self.state), "reasons": [r.to_dict() for r in self.reasons]}
+
+
+def _merged(intervals: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    out: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(intervals):
+        if end <= start:
+            continue
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _overlap_s(intervals: Iterable[tuple[datetime, datetime]], lo: datetime, hi: datetime) -> float:
+    """Seconds of ``[lo, hi)`` covered by the union of ``intervals``."""
+    total = 0.0
+    for start, end in _merged(intervals):
+        total += max(0.0, (min(end, hi) - max(start, lo)).total_seconds())
+    return total
+
+
+def recorded_seconds(events: Iterable[RecordingEvent], *, until: datetime | None = None) -> float:
+    """Seconds actually recorded: started→stopped spans minus the gaps inside them.
+
+    Duplicates (QoS 1 redelivery) are harmless: a second ``started`` while recording and a
+    ``stopped`` while not are ignored. A span still open counts up to ``until`` when given,
+    else not at all; an open gap likewise ends at ``until`` (or at the last span's end).
+    """
+    spans: list[tuple[datetime, datetime]] = []
+    gaps: list[tuple[datetime, datetime | None]] = []
+    opened: datetime | None = None
+    for event in sorted(events, key=lambda e: to_utc(e.at)):
+        at = to_utc(event.at)
+        if event.kind == RecordingEventKind.GAP:
+            gaps.append((at, to_utc(event.end) if event.end else None))
+        elif event.kind == RecordingEventKind.STARTED and opened is None:
+            opened = at
+        elif event.kind == RecordingEventKind.STOPPED and opened is not None:
+            spans.append((opened, at))
+            opened = None
+    if opened is not None and until is not None:
+        spans.append((opened, max(opened, to_utc(until))))
+    spans = _merged(spans)
+    if not spans:
+        return 0.0
+    horizon = spans[-1][1]
+    closed_gaps = [(start, end or horizon) for start, end in gaps]
+    recorded = sum((end - start).total_seconds() for start, end in spans)
+    cut = sum(_overlap_s(closed_gaps, start, end) for start, end in spans)
+    return max(0.0, recorded - cut)
+
+
+def _offline_pairs(evidence: SessionEvidence, now: datetime) -> list[tuple[datetime, datetime]]:
+    return [(to_utc(i.start), min(to_utc(i.end), now) if i.end else now) for i in evidence.offline]
+
+
+def online_seconds(evidence: SessionEvidence, since: datetime, now: datetime) -> float:
+    """Seconds the device was online between ``since`` and ``now``."""
+    if now <= since:
+        return 0.0
+    offline = _overlap_s(_offline_pairs(evidence, now), since, now)
+    return (now - since).total_seconds() - offline
+
+
+def _floor1(value: float) -> float:
+    # Shortfalls are rounded down and excesses up, so a sentence never reads "45 < 45".
+    return math.floor(round(value * 10, 6)) / 10
+
+
+def _ceil1(value: float) -> float:
+    return math.ceil(round(value * 10, 6)) / 10
+
+
+def _iso(value: datetime) -> str:
+    return to_utc(value).isoformat()
+
+
+def _window_params(number: int, window: Window) -> dict[str, str | int | float]:
+    return {
+        "window_no": number,
+        "window_start_at": _iso(window.start),
+        "window_end_at": _iso(window.end),
+    }
+
+
+def _overdue(
+    evidence: SessionEvidence, since: datetime, now: datetime, policy: VerdictPolicy
+) -> bool:
+    waited = (now - since).total_seconds()
+    online = online_seconds(evidence, since, now)
+    return online >= policy.clip_grace_s or waited >= policy.clip_deadline_s
+
+
+def _duration_reasons(
+    evidence: SessionEvidence, now: datetime, policy: VerdictPolicy
+) -> list[Reason]:
+    session = evidence.session
+    if evidence.recorded_s is None:
+        if _overdue(evidence, session.end, now, policy):
+            return [Reason(ReasonCode.RECORDING_UNREPORTED, {"end_at": _iso(session.end)})]
+        return [Reason(ReasonCode.AWAITING_RECORDING_REPORT)]
+    required = session.preset_duration_s - evidence.duration_tolerance_s
+    if evidence.recorded_s < required:
+        params = {
+            "recorded_min": _floor1(evidence.recorded_s / 60),
+            "preset_min": session.preset_duration_s / 60,
+            "tolerance_min": evidence.duration_tolerance_s / 60,
+        }
+        return [Reason(ReasonCode.SHORT_DURATION, params)]
+    return []
+
+
+def _window_reasons(
+    evidence: SessionEvidence, now: datetime, policy: VerdictPolicy
+) -> list[Reason]:
+    if not evidence.windows:
+        return [Reason(ReasonCode.WINDOWS_NOT_DRAWN)]
+    reasons = []
+    for number, item in enumerate(sorted(evidence.windows, key=lambda w: w.window), start=1):
+        window = item.window
+        if to_utc(window.end) > now:
+            reasons.append(Reason(ReasonCode.WINDOW_NOT_DUE, {"window_no": number}))
+            continue
+        params = _window_params(number, window)
+        if item.status == ClipStatus.STORED:
+            if not item.signature_valid:
+                # Nothing else about an unauthenticated clip is worth saying.
+                reasons.append(Reason(ReasonCode.CLIP_SIGNATURE_INVALID, params))
+                continue
+            for flag, code in (
+                (item.black, ReasonCode.VIDEO_BLACK),
+                (item.frozen, ReasonCode.VIDEO_FROZEN),
+                (item.moved, ReasonCode.CAMERA_MOVED),
+            ):
+                if flag:
+                    reasons.append(Reason(code, params))
+        elif _overdue(evidence, to_utc(window.end), now, policy):
+            waited_h = _floor1((now - to_utc(window.end)).total_seconds() / 3600)
+            reasons.append(
+                Reason(
+                    ReasonCode.CLIP_MISSING,
+                    {**params, "waited_h": waited_h, "status": str(item.status)},
+                )
+            )
+        else:
+            reasons.append(Reason(ReasonCode.CLIP_AWAITED, {**params, "status": str(item.status)}))
+    return reasons
+
+
+def _best_photo(candidates: list[PhotoEvidence]) -> PhotoEvidence:
+    return min(
+        candidates,
+        key=lambda p: (p.reused_from is not None, photo_badness(p.match), p.photo.photo_id),
+    )
+
+
+def _photo_reasons(
+    evidence: SessionEvidence, kind: PhotoKind, now: datetime, policy: VerdictPolicy
+) -> list[Reason]:
+    session = evidence.session
+    candidates = [p for p in evidence.photos if p.photo.kind == kind]
+    if not candidates:
+        deadline = session.end + timedelta(seconds=policy.photo_grace_s)
+        code = ReasonCode.PHOTO_MISSING if now >= deadline else ReasonCode.PHOTO_AWAITED
+        return [Reason(code, {"kind": str(kind), "deadline_at": _iso(deadline)})]
+    best = _best_photo(candidates)
+    match, reasons = best.match, []
+    if not match.lecturer_matches:
+        reasons.append(Reason(ReasonCode.PHOTO_WRONG_LECTURER, {"kind": str(kind)}))
+    if not match.in_time:
+        params: dict[str, str | int | float] = {
+            "kind": str(kind),
+            "taken_at": _iso(best.photo.taken_at),
+            "reference_at": _iso(photo_reference_time(kind, session)),
+            "delta_min": _ceil1(abs(match.time_delta_s) / 60),
+            "tolerance_min": match.tolerance_s / 60,
+        }
+        reasons.append(Reason(ReasonCode.PHOTO_TIME_MISMATCH, params))
+    if match.distance_m is None:
+        reasons.append(Reason(ReasonCode.PHOTO_LOCATION_MISSING, {"kind": str(kind)}))
+    elif not match.in_range:
+        params = {
+            "kind": str(kind),
+            "distance_m": math.ceil(match.distance_m),
+            "radius_m": match.radius_m,
+        }
+        reasons.append(Reason(ReasonCode.PHOTO_OUT_OF_RANGE, params))
+    if best.reused_from is not None:
+        params = {"kind": str(kind), "other_session": best.reused_from}
+        reasons.append(Reason(ReasonCode.PHOTO_REUSED, params))
+    return reasons
+
+
+def _offline_reasons(
+    evidence: SessionEvidence, now: datetime, policy: VerdictPolicy
+) -> list[Reason]:
+    session = evidence.session
+    offline = _overlap_s(_offline_pairs(evidence, now), session.start, min(session.end, now))
+    if offline > policy.offline_limit_s:
+        params = {"offline_min": _ceil1(offline / 60), "limit_min": policy.offline_limit_s / 60}
+        return [Reason(ReasonCode.CAMERA_OFFLINE, params)]
+    return []
+
+
+def judge(
+    evidence: SessionEvidence, now: datetime, policy: VerdictPolicy | None = None
+) -> SessionVerdict:
+    """The verdict on ``evidence`` at ``now`` (see the module docstring for the rules)."""
+    policy = policy or VerdictPolicy()
+    now = to_utc(now)
+    session = evidence.session
+    reasons: list[Reason] = []
+    if session.closed_at is None and now < session.scheduled_end:
+        reasons.append(
+            Reason(ReasonCode.SESSION_IN_PROGRESS, {"end_at": _iso(session.scheduled_end)})
+        )
+    else:
+        reasons += _duration_reasons(evidence, now, policy)
+        reasons += _window_reasons(evidence, now, policy)
+    for kind in (PhotoKind.OPENING, PhotoKind.CLOSING):
+        reasons += _photo_reasons(evidence, kind, now, policy)
+    reasons += _offline_reasons(evidence, now, policy)
+
+    order = {code: index for index, code in enumerate(ReasonCode)}
+    reasons.sort(key=lambda r: order[r.code])  # stable: window/photo order within a code
+    severities = {r.severity for r in reasons}
+    if Severity.HARD in severities:
+        state = VerdictState.REJECTED
+    elif Severity.PENDING in severities:
+        state = VerdictState.PENDING
+    else:
+        state = VerdictState.VERIFIED
+    return SessionVerdict(state, reasons)

@@ -35,7 +35,6 @@ import io
 import itertools
 import logging
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -45,6 +44,7 @@ import av
 from av.container import InputContainer
 
 from common.clock import Clock
+from edge_agent.cameras import GapCallback
 from edge_agent.cameras.h264 import is_idr, parameter_sets
 from edge_agent.errors import CameraError
 from edge_agent.recorder import CODEC, TIME_BASE
@@ -52,7 +52,6 @@ from edge_agent.spool import RecordingInfo, Spool, durable_replace, temp_path
 
 log = logging.getLogger(__name__)
 
-GapCallback = Callable[[datetime, datetime], None]
 # Below this the camera and our clock agree well enough (LAN jitter); no slewing.
 SLEW_DEADBAND_S = 0.02
 
@@ -76,7 +75,7 @@ class _Unit:
 @dataclass
 class _Stream:
     """One continuous run of the source; it maps onto one spool recording (or more, if the
-    camera's clock drifts and the run is re-anchored)."""
+    camera's time jumps and the run is re-anchored)."""
 
     pts0: int  # source pts of recording pts 0 (its first IDR)
     extradata: bytes

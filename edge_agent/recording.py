@@ -24,6 +24,7 @@ import av
 from common.clock import Clock
 from common.schemas import EventType
 from edge_agent.camera import CameraSource, Frame
+from edge_agent.cameras import EncodedCamera
 from edge_agent.errors import CameraError
 from edge_agent.recorder import Recorder
 from edge_agent.spool import Spool
@@ -31,6 +32,7 @@ from edge_agent.spool import Spool
 log = logging.getLogger(__name__)
 
 EmitEvent = Callable[..., object]
+CameraFactory = Callable[[], "CameraSource | EncodedCamera"]
 
 
 def _errno_text(exc: BaseException) -> str:
@@ -97,7 +99,7 @@ class SessionRecorder:
         self,
         spool: Spool,
         clock: Clock,
-        camera_factory: Callable[[], CameraSource],
+        camera_factory: CameraFactory,
         settings: RecordingSettings,
         emit: EmitEvent,
         on_write_error: Callable[[], None] | None = None,
@@ -166,11 +168,19 @@ class SessionRecorder:
                 data={"start": start.isoformat(), "end": end.isoformat(), "reason": "frames_late"},
             )
 
+        first_camera = self.camera_factory()
+        if isinstance(first_camera, EncodedCamera):
+            self._run_encoded(rec, first_camera)
+            return
+        pending: CameraSource | None = first_camera
         while not rec.stop.is_set():
             s = self.settings
             recorder: Recorder | None = None
             try:
-                camera = _WatchedCamera(self.camera_factory(), first_frame)
+                source = pending if pending is not None else self.camera_factory()
+                pending = None
+                assert not isinstance(source, EncodedCamera)
+                camera = _WatchedCamera(source, first_frame)
                 recorder = Recorder(
                     camera,
                     self.spool,
@@ -229,3 +239,56 @@ class SessionRecorder:
                     "open_at_close": True,
                 },
             )
+
+    def _run_encoded(self, rec: SessionRecording, camera: EncodedCamera) -> None:
+        """An IP or CSI camera delivers H.264 itself and reconnects by itself: one call."""
+        lost_reason: list[str] = []
+
+        def on_lost(reason: str) -> None:
+            rec.frames_flowing = False
+            lost_reason.append(reason)
+            self.emit(
+                EventType.CAMERA_LOST,
+                session_id=rec.session_id,
+                data={"reason": "camera_lost", "detail": reason},
+            )
+
+        def on_gap(start: datetime, end: datetime) -> None:
+            rec.gaps.append((start, end))
+            if lost_reason:
+                self.emit(
+                    EventType.CAMERA_RESTORED,
+                    session_id=rec.session_id,
+                    data={"after_s": (end - start).total_seconds()},
+                )
+            self.emit(
+                EventType.RECORDING_GAP,
+                session_id=rec.session_id,
+                data={
+                    "start": start.isoformat(),
+                    "end": end.isoformat(),
+                    "reason": "camera_lost" if lost_reason else "frames_late",
+                },
+            )
+            lost_reason.clear()
+            rec.frames_flowing = True
+
+        rec.frames_flowing = True
+        try:
+            rec.recording_ids += camera.record(
+                self.spool,
+                rec.stop,
+                segment_seconds=self.settings.segment_seconds,
+                session_id=rec.session_id,
+                on_gap=on_gap,
+                on_lost=on_lost,
+            )
+        except Exception as exc:  # e.g. UnsupportedStream: the camera is set up wrong
+            log.exception("session %s: camera %s cannot record", rec.session_id, camera.name)
+            self.emit(
+                EventType.ERROR,
+                session_id=rec.session_id,
+                data={"reason": "camera_unsupported", "detail": str(exc)},
+            )
+        finally:
+            rec.frames_flowing = False

@@ -26,14 +26,16 @@ from common.errors import ProtocolError
 from common.heartbeat import Heartbeat
 from common.schemas import Ack, Event, EventType, decode
 from common.signing import load_private_key
-from edge_agent.camera import CameraSource, Frame, SyntheticCamera
+from edge_agent.camera import Frame
+from edge_agent.cameras import EncodedCamera
 from edge_agent.commands import CommandRunner, RuntimeSettings
 from edge_agent.config import AgentConfig
+from edge_agent.errors import AgentError
 from edge_agent.heartbeat import cpu_temperature_c, directory_bytes, disk_usage
 from edge_agent.modem import ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
-from edge_agent.recording import RecordingSettings, SessionRecorder
+from edge_agent.recording import CameraFactory, RecordingSettings, SessionRecorder
 from edge_agent.sessions import OpenSession, due_session, should_close
 from edge_agent.spool import Spool
 from edge_agent.state import AgentState
@@ -45,17 +47,12 @@ log = logging.getLogger(__name__)
 FIRMWARE = "classcam-agent/0.1.0"
 
 
-def default_camera_factory(config: AgentConfig, clock: Clock) -> Callable[[], CameraSource]:
+def default_camera_factory(config: AgentConfig, clock: Clock) -> CameraFactory:
     """The configured camera backend; each backend is imported only when used."""
-    try:
-        from edge_agent.cameras import open_camera  # type: ignore[attr-defined]
-    except ImportError:
-        open_camera = None
-    if open_camera is not None and config.camera.kind != "synthetic":
-        return lambda: open_camera(config.camera, clock=clock)  # type: ignore[no-any-return]
-    cam = config.camera
-    return lambda: SyntheticCamera(
-        config.device_id, width=cam.width, height=cam.height, fps=cam.fps, clock=clock
+    from edge_agent.cameras import open_camera
+
+    return lambda: open_camera(
+        config.camera, clock=clock, device_id=config.device_id, recording=config.recording
     )
 
 
@@ -67,7 +64,7 @@ class AgentService:
         config: AgentConfig,
         *,
         clock: Clock | None = None,
-        camera_factory: Callable[[], CameraSource] | None = None,
+        camera_factory: CameraFactory | None = None,
         modem: ModemPort | None = None,
         notifier: SystemdNotifier | None = None,
         link: MqttLink | None = None,
@@ -334,6 +331,11 @@ class AgentService:
                     image = frame.to_ndarray(format="bgr24")
                 return Frame(image=image, wall=seg.start_wall, mono=seg.start_mono)
         camera = self.camera_factory()
+        if isinstance(camera, EncodedCamera):
+            raise AgentError(
+                f"camera {camera.name} is not recording, and it gives no stills "
+                "on its own: open a session first"
+            )
         camera.open()
         try:
             return camera.read()

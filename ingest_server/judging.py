@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
-from common.geo import Coordinate
+from common.geo import Coordinate, Datum
 from common.schemas import EventType, RejectReason
 from ingest_server.db import SessionFactory
 from ingest_server.matching import (
@@ -54,6 +54,7 @@ from ingest_server.verdict import (
 from ingest_server.windows import Window
 
 log = logging.getLogger(__name__)
+REUSE_MAX_BITS = 2
 
 _RECORDING_KINDS = {
     EventType.SESSION_STARTED.value: RecordingEventKind.STARTED,
@@ -156,7 +157,7 @@ class VerdictKeeper:
             windows.append(self._window_evidence(db, w))
         room = ClassroomFacts(
             classroom.id,
-            Coordinate(classroom.lat, classroom.lon, classroom.datum),
+            Coordinate(classroom.lat, classroom.lon, Datum(classroom.datum)),
             classroom.radius_m,
         )
         photos = []
@@ -166,7 +167,7 @@ class VerdictKeeper:
                 lecturer_id=photo.lecturer_id,
                 kind=PhotoKind(photo.kind),
                 taken_at=photo.taken_at,
-                location=Coordinate(photo.lat, photo.lon, photo.datum),
+                location=Coordinate(photo.lat, photo.lon, Datum(photo.datum)),
             )
             match = photo_match(
                 match_facts, facts, room, tolerance_s=self.settings.photo_tolerance_s
@@ -210,10 +211,14 @@ class VerdictKeeper:
         )
 
     def _reused_from(self, db: Session, photo: Photo) -> str | None:
-        """Another session with the same or a near-same image."""
+        """Another session with the same image: the same bytes, or the same picture re-encoded
+        or rescaled (which moves a perceptual hash by 0–2 bits). A looser match would catch
+        honest photos taken from the same spot on another day, so it is not used."""
         others = db.scalars(select(Photo).where(Photo.session_id != photo.session_id)).all()
         for other in others:
-            if other.sha256 == photo.sha256 or near_duplicate(other.phash, photo.phash):
+            if other.sha256 == photo.sha256 or near_duplicate(
+                other.phash, photo.phash, max_distance=REUSE_MAX_BITS
+            ):
                 return other.session_id
         return None
 

@@ -173,6 +173,11 @@ class Scheduler:
             )
         ).all()
         for window, session in rows:
+            # Not before the session is over: asking for the last window mid-class would tell
+            # the classroom that the rest of the class goes unchecked.
+            session_end = session.scheduled_start + timedelta(seconds=session.duration_s)
+            if session_end > ended_before:
+                continue
             device_id = self._device_of(db, session.classroom_id)
             if device_id is None:
                 continue
@@ -182,7 +187,7 @@ class Scheduler:
             )
             first = window.requested_at is None
             again = (
-                not first
+                window.requested_at is not None
                 and online
                 and (device_id in back_online or window.requested_at <= retry_before)
             )

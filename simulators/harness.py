@@ -74,7 +74,7 @@ class ServerProcess:
                 "CLASSCAM_MQTT_PASSWORD": self.broker.accounts.passwords[SERVER_USER],
                 "CLASSCAM_MQTT_PROTOCOL": self.protocol,
                 "CLASSCAM_SHARED_GROUP": self.shared_group or "",
-            "CLASSCAM_API_PORT": str(self.api_port),
+                "CLASSCAM_API_PORT": str(self.api_port),
             }
         )
         env.update(self.extra_env)

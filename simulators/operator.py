@@ -53,11 +53,11 @@ class Operator:
         kind = msg.topic.rsplit("/", 1)[-1]
         with self._changed:
             if kind == "event":
-                self.events.append(decode(Event, msg.payload))
+                self.events.append(decode(Event, bytes(msg.payload)))
             elif kind == "heartbeat":
-                self.heartbeats.append((time.monotonic(), decode(Heartbeat, msg.payload)))
+                self.heartbeats.append((time.monotonic(), decode(Heartbeat, bytes(msg.payload))))
             elif kind == "status":
-                self.statuses.append(decode(Status, msg.payload))
+                self.statuses.append(decode(Status, bytes(msg.payload)))
             self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:

@@ -4,7 +4,7 @@ reader's language, the fleet, and the append-only event feed read with a cursor.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
@@ -44,8 +44,10 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
         select(SessionWindow).where(SessionWindow.session_id == row.id).order_by(SessionWindow.idx)
     ).all()
     shown = []
+    session_end = row.scheduled_start + timedelta(seconds=row.duration_s)
     for w in windows:
-        if w.end > now:
+        # Shown once the session is over (not merely the window), as the requests are.
+        if w.end > now or session_end > now:
             continue
         clip = db.scalar(select(Clip).where(Clip.upload_id == w.upload_id)) if w.upload_id else None
         shown.append(

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from common.clock import utc_now
 from common.geo import Datum
+from common.schemas import SafeId
 from common.signing import load_public_key_b64
-from common.topics import validate_id
 from ingest_server.models import (
     Classroom,
     Device,
@@ -43,13 +43,13 @@ class Row(BaseModel):
 
 
 class InstitutionRow(Row):
-    id: str
+    id: SafeId
     name: str = Field(min_length=1)
 
 
 class ClassroomRow(Row):
-    id: str
-    institution_id: str
+    id: SafeId
+    institution_id: SafeId
     name: str = Field(min_length=1)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
@@ -58,30 +58,30 @@ class ClassroomRow(Row):
 
 
 class DeviceRow(Row):
-    device_id: str
-    classroom_id: str
+    device_id: SafeId
+    classroom_id: SafeId
     public_key: str
 
 
 class LecturerRow(Row):
-    id: str
-    institution_id: str
+    id: SafeId
+    institution_id: SafeId
     name: str = Field(min_length=1)
     # The app's bearer token; only its SHA-256 is stored.
     token: str = Field(min_length=16)
 
 
 class ClassRow(Row):
-    id: str
-    institution_id: str
+    id: SafeId
+    institution_id: SafeId
     name: str = Field(min_length=1)
 
 
 class SessionRow(Row):
-    id: str
-    class_id: str
-    classroom_id: str
-    lecturer_id: str
+    id: SafeId
+    class_id: SafeId
+    classroom_id: SafeId
+    lecturer_id: SafeId
     start: AwareDatetime
     duration_min: float = Field(gt=0, le=24 * 60)
 
@@ -151,13 +151,6 @@ def read_rows(path: Path, kind: str | None = None) -> dict[str, list[tuple[int, 
     return {s: rows if s == section else [] for s in SECTIONS}
 
 
-def _check_id(value: str, section: str, line: int, field: str, errors: list[RowError]) -> None:
-    try:
-        validate_id(value, field)
-    except ValueError as exc:
-        errors.append(RowError(section, line, field, str(exc)))
-
-
 def import_rows(
     db: Session, rows: dict[str, list[tuple[int, dict[str, Any]]]], settings: Settings
 ) -> dict[str, int]:
@@ -173,8 +166,6 @@ def import_rows(
                     field = ".".join(str(p) for p in err["loc"]) or "<row>"
                     errors.append(RowError(section, line, field, err["msg"]))
                 continue
-            id_field = "device_id" if section == "devices" else "id"
-            _check_id(getattr(row, id_field), section, line, id_field, errors)
             if isinstance(row, DeviceRow):
                 try:
                     load_public_key_b64(row.public_key)

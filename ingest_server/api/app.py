@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.clock import Clock, SystemClock
 from common.commands import Command
 from ingest_server.db import SessionFactory
 from ingest_server.models import Lecturer
@@ -29,6 +30,8 @@ class ApiContext:
     recompute: Callable[[set[str]], None]
     # Send a command to a device (open/close by the lecturer); None where no broker is wired.
     send_command: Callable[[str, Command], None] | None = None
+    # What "now" is: the windows a view may show depend on it.
+    clock: Clock = field(default_factory=SystemClock)
 
 
 def get_context(request: Request) -> ApiContext:

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from sqlalchemy.orm import Session
 
-from common.clock import utc_now
 from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
 from ingest_server.matching import PhotoKind
 from ingest_server.models import ClassSession, Lecturer, Photo
@@ -77,7 +76,7 @@ async def upload_photo(
         place_source=facts.place_source,
         width=facts.width,
         height=facts.height,
-        received_at=utc_now(),
+        received_at=context.clock.now(),
     )
     db.add(photo)
     db.commit()

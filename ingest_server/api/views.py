@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.clock import utc_now
 from common.commands import Command, CommandType
 from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
 from ingest_server.models import (
@@ -111,6 +110,7 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
 def get_session(
     session_id: str,
     db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
     accept_language: Annotated[str | None, Header()] = None,
     lang: str | None = None,
 ) -> dict[str, Any]:
@@ -119,12 +119,13 @@ def get_session(
     row = db.get(ClassSession, session_id)
     if row is None:
         raise HTTPException(404, f"no session {session_id}")
-    return session_view(db, row, pick_language(lang or accept_language), utc_now())
+    return session_view(db, row, pick_language(lang or accept_language), context.clock.now())
 
 
 @router.get("/sessions", tags=["sessions"])
 def list_sessions(
     db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
     start: datetime | None = None,
     end: datetime | None = None,
     verdict: str | None = None,
@@ -140,7 +141,7 @@ def list_sessions(
         query = query.where(ClassSession.scheduled_start < end)
     if verdict:
         query = query.where(ClassSession.verdict == verdict)
-    language, now = pick_language(lang or accept_language), utc_now()
+    language, now = pick_language(lang or accept_language), context.clock.now()
     return [session_view(db, row, language, now) for row in db.scalars(query)]
 
 
@@ -164,7 +165,7 @@ def open_or_close(
     device_id = db.scalar(select(Device.device_id).where(Device.classroom_id == row.classroom_id))
     if device_id is None or context.send_command is None:
         raise HTTPException(409, "no camera can be reached for this classroom")
-    now = utc_now()
+    now = context.clock.now()
     command = Command(
         cmd_id=f"{action}-{session_id}-{now:%H%M%S%f}"[:64],
         type=CommandType.OPEN_SESSION if action == "open" else CommandType.CLOSE_SESSION,
@@ -186,7 +187,7 @@ def list_devices(
     """Every device: online or not (retained status and heartbeat timeout), latest health."""
     out = []
     timeout = context.settings.heartbeat_timeout_s
-    now = utc_now()
+    now = context.clock.now()
     for device in db.scalars(select(Device).order_by(Device.device_id)):
         health = db.get(DeviceHealth, device.device_id)
         beat = json.loads(health.heartbeat) if health and health.heartbeat else None

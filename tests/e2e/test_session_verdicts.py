@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,30 +44,56 @@ CASES = ("honest", "short", "far", "black")
 def _setup(devices: dict[str, Any], start: Any) -> dict[str, Any]:
     rooms, lecturers, sessions = [], [], []
     for i, case in enumerate(CASES):
-        rooms.append({"id": f"room-{case}", "institution_id": "school-1", "name": f"教室 {i + 1}",
-                      "lat": ROOM[0] + i * 0.01, "lon": ROOM[1], "datum": "wgs84"})
-        lecturers.append({"id": f"lect-{case}", "institution_id": "school-1",
-                          "name": f"老师 {i + 1}", "token": f"token-of-{case}-0123456789"})
-        sessions.append({"id": f"sess-{case}", "class_id": "welding-1",
-                         "classroom_id": f"room-{case}", "lecturer_id": f"lect-{case}",
-                         "start": start.isoformat(), "duration_min": SESSION_S / 60})
+        rooms.append(
+            {
+                "id": f"room-{case}",
+                "institution_id": "school-1",
+                "name": f"教室 {i + 1}",
+                "lat": ROOM[0] + i * 0.01,
+                "lon": ROOM[1],
+                "datum": "wgs84",
+            }
+        )
+        lecturers.append(
+            {
+                "id": f"lect-{case}",
+                "institution_id": "school-1",
+                "name": f"老师 {i + 1}",
+                "token": f"token-of-{case}-0123456789",
+            }
+        )
+        sessions.append(
+            {
+                "id": f"sess-{case}",
+                "class_id": "welding-1",
+                "classroom_id": f"room-{case}",
+                "lecturer_id": f"lect-{case}",
+                "start": start.isoformat(),
+                "duration_min": SESSION_S / 60,
+            }
+        )
     return {
         "institutions": [{"id": "school-1", "name": "上海职业技能培训学校"}],
         "classrooms": rooms,
-        "devices": [{"device_id": d.device_id, "classroom_id": f"room-{case}",
-                     "public_key": d.public_key} for case, d in devices.items()],
+        "devices": [
+            {"device_id": d.device_id, "classroom_id": f"room-{case}", "public_key": d.public_key}
+            for case, d in devices.items()
+        ],
         "lecturers": lecturers,
         "classes": [{"id": "welding-1", "institution_id": "school-1", "name": "焊工初级"}],
         "sessions": sessions,
     }
 
 
-def _photo(client: httpx.Client, case: str, kind: str, lat: float, lon: float, seed: int
-           ) -> httpx.Response:
+def _photo(
+    client: httpx.Client, case: str, kind: str, lat: float, lon: float, seed: int
+) -> httpx.Response:
     data = make_photo(taken_at=utc_now(), lat=lat, lon=lon, scene_seed=seed)
-    return client.post(f"/sessions/sess-{case}/photos/{kind}",
-                       files={"file": (f"{kind}.jpg", data, "image/jpeg")},
-                       headers={"Authorization": f"Bearer token-of-{case}-0123456789"})
+    return client.post(
+        f"/sessions/sess-{case}/photos/{kind}",
+        files={"file": (f"{kind}.jpg", data, "image/jpeg")},
+        headers={"Authorization": f"Bearer token-of-{case}-0123456789"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +104,22 @@ def school_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     server = ServerProcess(tmp / "server", broker, extra_env=SERVER_ENV)
     agents: list[AgentService] = []
     try:
-        devices = {case: provision_device(tmp / "devices", f"cam-{case}", broker, settings={
-            "camera": {"width": 320, "height": 240, "fps": 10.0},
-            "recording": {"segment_seconds": 1.0, "keyframe_interval_s": 1.0,
-                          "bitrate": 300_000}}) for case in CASES}
+        devices = {
+            case: provision_device(
+                tmp / "devices",
+                f"cam-{case}",
+                broker,
+                settings={
+                    "camera": {"width": 320, "height": 240, "fps": 10.0},
+                    "recording": {
+                        "segment_seconds": 1.0,
+                        "keyframe_interval_s": 1.0,
+                        "bitrate": 300_000,
+                    },
+                },
+            )
+            for case in CASES
+        }
         start = utc_now() + timedelta(seconds=10)
         setup = tmp / "setup.json"
         setup.write_text(json.dumps(_setup(devices, start), ensure_ascii=False))
@@ -93,7 +130,8 @@ def school_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             factory = None
             if case == "black":
                 factory = lambda c=config: CoveredCamera(  # noqa: E731
-                    c.device_id, width=320, height=240, fps=10.0, clock=SystemClock())
+                    c.device_id, width=320, height=240, fps=10.0, clock=SystemClock()
+                )
             agent = AgentService(config, camera_factory=factory)
             agent.start()
             agents.append(agent)
@@ -105,15 +143,18 @@ def school_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             lat = ROOM[0] + i * 0.01
             uploads[case] = [_photo(client, case, "opening", lat, ROOM[1], 10 * i).status_code]
         time.sleep(6)
-        cut = client.post("/sessions/sess-short/close",
-                          headers={"Authorization": "Bearer token-of-short-0123456789"})
+        cut = client.post(
+            "/sessions/sess-short/close",
+            headers={"Authorization": "Bearer token-of-short-0123456789"},
+        )
         assert cut.status_code == 202, cut.text
         while utc_now() < start + timedelta(seconds=SESSION_S + 1):
             time.sleep(0.2)
         for i, case in enumerate(CASES):
             lat = ROOM[0] + i * 0.01 + (0.0045 if case == "far" else 0.0)  # ~500 m north
-            uploads[case].append(_photo(client, case, "closing", lat, ROOM[1], 10 * i + 1)
-                                 .status_code)
+            uploads[case].append(
+                _photo(client, case, "closing", lat, ROOM[1], 10 * i + 1).status_code
+            )
         verdicts: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len(verdicts) < len(CASES):
@@ -124,9 +165,16 @@ def school_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             time.sleep(0.5)
         zh = client.get("/sessions/sess-short").json()
         feed = client.get("/feed", params={"after": 0, "limit": 1000}).json()
-        yield {"verdicts": verdicts, "uploads": uploads, "zh": zh, "feed": feed,
-               "server": server, "pending": {c: client.get(f"/sessions/sess-{c}").json()
-                                             for c in CASES if c not in verdicts}}
+        yield {
+            "verdicts": verdicts,
+            "uploads": uploads,
+            "zh": zh,
+            "feed": feed,
+            "server": server,
+            "pending": {
+                c: client.get(f"/sessions/sess-{c}").json() for c in CASES if c not in verdicts
+            },
+        }
     finally:
         for agent in agents:
             agent.stop()
@@ -139,8 +187,9 @@ def _codes(view: dict[str, Any]) -> set[str]:
 
 
 def test_photos_are_accepted_over_http(school_day: dict[str, Any]):
-    assert all(codes == [201, 201] for codes in school_day["uploads"].values()), \
-        school_day["uploads"]
+    assert all(codes == [201, 201] for codes in school_day["uploads"].values()), school_day[
+        "uploads"
+    ]
 
 
 def test_an_honest_class_is_verified(school_day: dict[str, Any]):
@@ -154,8 +203,9 @@ def test_a_class_cut_short_is_rejected_for_short_duration(school_day: dict[str, 
     view = school_day["verdicts"]["short"]
     assert view["verdict"]["state"] == "rejected"
     assert "short_duration" in _codes(view), view["verdict"]
-    zh_text = next(r["text"] for r in school_day["zh"]["verdict"]["reasons"]
-                   if r["code"] == "short_duration")
+    zh_text = next(
+        r["text"] for r in school_day["zh"]["verdict"]["reasons"] if r["code"] == "short_duration"
+    )
     assert any("\u4e00" <= ch <= "\u9fff" for ch in zh_text), "zh-CN by default"
 
 

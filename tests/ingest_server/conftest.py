@@ -44,7 +44,8 @@ def pg_url() -> Iterator[str]:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as exc:  # pragma: no cover - depends on the machine
         admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_BASE}: {exc}")
+        # PostgreSQL is part of the test environment; its absence is a failure, not a skip.
+        pytest.fail(f"PostgreSQL not reachable at {PG_BASE}: {exc}")
     url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
     try:
         yield url

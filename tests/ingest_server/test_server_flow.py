@@ -1,0 +1,298 @@
+"""Setup import, the secrecy and timing of window requests, presence, and the photo API,
+on a real SQLite database with a virtual clock."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from common.clock import VirtualClock
+from common.commands import Command, CommandType, Schedule
+from common.heartbeat import Heartbeat
+from common.schemas import Status, StatusState
+from common.signing import generate_private_key, public_key_b64
+from common.topics import UpKind, UpTopic
+from ingest_server.api import create_app
+from ingest_server.api.app import ApiContext
+from ingest_server.db import make_engine, make_session_factory
+from ingest_server.fleet import DeviceMessages
+from ingest_server.models import ClassSession, SessionWindow
+from ingest_server.scheduler import Scheduler
+from ingest_server.settings import Settings
+from ingest_server.setup_import import ImportFailed, import_rows, read_rows
+from ingest_server.store import EvidenceStore
+from simulators.phone import make_photo
+
+T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
+TOKEN = "lecturer-token-0123456789"
+
+
+def setup_doc(device_key: str, start: datetime = T0 + timedelta(hours=1)) -> dict[str, Any]:
+    return {
+        "institutions": [{"id": "school", "name": "职业培训学校"}],
+        "classrooms": [
+            {
+                "id": "room",
+                "institution_id": "school",
+                "name": "101",
+                "lat": 31.2304,
+                "lon": 121.4737,
+                "datum": "wgs84",
+            }
+        ],
+        "devices": [{"device_id": "cam-1", "classroom_id": "room", "public_key": device_key}],
+        "lecturers": [{"id": "lect", "institution_id": "school", "name": "王老师", "token": TOKEN}],
+        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
+        "sessions": [
+            {
+                "id": "s1",
+                "class_id": "cls",
+                "classroom_id": "room",
+                "lecturer_id": "lect",
+                "start": start.isoformat(),
+                "duration_min": 90,
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def world(tmp_path: Path, sqlite_url: str) -> dict[str, Any]:
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    path = tmp_path / "setup.json"
+    path.write_text(json.dumps(setup_doc(public_key_b64(generate_private_key()))))
+    with factory.begin() as db:
+        counts = import_rows(db, read_rows(path), settings)
+    clock = VirtualClock(start=T0)
+    fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, clock)
+    recomputed: list[set[str]] = []
+    scheduler = Scheduler(settings, factory, fleet, recomputed.append, clock)
+    yield {
+        "settings": settings,
+        "factory": factory,
+        "clock": clock,
+        "fleet": fleet,
+        "scheduler": scheduler,
+        "counts": counts,
+        "recomputed": recomputed,
+        "store": EvidenceStore(settings.evidence_dir),
+    }
+    engine.dispose()
+
+
+def test_import_creates_everything_and_draws_secret_windows(world: dict[str, Any]):
+    assert world["counts"] == {
+        "institutions": 1,
+        "classrooms": 1,
+        "devices": 1,
+        "lecturers": 1,
+        "classes": 1,
+        "sessions": 1,
+    }
+    with world["factory"]() as db:
+        windows = db.query(SessionWindow).filter_by(session_id="s1").all()
+    assert len(windows) == 3
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=2, minutes=30)
+    assert all(start <= w.start < w.end <= end for w in windows)
+
+
+def test_import_errors_name_line_and_field_and_import_nothing(tmp_path: Path, sqlite_url: str):
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    csv = tmp_path / "classrooms.csv"
+    csv.write_text(
+        "id,institution_id,name,lat,lon,datum\n"
+        "r1,school,A,31.2,121.4,wgs84\n"
+        "r2,school,B,131.2,121.4,wgs84\n"
+        "r3,nowhere,C,31.2,121.4,gcj02\n"
+        "r 4,school,D,31.2,121.4,mars\n"
+    )
+    doc = tmp_path / "institutions.csv"
+    doc.write_text("id,name\nschool,学校\n")
+    factory = make_session_factory(make_engine(sqlite_url))
+    with factory.begin() as db:
+        import_rows(db, read_rows(doc), settings)
+    with pytest.raises(ImportFailed) as info, factory.begin() as db:
+        import_rows(db, read_rows(csv), settings)
+    found = {(e.line, e.field) for e in info.value.errors}
+    assert {(3, "lat"), (4, "institution_id"), (5, "datum"), (5, "id")} <= found
+    assert "classrooms line 3: lat" in str(info.value.errors[0])
+    with factory() as db:
+        assert db.execute(db.query(ClassSession).statement).first() is None
+        from ingest_server.models import Classroom
+
+        assert db.query(Classroom).count() == 0, "all or nothing"
+
+
+def _commands(outbound: list[Any]) -> list[Command]:
+    return [Command.model_validate_json(o.payload) for o in outbound if o.topic.endswith("/cmd")]
+
+
+def test_windows_are_secret_until_the_session_is_over(
+    world: dict[str, Any], caplog: pytest.LogCaptureFixture
+):
+    clock, scheduler, factory = world["clock"], world["scheduler"], world["factory"]
+    caplog.set_level(logging.DEBUG)
+    first = scheduler.tick()
+    schedules = [Schedule.model_validate_json(o.payload) for o in first if o.retain]
+    assert schedules and schedules[0].sessions[0].session_id == "s1"
+    assert schedules[0].sessions[0].windows == 3
+    with factory() as db:
+        windows = db.query(SessionWindow).filter_by(session_id="s1").all()
+        secrets = {w.start for w in windows} | {w.end for w in windows}
+    client = TestClient(
+        create_app(
+            ApiContext(
+                world["settings"],
+                factory,
+                world["store"],
+                recompute=lambda ids: None,
+                clock=world["clock"],
+            )
+        )
+    )
+    # Walk through the class minute by minute: nothing names a window before the end.
+    seen: list[Command] = []
+    while clock.now() < T0 + timedelta(hours=2, minutes=30):
+        seen += _commands(scheduler.tick())
+        view = client.get("/api/v1/sessions/s1").json()
+        assert view["windows"] == [] and view["windows_total"] == 3
+        clock.advance(60)
+    assert seen == []
+    for secret in secrets:
+        for text in (secret.isoformat(), secret.strftime("%H:%M:%S")):
+            assert text not in caplog.text
+            assert text not in json.dumps(view)
+    clock.advance(world["settings"].window_request_delay_s + 1)
+    cuts = _commands(scheduler.tick())
+    assert sorted((c.start, c.end) for c in cuts) == sorted((w.start, w.end) for w in windows)
+    assert all(c.type == CommandType.CUT and c.session_id == "s1" for c in cuts)
+    assert len(client.get("/api/v1/sessions/s1").json()["windows"]) == 3
+    # Asked once; asked again with the same cmd_id when the camera comes back online.
+    assert _commands(scheduler.tick()) == []
+    fleet: DeviceMessages = world["fleet"]
+    status = Status(device_id="cam-1", state=StatusState.ONLINE, at=clock.now())
+    fleet.on_online = scheduler.device_online
+    fleet.handle(UpTopic("cam-1", UpKind.STATUS), status.to_bytes())
+    again = _commands(scheduler.tick())
+    assert {c.cmd_id for c in again} == {c.cmd_id for c in cuts}
+
+
+def _heartbeat(clock: VirtualClock, seq: int) -> bytes:
+    return Heartbeat(
+        device_id="cam-1",
+        at=clock.now(),
+        seq=seq,
+        uptime_s=seq,
+        firmware="t",
+        recording=False,
+        spool_bytes=0,
+        outbox_pending=0,
+        disk_free_bytes=1,
+        disk_total_bytes=2,
+        bytes_sent_today=0,
+        bytes_sent_month=0,
+    ).to_bytes()
+
+
+def test_presence_from_status_heartbeats_and_their_timeout(world: dict[str, Any]):
+    clock, fleet, factory = world["clock"], world["fleet"], world["factory"]
+    client = TestClient(
+        create_app(
+            ApiContext(
+                world["settings"],
+                factory,
+                world["store"],
+                recompute=lambda ids: None,
+                clock=world["clock"],
+            )
+        )
+    )
+    assert client.get("/api/v1/devices").json()[0]["online"] is False
+    fleet.handle(UpTopic("cam-1", UpKind.HEARTBEAT), _heartbeat(clock, 1))
+    assert client.get("/api/v1/devices").json()[0]["online"] is True
+    clock.advance(89)
+    assert fleet.sweep_timeouts() == []
+    clock.advance(2)
+    assert fleet.sweep_timeouts() == ["cam-1"]
+    device = client.get("/api/v1/devices").json()[0]
+    assert device["online"] is False and device["heartbeat"]["seq"] == 1
+    fleet.handle(
+        UpTopic("cam-1", UpKind.STATUS),
+        Status(device_id="cam-1", state=StatusState.ONLINE).to_bytes(),
+    )
+    fleet.handle(UpTopic("cam-1", UpKind.HEARTBEAT), b"{not json")
+    assert fleet.counters["bad_heartbeat"] == 1
+    feed = client.get("/api/v1/feed").json()["events"]
+    assert [e["kind"] for e in feed if e["kind"].startswith("device_")] == [
+        "device_online",
+        "device_offline",
+        "device_online",
+    ]
+
+
+def test_photo_api_refuses_clearly(world: dict[str, Any]):
+    recomputed: list[set[str]] = []
+    client = TestClient(
+        create_app(
+            ApiContext(
+                world["settings"], world["factory"], world["store"], recompute=recomputed.append
+            )
+        )
+    )
+    url = "/api/v1/sessions/s1/photos/opening"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    good = make_photo(taken_at=T0 + timedelta(hours=1), lat=31.2304, lon=121.4737, scene_seed=1)
+    assert client.post(url, files={"file": ("a.jpg", good)}).status_code == 401
+    assert (
+        client.post(
+            url, files={"file": ("a.jpg", good)}, headers={"Authorization": "Bearer nope"}
+        ).status_code
+        == 401
+    )
+    assert (
+        client.post(
+            "/api/v1/sessions/nope/photos/opening", files={"file": ("a.jpg", good)}, headers=auth
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post(
+            "/api/v1/sessions/s1/photos/selfie", files={"file": ("a.jpg", good)}, headers=auth
+        ).status_code
+        == 422
+    )
+    text = client.post(url, files={"file": ("a.txt", b"hello, not a picture")}, headers=auth)
+    assert text.status_code == 415 and text.json()["detail"]["reason"] == "not_an_image"
+    bare = make_photo(taken_at=None, lat=None, lon=None, scene_seed=2, with_exif=False)
+    none = client.post(url, files={"file": ("b.jpg", bare)}, headers=auth)
+    assert none.status_code == 422 and none.json()["detail"]["reason"] == "no_time"
+    world["settings"].max_photo_bytes = 1000
+    big = client.post(url, files={"file": ("c.jpg", good)}, headers=auth)
+    assert big.status_code == 413
+    world["settings"].max_photo_bytes = 15 * 1024 * 1024
+    ok = client.post(url, files={"file": ("a.jpg", good)}, headers=auth)
+    assert ok.status_code == 201, ok.text
+    body = ok.json()
+    assert body["time_source"] == "exif" and body["datum"] == "wgs84"
+    assert (world["settings"].evidence_dir / body["path"]).read_bytes() == good
+    assert recomputed == [{"s1"}]
+    app_fields = client.post(
+        url,
+        files={"file": ("b.jpg", bare)},
+        headers=auth,
+        data={
+            "taken_at": (T0 + timedelta(hours=1)).isoformat(),
+            "lat": "31.2284",
+            "lon": "121.4781",
+            "datum": "gcj02",
+        },
+    )
+    assert app_fields.status_code == 201 and app_fields.json()["place_source"] == "app"

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.clock import Clock, SystemClock, VirtualClock, to_utc
+from common.schemas import ClipKind
 from common.signing import generate_private_key, load_private_key, private_key_pem, public_key_b64
 from edge_agent.config import AgentConfig, ConfigError, load_config
 
@@ -152,6 +153,55 @@ def cmd_cut(args: argparse.Namespace, config: AgentConfig) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace, config: AgentConfig) -> int:
+    """At installation: a still of the classroom view, queued for upload as the reference the
+    server compares later clips with (to tell a camera turned away or swapped)."""
+    import cv2
+
+    from edge_agent.cameras import EncodedCamera, open_camera
+    from edge_agent.clips import enqueue_snapshot
+    from edge_agent.outbox import Outbox
+
+    clock = SystemClock()
+    camera = open_camera(
+        config.camera, clock=clock, device_id=config.device_id, recording=config.recording
+    )
+    if isinstance(camera, EncodedCamera):
+        console.print(
+            "[red]this camera gives no stills on its own; take the reference with "
+            "the `snapshot` command while a session records"
+        )
+        return 2
+    camera.open()
+    try:
+        frame = camera.read()
+    finally:
+        camera.close()
+    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        console.print("[red]JPEG encoding failed")
+        return 1
+    outbox = Outbox(config.outbox_dir, clock)
+    item = enqueue_snapshot(
+        outbox,
+        _key(config),
+        jpeg.tobytes(),
+        frame.wall,
+        width=frame.image.shape[1],
+        height=frame.image.shape[0],
+        device_id=config.device_id,
+        chunk_size=config.upload.chunk_size,
+        clock=clock,
+        kind=ClipKind.REFERENCE,
+    )
+    console.print(
+        f"reference view queued as upload {item.upload_id}; "
+        "the service (or `upload --until-empty`) sends it"
+    )
+    print(item.upload_id)
+    return 0
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -249,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("record", "record the camera into the spool"),
         ("cut", "cut a window from the spool into the outbox"),
         ("upload", "upload the outbox to the server"),
+        ("reference", "queue a still of the classroom view (at installation)"),
         ("run", "run as the device's service"),
     ):
         p = sub.add_parser(name, help=help_)
@@ -280,9 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_provision(args)
     try:
         config = load_config(args.config)
-        handler = {"record": cmd_record, "cut": cmd_cut, "upload": cmd_upload, "run": cmd_run}[
-            args.command
-        ]
+        handler = {
+            "record": cmd_record,
+            "cut": cmd_cut,
+            "upload": cmd_upload,
+            "reference": cmd_reference,
+            "run": cmd_run,
+        }[args.command]
         return handler(args, config)
     except ConfigError as exc:
         console.print(f"[red]config error:[/red] {exc}")

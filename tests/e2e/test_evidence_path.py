@@ -268,3 +268,46 @@ def test_unregistered_device_and_wrong_key_are_rejected(tmp_path: Path, mosquitt
         assert _evidence_files(server) == []
     finally:
         server.stop()
+
+
+def test_reference_view_at_installation_becomes_the_classrooms_reference(
+    tmp_path: Path, mosquitto: MosquittoBroker
+):
+    server = ServerProcess(tmp_path / "server", mosquitto)
+    device = provision_device(
+        tmp_path / "devices", "cam-install", mosquitto, settings={"camera": SMALL_CAMERA}
+    )
+    setup = {
+        "institutions": [{"id": "school", "name": "学校"}],
+        "classrooms": [
+            {"id": "room-9", "institution_id": "school", "name": "9", "lat": 30.0, "lon": 120.0}
+        ],
+        "devices": [
+            {
+                "device_id": device.device_id,
+                "classroom_id": "room-9",
+                "public_key": device.public_key,
+            }
+        ],
+    }
+    (tmp_path / "setup.json").write_text(json.dumps(setup))
+    server.cli("import", str(tmp_path / "setup.json"))
+    server.start()
+    try:
+        upload_id = device.cli("reference").stdout.strip()
+        device.cli("upload", "--until-empty", timeout=60)
+        deadline = time.monotonic() + 20
+        row = None
+        while time.monotonic() < deadline and not (row and row[0]):
+            with _db(server) as db:
+                row = db.execute("SELECT reference_upload_id FROM classrooms").fetchone()
+            time.sleep(0.1)
+        assert row == (upload_id,)
+        with _db(server) as db:
+            kind, path = db.execute(
+                "SELECT kind, path FROM clips WHERE upload_id = ?", (upload_id,)
+            ).fetchone()
+        assert kind == "reference" and path.endswith(".jpg")
+        assert (server.evidence_dir / path).read_bytes()[:3] == b"\xff\xd8\xff"
+    finally:
+        server.stop()

@@ -56,6 +56,7 @@ test: system-deps $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) bench/cut_upload.py
 	$(PY) bench/agent_footprint.py
+	$(PY) bench/ingest_processor.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

@@ -82,6 +82,7 @@ class MqttLink:
         will = Status(device_id=self.device_id, state=StatusState.OFFLINE, firmware=firmware)
         self.client.will_set(topics.status(self.device_id), will.to_bytes(), qos=1, retain=True)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -151,7 +152,22 @@ class MqttLink:
             firmware=self.firmware,
         )
         client.publish(topics.status(self.device_id), status.to_bytes(), qos=1, retain=True)
-        self.connected.set()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[mqtt.ReasonCode],
+        properties: object,
+    ) -> None:
+        # Connected means subscribed: on a first connection, a command sent before the
+        # broker has our subscription would find no session to wait in.
+        if all(not rc.is_failure for rc in reason_codes):
+            self.connected.set()
+        else:
+            self.counters["subscribe_refused"] += 1
+            log.error("broker refused our subscription: %s", reason_codes)
 
     def _on_disconnect(
         self,

@@ -196,6 +196,7 @@ def test_camera_that_vanishes_mid_session_is_reported_and_recording_resumes(
     service = AgentService(config, camera_factory=cameras)
     service.recorder.settings.retry_min_s = 0.2
     service.start()
+    assert service.link.wait_connected(10)
     try:
         cmd = operator.send(config.device_id, CommandType.OPEN_SESSION, session_id="cam-s")
         operator.reply_to(cmd.cmd_id)
@@ -252,6 +253,7 @@ def test_full_disk_deletes_recordings_outside_sessions_never_evidence(
     free = {"bytes": 10 * 1024**3}
     service = AgentService(config, disk_probe=lambda: (free["bytes"], 32 * 1024**3))
     service.start()
+    assert service.link.wait_connected(10)
     try:
         for session in ("ev-1", "ev-2"):
             cmd = operator.send(config.device_id, CommandType.OPEN_SESSION, session_id=session)
@@ -309,6 +311,7 @@ def test_a_full_sd_card_is_reported_and_recording_resumes_when_space_returns(
         service = AgentService(config)
         service.recorder.settings.retry_min_s = 0.2
         service.start()
+        assert service.link.wait_connected(10)
         try:
             filler = spool / "filler"
             filler.write_bytes(b"\0" * (2 * 1024 * 1024 + 512 * 1024))

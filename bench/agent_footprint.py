@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +25,7 @@ from edge_agent.camera import SyntheticCamera
 from simulators.broker import MosquittoBroker
 from simulators.harness import ServerProcess, provision_device
 from simulators.operator import Operator
+from simulators.rtsp_server import RtspCameraServer
 
 console = Console()
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -73,85 +75,150 @@ def synthesis_cpu_per_frame() -> float:
     return (time.process_time() - began) / 150
 
 
+def measure(
+    work: Path,
+    broker: MosquittoBroker,
+    server: ServerProcess,
+    name: str,
+    camera: dict[str, object],
+    idle_s: float,
+) -> dict[str, float]:
+    """Run ``classcam-agent run`` with ``camera``: idle first, then a 40 s session with three
+    10 s cuts uploaded while it records. CPU as a share of one core, memory in MB."""
+    device = provision_device(work / "devices", name, broker, settings={"camera": camera})
+    server.register_device(device.device_id, device.public_key)
+    operator = Operator(broker)
+    # As in systemd/classcam-agent.service: two malloc arenas, not one per thread.
+    agent = device.spawn("run", env={"MALLOC_ARENA_MAX": "2"})
+    try:
+        sampler = MemorySampler(agent.pid)
+        sampler.start()
+        operator.wait_for(
+            lambda: any(s.device_id == device.device_id for s in operator.statuses), timeout=30
+        )
+        time.sleep(3)  # let start-up settle before measuring idle
+        idle_cpu = float("nan")
+        if idle_s:
+            cpu0 = cpu_seconds(agent.pid)
+            time.sleep(idle_s)
+            idle_cpu = (cpu_seconds(agent.pid) - cpu0) / idle_s
+        console.print(f"{name}: recording 40 s and uploading three 10 s cuts meanwhile …")
+        cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
+        opened = operator.send(device.device_id, CommandType.OPEN_SESSION, session_id="fp-1")
+        started = operator.reply_to(opened.cmd_id).at
+        for n in range(3):
+            time.sleep(12)
+            cut = operator.send(
+                device.device_id,
+                CommandType.CUT,
+                session_id="fp-1",
+                start=started + timedelta(seconds=10 * n + 1),
+                end=started + timedelta(seconds=10 * n + 11),
+            )
+            done = operator.reply_to(cut.cmd_id, timeout=30)
+            if done.type.value != "cut_done":
+                raise RuntimeError(f"{name}: cut failed: {done.data}")
+        time.sleep(max(0.0, 40 - (time.monotonic() - t0)))
+        closed = operator.send(device.device_id, CommandType.CLOSE_SESSION, session_id="fp-1")
+        operator.reply_to(closed.cmd_id)
+        busy_cpu = (cpu_seconds(agent.pid) - cpu0) / (time.monotonic() - t0)
+        memory = memory_mb(agent.pid)
+        sampler.stop.set()
+        return {
+            "idle_cpu": idle_cpu,
+            "busy_cpu": busy_cpu,
+            "hwm": memory["VmHWM"],
+            "anon": sampler.peak_anon,
+            "file": memory["RssFile"],
+        }
+    finally:
+        operator.close()
+        agent.terminate()
+        agent.wait(30)
+
+
 def main() -> int:
     per_frame = synthesis_cpu_per_frame()
+    rtsp_missing = RtspCameraServer.available()
     with tempfile.TemporaryDirectory(prefix="classcam-footprint-") as tmp:
         work = Path(tmp)
         broker = MosquittoBroker(work / "broker")
         broker.start()
         server = ServerProcess(work / "server", broker)
-        agent = None
+        camera_server = None
         try:
             server.cli("migrate")
-            device = provision_device(
-                work / "devices",
-                "footprint-cam",
-                broker,
-                settings={"camera": {"width": WIDTH, "height": HEIGHT, "fps": FPS}},
-            )
-            server.register_device(device.device_id, device.public_key)
             server.start()
-            operator = Operator(broker)
-            # As in systemd/classcam-agent.service: two malloc arenas, not one per thread.
-            agent = device.spawn("run", env={"MALLOC_ARENA_MAX": "2"})
-            sampler = MemorySampler(agent.pid)
-            sampler.start()
-            operator.wait_for(
-                lambda: any(s.device_id == device.device_id for s in operator.statuses), timeout=30
+            synthetic = measure(
+                work,
+                broker,
+                server,
+                "footprint-synthetic",
+                {"width": WIDTH, "height": HEIGHT, "fps": FPS},
+                idle_s=20.0,
             )
-            time.sleep(3)  # let start-up settle before measuring idle
-            idle_s = 20.0
-            cpu0 = cpu_seconds(agent.pid)
-            time.sleep(idle_s)
-            idle_cpu = (cpu_seconds(agent.pid) - cpu0) / idle_s
-
-            console.print("recording 40 s of 720p15 and uploading three 10 s cuts meanwhile …")
-            cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
-            opened = operator.send(device.device_id, CommandType.OPEN_SESSION, session_id="fp-1")
-            started = operator.reply_to(opened.cmd_id).at
-            from datetime import timedelta
-
-            for n in range(3):
-                time.sleep(12)
-                cut = operator.send(
-                    device.device_id,
-                    CommandType.CUT,
-                    session_id="fp-1",
-                    start=started + timedelta(seconds=10 * n + 1),
-                    end=started + timedelta(seconds=10 * n + 11),
+            rtsp = None
+            if rtsp_missing is None:
+                camera_server = RtspCameraServer(
+                    width=WIDTH, height=HEIGHT, fps=int(FPS), bitrate_kbps=1000
                 )
-                operator.reply_to(cut.cmd_id, timeout=30)
-            time.sleep(max(0.0, 40 - (time.monotonic() - t0)))
-            closed = operator.send(device.device_id, CommandType.CLOSE_SESSION, session_id="fp-1")
-            operator.reply_to(closed.cmd_id)
-            busy_s = time.monotonic() - t0
-            busy_cpu = (cpu_seconds(agent.pid) - cpu0) / busy_s
-            memory = memory_mb(agent.pid)
-            sampler.stop.set()
-            operator.close()
+                camera_server.start()
+                rtsp = measure(
+                    work,
+                    broker,
+                    server,
+                    "footprint-rtsp",
+                    {"kind": "rtsp", "url": camera_server.url, "fps": FPS},
+                    idle_s=0,
+                )
         finally:
-            if agent is not None:
-                agent.terminate()
-                agent.wait(30)
+            if camera_server is not None:
+                camera_server.stop()
             server.stop()
             broker.stop()
     synth = per_frame * FPS
-    table = Table(title="agent footprint (classcam-agent run, 720p15 synthetic camera)")
+    table = Table(title="agent footprint (classcam-agent run, 720p15)")
     table.add_column("figure")
-    table.add_column("value", justify="right")
+    table.add_column("synthetic camera, x264 here", justify="right")
+    table.add_column("IP camera, stream copy", justify="right")
     table.add_column("goal", justify="right")
-    table.add_row("idle CPU between sessions", f"{idle_cpu * 100:.2f} % of a core", "≤ 2 %")
-    table.add_row("CPU recording + uploading", f"{busy_cpu * 100:.1f} % of a core", "")
-    table.add_row("  of which drawing synthetic frames", f"{synth * 100:.1f} % of a core", "")
+
+    def col(values: dict[str, float] | None, key: str, fmt: str) -> str:
+        return fmt.format(values[key]) if values else (rtsp_missing or "n/a")[:40]
+
     table.add_row(
-        "[bold]CPU excluding frame synthesis",
-        f"[bold]{(busy_cpu - synth) * 100:.1f} % of a core",
+        "idle CPU between sessions", f"{synthetic['idle_cpu'] * 100:.2f} % of a core", "", "≤ 2 %"
+    )
+    table.add_row(
+        "CPU recording + uploading",
+        f"{synthetic['busy_cpu'] * 100:.1f} %",
+        col(rtsp, "busy_cpu", "{:.1%}"),
         "",
     )
-    table.add_row("[bold]peak RSS (VmHWM)", f"[bold]{memory['VmHWM']:.1f} MB", "≤ 80 MB")
-    table.add_row("  peak private memory (RssAnon, sampled)", f"{sampler.peak_anon:.1f} MB", "")
+    table.add_row("  of which drawing synthetic frames", f"{synth * 100:.1f} %", "", "")
     table.add_row(
-        "  shared libraries mapped at the end (RssFile)", f"{memory['RssFile']:.1f} MB", ""
+        "[bold]CPU excluding frame synthesis",
+        f"[bold]{(synthetic['busy_cpu'] - synth) * 100:.1f} %",
+        col(rtsp, "busy_cpu", "{:.1%}"),
+        "",
+    )
+    table.add_row(
+        "[bold]peak RSS (VmHWM)",
+        f"[bold]{synthetic['hwm']:.1f} MB",
+        col(rtsp, "hwm", "{:.1f} MB"),
+        "≤ 80 MB",
+    )
+    table.add_row(
+        "  peak private memory (RssAnon, sampled)",
+        f"{synthetic['anon']:.1f} MB",
+        col(rtsp, "anon", "{:.1f} MB"),
+        "",
+    )
+    table.add_row(
+        "  shared libraries mapped (RssFile)",
+        f"{synthetic['file']:.1f} MB",
+        col(rtsp, "file", "{:.1f} MB"),
+        "",
     )
     console.print(table)
     return 0

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-import cv2
 import numpy as np
 
 from common.clock import Clock
@@ -156,6 +155,8 @@ class SyntheticCamera:
         bx = int((w - box) * (0.5 + 0.5 * math.sin(elapsed * 1.3)))
         by = int((h - box - self.BANNER_HEIGHT) * (0.5 + 0.5 * math.cos(elapsed * 0.9)))
         by += self.BANNER_HEIGHT
+        import cv2  # here, not at module level: the agent imports OpenCV only if it draws
+
         cv2.rectangle(image, (bx, by), (bx + box, by + box), (255, 255, 255), thickness=-1)
         cv2.rectangle(image, (0, 0), (w, self.BANNER_HEIGHT), (0, 0, 0), thickness=-1)
         cv2.putText(

@@ -13,7 +13,6 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import cv2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.commands import Command, CommandType
@@ -166,6 +165,8 @@ class CommandRunner:
         item = svc.outbox.get(upload_id)
         if item is None:
             frame = svc.grab_frame()
+            import cv2  # only snapshots need OpenCV here
+
             ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
             if not ok:
                 raise AgentError("JPEG encoding of the snapshot failed")

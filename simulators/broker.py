@@ -52,10 +52,82 @@ class BrokerAccounts:
         return password
 
 
-class MosquittoBroker:
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, wait, SIGKILL if it will not go: a graceful stop that always ends."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def kill_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL: what a crash or a power cut does."""
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+class LocalBroker:
+    """What both brokers share: a child process on a free loopback port, its accounts, its log."""
+
+    protocol_versions: tuple[str, ...] = ()
+    log_name = "broker.log"
+
+    def __init__(
+        self, workdir: Path | None, accounts: BrokerAccounts | None, port: int | None, prefix: str
+    ) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.accounts = accounts or BrokerAccounts()
+        if SERVER_USER not in self.accounts.passwords:
+            self.accounts.add(SERVER_USER)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / self.log_name
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), so persistent sessions are saved."""
+        stop_process(self.process)
+        self.process = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL): what a crash or power cut does."""
+        kill_process(self.process)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tail_log(self, lines: int = 30) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> LocalBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MosquittoBroker(LocalBroker):
     """A Mosquitto process on a free loopback port with classcam's config, ACL and accounts."""
 
     protocol_versions = ("3.1.1", "5")
+    log_name = "mosquitto.log"
 
     def __init__(
         self,
@@ -67,18 +139,7 @@ class MosquittoBroker:
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             raise FileNotFoundError("mosquitto is not installed (make test installs it with apt)")
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="classcam-mosquitto-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.accounts = accounts or BrokerAccounts()
-        if SERVER_USER not in self.accounts.passwords:
-            self.accounts.add(SERVER_USER)
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "mosquitto.log"
+        super().__init__(workdir, accounts, port, "classcam-mosquitto-")
 
     def add_account(self, username: str, password: str | None = None) -> str:
         """Add a broker account; takes effect at the next (re)start or ``reload()``."""
@@ -135,52 +196,17 @@ class MosquittoBroker:
             self.stop()
             raise RuntimeError(f"mosquitto did not start: {self.tail_log()}") from None
 
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM), so persistent sessions are saved."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL): what a crash or power cut does."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def reload(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(1)  # SIGHUP re-reads password and ACL files
             time.sleep(0.2)
 
-    def tail_log(self, lines: int = 30) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
-    def __enter__(self) -> MosquittoBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class EmbeddedBroker:
+class EmbeddedBroker(LocalBroker):
     """amqtt in a child process: MQTT 3.1.1 only, no ``$share``, no ACLs. Demo fallback only."""
 
     protocol_versions = ("3.1.1",)
+    log_name = "amqtt.log"
 
     def __init__(
         self,
@@ -188,18 +214,7 @@ class EmbeddedBroker:
         accounts: BrokerAccounts | None = None,
         port: int | None = None,
     ) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="classcam-amqtt-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.accounts = accounts or BrokerAccounts()
-        if SERVER_USER not in self.accounts.passwords:
-            self.accounts.add(SERVER_USER)
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "amqtt.log"
+        super().__init__(workdir, accounts, port, "classcam-amqtt-")
 
     def add_account(self, username: str, password: str | None = None) -> str:
         password = self.accounts.add(username, password)
@@ -245,36 +260,6 @@ class EmbeddedBroker:
             raise RuntimeError(
                 f"amqtt did not start: {self.log_file.read_text()[-2000:]}"
             ) from None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    kill = stop
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def tail_log(self, lines: int = 30) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def mosquitto_available() -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from simulators.broker import SERVER_USER, BrokerAccounts, free_port
+from simulators.broker import SERVER_USER, BrokerAccounts, free_port, kill_process, stop_process
 
 
 class Broker(Protocol):
@@ -125,19 +125,11 @@ class ServerProcess:
         raise TimeoutError(f"server not subscribed after {ready_timeout} s:\n{self.tail_log()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
         self.process = None
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
         self.process = None
 
     def tail_log(self, chars: int = 4000) -> str:

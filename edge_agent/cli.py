@@ -91,33 +91,48 @@ def _clock(args: argparse.Namespace) -> Clock:
 
 
 def cmd_record(args: argparse.Namespace, config: AgentConfig) -> int:
-    """Record ``--seconds`` of the configured camera into the spool."""
-    from edge_agent.camera import SyntheticCamera
+    """Record ``--seconds`` of the configured camera into the spool (an installer's check, or
+    material for tests); the service records sessions by itself."""
+    from edge_agent.cameras import EncodedCamera, open_camera
     from edge_agent.recorder import Recorder
     from edge_agent.spool import Spool
 
     clock = _clock(args)
-    cam = config.camera
-    camera = SyntheticCamera(
-        config.device_id, width=cam.width, height=cam.height, fps=cam.fps, clock=clock
+    if args.virtual_clock and config.camera.kind != "synthetic":
+        console.print("[red]--virtual-clock only works with the synthetic camera")
+        return 2
+    camera = open_camera(
+        config.camera, clock=clock, device_id=config.device_id, recording=config.recording
     )
     spool = Spool(config.spool_dir)
     rec = config.recording
-    recorder = Recorder(
-        camera,
-        spool,
-        clock,
-        segment_seconds=rec.segment_seconds,
-        keyframe_interval_s=rec.keyframe_interval_s,
-        bitrate=rec.bitrate,
-        session_id=args.session_id,
-        preset=rec.preset,
-    )
     start = clock.now()
-    recording_id = recorder.record_for(args.seconds)
+    try:
+        if isinstance(camera, EncodedCamera):
+            stop = threading.Event()
+            timer = threading.Timer(args.seconds, stop.set)
+            timer.start()
+            ids = camera.record(
+                spool, stop, segment_seconds=rec.segment_seconds, session_id=args.session_id
+            )
+            timer.cancel()
+            recording = ", ".join(map(str, ids)) or "none"
+        else:
+            recorder = Recorder(
+                camera,
+                spool,
+                clock,
+                segment_seconds=rec.segment_seconds,
+                keyframe_interval_s=rec.keyframe_interval_s,
+                bitrate=rec.bitrate,
+                session_id=args.session_id,
+                preset=rec.preset,
+            )
+            recording = str(recorder.record_for(args.seconds))
+    finally:
+        spool.close()
     end = clock.now()
-    spool.close()
-    console.print(f"recording {recording_id}: {start.isoformat()} → {end.isoformat()}")
+    console.print(f"recording {recording}: {start.isoformat()} → {end.isoformat()}")
     print(f"{start.isoformat()} {end.isoformat()}")
     return 0
 

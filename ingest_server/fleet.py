@@ -54,11 +54,14 @@ class DeviceMessages:
                 if not payload:
                     return  # a cleared retained message
                 status = decode(Status, payload)
+                # Server time, not the device's ``at``: the will and the heartbeat timeout are
+                # server time, and outages are measured between the two kinds of change.
                 self._presence(
                     up.device_id,
                     status.state == StatusState.ONLINE,
-                    status.at or self.clock.now(),
+                    self.clock.now(),
                     "status",
+                    device_at=status.at,
                 )
             elif up.kind is topics.UpKind.HEARTBEAT:
                 self._heartbeat(up.device_id, decode(Heartbeat, payload))
@@ -75,7 +78,14 @@ class DeviceMessages:
             db.add(row)
         return row
 
-    def _presence(self, device_id: str, online: bool, at: datetime, source: str) -> None:
+    def _presence(
+        self,
+        device_id: str,
+        online: bool,
+        at: datetime,
+        source: str,
+        device_at: datetime | None = None,
+    ) -> None:
         came_online = False
         with self.session_factory.begin() as db:
             row = self._health(db, device_id)
@@ -86,7 +96,12 @@ class DeviceMessages:
                     db,
                     "device_" + state,
                     None,
-                    {"device_id": device_id, "at": at.isoformat(), "source": source},
+                    {
+                        "device_id": device_id,
+                        "at": at.isoformat(),
+                        "source": source,
+                        "device_at": device_at.isoformat() if device_at else None,
+                    },
                 )
                 came_online = online
             row.status, row.status_at = state, at

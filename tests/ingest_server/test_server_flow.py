@@ -296,3 +296,28 @@ def test_photo_api_refuses_clearly(world: dict[str, Any]):
         },
     )
     assert app_fields.status_code == 201 and app_fields.json()["place_source"] == "app"
+
+
+def test_presence_runs_on_server_time_whatever_the_device_clock_says(world: dict[str, Any]):
+    """A status message's ``at`` is the device's clock; the will (sent by the broker) and the
+    heartbeat timeout are server time. Mixing them must not freeze or invent outages."""
+    from ingest_server.judging import offline_intervals
+
+    clock, fleet, factory = world["clock"], world["fleet"], world["factory"]
+    up = UpTopic("cam-1", UpKind.STATUS)
+    # A clock an hour fast: the device is online, then falls silent. It must time out.
+    ahead = Status(device_id="cam-1", state=StatusState.ONLINE, at=clock.now() + timedelta(hours=1))
+    fleet.handle(up, ahead.to_bytes())
+    clock.advance(world["settings"].heartbeat_timeout_s + 1)
+    assert fleet.sweep_timeouts() == ["cam-1"]
+    # A clock an hour slow: online again after a short outage; the outage must have ended.
+    since = clock.now()
+    clock.advance(60)
+    behind = Status(
+        device_id="cam-1", state=StatusState.ONLINE, at=clock.now() - timedelta(hours=1)
+    )
+    fleet.handle(up, behind.to_bytes())
+    clock.advance(3600)
+    with factory() as db:
+        intervals = offline_intervals(db, "cam-1", since - timedelta(seconds=1))
+    assert [(i.end - i.start).total_seconds() if i.end else None for i in intervals] == [60.0]

@@ -3,6 +3,7 @@ say about them (opened, closed, gaps) turned into the session's recorded duratio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import datetime, timedelta
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 
 def window_cmd_id(session_id: str, idx: int) -> str:
     """The cut command of a window has a stable id, so a re-sent request is deduplicated."""
-    return f"cut-{session_id}-{idx}"[:64]
+    cmd_id = f"cut-{session_id}-{idx}"
+    if len(cmd_id) <= 64:
+        return cmd_id
+    # Cutting a long id short would give every window of the session the same command.
+    return f"cut-{hashlib.sha256(session_id.encode()).hexdigest()[:40]}-{idx}"
 
 
 def create_session(

@@ -321,3 +321,23 @@ def test_presence_runs_on_server_time_whatever_the_device_clock_says(world: dict
     with factory() as db:
         intervals = offline_intervals(db, "cam-1", since - timedelta(seconds=1))
     assert [(i.end - i.start).total_seconds() if i.end else None for i in intervals] == [60.0]
+
+
+def test_every_window_of_a_session_with_a_long_id_has_its_own_cut_command(
+    tmp_path: Path, sqlite_url: str
+):
+    """Ids may be 64 characters long; the cut commands of its windows must still differ, or
+    the device answers the second and third requests as repeats of the first."""
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    doc = setup_doc(public_key_b64(generate_private_key()))
+    long_id = "s" * 64
+    doc["sessions"][0]["id"] = long_id
+    path = tmp_path / "setup.json"
+    path.write_text(json.dumps(doc))
+    factory = make_session_factory(make_engine(sqlite_url))
+    with factory.begin() as db:
+        import_rows(db, read_rows(path), settings)
+    with factory() as db:
+        cmd_ids = [w.cmd_id for w in db.query(SessionWindow).filter_by(session_id=long_id)]
+    assert len(cmd_ids) == 3 and len(set(cmd_ids)) == 3
+    assert all(len(c) <= 64 and c.startswith("cut-") for c in cmd_ids)

@@ -3,6 +3,7 @@ reader's language, the fleet, and the append-only event feed read with a cursor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -145,6 +146,15 @@ def list_sessions(
     return [session_view(db, row, language, now) for row in db.scalars(query)]
 
 
+def _command_id(action: str, session_id: str, now: datetime) -> str:
+    # Unique per request: the device runs a cmd_id once and only answers repeats of it.
+    suffix = f"{now:%Y%m%d%H%M%S%f}"
+    cmd_id = f"{action}-{session_id}-{suffix}"
+    if len(cmd_id) > 64:
+        cmd_id = f"{action}-{hashlib.sha256(session_id.encode()).hexdigest()[:24]}-{suffix}"
+    return cmd_id
+
+
 @router.post("/sessions/{session_id}/{action}", tags=["sessions"], status_code=202)
 def open_or_close(
     session_id: str,
@@ -167,7 +177,7 @@ def open_or_close(
         raise HTTPException(409, "no camera can be reached for this classroom")
     now = context.clock.now()
     command = Command(
-        cmd_id=f"{action}-{session_id}-{now:%H%M%S%f}"[:64],
+        cmd_id=_command_id(action, session_id, now),
         type=CommandType.OPEN_SESSION if action == "open" else CommandType.CLOSE_SESSION,
         issued_at=now,
         session_id=session_id,

@@ -341,3 +341,36 @@ def test_every_window_of_a_session_with_a_long_id_has_its_own_cut_command(
         cmd_ids = [w.cmd_id for w in db.query(SessionWindow).filter_by(session_id=long_id)]
     assert len(cmd_ids) == 3 and len(set(cmd_ids)) == 3
     assert all(len(c) <= 64 and c.startswith("cut-") for c in cmd_ids)
+
+
+def test_each_open_or_close_by_the_lecturer_is_a_new_command(tmp_path: Path, sqlite_url: str):
+    """The device runs a cmd_id once and answers repeats: a second open (after a close) of a
+    session with a long id must not look like the first."""
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    doc = setup_doc(public_key_b64(generate_private_key()))
+    long_id = "s" * 64
+    doc["sessions"][0]["id"] = long_id
+    path = tmp_path / "setup.json"
+    path.write_text(json.dumps(doc))
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    with factory.begin() as db:
+        import_rows(db, read_rows(path), settings)
+    sent: list[Command] = []
+    clock = VirtualClock(start=T0)
+    context = ApiContext(
+        settings,
+        factory,
+        EvidenceStore(settings.evidence_dir),
+        recompute=lambda ids: None,
+        send_command=lambda device, cmd: sent.append(cmd),
+        clock=clock,
+    )
+    client = TestClient(create_app(context))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for action in ("open", "close", "open"):
+        assert client.post(f"/api/v1/sessions/{long_id}/{action}", headers=auth).status_code == 202
+        clock.advance(60)
+    assert len({c.cmd_id for c in sent}) == 3
+    assert all(len(c.cmd_id) <= 64 for c in sent)
+    engine.dispose()

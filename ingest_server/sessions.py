@@ -16,6 +16,7 @@ from common.schemas import Event, EventType
 from ingest_server.models import (
     ClassSession,
     Clip,
+    Device,
     DeviceEvent,
     FeedEvent,
     SessionState,
@@ -103,6 +104,20 @@ def record_device_event(db: Session, event: Event) -> set[str]:
     """Keep a device's event and apply it to its session; return the sessions it touched."""
     if db.scalar(select(DeviceEvent.id).where(DeviceEvent.event_id == event.event_id)):
         return set()  # a redelivery
+    classroom_id = db.scalar(select(Device.classroom_id).where(Device.device_id == event.device_id))
+    named = [db.get(ClassSession, event.session_id)] if event.session_id else []
+    if event.cmd_id and event.cmd_id.startswith("cut-"):
+        window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == event.cmd_id))
+        named += [db.get(ClassSession, window.session_id)] if window else []
+    claimed = {s.classroom_id for s in named if s is not None}
+    if claimed - {classroom_id}:
+        # Only the camera of a session's classroom may open, close, shorten or answer for it.
+        log.warning(
+            "%s from %s names a session of another classroom; ignored",
+            event.type.value,
+            event.device_id,
+        )
+        return set()
     db.add(
         DeviceEvent(
             device_id=event.device_id,

@@ -374,3 +374,31 @@ def test_each_open_or_close_by_the_lecturer_is_a_new_command(tmp_path: Path, sql
     assert len({c.cmd_id for c in sent}) == 3
     assert all(len(c.cmd_id) <= 64 for c in sent)
     engine.dispose()
+
+
+def test_a_device_cannot_report_on_another_classrooms_session(world: dict[str, Any]):
+    """Only the camera of the session's classroom may open, close or shorten it."""
+    from common.schemas import Event, EventType
+    from ingest_server.crud import register_device
+    from ingest_server.sessions import session_recorded_seconds
+
+    factory, fleet, clock = world["factory"], world["fleet"], world["clock"]
+    with factory.begin() as db:
+        register_device(db, "cam-2", public_key_b64(generate_private_key()), None)
+    start = T0 + timedelta(hours=1)
+    for n, (device, kind, at) in enumerate(
+        [
+            ("cam-1", EventType.SESSION_STARTED, start),
+            ("cam-2", EventType.SESSION_STOPPED, start + timedelta(minutes=5)),
+        ]
+    ):
+        event = Event(
+            event_id=f"e{n}", device_id=device, type=kind, at=at, session_id="s1", data={}
+        )
+        fleet.handle(UpTopic(device, UpKind.EVENT), event.model_dump_json().encode())
+    clock.advance(3600)
+    with factory() as db:
+        row = db.get(ClassSession, "s1")
+        assert row is not None
+        assert row.state == "open" and row.closed_at is None
+        assert session_recorded_seconds(db, "s1") == 0.0

@@ -223,7 +223,10 @@ class VerdictKeeper:
         return None
 
     def _recompute(self, db: Session, session_id: str) -> None:
-        row = db.get(ClassSession, session_id)
+        # Locked before the facts are read: two recomputes of one session (scheduler, API)
+        # take turns, so the later one reads everything the earlier one wrote or saw. NO KEY
+        # UPDATE (on PostgreSQL) still lets new photos reference the session meanwhile.
+        row = db.get(ClassSession, session_id, with_for_update={"key_share": True})
         if row is None:
             return
         verdict = judge(self.evidence(db, row), self.clock.now(), self.policy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,77 @@ def test_a_device_cannot_report_on_another_classrooms_session(world: dict[str, A
         assert row is not None
         assert row.state == "open" and row.closed_at is None
         assert session_recorded_seconds(db, "s1") == 0.0
+
+
+def test_a_slow_recompute_cannot_overwrite_a_newer_verdict_on_postgresql(
+    tmp_path: Path, pg_url: str
+):
+    """The scheduler and the photo API recompute the same session from different threads.
+    One that read the facts before a new photo must not write its verdict over the verdict of
+    one that read them after (PostgreSQL's READ COMMITTED does not stop it by itself)."""
+    import threading
+
+    from sqlalchemy import event
+
+    from ingest_server.db import migrate
+    from ingest_server.judging import VerdictKeeper
+    from ingest_server.models import Photo
+
+    migrate(pg_url)
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    engine = make_engine(pg_url)
+    factory = make_session_factory(engine)
+    path = tmp_path / "setup.json"
+    path.write_text(json.dumps(setup_doc(public_key_b64(generate_private_key()))))
+    with factory.begin() as db:
+        import_rows(db, read_rows(path), settings)
+    clock = VirtualClock(start=T0 + timedelta(days=1))  # every grace period is over
+    keeper = VerdictKeeper(factory, settings, clock)
+    gate = threading.Event()
+
+    def hold_the_stale_writer(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.current_thread().name == "stale" and statement.startswith(
+            "UPDATE class_sessions"
+        ):
+            gate.wait(10)
+
+    event.listen(engine, "before_cursor_execute", hold_the_stale_writer)
+    stale = threading.Thread(target=keeper.recompute, args=({"s1"},), name="stale")
+    stale.start()  # reads: no photo at all
+    time.sleep(0.5)
+    with factory.begin() as db:
+        db.add(
+            Photo(
+                session_id="s1",
+                lecturer_id="lect",
+                kind="opening",
+                sha256="a" * 64,
+                phash="0" * 16,
+                path="photos/x.jpg",
+                taken_at=T0 + timedelta(hours=1),
+                time_source="exif",
+                lat=31.2304,
+                lon=121.4737,
+                datum="wgs84",
+                place_source="exif",
+                width=10,
+                height=10,
+                received_at=clock.now(),
+            )
+        )
+    fresh = threading.Thread(target=keeper.recompute, args=({"s1"},), name="fresh")
+    fresh.start()  # reads the photo
+    fresh.join(1.0)
+    gate.set()
+    stale.join(10)
+    fresh.join(10)
+    with factory() as db:
+        row = db.get(ClassSession, "s1")
+        assert row is not None
+        kinds = {
+            r["params"].get("kind")
+            for r in json.loads(row.verdict_reasons)
+            if r["code"] == "photo_missing"
+        }
+    assert kinds == {"closing"}, row.verdict_reasons
+    engine.dispose()

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
@@ -61,6 +62,16 @@ async def upload_photo(
         f"{EXTENSIONS.get(facts.format, '.img')}"
     )
     context.store.put_bytes(relative, data)
+    # The same bytes again for the same session and kind: a retry whose answer was lost.
+    photo = db.scalar(
+        select(Photo).where(
+            Photo.session_id == session_id,
+            Photo.kind == kind.value,
+            Photo.sha256 == facts.sha256,
+        )
+    )
+    if photo is not None:
+        return _photo_body(photo, relative)
     photo = Photo(
         session_id=session_id,
         lecturer_id=lecturer.id,
@@ -81,16 +92,20 @@ async def upload_photo(
     db.add(photo)
     db.commit()
     context.recompute({session_id})
+    return _photo_body(photo, relative)
+
+
+def _photo_body(photo: Photo, relative: str) -> dict[str, object]:
     return {
         "id": photo.id,
-        "session_id": session_id,
-        "kind": kind.value,
-        "sha256": facts.sha256,
-        "taken_at": facts.taken_at.isoformat(),
-        "time_source": facts.time_source,
-        "lat": facts.lat,
-        "lon": facts.lon,
-        "datum": facts.datum,
-        "place_source": facts.place_source,
+        "session_id": photo.session_id,
+        "kind": photo.kind,
+        "sha256": photo.sha256,
+        "taken_at": photo.taken_at.isoformat(),
+        "time_source": photo.time_source,
+        "lat": photo.lat,
+        "lon": photo.lon,
+        "datum": photo.datum,
+        "place_source": photo.place_source,
         "path": relative,
     }

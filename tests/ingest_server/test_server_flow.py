@@ -477,3 +477,25 @@ def test_a_slow_recompute_cannot_overwrite_a_newer_verdict_on_postgresql(
         }
     assert kinds == {"closing"}, row.verdict_reasons
     engine.dispose()
+
+
+def test_a_retried_photo_upload_is_stored_once(world: dict[str, Any]):
+    """A phone on 4G retries an upload whose answer it missed: one photo, not two."""
+    from ingest_server.models import Photo
+
+    client = TestClient(
+        create_app(
+            ApiContext(
+                world["settings"], world["factory"], world["store"], recompute=lambda i: None
+            )
+        )
+    )
+    url = "/api/v1/sessions/s1/photos/opening"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    photo = make_photo(taken_at=T0 + timedelta(hours=1), lat=31.2304, lon=121.4737, scene_seed=3)
+    first = client.post(url, files={"file": ("a.jpg", photo)}, headers=auth)
+    again = client.post(url, files={"file": ("a.jpg", photo)}, headers=auth)
+    assert first.status_code == 201 and again.status_code in (200, 201)
+    assert again.json()["id"] == first.json()["id"]
+    with world["factory"]() as db:
+        assert db.query(Photo).filter_by(session_id="s1").count() == 1

@@ -66,6 +66,7 @@ class CommandRunner:
         seen, reply = svc.state.command_reply(cmd.cmd_id)
         if seen and reply is not None:
             svc.state.push_event(reply)
+            svc.state.command_answered(cmd.cmd_id, reply)
             svc.events_ready.set()
             return
         with self._lock:

@@ -139,6 +139,10 @@ class AgentService:
     def _on_cmd_message(self, topic: str, payload: bytes) -> None:
         cmd = self.commands.on_message(topic, payload)
         if cmd is not None:
+            try:
+                self.state.command_queued(cmd.cmd_id, payload)
+            except sqlite3.Error as exc:
+                log.error("command %s not stored (%s); running it undurably", cmd.cmd_id, exc)
             self._cmd_queue.put(cmd)
 
     def _on_schedule_message(self, topic: str, payload: bytes) -> None:
@@ -230,7 +234,7 @@ class AgentService:
             if self.open and self.open.session_id == session_id:
                 return {"already_open": True, "source": self.open.source}
             if self.open:
-                self.close_session(self.open.session_id, reason="superseded")
+                self.close_session(self.open.session_id, reason="superseded", announce=True)
             now = self.clock.now()
             self.state.upsert_session(
                 session_id,
@@ -496,7 +500,16 @@ class AgentService:
                         )
                 break
 
+    def _requeue_commands(self) -> None:
+        """Commands delivered before a stop or a power cut but never answered run now."""
+        for payload in self.state.queued_commands():
+            try:
+                self._cmd_queue.put(decode(Command, payload))
+            except ProtocolError as exc:
+                log.warning("dropping a stored command that no longer parses: %s", exc)
+
     def start(self) -> None:
+        self._requeue_commands()
         self.link.start()
         self._resume_open_sessions()
         for name, target in (

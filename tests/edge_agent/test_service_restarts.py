@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from agent_harness import Operator, field_device, later
 
 from common.clock import SystemClock
@@ -81,3 +82,71 @@ def test_a_session_superseded_by_another_is_reported_stopped(
         assert service.state.session("sup-a").closed_at is not None
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "ahead"),
+    [
+        (None, timedelta(hours=7)),  # no preset duration: ended by MAX_SESSION while down
+        (3.0, timedelta(0)),  # its planned end passed while the agent was down
+    ],
+)
+def test_a_session_that_ended_while_the_agent_was_down_is_closed_not_resumed(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    server: ServerProcess,
+    operator: Operator,
+    duration_s: float | None,
+    ahead: timedelta,
+):
+    _, config = field_device(tmp_path, mosquitto, server, "cam-rs-3")
+    first = AgentService(config)
+    first.start()
+    assert first.link.wait_connected(10)
+    fields: dict[str, object] = {"session_id": "gone-1"}
+    if duration_s is not None:
+        fields["duration_s"] = duration_s
+    opened = operator.send(config.device_id, CommandType.OPEN_SESSION, **fields)
+    operator.reply_to(opened.cmd_id)
+    time.sleep(1.5)
+    first.stop()  # a power cut, as far as the session knows: it was never closed
+    time.sleep(3.0)
+    second = AgentService(config, clock=AheadClock(ahead))
+    second.start()
+    try:
+        assert second.link.wait_connected(10)
+        time.sleep(1.5)
+        assert second.open is None, "a session that is over must not record again"
+        stopped = operator.wait_for(lambda: _stopped(operator, "gone-1"), 10)
+        assert stopped[0].data["reason"] == "agent_restart"
+        row = second.state.session("gone-1")
+        assert row is not None and row.closed_at is not None
+    finally:
+        second.stop()
+
+
+def test_a_resumed_session_keeps_its_first_opening_for_the_six_hour_limit(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    _, config = field_device(tmp_path, mosquitto, server, "cam-rs-5")
+    first = AgentService(config)
+    first.start()
+    assert first.link.wait_connected(10)
+    opened = operator.send(config.device_id, CommandType.OPEN_SESSION, session_id="long-1")
+    operator.reply_to(opened.cmd_id)
+    time.sleep(1.5)
+    first.stop()
+    # Back 3 s before six hours after it opened: resumed, then closed at the limit.
+    second = AgentService(config, clock=AheadClock(timedelta(hours=6, seconds=-3)))
+    second.start()
+    try:
+        assert second.open is not None and second.open.session_id == "long-1"
+        gap = operator.wait_for(
+            lambda: [e for e in operator.events if e.type == EventType.RECORDING_GAP], 10
+        )
+        assert gap[0].data["reason"] == "agent_restart"
+        stopped = operator.wait_for(lambda: _stopped(operator, "long-1"), 15)
+        assert stopped[0].data["reason"] == "planned_end"
+        assert 0 < stopped[0].data["recorded_s"] < 60, stopped[0].data
+    finally:
+        second.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,6 +37,7 @@ from ingest_server.models import (
     SessionWindow,
 )
 from ingest_server.photos import near_duplicate
+from ingest_server.reasons import Reason, ReasonCode
 from ingest_server.sessions import append_feed
 from ingest_server.settings import Settings
 from ingest_server.verdict import (
@@ -46,7 +47,9 @@ from ingest_server.verdict import (
     RecordingEvent,
     RecordingEventKind,
     SessionEvidence,
+    SessionVerdict,
     VerdictPolicy,
+    VerdictState,
     WindowEvidence,
     judge,
     recorded_seconds,
@@ -131,7 +134,12 @@ class VerdictKeeper:
     def evidence(self, db: Session, row: ClassSession) -> SessionEvidence:
         """Everything the database knows about a session, as plain data."""
         device_id = (
-            db.scalar(select(Device.device_id).where(Device.classroom_id == row.classroom_id)) or ""
+            db.scalar(
+                select(Device.device_id).where(
+                    Device.classroom_id == row.classroom_id, Device.enabled.is_(True)
+                )
+            )
+            or ""
         )
         classroom = db.get(Classroom, row.classroom_id)
         assert classroom is not None
@@ -229,7 +237,17 @@ class VerdictKeeper:
         row = db.get(ClassSession, session_id, with_for_update={"key_share": True})
         if row is None:
             return
-        verdict = judge(self.evidence(db, row), self.clock.now(), self.policy)
+        now = self.clock.now()
+        scheduled_end = row.scheduled_start + timedelta(seconds=row.duration_s)
+        if now < scheduled_end:
+            # Not before the scheduled end, even if the class closed early: window reasons
+            # would name windows while class time remains, and tell the room what is unchecked.
+            verdict = SessionVerdict(
+                VerdictState.PENDING,
+                [Reason(ReasonCode.SESSION_IN_PROGRESS, {"end_at": scheduled_end.isoformat()})],
+            )
+        else:
+            verdict = judge(self.evidence(db, row), now, self.policy)
         reasons = json.dumps(
             [r.to_dict() for r in verdict.reasons], ensure_ascii=False, sort_keys=True, default=str
         )

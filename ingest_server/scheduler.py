@@ -89,10 +89,18 @@ class Scheduler:
             dirty, self._dirty = self._dirty, set()
             out.extend(self._manual)
             self._manual.clear()
-        self.fleet.sweep_timeouts()
-        with self.session_factory.begin() as db:
-            out.extend(self._timetables_due(db))
-            out.extend(self._window_requests(db, back))
+        try:
+            self.fleet.sweep_timeouts()
+            with self.session_factory.begin() as db:
+                out.extend(self._timetables_due(db))
+                out.extend(self._window_requests(db, back))
+        except Exception:
+            # A database blip must not lose what we were told: try again on the next tick.
+            with self._lock:
+                self._back_online |= back
+                self._dirty |= dirty
+                self._manual[:0] = [o for o in out if o.topic.endswith("/cmd")]
+            raise
         mono = self.clock.monotonic()
         if mono - self._last_full_recompute >= 30:
             self._last_full_recompute = mono

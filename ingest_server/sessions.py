@@ -174,13 +174,27 @@ def link_clip(db: Session, clip: Clip) -> str | None:
     """Attach a stored clip to its window (by the cut's upload id, else by the command id its
     signed manifest names, should the ``cut_done`` event come later); return the session."""
     window = db.scalar(select(SessionWindow).where(SessionWindow.upload_id == clip.upload_id))
+    by_command = False
     if window is None:
         upload = db.get(Upload, clip.upload_id)
         cmd_id = json.loads(upload.manifest).get("cmd_id") if upload else None
         if cmd_id:
             window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == cmd_id))
-            if window is not None and window.upload_id is None:
-                window.upload_id = clip.upload_id
-    if window is None and clip.session_id:
-        return clip.session_id if db.get(ClassSession, clip.session_id) else None
-    return window.session_id if window else None
+            by_command = window is not None
+    session_id = window.session_id if window else clip.session_id
+    session = db.get(ClassSession, session_id) if session_id else None
+    if session is None:
+        return None
+    device = db.get(Device, clip.device_id)
+    if device is None or device.classroom_id != session.classroom_id:
+        # Evidence for a session comes from its classroom's camera, and from no other.
+        log.warning(
+            "clip %s from %s names session %s of another classroom; not linked",
+            clip.upload_id,
+            clip.device_id,
+            session.id,
+        )
+        return None
+    if by_command and window is not None and window.upload_id is None:
+        window.upload_id = clip.upload_id
+    return session.id

@@ -24,7 +24,7 @@ EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "HEIC": ".heic"}
 
 
 @router.post("/sessions/{session_id}/photos/{kind}", status_code=201)
-async def upload_photo(
+def upload_photo(
     session_id: str,
     kind: PhotoKind,
     context: Annotated[ApiContext, Depends(get_context)],
@@ -43,7 +43,9 @@ async def upload_photo(
     if session.lecturer_id != lecturer.id:
         raise HTTPException(403, f"session {session_id} is not taught by {lecturer.id}")
     settings = context.settings
-    data = await file.read(settings.max_photo_bytes + 1)
+    # A plain function (FastAPI runs it in a worker thread): Pillow, fsync and the verdict are
+    # blocking work that must not stall the event loop the ingest consumer shares.
+    data = file.file.read(settings.max_photo_bytes + 1)
     try:
         facts = read_photo(
             data,

@@ -499,3 +499,95 @@ def test_a_retried_photo_upload_is_stored_once(world: dict[str, Any]):
     assert again.json()["id"] == first.json()["id"]
     with world["factory"]() as db:
         assert db.query(Photo).filter_by(session_id="s1").count() == 1
+
+
+def test_no_verdict_names_a_window_before_the_scheduled_end_even_after_an_early_close(
+    world: dict[str, Any],
+):
+    from ingest_server.judging import VerdictKeeper
+
+    clock, factory = world["clock"], world["factory"]
+    keeper = VerdictKeeper(factory, world["settings"], clock)
+    start = T0 + timedelta(hours=1)
+    with factory.begin() as db:
+        row = db.get(ClassSession, "s1")
+        row.opened_at, row.closed_at, row.state = start, start + timedelta(minutes=20), "closed"
+        windows = db.query(SessionWindow).filter_by(session_id="s1").all()
+        secrets = {w.start.isoformat() for w in windows} | {w.end.isoformat() for w in windows}
+    clock.advance(3600 + 30 * 60)  # closed 20 min in; an hour of class time remains
+    keeper.recompute({"s1"})
+    with factory() as db:
+        row = db.get(ClassSession, "s1")
+        reasons = json.loads(row.verdict_reasons)
+    assert row.verdict == "pending"
+    assert [r["code"] for r in reasons] == ["session_in_progress"]
+    assert not any(s in row.verdict_reasons for s in secrets)
+    clock.advance(3600 + 60)  # past the scheduled end: now the facts may speak
+    keeper.recompute({"s1"})
+    with factory() as db:
+        codes = {r["code"] for r in json.loads(db.get(ClassSession, "s1").verdict_reasons)}
+    assert "session_in_progress" not in codes and codes
+
+
+def test_a_clip_from_another_classrooms_camera_is_not_linked(world: dict[str, Any]):
+    from common.schemas import ClipKind
+    from ingest_server.models import Clip, Device, Upload
+    from ingest_server.sessions import link_clip
+
+    factory, clock = world["factory"], world["clock"]
+    with factory.begin() as db:
+        db.add(
+            Device(
+                device_id="cam-2",
+                public_key=public_key_b64(generate_private_key()),
+                classroom_id="elsewhere",
+                created_at=clock.now(),
+                enabled=True,
+            )
+        )
+        db.flush()
+        window = db.query(SessionWindow).filter_by(session_id="s1", idx=0).one()
+        for upload_id, device in (("u-stranger", "cam-2"), ("u-own", "cam-1")):
+            db.add(
+                Upload(
+                    upload_id=upload_id,
+                    device_id=device,
+                    size=1,
+                    sha256="0" * 64,
+                    chunk_size=1,
+                    manifest=json.dumps({"cmd_id": window.cmd_id}),
+                    state="complete",
+                    received_ranges="[]",
+                    chunks_received=1,
+                    chunks_duplicate=0,
+                    created_at=clock.now(),
+                    updated_at=clock.now(),
+                )
+            )
+            db.flush()
+            db.add(
+                Clip(
+                    upload_id=upload_id,
+                    device_id=device,
+                    session_id="s1",
+                    kind=ClipKind.CLIP.value,
+                    sha256="0" * 64,
+                    size=1,
+                    path="x",
+                    cut_start=window.start,
+                    cut_end=window.end,
+                    duration_s=60,
+                    frames=1,
+                    width=1,
+                    height=1,
+                    codec="h264",
+                    stored_at=clock.now(),
+                )
+            )
+    with factory.begin() as db:
+        stranger = db.query(Clip).filter_by(upload_id="u-stranger").one()
+        assert link_clip(db, stranger) is None
+        assert db.query(SessionWindow).filter_by(idx=0).one().upload_id is None
+        own = db.query(Clip).filter_by(upload_id="u-own").one()
+        assert link_clip(db, own) == "s1"
+        assert db.query(SessionWindow).filter_by(idx=0).one().upload_id == "u-own"

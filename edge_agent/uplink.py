@@ -383,12 +383,25 @@ class Uploader:
         for item in self.outbox.pending():
             if stop.is_set():
                 break
-            if self.upload(item, stop) is not None:
+            try:
+                state = self.upload(item, stop)
+            except FileNotFoundError:
+                # Nothing left to send, ever: say so instead of retrying it forever.
+                log.error("upload %s: its file %s is gone", item.upload_id, item.path)
+                self.outbox.mark_rejected(item.upload_id, "file_missing")
+                self.stats.rejected += 1
+                state = AckState.REJECTED
+            if state is not None:
                 done += 1
         return done
 
     def run(self, stop: threading.Event, idle_s: float = 1.0) -> None:
         """Keep the outbox empty until ``stop`` is set."""
         while not stop.is_set():
-            if not self.drain(stop):
-                stop.wait(idle_s)
+            try:
+                if self.drain(stop):
+                    continue
+            except Exception:  # one bad clip or a disk error must not end all uploads
+                self.link.counters["upload_error"] += 1
+                log.exception("uploader failed; retrying")
+            stop.wait(idle_s)

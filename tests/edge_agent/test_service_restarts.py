@@ -4,16 +4,21 @@ whose file is gone."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from agent_harness import Operator, field_device, later
 
 from common.clock import SystemClock
 from common.commands import CommandType
 from common.schemas import EventType
+from edge_agent.clips import enqueue_snapshot
+from edge_agent.outbox import OutboxState
 from edge_agent.service import AgentService
 from simulators.broker import MosquittoBroker
 from simulators.harness import ServerProcess
@@ -123,6 +128,45 @@ def test_a_session_that_ended_while_the_agent_was_down_is_closed_not_resumed(
         assert row is not None and row.closed_at is not None
     finally:
         second.stop()
+
+
+def _clip_ids(server: ServerProcess) -> set[str]:
+    with sqlite3.connect(server.db_url.removeprefix("sqlite:///")) as db:
+        return {row[0] for row in db.execute("SELECT upload_id FROM clips")}
+
+
+def test_an_outbox_entry_whose_file_is_gone_does_not_stop_other_uploads(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    _, config = field_device(tmp_path, mosquitto, server, "cam-rs-4")
+    service = AgentService(config)
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
+    assert ok
+
+    def snapshot() -> str:
+        item = enqueue_snapshot(
+            service.outbox,
+            service.key,
+            jpeg.tobytes(),
+            service.clock.now(),
+            width=64,
+            height=48,
+            device_id=config.device_id,
+            chunk_size=config.upload.chunk_size,
+            clock=service.clock,
+        )
+        return item.upload_id
+
+    lost = snapshot()
+    service.outbox.get(lost).path.unlink()  # a failing SD card lost it
+    time.sleep(0.01)
+    good = snapshot()
+    service.start()
+    try:
+        operator.wait_for(lambda: good in _clip_ids(server), 20)
+        assert service.outbox.get(lost).state == OutboxState.REJECTED
+    finally:
+        service.stop()
 
 
 def test_a_resumed_session_keeps_its_first_opening_for_the_six_hour_limit(

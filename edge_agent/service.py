@@ -14,6 +14,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -183,7 +184,9 @@ class AgentService:
         when it happened, if that was before now (device clock)."""
         now = self.clock.now()
         event = Event(
-            event_id=f"{self.config.device_id}-{now:%Y%m%d%H%M%S%f}-{type_.value}"[:64],
+            # Unique even for a 64-character device id or two events in one microsecond:
+            # the server keeps one event per event_id.
+            event_id=f"{self.config.device_id[:24]}-{now:%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:16]}",
             device_id=self.config.device_id,
             type=type_,
             at=at or now,

@@ -194,3 +194,27 @@ def test_a_resumed_session_keeps_its_first_opening_for_the_six_hour_limit(
         assert 0 < stopped[0].data["recorded_s"] < 60, stopped[0].data
     finally:
         second.stop()
+
+
+def test_every_event_of_a_device_with_a_long_id_has_its_own_event_id(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    device_id = "classroom-camera-" + "x" * 33  # 50 characters; ids may have 64
+    _, config = field_device(tmp_path, mosquitto, server, device_id)
+    service = AgentService(config)
+    service.start()
+    assert service.link.wait_connected(10)
+    try:
+        opened = operator.send(device_id, CommandType.OPEN_SESSION, session_id="long-id")
+        operator.reply_to(opened.cmd_id)
+        closed = operator.send(device_id, CommandType.CLOSE_SESSION, session_id="long-id")
+        operator.reply_to(closed.cmd_id)
+        ids = [e.event_id for e in operator.events if e.device_id == device_id]
+        assert len(ids) == 2 and len(set(ids)) == 2, ids
+        # The server keeps one event per event_id: both must be there.
+        with sqlite3.connect(server.db_url.removeprefix("sqlite:///")) as db:
+            query = "SELECT type FROM device_events WHERE device_id = ?"
+            wanted = {EventType.SESSION_STARTED.value, EventType.SESSION_STOPPED.value}
+            operator.wait_for(lambda: {r[0] for r in db.execute(query, (device_id,))} >= wanted, 10)
+    finally:
+        service.stop()

@@ -129,6 +129,10 @@ class CommandRunner:
                 cmd_id=cmd.cmd_id,
                 clock_offset_s=offset,
             )
+            if cmd.session_id:
+                # Before the clip exists: an upload finished in between must still count
+                # against its session's pin.
+                svc.state.link_upload(upload_id, cmd.session_id)
             try:
                 existing = cut_and_enqueue(
                     svc.spool,
@@ -151,8 +155,6 @@ class CommandRunner:
                     },
                     cmd.session_id,
                 )
-            if cmd.session_id:
-                svc.state.link_upload(upload_id, cmd.session_id)
             svc.uploads_ready.set()
         return (
             EventType.CUT_DONE,

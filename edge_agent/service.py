@@ -213,15 +213,23 @@ class AgentService:
             self.events_ready.clear()
             if not self.link.connected.is_set():
                 continue
-            for seq, payload in self.state.pending_events():
-                try:
-                    info = self.link.publish(topic, payload)
-                    info.wait_for_publish(10)
-                except (LinkDown, RuntimeError, ValueError):
-                    break
-                if not info.is_published():
-                    break
-                self.state.event_delivered(seq)
+            try:
+                self._deliver_events(topic)
+            except Exception:  # a state-disk error must not end event delivery for good
+                self.link.counters["event_sender_error"] += 1
+                log.exception("event delivery failed; retrying")
+                self.stop_event.wait(1.0)
+
+    def _deliver_events(self, topic: str) -> None:
+        for seq, payload in self.state.pending_events():
+            try:
+                info = self.link.publish(topic, payload)
+                info.wait_for_publish(10)
+            except (LinkDown, RuntimeError, ValueError):
+                return
+            if not info.is_published():
+                return
+            self.state.event_delivered(seq)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -462,7 +470,11 @@ class AgentService:
                 cmd = self._cmd_queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self.commands.execute(cmd)
+            try:
+                self.commands.execute(cmd)
+            except Exception:  # e.g. the state disk failing: the command is retried on restart
+                self.link.counters["command_worker_error"] += 1
+                log.exception("command %s could not be handled", cmd.cmd_id)
 
     def _housekeeping(self) -> None:
         last_slow = 0.0

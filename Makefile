@@ -13,13 +13,15 @@ STAMP := $(VENV)/.classcam-installed
 GST_HAS = /usr/bin/python3 -I -c 'import sys, gi; gi.require_version("Gst", "1.0"); \
 	from gi.repository import Gst; Gst.init(None); sys.exit(not Gst.ElementFactory.find(sys.argv[1]))'
 
-# apt packages the tests use: the broker (and its mosquitto_passwd), venv support, and
+# apt packages the tests use: the broker (and its mosquitto_passwd), venv support,
+# systemd-analyze (the unit is verified), and
 # GStreamer's RTSP server with x264 for the RTSP camera tests (simulators/rtsp_server.py).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
-	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	/usr/bin/python3 -I -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null \
 	  || missing="$$missing python3-gi gir1.2-gst-rtsp-server-1.0"; \
 	$(GST_HAS) videotestsrc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-base"; \

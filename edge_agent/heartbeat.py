@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,3 @@ def directory_bytes(path: Path) -> int:
             except OSError:
                 continue
     return total
-
-
-def process_uptime_s(started_mono: float) -> float:
-    return max(0.0, time.monotonic() - started_mono)

@@ -188,13 +188,6 @@ class IngestConsumer:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
 
-async def run_consumer(
-    settings: Settings, stop: asyncio.Event, processor: IngestProcessor | None = None
-) -> None:
-    """Consume until ``stop`` is set; builds a processor from ``settings`` unless given one."""
-    await IngestConsumer(settings, processor or build_processor(settings)).run(stop)
-
-
 class ConsumerThread:
     """An ``IngestConsumer`` on its own event loop in a thread: for tests and embedding.
 

@@ -7,7 +7,6 @@ whose heartbeats stop for ``heartbeat_timeout_s`` is marked offline by ``sweep_t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -147,7 +146,3 @@ class DeviceMessages:
         for device_id in gone:
             self._presence(device_id, False, now, "heartbeat_timeout")
         return gone
-
-
-def latest_heartbeat(row: DeviceHealth) -> dict[str, object] | None:
-    return json.loads(row.heartbeat) if row.heartbeat else None

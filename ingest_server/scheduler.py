@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -252,7 +251,3 @@ class Scheduler:
                 log.exception("scheduler tick failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5.0)
-
-
-def scheduler_client_id(settings: Settings) -> str:
-    return f"{settings.mqtt_client_id}-sched-{uuid.uuid4().hex[:6]}"[:64]

@@ -1,9 +1,8 @@
-"""What the heartbeat reports about the box itself: disk, temperature, uptime, modem."""
+"""What the heartbeat reports about the box itself: disk and SoC temperature."""
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -23,14 +22,3 @@ def disk_usage(path: Path) -> tuple[int, int]:
     """(free, total) bytes of the filesystem holding ``path``."""
     usage = shutil.disk_usage(path)
     return usage.free, usage.total
-
-
-def directory_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
-    return total

@@ -33,7 +33,7 @@ from edge_agent.cameras import EncodedCamera
 from edge_agent.commands import CommandRunner, RuntimeSettings
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
-from edge_agent.heartbeat import cpu_temperature_c, directory_bytes, disk_usage
+from edge_agent.heartbeat import cpu_temperature_c, disk_usage
 from edge_agent.modem import ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
@@ -388,10 +388,11 @@ class AgentService:
         """Apply the retention and low-space policy; report ``storage_low`` when it changes."""
         uses = []
         current = self.recorder.current
+        sizes = self.spool.recording_sizes()
         for info in self.spool.recordings():
             if current is not None and info.recording_id in current.recording_ids:
                 continue
-            size = sum(seg.size for seg in self.spool.segments(info.recording_id))
+            size = sizes.get(info.recording_id, 0)
             row = self.state.session(info.session_id) if info.session_id else None
             pinned = info.session_id is not None and (row is None or row.pinned)
             uses.append(
@@ -437,7 +438,7 @@ class AgentService:
             firmware=FIRMWARE,
             recording=self.recorder.current is not None,
             session_id=self.open.session_id if self.open else None,
-            spool_bytes=directory_bytes(self.spool.root),
+            spool_bytes=sum(self.spool.recording_sizes().values()),
             outbox_pending=self.outbox.count(),
             disk_free_bytes=free,
             disk_total_bytes=total,

@@ -354,6 +354,14 @@ class Spool:
             ).fetchall()
         return [_recording_from_row(row) for row in rows]
 
+    def recording_sizes(self) -> dict[int, int]:
+        """Bytes of every recording, from the index (no walk of the disk)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT recording_id, SUM(size) FROM segments GROUP BY recording_id"
+            ).fetchall()
+        return {int(rid): int(size) for rid, size in rows}
+
     def segments(self, recording_id: int) -> list[SegmentInfo]:
         """All segments of one recording, in order."""
         return self._segments_where("s.recording_id = ?", (recording_id,))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -108,6 +109,16 @@ def offline_intervals(db: Session, device_id: str, since: datetime) -> list[Inte
     return out
 
 
+def reused_from(photo: Photo, others: Sequence[tuple[str, str, str]]) -> str | None:
+    """Another session with the same image: the same bytes, or the same picture re-encoded
+    or rescaled (which moves a perceptual hash by 0–2 bits). A looser match would catch
+    honest photos taken from the same spot on another day, so it is not used."""
+    for session_id, sha256, phash in others:
+        if sha256 == photo.sha256 or near_duplicate(phash, photo.phash, REUSE_MAX_BITS):
+            return session_id
+    return None
+
+
 class VerdictKeeper:
     """Recomputes verdicts on every new fact (called from the scheduler and the API)."""
 
@@ -169,7 +180,21 @@ class VerdictKeeper:
             classroom.radius_m,
         )
         photos = []
-        for photo in db.scalars(select(Photo).where(Photo.session_id == row.id)):
+        own = db.scalars(select(Photo).where(Photo.session_id == row.id)).all()
+        # Read once for the session (hashes only), not once per photo.
+        others = (
+            [
+                (r.session_id, r.sha256, r.phash)
+                for r in db.execute(
+                    select(Photo.session_id, Photo.sha256, Photo.phash).where(
+                        Photo.session_id != row.id
+                    )
+                )
+            ]
+            if own
+            else []
+        )
+        for photo in own:
             match_facts = PhotoMatchFacts(
                 photo_id=str(photo.id),
                 lecturer_id=photo.lecturer_id,
@@ -180,7 +205,7 @@ class VerdictKeeper:
             match = photo_match(
                 match_facts, facts, room, tolerance_s=self.settings.photo_tolerance_s
             )
-            photos.append(PhotoEvidence(match_facts, match, self._reused_from(db, photo)))
+            photos.append(PhotoEvidence(match_facts, match, reused_from(photo, others)))
         offline = offline_intervals(db, device_id, facts.start) if device_id else []
         return SessionEvidence(
             session=facts,
@@ -217,18 +242,6 @@ class VerdictKeeper:
             frozen=check.frozen,
             moved=bool(check.moved),
         )
-
-    def _reused_from(self, db: Session, photo: Photo) -> str | None:
-        """Another session with the same image: the same bytes, or the same picture re-encoded
-        or rescaled (which moves a perceptual hash by 0–2 bits). A looser match would catch
-        honest photos taken from the same spot on another day, so it is not used."""
-        others = db.scalars(select(Photo).where(Photo.session_id != photo.session_id)).all()
-        for other in others:
-            if other.sha256 == photo.sha256 or near_duplicate(
-                other.phash, photo.phash, max_distance=REUSE_MAX_BITS
-            ):
-                return other.session_id
-        return None
 
     def _recompute(self, db: Session, session_id: str) -> None:
         # Locked before the facts are read: two recomputes of one session (scheduler, API)

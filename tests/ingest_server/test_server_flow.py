@@ -591,3 +591,43 @@ def test_a_clip_from_another_classrooms_camera_is_not_linked(world: dict[str, An
         own = db.query(Clip).filter_by(upload_id="u-own").one()
         assert link_clip(db, own) == "s1"
         assert db.query(SessionWindow).filter_by(idx=0).one().upload_id == "u-own"
+
+
+def test_the_same_photo_in_another_session_is_reused_a_new_one_is_not(world: dict[str, Any]):
+    from ingest_server.judging import VerdictKeeper
+    from ingest_server.sessions import create_session
+
+    factory, clock = world["factory"], world["clock"]
+    with factory.begin() as db:
+        create_session(
+            db,
+            world["settings"],
+            session_id="s2",
+            class_id="cls",
+            classroom_id="room",
+            lecturer_id="lect",
+            start=T0 + timedelta(days=1),
+            duration_s=3600,
+        )
+    client = TestClient(
+        create_app(
+            ApiContext(
+                world["settings"], factory, world["store"], recompute=lambda ids: None, clock=clock
+            )
+        )
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = make_photo(taken_at=T0 + timedelta(hours=1), lat=31.2304, lon=121.4737, scene_seed=5)
+    other = make_photo(taken_at=T0 + timedelta(days=1), lat=31.2304, lon=121.4737, scene_seed=6)
+    for session, data in (("s1", first), ("s2", first), ("s2", other)):
+        response = client.post(
+            f"/api/v1/sessions/{session}/photos/opening",
+            files={"file": ("p.jpg", data)},
+            headers=auth,
+        )
+        assert response.status_code == 201, response.text
+    keeper = VerdictKeeper(factory, world["settings"], clock)
+    with factory() as db:
+        evidence = keeper.evidence(db, db.get(ClassSession, "s2"))
+    reused = sorted((p.photo.photo_id, p.reused_from) for p in evidence.photos)
+    assert [r for _, r in reused] == ["s1", None]

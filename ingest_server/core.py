@@ -12,15 +12,15 @@ import uvicorn
 
 from common.clock import Clock, SystemClock
 from ingest_server.api.app import ApiContext, create_app
-from ingest_server.checks import ClipChecker
+from ingest_server.clip_checks import ClipChecker
 from ingest_server.consumer import IngestConsumer, make_client
 from ingest_server.db import make_engine, make_session_factory
-from ingest_server.fleet import DeviceMessages
+from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
-from ingest_server.judging import VerdictKeeper
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
+from ingest_server.verdicts import VerdictKeeper
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from common import topics
 from common.clock import Clock, SystemClock
 from common.commands import Command, CommandType, Schedule, ScheduledSession
 from ingest_server.db import SessionFactory
-from ingest_server.fleet import DeviceMessages
+from ingest_server.device_messages import DeviceMessages
 from ingest_server.models import ClassSession, Device, DeviceHealth, SessionState, SessionWindow
 from ingest_server.settings import Settings
 

@@ -23,9 +23,9 @@ from ingest_server.models import (
     SessionWindow,
     Upload,
 )
+from ingest_server.rules.verdict import recorded_seconds
+from ingest_server.rules.windows import draw_windows
 from ingest_server.settings import Settings
-from ingest_server.verdict import recorded_seconds
-from ingest_server.windows import draw_windows
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def record_device_event(db: Session, event: Event) -> set[str]:
 
 def session_recorded_seconds(db: Session, session_id: str) -> float | None:
     """The recorded duration from the device's started/stopped/gap events."""
-    from ingest_server.judging import recording_events
+    from ingest_server.facts import recording_events
 
     return recorded_seconds(recording_events(db, session_id))
 

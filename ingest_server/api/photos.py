@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
-from ingest_server.matching import PhotoKind
 from ingest_server.models import ClassSession, Lecturer, Photo
 from ingest_server.photos import PhotoRejected, PhotoRejectReason, read_photo
+from ingest_server.rules.photo_match import PhotoKind
 
 router = APIRouter(tags=["photos"])
 

@@ -24,7 +24,7 @@ from ingest_server.models import (
     Photo,
     SessionWindow,
 )
-from ingest_server.reasons import Reason, pick_language, render
+from ingest_server.rules.reasons import Reason, pick_language, render
 
 router = APIRouter()
 

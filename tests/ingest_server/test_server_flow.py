@@ -22,7 +22,7 @@ from common.topics import UpKind, UpTopic
 from ingest_server.api import create_app
 from ingest_server.api.app import ApiContext
 from ingest_server.db import make_engine, make_session_factory
-from ingest_server.fleet import DeviceMessages
+from ingest_server.device_messages import DeviceMessages
 from ingest_server.models import ClassSession, SessionWindow
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import Settings
@@ -302,7 +302,7 @@ def test_photo_api_refuses_clearly(world: dict[str, Any]):
 def test_presence_runs_on_server_time_whatever_the_device_clock_says(world: dict[str, Any]):
     """A status message's ``at`` is the device's clock; the will (sent by the broker) and the
     heartbeat timeout are server time. Mixing them must not freeze or invent outages."""
-    from ingest_server.judging import offline_intervals
+    from ingest_server.facts import offline_intervals
 
     clock, fleet, factory = world["clock"], world["fleet"], world["factory"]
     up = UpTopic("cam-1", UpKind.STATUS)
@@ -416,8 +416,8 @@ def test_a_slow_recompute_cannot_overwrite_a_newer_verdict_on_postgresql(
     from sqlalchemy import event
 
     from ingest_server.db import migrate
-    from ingest_server.judging import VerdictKeeper
     from ingest_server.models import Photo
+    from ingest_server.verdicts import VerdictKeeper
 
     migrate(pg_url)
     settings = Settings(data_dir=tmp_path, database_url=pg_url)
@@ -504,7 +504,7 @@ def test_a_retried_photo_upload_is_stored_once(world: dict[str, Any]):
 def test_no_verdict_names_a_window_before_the_scheduled_end_even_after_an_early_close(
     world: dict[str, Any],
 ):
-    from ingest_server.judging import VerdictKeeper
+    from ingest_server.verdicts import VerdictKeeper
 
     clock, factory = world["clock"], world["factory"]
     keeper = VerdictKeeper(factory, world["settings"], clock)
@@ -594,8 +594,8 @@ def test_a_clip_from_another_classrooms_camera_is_not_linked(world: dict[str, An
 
 
 def test_the_same_photo_in_another_session_is_reused_a_new_one_is_not(world: dict[str, Any]):
-    from ingest_server.judging import VerdictKeeper
     from ingest_server.sessions import create_session
+    from ingest_server.verdicts import VerdictKeeper
 
     factory, clock = world["factory"], world["clock"]
     with factory.begin() as db:
@@ -628,6 +628,6 @@ def test_the_same_photo_in_another_session_is_reused_a_new_one_is_not(world: dic
         assert response.status_code == 201, response.text
     keeper = VerdictKeeper(factory, world["settings"], clock)
     with factory() as db:
-        evidence = keeper.evidence(db, db.get(ClassSession, "s2"))
+        evidence = keeper.facts.evidence(db, db.get(ClassSession, "s2"))
     reused = sorted((p.photo.photo_id, p.reused_from) for p in evidence.photos)
     assert [r for _, r in reused] == ["s1", None]

@@ -11,14 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from common.geo import EARTH_MEAN_RADIUS_M, Coordinate, Datum, convert
-from ingest_server.matching import (
-    ClassroomFacts,
+from ingest_server.rules.photo_match import (
     PhotoFacts,
     PhotoKind,
-    SessionFacts,
     photo_match,
 )
-from ingest_server.reasons import (
+from ingest_server.rules.reasons import (
     LANGUAGES,
     SEVERITY,
     TEMPLATES,
@@ -30,7 +28,8 @@ from ingest_server.reasons import (
     render,
     template_fields,
 )
-from ingest_server.verdict import (
+from ingest_server.rules.session import ClassroomFacts, SessionFacts
+from ingest_server.rules.verdict import (
     ClipStatus,
     Interval,
     PhotoEvidence,
@@ -44,7 +43,7 @@ from ingest_server.verdict import (
     judge,
     recorded_seconds,
 )
-from ingest_server.windows import Window
+from ingest_server.rules.windows import Window
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 S, MIN, H = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)

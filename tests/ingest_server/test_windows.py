@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ingest_server.windows import Window, default_rng, draw_windows, due_windows
+from ingest_server.rules.windows import Window, default_rng, draw_windows, due_windows
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2024, 5, 6, 1, 0, tzinfo=UTC)

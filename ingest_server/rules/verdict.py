@@ -31,16 +31,16 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from common.clock import to_utc
-from ingest_server.matching import (
+from ingest_server.rules.photo_match import (
     PhotoFacts,
     PhotoKind,
     PhotoMatch,
-    SessionFacts,
     photo_badness,
     photo_reference_time,
 )
-from ingest_server.reasons import Reason, ReasonCode, Severity
-from ingest_server.windows import Window
+from ingest_server.rules.reasons import Reason, ReasonCode, Severity
+from ingest_server.rules.session import SessionFacts
+from ingest_server.rules.windows import Window
 
 DAY_S = 24 * 3600.0
 

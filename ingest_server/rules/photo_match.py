@@ -1,4 +1,4 @@
-"""Which clip and which photo belong to which session (DESIGN.md §1.3, §1.7): pure functions.
+"""Which photo belongs to which session (DESIGN.md §1.7): pure functions.
 
 Plain frozen facts in, plain answers out; the integrator reads the facts from the DB. All
 datetimes are aware (naive ones are taken as UTC); clip cut bounds are in the device's clock
@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from common.clock import to_utc
 from common.geo import Coordinate, distance_m
+from ingest_server.rules.session import DEFAULT_RADIUS_M, ClassroomFacts, SessionFacts
 
-DEFAULT_RADIUS_M = 100.0
 DEFAULT_PHOTO_TOLERANCE_S = 900.0
-# Cuts snap to keyframes (1–2 s) and the measured clock offset is good to a second or so; a
-# minute of slack keeps honest clips matched without letting one from another session in.
-DEFAULT_CLIP_TOLERANCE_S = 60.0
 
 
 class PhotoKind(StrEnum):
@@ -27,66 +24,6 @@ class PhotoKind(StrEnum):
 
     OPENING = "opening"
     CLOSING = "closing"
-
-
-@dataclass(frozen=True, slots=True)
-class ClassroomFacts:
-    """Where a classroom is, and how far from it a photo may be taken."""
-
-    classroom_id: str
-    location: Coordinate
-    radius_m: float = DEFAULT_RADIUS_M
-
-
-@dataclass(frozen=True, slots=True)
-class SessionFacts:
-    """A session as the timetable and the device's reports know it.
-
-    ``opened_at``/``closed_at`` are when the device reported it opened/closed (server time),
-    ``None`` until it has.
-    """
-
-    session_id: str
-    classroom_id: str
-    device_id: str
-    lecturer_id: str
-    scheduled_start: datetime
-    preset_duration_s: float
-    opened_at: datetime | None = None
-    closed_at: datetime | None = None
-
-    @property
-    def scheduled_end(self) -> datetime:
-        """Scheduled start plus the preset duration."""
-        return to_utc(self.scheduled_start) + timedelta(seconds=self.preset_duration_s)
-
-    @property
-    def start(self) -> datetime:
-        """When the session actually opened, else when it was scheduled to."""
-        return to_utc(self.opened_at or self.scheduled_start)
-
-    @property
-    def end(self) -> datetime:
-        """When the session actually closed, else when it was scheduled to."""
-        return to_utc(self.closed_at) if self.closed_at else self.scheduled_end
-
-
-@dataclass(frozen=True, slots=True)
-class ClipFacts:
-    """What a clip's (verified) manifest says about it.
-
-    ``cut_start``/``cut_end`` are in the device's clock; ``clock_offset_s`` is the device
-    clock minus the server clock as the device measured it (``Manifest.clock_offset_s``).
-    """
-
-    upload_id: str
-    device_id: str
-    cut_start: datetime
-    cut_end: datetime
-    clock_offset_s: float = 0.0
-    session_id: str | None = None
-    requested_start: datetime | None = None
-    requested_end: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,34 +61,6 @@ class PhotoMatch:
     def matches(self) -> bool:
         """Whether the photo fits in every respect."""
         return self.lecturer_matches and self.in_time and self.in_range
-
-
-def clip_server_bounds(clip: ClipFacts) -> tuple[datetime, datetime]:
-    """The clip's cut bounds in server time (device time minus the stated offset)."""
-    offset = timedelta(seconds=clip.clock_offset_s)
-    return to_utc(clip.cut_start) - offset, to_utc(clip.cut_end) - offset
-
-
-def clip_matches_session(
-    clip: ClipFacts, session: SessionFacts, *, tolerance_s: float = DEFAULT_CLIP_TOLERANCE_S
-) -> bool:
-    """Whether ``clip`` is evidence for ``session``.
-
-    It must come from the session's classroom's device, not name another session, lie (in
-    server time) within the session widened by ``tolerance_s`` on each side, and, when it was
-    cut for a requested window, overlap that window.
-    """
-    if clip.device_id != session.device_id:
-        return False
-    if clip.session_id is not None and clip.session_id != session.session_id:
-        return False
-    start, end = clip_server_bounds(clip)
-    slack = timedelta(seconds=tolerance_s)
-    if start < session.start - slack or end > session.end + slack:
-        return False
-    if clip.requested_start is None or clip.requested_end is None:
-        return True
-    return start < to_utc(clip.requested_end) and end > to_utc(clip.requested_start)
 
 
 def photo_reference_time(kind: PhotoKind, session: SessionFacts) -> datetime:

@@ -1,30 +1,18 @@
-"""Gathering a session's evidence from the database and keeping its verdict current.
-
-``judge`` (ingest_server.verdict) is a pure function; this module only reads the facts, calls
-it, stores the result, and appends a feed event whenever the verdict or its reasons change.
-"""
+"""Gathering a session's facts from the database as plain data for the pure rules in
+``ingest_server.rules`` (``ingest_server.verdicts`` calls them and stores the verdict)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.clock import Clock, SystemClock
 from common.geo import Coordinate, Datum
 from common.schemas import EventType, RejectReason
-from ingest_server.db import SessionFactory
-from ingest_server.matching import (
-    ClassroomFacts,
-    PhotoKind,
-    SessionFacts,
-    photo_match,
-)
-from ingest_server.matching import PhotoFacts as PhotoMatchFacts
 from ingest_server.models import (
     Classroom,
     ClassSession,
@@ -38,24 +26,24 @@ from ingest_server.models import (
     SessionWindow,
 )
 from ingest_server.photos import near_duplicate
-from ingest_server.reasons import Reason, ReasonCode
-from ingest_server.sessions import append_feed
-from ingest_server.settings import Settings
-from ingest_server.verdict import (
+from ingest_server.rules.photo_match import PhotoFacts as PhotoMatchFacts
+from ingest_server.rules.photo_match import (
+    PhotoKind,
+    photo_match,
+)
+from ingest_server.rules.session import ClassroomFacts, SessionFacts
+from ingest_server.rules.verdict import (
     ClipStatus,
     Interval,
     PhotoEvidence,
     RecordingEvent,
     RecordingEventKind,
     SessionEvidence,
-    SessionVerdict,
-    VerdictPolicy,
-    VerdictState,
     WindowEvidence,
-    judge,
     recorded_seconds,
 )
-from ingest_server.windows import Window
+from ingest_server.rules.windows import Window
+from ingest_server.settings import Settings
 
 log = logging.getLogger(__name__)
 REUSE_MAX_BITS = 2
@@ -119,28 +107,11 @@ def reused_from(photo: Photo, others: Sequence[tuple[str, str, str]]) -> str | N
     return None
 
 
-class VerdictKeeper:
-    """Recomputes verdicts on every new fact (called from the scheduler and the API)."""
+class FactReader:
+    """Reads everything the database knows about a session, as plain data."""
 
-    def __init__(
-        self, session_factory: SessionFactory, settings: Settings, clock: Clock | None = None
-    ) -> None:
-        self.session_factory = session_factory
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.clock = clock or SystemClock()
-        self.policy = VerdictPolicy(
-            clip_grace_s=settings.clip_grace_s,
-            photo_grace_s=settings.photo_grace_s,
-            offline_limit_s=settings.offline_tolerance_s,
-        )
-
-    def recompute(self, session_ids: set[str]) -> None:
-        for session_id in sorted(session_ids):
-            try:
-                with self.session_factory.begin() as db:
-                    self._recompute(db, session_id)
-            except Exception:  # one session's trouble must not hold up the others
-                log.exception("verdict of session %s failed", session_id)
 
     def evidence(self, db: Session, row: ClassSession) -> SessionEvidence:
         """Everything the database knows about a session, as plain data."""
@@ -241,37 +212,4 @@ class VerdictKeeper:
             black=check.black,
             frozen=check.frozen,
             moved=bool(check.moved),
-        )
-
-    def _recompute(self, db: Session, session_id: str) -> None:
-        # Locked before the facts are read: two recomputes of one session (scheduler, API)
-        # take turns, so the later one reads everything the earlier one wrote or saw. NO KEY
-        # UPDATE (on PostgreSQL) still lets new photos reference the session meanwhile.
-        row = db.get(ClassSession, session_id, with_for_update={"key_share": True})
-        if row is None:
-            return
-        now = self.clock.now()
-        scheduled_end = row.scheduled_start + timedelta(seconds=row.duration_s)
-        if now < scheduled_end:
-            # Not before the scheduled end, even if the class closed early: window reasons
-            # would name windows while class time remains, and tell the room what is unchecked.
-            verdict = SessionVerdict(
-                VerdictState.PENDING,
-                [Reason(ReasonCode.SESSION_IN_PROGRESS, {"end_at": scheduled_end.isoformat()})],
-            )
-        else:
-            verdict = judge(self.evidence(db, row), now, self.policy)
-        reasons = json.dumps(
-            [r.to_dict() for r in verdict.reasons], ensure_ascii=False, sort_keys=True, default=str
-        )
-        if row.verdict == verdict.state.value and row.verdict_reasons == reasons:
-            return
-        row.verdict, row.verdict_reasons = verdict.state.value, reasons
-        row.verdict_at = self.clock.now()
-        append_feed(db, "verdict_changed", session_id, verdict.to_dict())
-        log.info(
-            "session %s: %s %s",
-            session_id,
-            verdict.state.value,
-            [r.code.value for r in verdict.reasons],
         )

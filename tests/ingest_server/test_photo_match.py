@@ -1,4 +1,4 @@
-"""Clip↔session and photo↔session matching: table tests on both sides of every threshold."""
+"""Photo↔session matching: table tests on both sides of every threshold."""
 
 from __future__ import annotations
 
@@ -10,18 +10,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from common.geo import EARTH_MEAN_RADIUS_M, Coordinate, Datum, convert, distance_m
-from ingest_server.matching import (
-    ClassroomFacts,
-    ClipFacts,
+from ingest_server.rules.photo_match import (
     PhotoFacts,
     PhotoKind,
     PhotoMatch,
-    SessionFacts,
-    clip_matches_session,
-    clip_server_bounds,
     photo_badness,
     photo_match,
 )
+from ingest_server.rules.session import ClassroomFacts, SessionFacts
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ROOM_AT = Coordinate(39.9042, 116.4074)  # Beijing, WGS-84
@@ -216,151 +212,6 @@ def test_photo_badness_prefers_the_best_fit():
     nowhere = PhotoMatch(True, False, None, 0.0)
     ranked = sorted([late_and_far, nowhere, far, good], key=photo_badness)
     assert ranked == [good, far, nowhere, late_and_far]
-
-
-# ---------------------------------------------------------------- clips
-
-REQ = START + 30 * MIN  # a requested window 09:30–09:31 local
-
-
-def clip(**overrides) -> ClipFacts:
-    base = ClipFacts(
-        upload_id="u-1",
-        device_id="dev-1",
-        cut_start=REQ,
-        cut_end=REQ + MIN,
-        clock_offset_s=0.0,
-        session_id="s-1",
-        requested_start=REQ,
-        requested_end=REQ + MIN,
-    )
-    return replace(base, **overrides)
-
-
-@pytest.mark.parametrize(
-    ("name", "facts", "session", "expected"),
-    [
-        ("exact", clip(), SESSION, True),
-        ("keyframe-snapped", clip(cut_start=REQ - 2 * S, cut_end=REQ + MIN + S), SESSION, True),
-        ("other device", clip(device_id="dev-2"), SESSION, False),
-        ("names another session", clip(session_id="s-2"), SESSION, False),
-        ("names no session", clip(session_id=None), SESSION, True),
-        # device clock 120 s ahead: it cut [REQ+120, REQ+180] on its own clock
-        (
-            "skewed clock, offset stated",
-            clip(cut_start=REQ + 120 * S, cut_end=REQ + 180 * S, clock_offset_s=120),
-            SESSION,
-            True,
-        ),
-        (
-            "skewed clock, offset not stated",
-            clip(cut_start=REQ + 120 * S, cut_end=REQ + 180 * S, clock_offset_s=0),
-            SESSION,
-            False,
-        ),
-        (
-            "device clock behind",
-            clip(cut_start=REQ - 300 * S, cut_end=REQ - 240 * S, clock_offset_s=-300),
-            SESSION,
-            True,
-        ),
-        ("ends as the window starts", clip(cut_start=REQ - MIN, cut_end=REQ), SESSION, False),
-        (
-            "starts as the window ends",
-            clip(cut_start=REQ + MIN, cut_end=REQ + 2 * MIN),
-            SESSION,
-            False,
-        ),
-        ("overlaps by a second", clip(cut_start=REQ - MIN + S, cut_end=REQ + S), SESSION, True),
-        # session bounds ± 60 s, no requested window
-        (
-            "at start minus tolerance",
-            clip(requested_start=None, requested_end=None, cut_start=START - 60 * S),
-            SESSION,
-            True,
-        ),
-        (
-            "before start minus tolerance",
-            clip(requested_start=None, requested_end=None, cut_start=START - 61 * S),
-            SESSION,
-            False,
-        ),
-        (
-            "at end plus tolerance",
-            clip(
-                requested_start=None,
-                requested_end=None,
-                cut_start=START + 90 * MIN,
-                cut_end=START + 91 * MIN,
-            ),
-            SESSION,
-            True,
-        ),
-        (
-            "after end plus tolerance",
-            clip(
-                requested_start=None,
-                requested_end=None,
-                cut_start=START + 90 * MIN,
-                cut_end=START + 91 * MIN + S,
-            ),
-            SESSION,
-            False,
-        ),
-        # the actual open/close bound the session when known
-        ("window before a late open", clip(), replace(SESSION, opened_at=START + 45 * MIN), False),
-        (
-            "window after an early close",
-            clip(),
-            replace(SESSION, closed_at=START + 20 * MIN),
-            False,
-        ),
-        # a requested window outside the session is still not this session's clip
-        (
-            "inside window, outside session",
-            clip(
-                cut_start=START + 3 * 60 * MIN,
-                cut_end=START + 181 * MIN,
-                requested_start=START + 3 * 60 * MIN,
-                requested_end=START + 181 * MIN,
-            ),
-            SESSION,
-            False,
-        ),
-    ],
-)
-def test_clip_matches_session(name, facts, session, expected):
-    assert clip_matches_session(facts, session) is expected, name
-
-
-@pytest.mark.parametrize("zone", [SHANGHAI, UTC], ids=["shanghai", "utc"])
-def test_clip_in_a_session_crossing_midnight(zone):
-    session = replace(
-        SESSION, scheduled_start=datetime(2024, 5, 6, 23, 30, tzinfo=zone), preset_duration_s=3600
-    )
-    after_midnight = datetime(2024, 5, 7, 0, 10, tzinfo=zone)
-    facts = clip(
-        cut_start=after_midnight,
-        cut_end=after_midnight + MIN,
-        requested_start=after_midnight,
-        requested_end=after_midnight + MIN,
-    )
-    assert clip_matches_session(facts, session)
-    next_night = facts.cut_start + timedelta(days=1)
-    assert not clip_matches_session(
-        replace(facts, cut_start=next_night, cut_end=next_night + MIN), session
-    )
-
-
-def test_clip_tolerance_is_a_parameter():
-    facts = clip(requested_start=None, requested_end=None, cut_start=START - 61 * S)
-    assert not clip_matches_session(facts, SESSION)
-    assert clip_matches_session(facts, SESSION, tolerance_s=61)
-
-
-def test_clip_server_bounds_subtract_the_device_offset():
-    facts = clip(cut_start=REQ + 120 * S, cut_end=REQ + 180 * S, clock_offset_s=120)
-    assert clip_server_bounds(facts) == (REQ, REQ + MIN)
 
 
 def test_session_properties():

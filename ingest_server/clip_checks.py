@@ -14,9 +14,9 @@ from common.clock import utc_now
 from common.schemas import ClipKind
 from ingest_server.db import SessionFactory
 from ingest_server.models import Classroom, Clip, ClipCheck, Device
-from ingest_server.sanity import SanityError, check_clip, reference_from_image
 from ingest_server.sessions import link_clip
 from ingest_server.store import EvidenceStore
+from ingest_server.video_checks import SanityError, check_clip, reference_from_image
 
 log = logging.getLogger(__name__)
 

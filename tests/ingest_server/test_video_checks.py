@@ -18,7 +18,7 @@ from edge_agent.camera import SyntheticCamera
 from edge_agent.cutter import cut_window
 from edge_agent.recorder import Recorder
 from edge_agent.spool import Spool
-from ingest_server.sanity import (
+from ingest_server.video_checks import (
     SanityError,
     SanityReport,
     check_clip,

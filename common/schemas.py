@@ -141,6 +141,21 @@ class RejectReason(StrEnum):
     SIZE_MISMATCH = "size_mismatch"
     HASH_MISMATCH = "hash_mismatch"
     STORAGE_ERROR = "storage_error"
+    DEVICE_DISABLED = "device_disabled"
+    SERVER_BUSY = "server_busy"
+
+
+# Refusals that can pass (a camera installed before it was registered, a device re-enabled, a
+# server short of space or workers): the device keeps the clip and tries again later, with
+# capped backoff. Every other refusal is final for that upload.
+RETRYABLE_REJECTIONS = frozenset(
+    {
+        RejectReason.UNKNOWN_DEVICE,
+        RejectReason.DEVICE_DISABLED,
+        RejectReason.SERVER_BUSY,
+        RejectReason.STORAGE_ERROR,
+    }
+)
 
 
 class AckReplyTo(StrEnum):
@@ -187,12 +202,18 @@ class EventType(StrEnum):
 
 
 class Event(Message):
-    """Something that happened on a device; answers a command when ``cmd_id`` is set."""
+    """Something that happened on a device; answers a command when ``cmd_id`` is set.
+
+    ``at`` and every time in ``data`` are in the device's clock; ``clock_offset_s`` is the
+    device clock minus the server clock as the device estimated it then (``None``: no estimate
+    yet). The server stores server time (``at - clock_offset_s``) and shows the skew.
+    """
 
     event_id: SafeId
     device_id: SafeId
     type: EventType
     at: AwareDatetime
+    clock_offset_s: float | None = Field(default=None, ge=-400 * 86400, le=400 * 86400)
     cmd_id: SafeId | None = None
     session_id: SafeId | None = None
     data: dict[str, Any] = Field(default_factory=dict)

@@ -1,16 +1,25 @@
-"""Looking at what arrived: video sanity on every stored clip, and each classroom's reference
-still (DESIGN.md §1 step 7: at installation the agent uploads the classroom's view)."""
+"""Looking at what arrived: the durable queue of clip checks, and each classroom's reference
+still (DESIGN.md §1 step 7: at installation the agent uploads the classroom's view).
+
+A clip's check is queued in the database in the same transaction that records the clip (a
+``ClipCheck`` row with no ``checked_at``), so a crash between storing and checking costs a
+delay, never a clip left unchecked for good: ``wake()`` at start-up, on every new clip and on
+the scheduler's ticks runs whatever is still pending. A clip that cannot be decoded gets its
+error recorded (the verdict's ``clip_unreadable``); a failure of our own (a store hiccup) leaves
+the check pending for the next wake, up to ``MAX_ATTEMPTS`` times.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from sqlalchemy import select
 
-from common.clock import utc_now
+from common.clock import Clock, SystemClock
 from common.schemas import ClipKind
 from ingest_server.db import SessionFactory
 from ingest_server.models import Classroom, Clip, ClipCheck, Device
@@ -19,10 +28,12 @@ from ingest_server.store import EvidenceStore
 from ingest_server.video_checks import SanityError, check_clip, reference_from_image
 
 log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 5
+BATCH = 50
 
 
 class ClipChecker:
-    """Runs sanity checks off the ingest thread (decoding video takes a while) and reports
+    """Runs the pending checks off the ingest thread (decoding video takes a while) and reports
     which sessions have new facts."""
 
     def __init__(
@@ -30,22 +41,54 @@ class ClipChecker:
         session_factory: SessionFactory,
         store: EvidenceStore,
         on_sessions_changed: Callable[[set[str]], None],
+        clock: Clock | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.store = store
         self.on_sessions_changed = on_sessions_changed
+        self.clock = clock or SystemClock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-check")
         self._references: dict[str, tuple[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self._queued: Future[None] | None = None
 
-    def clip_stored(self, upload_id: str) -> Future[None]:
-        """Called by the ingest processor once a clip is durable and recorded."""
-        return self._executor.submit(self._safely, upload_id)
+    def clip_stored(self, clip_id: int) -> Future[None]:
+        """Called by the ingest processor once a clip and its pending check are committed."""
+        return self.wake()
 
-    def _safely(self, upload_id: str) -> None:
+    def wake(self) -> Future[None]:
+        """Run every pending check (at most one run queued at a time)."""
+        with self._lock:
+            if self._queued is None or self._queued.running() or self._queued.done():
+                self._queued = self._executor.submit(self._run_pending)
+            return self._queued
+
+    def _run_pending(self) -> None:
         try:
-            self._check(upload_id)
-        except Exception:  # one bad clip must not stop the checks of the others
-            log.exception("checking upload %s failed", upload_id)
+            while True:
+                with self.session_factory() as db:
+                    pending = db.scalars(
+                        select(ClipCheck.clip_id)
+                        .where(ClipCheck.checked_at.is_(None), ClipCheck.attempts < MAX_ATTEMPTS)
+                        .order_by(ClipCheck.clip_id)
+                        .limit(BATCH)
+                    ).all()
+                if not pending:
+                    return
+                for clip_id in pending:
+                    self._safely(clip_id)
+        except Exception:  # a database blip: the next wake tries again
+            log.exception("clip checks stopped; the next wake resumes them")
+
+    def _safely(self, clip_id: int) -> None:
+        try:
+            self._check(clip_id)
+        except Exception:  # our own trouble: count the attempt, leave the check pending
+            log.exception("checking clip %s failed; it stays pending", clip_id)
+            with self.session_factory.begin() as db:
+                check = db.get(ClipCheck, clip_id)
+                if check is not None:
+                    check.attempts += 1
 
     def _reference(self, classroom: Classroom) -> np.ndarray | None:
         if not classroom.reference_upload_id:
@@ -54,44 +97,66 @@ class ClipChecker:
         if cached and cached[0] == classroom.reference_upload_id:
             return cached[1]
         with self.session_factory() as db:
-            ref = db.scalar(select(Clip).where(Clip.upload_id == classroom.reference_upload_id))
+            ref = db.scalar(
+                select(Clip).where(
+                    Clip.upload_id == classroom.reference_upload_id,
+                    Clip.kind == ClipKind.REFERENCE.value,
+                    Clip.device_id.in_(
+                        select(Device.device_id).where(Device.classroom_id == classroom.id)
+                    ),
+                )
+            )
         if ref is None:
             return None
         image = reference_from_image(self.store.path_of(ref.path).read_bytes())
         self._references[classroom.id] = (classroom.reference_upload_id, image)
         return image
 
-    def _check(self, upload_id: str) -> None:
+    def _check(self, clip_id: int) -> None:
         with self.session_factory.begin() as db:
-            clip = db.scalar(select(Clip).where(Clip.upload_id == upload_id))
-            if clip is None:
+            clip = db.get(Clip, clip_id)
+            check = db.get(ClipCheck, clip_id)
+            if clip is None or check is None or check.checked_at is not None:
                 return
             device = db.get(Device, clip.device_id)
             classroom = (
                 db.get(Classroom, device.classroom_id) if device and device.classroom_id else None
             )
-            if clip.kind == ClipKind.REFERENCE.value:
-                if classroom is not None:
+            if clip.kind != ClipKind.CLIP.value:
+                if clip.kind == ClipKind.REFERENCE.value and classroom is not None:
                     classroom.reference_upload_id = clip.upload_id
                     log.info("classroom %s has a new reference view", classroom.id)
-                return
-            if clip.kind != ClipKind.CLIP.value:
+                check.checked_at = self.clock.now()
                 return
             session_id = link_clip(db, clip)
-            clip_id, path = clip.id, self.store.path_of(clip.path)
+            path = self.store.path_of(clip.path)
             db.expunge_all()
         reference = self._reference(classroom) if classroom else None
-        check = ClipCheck(clip_id=clip_id, checked_at=utc_now())
         try:
             report = check_clip(path, reference=reference)
-            check.black, check.frozen, check.moved = report.black, report.frozen, report.moved
-            check.mean_luma, check.frozen_fraction = report.mean_luma, report.frozen_fraction
-            check.reference_similarity = report.reference_similarity
         except SanityError as exc:
-            check.black, check.frozen, check.moved = False, False, None
-            check.mean_luma, check.frozen_fraction, check.error = 0.0, 0.0, str(exc)
+            outcome: dict[str, object] = {"error": exc.why[:500], "decoded_frames": 0}
+        else:
+            outcome = {
+                "black": report.black,
+                "frozen": report.frozen,
+                "moved": report.moved,
+                "mean_luma": report.mean_luma,
+                "frozen_fraction": report.frozen_fraction,
+                "reference_similarity": report.reference_similarity,
+                "decoded_frames": report.decoded_frames,
+                "decoded_duration_s": report.decoded_duration_s,
+                "frame_rate": report.frame_rate,
+                "error": None,
+            }
         with self.session_factory.begin() as db:
-            db.merge(check)
+            row = db.get(ClipCheck, clip_id)
+            if row is None or row.checked_at is not None:
+                return
+            for name, value in outcome.items():
+                setattr(row, name, value)
+            row.attempts += 1
+            row.checked_at = self.clock.now()
         if session_id:
             self.on_sessions_changed({session_id})
 

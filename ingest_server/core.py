@@ -42,7 +42,9 @@ class ServerCore:
             on_sessions_changed=self.sessions_changed,
             on_online=self.device_online,
         )
-        self.checker = ClipChecker(self.session_factory, self.store, self.sessions_changed)
+        self.checker = ClipChecker(
+            self.session_factory, self.store, self.sessions_changed, self.clock
+        )
         self.processor = IngestProcessor(
             self.session_factory,
             self.store,
@@ -52,8 +54,15 @@ class ServerCore:
             on_clip_stored=self.checker.clip_stored,
         )
         self.scheduler = Scheduler(
-            settings, self.session_factory, self.fleet, self.verdicts.recompute, self.clock
+            settings,
+            self.session_factory,
+            self.fleet,
+            self.verdicts.recompute,
+            self.clock,
+            on_tick=self.checker.wake,
         )
+        # Checks left pending by a crash or a stop run now.
+        self.checker.wake()
 
     def sessions_changed(self, session_ids: set[str]) -> None:
         # Verdicts are recomputed on the scheduler's next tick, off the ingest thread.

@@ -2,8 +2,8 @@
 
 SQLite is set up for evidence: WAL (readers never block the ingest writer), ``synchronous=FULL``
 (a committed row survives a power cut, which is what an ack promises), foreign keys on, and
-SQLAlchemy emitting ``BEGIN`` itself, because Python's sqlite3 driver otherwise leaves DDL and
-SELECTs outside transactions (see SQLAlchemy's "Transactions with SQLite" notes).
+SQLAlchemy emitting ``BEGIN IMMEDIATE`` itself, because Python's sqlite3 driver otherwise leaves
+DDL and SELECTs outside transactions (see SQLAlchemy's "Transactions with SQLite" notes).
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE: take the write lock up front. A deferred transaction that reads, then writes,
+    # fails at once with "database is locked" when another connection committed in between
+    # (SQLite cannot upgrade its snapshot), and busy_timeout does not help it; an immediate one
+    # waits its turn. WAL readers are not blocked by it.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:

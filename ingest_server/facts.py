@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.geo import Coordinate, Datum
-from common.schemas import EventType, RejectReason
+from common.schemas import EventType
 from ingest_server.models import (
     Classroom,
     ClassSession,
@@ -22,10 +22,10 @@ from ingest_server.models import (
     DeviceEvent,
     Photo,
     PresenceChange,
-    Rejection,
     SessionWindow,
 )
 from ingest_server.photos import near_duplicate
+from ingest_server.rules.clip_proof import ClipFacts, DecodedClip, WindowFacts
 from ingest_server.rules.photo_match import PhotoFacts as PhotoMatchFacts
 from ingest_server.rules.photo_match import (
     PhotoKind,
@@ -33,7 +33,6 @@ from ingest_server.rules.photo_match import (
 )
 from ingest_server.rules.session import ClassroomFacts, SessionFacts
 from ingest_server.rules.verdict import (
-    ClipStatus,
     Interval,
     PhotoEvidence,
     RecordingEvent,
@@ -56,7 +55,11 @@ _RECORDING_KINDS = {
 
 
 def recording_events(db: Session, session_id: str) -> list[RecordingEvent]:
-    """The device's started/stopped/gap reports for a session."""
+    """The device's started/stopped/gap reports for a session, in server time.
+
+    ``DeviceEvent.at`` is stored in server time already; the gap bounds in an event's data are
+    in the device's clock and are mapped with the offset the event stated.
+    """
     out: list[RecordingEvent] = []
     rows = db.scalars(select(DeviceEvent).where(DeviceEvent.session_id == session_id)).all()
     for row in rows:
@@ -64,16 +67,92 @@ def recording_events(db: Session, session_id: str) -> list[RecordingEvent]:
         if kind is None:
             continue
         if kind is RecordingEventKind.GAP:
-            data = json.loads(row.data)
+            offset = timedelta(seconds=row.clock_offset_s or 0.0)
             try:
-                start = datetime.fromisoformat(data["start"])
-                end = datetime.fromisoformat(data["end"]) if data.get("end") else None
-            except (KeyError, TypeError, ValueError):
+                data = json.loads(row.data)
+                start = datetime.fromisoformat(data["start"]) - offset
+                end = datetime.fromisoformat(data["end"]) - offset if data.get("end") else None
+            except (KeyError, TypeError, ValueError, OverflowError):
                 continue
             out.append(RecordingEvent(kind, start, end))
         else:
             out.append(RecordingEvent(kind, row.at))
     return out
+
+
+def reported_recorded_seconds(db: Session, session_id: str) -> float | None:
+    """What the camera itself said it recorded, in its latest ``session_stopped``."""
+    rows = db.scalars(
+        select(DeviceEvent.data)
+        .where(
+            DeviceEvent.session_id == session_id,
+            DeviceEvent.type == EventType.SESSION_STOPPED.value,
+        )
+        .order_by(DeviceEvent.id.desc())
+    ).all()
+    for data in rows:
+        try:
+            value = json.loads(data).get("recorded_s")
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _decoded(check: ClipCheck | None) -> DecodedClip | None:
+    if check is None or check.checked_at is None:
+        return None
+    return DecodedClip(
+        error=check.error,
+        frames=check.decoded_frames or 0,
+        duration_s=check.decoded_duration_s or 0.0,
+        frame_rate=check.frame_rate or 0.0,
+        black=bool(check.black),
+        frozen=bool(check.frozen),
+        moved=bool(check.moved),
+    )
+
+
+def window_clips(db: Session, cmd_id: str) -> tuple[ClipFacts, ...]:
+    """Every stored clip whose signed manifest answers ``cmd_id``, from any device, with what
+    its check found and the window (if any) its bytes were first given for."""
+    out = []
+    for clip in db.scalars(select(Clip).where(Clip.cmd_id == cmd_id).order_by(Clip.id)):
+        first = db.execute(
+            select(Clip.cmd_id, Clip.device_id)
+            .where(
+                Clip.sha256 == clip.sha256,
+                Clip.id < clip.id,
+                Clip.cmd_id.is_not(None),
+                Clip.cmd_id != cmd_id,
+            )
+            .order_by(Clip.id)
+            .limit(1)
+        ).first()
+        first_used_by = None
+        if first is not None:
+            window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == first.cmd_id))
+            first_used_by = (
+                f"{window.session_id}#{window.idx + 1}" if window else f"command {first.cmd_id}"
+            )
+        out.append(
+            ClipFacts(
+                clip_id=clip.id,
+                upload_id=clip.upload_id,
+                device_id=clip.device_id,
+                cmd_id=clip.cmd_id,
+                sha256=clip.sha256,
+                cut_start=clip.cut_start,
+                cut_end=clip.cut_end,
+                clock_offset_s=clip.clock_offset_s,
+                duration_s=clip.duration_s,
+                frames=clip.frames,
+                decoded=_decoded(db.get(ClipCheck, clip.id)),
+                first_used_by=first_used_by,
+            )
+        )
+    return tuple(out)
 
 
 def offline_intervals(db: Session, device_id: str, since: datetime) -> list[Interval]:
@@ -136,15 +215,17 @@ class FactReader:
             closed_at=row.closed_at,
         )
         events = recording_events(db, row.id)
-        stopped = any(e.kind is RecordingEventKind.STOPPED for e in events)
-        recorded = recorded_seconds(events) if stopped else None
+        kinds = {e.kind for e in events}
+        # Both ends reported: a stop without a start says nothing about what was recorded.
+        reported = {RecordingEventKind.STARTED, RecordingEventKind.STOPPED} <= kinds
+        recorded = recorded_seconds(events) if reported else None
         windows = []
         for w in db.scalars(
             select(SessionWindow)
             .where(SessionWindow.session_id == row.id)
             .order_by(SessionWindow.idx)
         ):
-            windows.append(self._window_evidence(db, w))
+            windows.append(window_evidence(db, w))
         room = ClassroomFacts(
             classroom.id,
             Coordinate(classroom.lat, classroom.lon, Datum(classroom.datum)),
@@ -181,35 +262,20 @@ class FactReader:
         return SessionEvidence(
             session=facts,
             recorded_s=recorded,
+            reported_recorded_s=reported_recorded_seconds(db, row.id),
+            device_clock_offset_s=row.device_clock_offset_s,
             windows=tuple(windows),
             photos=tuple(photos),
             offline=tuple(offline),
             duration_tolerance_s=self.settings.duration_tolerance_s,
         )
 
-    def _window_evidence(self, db: Session, w: SessionWindow) -> WindowEvidence:
-        window = Window(w.start, w.end)
-        if not w.upload_id:
-            return WindowEvidence(window, ClipStatus.MISSING)
-        refused = db.scalar(
-            select(Rejection.reason).where(
-                Rejection.upload_id == w.upload_id,
-                Rejection.reason == RejectReason.SIGNATURE_INVALID.value,
-            )
-        )
-        if refused:
-            return WindowEvidence(window, ClipStatus.STORED, signature_valid=False)
-        clip = db.scalar(select(Clip).where(Clip.upload_id == w.upload_id))
-        if clip is None:
-            return WindowEvidence(window, ClipStatus.PENDING)
-        check = db.get(ClipCheck, clip.id)
-        if check is None:
-            # Stored but not looked at yet: not verified until it has been.
-            return WindowEvidence(window, ClipStatus.PENDING)
-        return WindowEvidence(
-            window,
-            ClipStatus.STORED,
-            black=check.black,
-            frozen=check.frozen,
-            moved=bool(check.moved),
-        )
+
+def window_evidence(db: Session, w: SessionWindow) -> WindowEvidence:
+    """A window, the clips offered for it, when it was asked for, whether its cut failed."""
+    return WindowEvidence(
+        facts=WindowFacts(number=w.idx + 1, window=Window(w.start, w.end), cmd_id=w.cmd_id),
+        clips=window_clips(db, w.cmd_id),
+        requested_at=w.requested_at,
+        cut_failed=w.failed_reason,
+    )

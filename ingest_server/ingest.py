@@ -35,7 +35,7 @@ from common.schemas import (
 from common.signing import SignedManifest, parse_signed_manifest
 from ingest_server.db import SessionFactory
 from ingest_server.errors import ChunkRefused, Refusal, StoreError, UploadRejected
-from ingest_server.models import Clip, Device, Rejection, Upload, UploadState
+from ingest_server.models import Clip, ClipCheck, Device, Rejection, Upload, UploadState
 from ingest_server.settings import Settings
 from ingest_server.store import Store, clip_path
 
@@ -55,6 +55,14 @@ class Outgoing:
     qos: int = 1
 
 
+UploadKey = tuple[str, str]  # (device id, upload id): an upload id is its device's own name
+
+
+def staging_key(device_id: str, upload_id: str) -> str:
+    """The staging file's name for a device's upload: two devices never share one."""
+    return hashlib.sha256(f"{device_id}/{upload_id}".encode()).hexdigest()[:48]
+
+
 @dataclass
 class _Upload:
     """What the processor keeps in memory about an upload still receiving."""
@@ -67,6 +75,14 @@ class _Upload:
     new_chunks: int = 0
     duplicate_chunks: int = 0
 
+    @property
+    def key(self) -> UploadKey:
+        return (self.device_id, self.upload_id)
+
+    @property
+    def staging(self) -> str:
+        return staging_key(self.device_id, self.upload_id)
+
 
 @dataclass(frozen=True, slots=True)
 class _Final:
@@ -77,6 +93,10 @@ class _Final:
     device_id: str
     state: UploadState
     reject_reason: str | None = None
+
+    @property
+    def key(self) -> UploadKey:
+        return (self.device_id, self.upload_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +143,7 @@ class IngestProcessor:
         clock: Clock | None = None,
         *,
         device_messages: Callable[[topics.UpTopic, bytes], None] | None = None,
-        on_clip_stored: Callable[[str], object] | None = None,
+        on_clip_stored: Callable[[int], object] | None = None,
     ) -> None:
         # Status, heartbeat and event messages go to ``device_messages``; ``on_clip_stored``
         # hears of every clip once it is durable and recorded (checks, verdicts).
@@ -135,9 +155,9 @@ class IngestProcessor:
         self.clock = clock or SystemClock()
         self.counters: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
-        self._uploads: dict[str, _Upload] = {}
+        self._uploads: dict[UploadKey, _Upload] = {}
         # Uploads that reached a final state recently: late chunks need no database lookup.
-        self._finished: OrderedDict[str, _Final] = OrderedDict()
+        self._finished: OrderedDict[UploadKey, _Final] = OrderedDict()
         self._rejections: list[Rejection] = []
         # Chunk complaints wait for the next flush; one per (device, upload, reason) suffices.
         self._deferred: dict[tuple[str, str, str], _Reply] = {}
@@ -211,12 +231,17 @@ class IngestProcessor:
             )
         with self.session_factory() as session:
             device = session.get(Device, up.device_id)
-            public_key = device.public_key if device is not None and device.enabled else None
+            public_key = device.public_key if device is not None else None
+            enabled = device is not None and device.enabled
+        # Both can pass (a camera installed before it is registered; a device re-enabled):
+        # the device keeps the clip and tries again later.
         if public_key is None:
             raise UploadRejected(
-                RejectReason.UNKNOWN_DEVICE,
-                upload_id,
-                f"device {up.device_id} is not registered or is disabled",
+                RejectReason.UNKNOWN_DEVICE, upload_id, f"device {up.device_id} is not registered"
+            )
+        if not enabled:
+            raise UploadRejected(
+                RejectReason.DEVICE_DISABLED, upload_id, f"device {up.device_id} is disabled"
             )
         if manifest.device_id != up.device_id:
             raise UploadRejected(
@@ -243,7 +268,7 @@ class IngestProcessor:
         # Whatever we answer must reflect durable state.
         self._commit_pending()
         with self.session_factory() as session:
-            existing = session.get(Upload, upload_id)
+            existing = session.get(Upload, (upload_id, up.device_id))
         if existing is None:
             existing = self._create_upload(signed, payload)
         if existing is not None:
@@ -275,7 +300,7 @@ class IngestProcessor:
     def _create_upload(self, signed: SignedManifest, payload: bytes) -> Upload | None:
         """Insert a new upload; return the row another worker inserted first, if it did."""
         manifest = signed.manifest
-        self.store.prepare(manifest.upload_id, manifest.size)
+        self.store.prepare(staging_key(manifest.device_id, manifest.upload_id), manifest.size)
         now = self.clock.now()
         row = Upload(
             upload_id=manifest.upload_id,
@@ -297,7 +322,7 @@ class IngestProcessor:
                 session.add(row)
         except IntegrityError:
             with self.session_factory() as session:
-                existing = session.get(Upload, manifest.upload_id)
+                existing = session.get(Upload, (manifest.upload_id, manifest.device_id))
             if existing is None:
                 raise
             return existing
@@ -307,10 +332,6 @@ class IngestProcessor:
     def _reinit(self, row: Upload, signed: SignedManifest, up: topics.UpTopic) -> _Reply:
         """The same upload announced again (a restart, a lost ack): say where it stands."""
         upload_id = row.upload_id
-        if row.device_id != up.device_id:
-            raise UploadRejected(
-                RejectReason.UPLOAD_CONFLICT, upload_id, "this upload id belongs to another device"
-            )
         stored = parse_signed_manifest(row.manifest.encode())
         if stored.signed_bytes != signed.signed_bytes:
             raise UploadRejected(
@@ -332,7 +353,7 @@ class IngestProcessor:
                 reason=reason,
                 detail="this upload was rejected before",
             )
-        self._load(upload_id, fresh=True)
+        self._load(up.device_id, upload_id, fresh=True)
         return _Reply(up.device_id, upload_id, AckState.MISSING, AckReplyTo.INIT)
 
     # ---------------------------------------------------------------- chunks
@@ -351,8 +372,8 @@ class IngestProcessor:
     def _on_chunk(self, up: topics.UpTopic, data: bytes) -> None:
         upload_id = up.upload_id or ""
         offset = up.offset or 0
-        upload = self._load(upload_id)
-        if upload is None or upload.device_id != up.device_id:
+        upload = self._load(up.device_id, upload_id)
+        if upload is None:
             raise UploadRejected(
                 RejectReason.UNKNOWN_UPLOAD, upload_id, f"no upload {upload_id} from {up.device_id}"
             )
@@ -397,7 +418,7 @@ class IngestProcessor:
             self.stats["duplicate_chunks"] += 1
             return
         try:
-            self.store.write_chunk(upload_id, offset, data)
+            self.store.write_chunk(upload.staging, offset, data)
         except StoreError as exc:
             raise ChunkRefused(RejectReason.STORAGE_ERROR, upload_id, str(exc)) from exc
         upload.pending = add(upload.pending, span)
@@ -420,8 +441,8 @@ class IngestProcessor:
                 f"topic names upload {upload_id}, fin {fin.upload_id}",
             )
         self._commit_pending()
-        upload = self._load(upload_id, fresh=True)
-        if upload is None or upload.device_id != up.device_id:
+        upload = self._load(up.device_id, upload_id, fresh=True)
+        if upload is None:
             raise UploadRejected(
                 RejectReason.UNKNOWN_UPLOAD, upload_id, f"no upload {upload_id} from {up.device_id}"
             )
@@ -462,7 +483,7 @@ class IngestProcessor:
         # recognise it by its hash and just finish recording it.
         if self.store.committed_sha256(relative) != manifest.sha256:
             self._verify_staged(upload)
-            self.store.commit(upload_id, relative)
+            self.store.commit(upload.staging, relative)
         self._record_clip(upload, relative)
         return _Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.FIN)
 
@@ -470,7 +491,7 @@ class IngestProcessor:
         """Check the assembled file; drop chunks that went bad on disk so they are re-sent."""
         manifest = upload.manifest
         whole, chunks = self.store.staging_digest(
-            upload.upload_id, manifest.size, manifest.chunk_size
+            upload.staging, manifest.size, manifest.chunk_size
         )
         if whole == manifest.sha256:
             return
@@ -494,7 +515,7 @@ class IngestProcessor:
             for i in bad
         ]
         with self.session_factory.begin() as session:
-            row = session.get(Upload, upload.upload_id, with_for_update=True)
+            row = session.get(Upload, (upload.upload_id, upload.device_id), with_for_update=True)
             if row is None:
                 raise UploadRejected(RejectReason.UNKNOWN_UPLOAD, upload.upload_id, "vanished")
             ranges = row.ranges
@@ -511,55 +532,63 @@ class IngestProcessor:
         )
 
     def _record_clip(self, upload: _Upload, relative: str) -> None:
-        """Insert the clip and mark the upload complete in one transaction."""
+        """Insert the clip, its pending check, and mark the upload complete, in one
+        transaction: a crash after the commit leaves the check queued, never forgotten."""
         manifest = upload.manifest
         now = self.clock.now()
+        clip_id: int | None = None
         try:
             with self.session_factory.begin() as session:
-                row = session.get(Upload, upload.upload_id, with_for_update=True)
+                row = session.get(
+                    Upload, (upload.upload_id, upload.device_id), with_for_update=True
+                )
                 if row is not None and row.state != UploadState.COMPLETE.value:
-                    session.add(
-                        Clip(
-                            upload_id=upload.upload_id,
-                            device_id=manifest.device_id,
-                            session_id=manifest.session_id,
-                            kind=manifest.kind.value,
-                            sha256=manifest.sha256,
-                            size=manifest.size,
-                            path=relative,
-                            requested_start=manifest.requested_start,
-                            requested_end=manifest.requested_end,
-                            cut_start=manifest.cut_start,
-                            cut_end=manifest.cut_end,
-                            duration_s=manifest.duration_s,
-                            frames=manifest.frames,
-                            width=manifest.width,
-                            height=manifest.height,
-                            codec=manifest.codec,
-                            stored_at=now,
-                        )
+                    clip = Clip(
+                        upload_id=upload.upload_id,
+                        device_id=manifest.device_id,
+                        session_id=manifest.session_id,
+                        cmd_id=manifest.cmd_id,
+                        clock_offset_s=manifest.clock_offset_s,
+                        kind=manifest.kind.value,
+                        sha256=manifest.sha256,
+                        size=manifest.size,
+                        path=relative,
+                        requested_start=manifest.requested_start,
+                        requested_end=manifest.requested_end,
+                        cut_start=manifest.cut_start,
+                        cut_end=manifest.cut_end,
+                        duration_s=manifest.duration_s,
+                        frames=manifest.frames,
+                        width=manifest.width,
+                        height=manifest.height,
+                        codec=manifest.codec,
+                        stored_at=now,
                     )
+                    session.add(clip)
+                    session.flush()
+                    clip_id = clip.id
+                    session.add(ClipCheck(clip_id=clip.id, attempts=0))
                     row.state = UploadState.COMPLETE.value
                     row.updated_at = now
         except IntegrityError:
             # Another worker recorded the same clip first: that is the outcome we wanted.
             log.info("upload %s was recorded by another worker", upload.upload_id)
-        self.store.discard(upload.upload_id)
+        self.store.discard(upload.staging)
         self._finish(_Final(upload.upload_id, upload.device_id, UploadState.COMPLETE))
         self.stats["uploads_complete"] += 1
         log.info("upload %s complete: %s (%d bytes)", upload.upload_id, relative, manifest.size)
-        if self.on_clip_stored is not None:
-            self.on_clip_stored(upload.upload_id)
+        if self.on_clip_stored is not None and clip_id is not None:
+            self.on_clip_stored(clip_id)
 
     def _reject_upload(self, upload: _Upload, reason: RejectReason, detail: str) -> None:
         """Mark the upload rejected for good, drop its staged bytes, and raise."""
         with self.session_factory.begin() as session:
-            row = session.get(Upload, upload.upload_id, with_for_update=True)
+            row = session.get(Upload, (upload.upload_id, upload.device_id), with_for_update=True)
             if row is not None:
                 row.state = UploadState.REJECTED.value
                 row.reject_reason = reason.value
                 row.updated_at = self.clock.now()
-        self.store.discard(upload.upload_id)
+        self.store.discard(upload.staging)
         self._finish(_Final(upload.upload_id, upload.device_id, UploadState.REJECTED, reason.value))
         raise UploadRejected(reason, upload.upload_id, detail)
 
@@ -574,7 +603,7 @@ class IngestProcessor:
             if not upload.pending:
                 continue
             try:
-                self.store.sync(upload.upload_id)
+                self.store.sync(upload.staging)
             except StoreError as exc:
                 # Not durable, so not received: the device will be asked for them again.
                 refusal = ChunkRefused(
@@ -587,7 +616,9 @@ class IngestProcessor:
         now = self.clock.now()
         with self.session_factory.begin() as session:
             for upload in dirty:
-                row = session.get(Upload, upload.upload_id, with_for_update=True)
+                row = session.get(
+                    Upload, (upload.upload_id, upload.device_id), with_for_update=True
+                )
                 if row is None or row.state != UploadState.RECEIVING.value:
                     continue
                 # Merge with what is in the database: another worker may have added ranges.
@@ -608,16 +639,17 @@ class IngestProcessor:
 
     # ---------------------------------------------------------------- cache
 
-    def _load(self, upload_id: str, fresh: bool = False) -> _Upload | _Final | None:
+    def _load(self, device_id: str, upload_id: str, fresh: bool = False) -> _Upload | _Final | None:
         """The upload from memory, or from the database (after a restart, or ``fresh``)."""
-        cached = self._uploads.get(upload_id)
+        key = (device_id, upload_id)
+        cached = self._uploads.get(key)
         if cached is not None and not fresh:
             return cached
-        final = self._finished.get(upload_id)
+        final = self._finished.get(key)
         if final is not None:
             return final
         with self.session_factory() as session:
-            row = session.get(Upload, upload_id)
+            row = session.get(Upload, (upload_id, device_id))
         if row is None:
             return None
         if row.state != UploadState.RECEIVING.value:
@@ -636,7 +668,7 @@ class IngestProcessor:
         return upload
 
     def _remember(self, upload: _Upload) -> None:
-        self._uploads[upload.upload_id] = upload
+        self._uploads[upload.key] = upload
         if len(self._uploads) > MAX_CACHED_UPLOADS:
             for key, old in list(self._uploads.items()):
                 if not old.pending and not old.duplicate_chunks:
@@ -644,9 +676,9 @@ class IngestProcessor:
                     break
 
     def _finish(self, final: _Final) -> None:
-        self._uploads.pop(final.upload_id, None)
-        self._finished[final.upload_id] = final
-        self._finished.move_to_end(final.upload_id)
+        self._uploads.pop(final.key, None)
+        self._finished[final.key] = final
+        self._finished.move_to_end(final.key)
         while len(self._finished) > MAX_FINISHED_REMEMBERED:
             self._finished.popitem(last=False)
 
@@ -687,7 +719,7 @@ class IngestProcessor:
     def _emit(self, reply: _Reply) -> Outgoing:
         missing = reply.missing
         if reply.state is AckState.MISSING and missing is None:
-            upload = self._load(reply.upload_id)
+            upload = self._load(reply.device_id, reply.upload_id)
             missing = (
                 missing_ranges(upload.received, upload.manifest.size)
                 if isinstance(upload, _Upload)

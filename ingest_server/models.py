@@ -17,11 +17,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     MetaData,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,13 +79,17 @@ class Device(Base):
 
 
 class Upload(Base):
-    """One file on its way in; ``received_ranges`` only ever lists fsync'ed bytes."""
+    """One file on its way in; ``received_ranges`` only ever lists fsync'ed bytes.
+
+    Keyed by (device, upload id): an upload id is the device's own name for a file, so one
+    device can never take, block or spoil another device's upload by using the same id.
+    """
 
     __tablename__ = "uploads"
 
     upload_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     device_id: Mapped[str] = mapped_column(
-        String(ID_LENGTH), ForeignKey("devices.device_id"), index=True
+        String(ID_LENGTH), ForeignKey("devices.device_id"), primary_key=True, index=True
     )
     # The signed manifest exactly as received (signature included): evidence in itself.
     manifest: Mapped[str] = mapped_column(Text)
@@ -109,18 +115,31 @@ class Upload(Base):
 
 
 class Clip(Base):
-    """A verified file in the evidence store; ``path`` is relative to the store's root."""
+    """A verified file in the evidence store; ``path`` is relative to the store's root.
+
+    Every field comes from the signed manifest it arrived under: ``cmd_id`` names the command
+    (and so the window) it answers, ``clock_offset_s`` the device's clock offset the cut bounds
+    were made with.
+    """
 
     __tablename__ = "clips"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["upload_id", "device_id"],
+            ["uploads.upload_id", "uploads.device_id"],
+            name="fk_clips_upload_id_uploads",
+        ),
+        UniqueConstraint("device_id", "upload_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    upload_id: Mapped[str] = mapped_column(
-        String(ID_LENGTH), ForeignKey("uploads.upload_id"), unique=True
-    )
+    upload_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     device_id: Mapped[str] = mapped_column(
         String(ID_LENGTH), ForeignKey("devices.device_id"), index=True
     )
     session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    cmd_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    clock_offset_s: Mapped[float] = mapped_column(Float, default=0.0)
     kind: Mapped[str] = mapped_column(String(16))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -232,6 +251,9 @@ class ClassSession(Base):
     opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     recorded_s: Mapped[float | None] = mapped_column(Float)
+    # What the camera itself said: its recorded seconds, and its clock offset when it opened.
+    reported_recorded_s: Mapped[float | None] = mapped_column(Float)
+    device_clock_offset_s: Mapped[float | None] = mapped_column(Float)
     verdict: Mapped[str] = mapped_column(String(16), default="pending")
     # JSON list of {"code": ..., "params": {...}}; sentences are rendered per reader language.
     verdict_reasons: Mapped[str] = mapped_column(Text, default="[]")
@@ -253,8 +275,11 @@ class SessionWindow(Base):
     cmd_id: Mapped[str] = mapped_column(String(ID_LENGTH), unique=True)
     requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     request_count: Mapped[int] = mapped_column(Integer, default=0)
+    # What the camera said of its cut (unsigned hints: they may make the server ask, never
+    # make it accept; the proof is a clip whose signed manifest names ``cmd_id``).
     upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     failed_reason: Mapped[str | None] = mapped_column(String(32))
+    failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Photo(Base):
@@ -283,18 +308,27 @@ class Photo(Base):
 
 
 class ClipCheck(Base):
-    """What the video sanity check saw in a stored clip."""
+    """The durable check of a stored clip: written with the clip, in the same transaction, with
+    ``checked_at`` empty (pending); filled in by the checker, which resumes after a restart.
+
+    ``decoded_*`` is what the server's own decoding found (not what the manifest claims);
+    ``error`` says why the clip could not be decoded.
+    """
 
     __tablename__ = "clip_checks"
 
     clip_id: Mapped[int] = mapped_column(Integer, ForeignKey("clips.id"), primary_key=True)
-    black: Mapped[bool] = mapped_column(Boolean)
-    frozen: Mapped[bool] = mapped_column(Boolean)
+    black: Mapped[bool | None] = mapped_column(Boolean)
+    frozen: Mapped[bool | None] = mapped_column(Boolean)
     moved: Mapped[bool | None] = mapped_column(Boolean)
-    mean_luma: Mapped[float] = mapped_column(Float)
-    frozen_fraction: Mapped[float] = mapped_column(Float)
+    mean_luma: Mapped[float | None] = mapped_column(Float)
+    frozen_fraction: Mapped[float | None] = mapped_column(Float)
     reference_similarity: Mapped[float | None] = mapped_column(Float)
-    checked_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    decoded_frames: Mapped[int | None] = mapped_column(Integer)
+    decoded_duration_s: Mapped[float | None] = mapped_column(Float)
+    frame_rate: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
     error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -307,7 +341,10 @@ class DeviceEvent(Base):
     device_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
     event_id: Mapped[str] = mapped_column(String(ID_LENGTH), unique=True)
     type: Mapped[str] = mapped_column(String(32))
+    # Server time (the device's time less the offset it stated), then the device's own.
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+    device_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
     session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
     cmd_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     data: Mapped[str] = mapped_column(Text, default="{}")

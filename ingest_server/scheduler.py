@@ -27,7 +27,16 @@ from common.clock import Clock, SystemClock
 from common.commands import Command, CommandType, Schedule, ScheduledSession
 from ingest_server.db import SessionFactory
 from ingest_server.device_messages import DeviceMessages
-from ingest_server.models import ClassSession, Device, DeviceHealth, SessionState, SessionWindow
+from ingest_server.models import (
+    ClassSession,
+    Clip,
+    Device,
+    DeviceHealth,
+    SessionState,
+    SessionWindow,
+    Upload,
+    UploadState,
+)
 from ingest_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,11 @@ class Scheduler:
         fleet: DeviceMessages,
         recompute: Callable[[set[str]], None],
         clock: Clock | None = None,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
+        # Called on every tick (the clip checker's wake: checks that failed are retried).
+        self.on_tick = on_tick
         self.session_factory = session_factory
         self.fleet = fleet
         self.recompute = recompute
@@ -88,6 +100,8 @@ class Scheduler:
             dirty, self._dirty = self._dirty, set()
             out.extend(self._manual)
             self._manual.clear()
+        if self.on_tick is not None:
+            self.on_tick()
         try:
             self.fleet.sweep_timeouts()
             with self.session_factory.begin() as db:
@@ -165,6 +179,25 @@ class Scheduler:
             db.scalars(select(SessionWindow.id).where(SessionWindow.session_id == session_id)).all()
         )
 
+    def _answered(self, db: Session, window: SessionWindow, device_id: str) -> bool:
+        """Whether the camera's clip for ``window`` is stored or on its way: only then is
+        asking again pointless. A clip's signed manifest names the window's command; the
+        ``cut_done`` hint names the upload that carries it."""
+        stored = db.scalar(
+            select(Clip.id).where(Clip.cmd_id == window.cmd_id, Clip.device_id == device_id)
+        )
+        if stored is not None:
+            return True
+        if not window.upload_id:
+            return False
+        state = db.scalar(
+            select(Upload.state).where(
+                Upload.upload_id == window.upload_id, Upload.device_id == device_id
+            )
+        )
+        # A rejected upload (or none yet: the cut is queued on the device) is asked again.
+        return state == UploadState.RECEIVING.value
+
     def _window_requests(self, db: Session, back_online: set[str]) -> list[Outbound]:
         now = self.clock.now()
         ended_before = now - timedelta(seconds=self.settings.window_request_delay_s)
@@ -175,8 +208,8 @@ class Scheduler:
             .join(ClassSession, ClassSession.id == SessionWindow.session_id)
             .where(
                 SessionWindow.end <= ended_before,
-                SessionWindow.upload_id.is_(None),
                 SessionWindow.failed_reason.is_(None),
+                SessionWindow.request_count < self.settings.window_max_requests,
             )
         ).all()
         for window, session in rows:
@@ -186,7 +219,7 @@ class Scheduler:
             if session_end > ended_before:
                 continue
             device_id = self._device_of(db, session.classroom_id)
-            if device_id is None:
+            if device_id is None or self._answered(db, window, device_id):
                 continue
             online = (
                 db.scalar(select(DeviceHealth.status).where(DeviceHealth.device_id == device_id))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from common.clock import utc_now
 from common.schemas import Event, EventType
+from ingest_server.facts import recording_events
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -21,7 +22,6 @@ from ingest_server.models import (
     FeedEvent,
     SessionState,
     SessionWindow,
-    Upload,
 )
 from ingest_server.rules.verdict import recorded_seconds
 from ingest_server.rules.windows import draw_windows
@@ -100,8 +100,21 @@ def append_feed(db: Session, kind: str, session_id: str | None, payload: dict[st
     )
 
 
+def server_time(event: Event) -> datetime:
+    """When ``event`` happened in server time: its device time less the offset it stated."""
+    try:
+        return event.at - timedelta(seconds=event.clock_offset_s or 0.0)
+    except OverflowError:
+        return event.at
+
+
 def record_device_event(db: Session, event: Event) -> set[str]:
-    """Keep a device's event and apply it to its session; return the sessions it touched."""
+    """Keep a device's event and apply it to its session; return the sessions it touched.
+
+    Times are stored in server time (``server_time``), beside the device's own and its offset.
+    Only the camera of a session's classroom may speak for it; a stop of a session whose start
+    was never reported changes nothing.
+    """
     if db.scalar(select(DeviceEvent.id).where(DeviceEvent.event_id == event.event_id)):
         return set()  # a redelivery
     classroom_id = db.scalar(select(Device.classroom_id).where(Device.device_id == event.device_id))
@@ -123,7 +136,9 @@ def record_device_event(db: Session, event: Event) -> set[str]:
             device_id=event.device_id,
             event_id=event.event_id,
             type=event.type.value,
-            at=event.at,
+            at=server_time(event),
+            device_at=event.at,
+            clock_offset_s=event.clock_offset_s,
             session_id=event.session_id,
             cmd_id=event.cmd_id,
             data=json.dumps(event.data, default=str),
@@ -139,21 +154,30 @@ def record_device_event(db: Session, event: Event) -> set[str]:
                 window.failed_reason = None
             elif event.type == EventType.CUT_FAILED:
                 window.failed_reason = str(event.data.get("reason") or "cut_failed")[:32]
+                window.failed_at = utc_now()
             touched.add(window.session_id)
     session = db.get(ClassSession, event.session_id) if event.session_id else None
     if session is None:
         return touched
     touched.add(session.id)
+    at = server_time(event)
     if event.type == EventType.SESSION_STARTED:
-        if session.opened_at is None or event.at < session.opened_at:
-            session.opened_at = event.at
+        if session.opened_at is None or at < session.opened_at:
+            session.opened_at = at
+            session.device_clock_offset_s = event.clock_offset_s
         if session.state == SessionState.SCHEDULED.value:
             session.state = SessionState.OPEN.value
-            append_feed(db, "session_opened", session.id, {"at": event.at.isoformat()})
+            append_feed(db, "session_opened", session.id, {"at": at.isoformat()})
     elif event.type == EventType.SESSION_STOPPED:
-        session.closed_at = event.at
+        if session.opened_at is None:
+            log.warning("session_stopped of %s, never started; ignored", session.id)
+            return touched
+        session.closed_at = at
         session.state = SessionState.CLOSED.value
-        append_feed(db, "session_closed", session.id, {"at": event.at.isoformat()})
+        reported = event.data.get("recorded_s")
+        if isinstance(reported, int | float) and not isinstance(reported, bool):
+            session.reported_recorded_s = float(reported)
+        append_feed(db, "session_closed", session.id, {"at": at.isoformat()})
     if event.type in (
         EventType.SESSION_STARTED,
         EventType.SESSION_STOPPED,
@@ -165,36 +189,26 @@ def record_device_event(db: Session, event: Event) -> set[str]:
 
 def session_recorded_seconds(db: Session, session_id: str) -> float | None:
     """The recorded duration from the device's started/stopped/gap events."""
-    from ingest_server.facts import recording_events
-
     return recorded_seconds(recording_events(db, session_id))
 
 
 def link_clip(db: Session, clip: Clip) -> str | None:
-    """Attach a stored clip to its window (by the cut's upload id, else by the command id its
-    signed manifest names, should the ``cut_done`` event come later); return the session."""
-    window = db.scalar(select(SessionWindow).where(SessionWindow.upload_id == clip.upload_id))
-    by_command = False
-    if window is None:
-        upload = db.get(Upload, clip.upload_id)
-        cmd_id = json.loads(upload.manifest).get("cmd_id") if upload else None
-        if cmd_id:
-            window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == cmd_id))
-            by_command = window is not None
-    session_id = window.session_id if window else clip.session_id
-    session = db.get(ClassSession, session_id) if session_id else None
+    """The session whose window a stored clip answers, by the command its signed manifest
+    names, when the clip comes from that session's classroom camera (else ``None``: another
+    camera's clip is kept as evidence but speaks for no session of another classroom)."""
+    if not clip.cmd_id:
+        return None
+    window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == clip.cmd_id))
+    session = db.get(ClassSession, window.session_id) if window else None
     if session is None:
         return None
     device = db.get(Device, clip.device_id)
     if device is None or device.classroom_id != session.classroom_id:
-        # Evidence for a session comes from its classroom's camera, and from no other.
         log.warning(
-            "clip %s from %s names session %s of another classroom; not linked",
+            "clip %s from %s answers a window of session %s of another classroom",
             clip.upload_id,
             clip.device_id,
             session.id,
         )
-        return None
-    if by_command and window is not None and window.upload_id is None:
-        window.upload_id = clip.upload_id
+    # Either way the session's verdict has a new fact to weigh.
     return session.id

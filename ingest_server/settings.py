@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     window_request_delay_s: float = Field(default=10.0, ge=0)
     # A cut asked for but not answered is asked again this often while the device is online.
     window_retry_s: float = Field(default=600.0, gt=0)
+    # How many times a window is asked for at most (the first request included): again when
+    # its camera comes back online or stays silent, or its upload was refused.
+    window_max_requests: int = Field(default=8, ge=1)
     duration_tolerance_s: float = Field(default=300.0, ge=0)
     photo_tolerance_s: float = Field(default=900.0, ge=0)
     photo_grace_s: float = Field(default=3600.0, ge=0)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.commands import Command, CommandType
 from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.facts import window_evidence
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -24,6 +25,7 @@ from ingest_server.models import (
     Photo,
     SessionWindow,
 )
+from ingest_server.rules.clip_proof import best_proof
 from ingest_server.rules.reasons import Reason, pick_language, render
 
 router = APIRouter()
@@ -44,12 +46,19 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
         select(SessionWindow).where(SessionWindow.session_id == row.id).order_by(SessionWindow.idx)
     ).all()
     shown = []
+    installed = db.scalar(
+        select(Device.device_id).where(
+            Device.classroom_id == row.classroom_id, Device.enabled.is_(True)
+        )
+    )
     session_end = row.scheduled_start + timedelta(seconds=row.duration_s)
     for w in windows:
         # Shown once the session is over (not merely the window), as the requests are.
         if w.end > now or session_end > now:
             continue
-        clip = db.scalar(select(Clip).where(Clip.upload_id == w.upload_id)) if w.upload_id else None
+        evidence = window_evidence(db, w)
+        proof = best_proof(evidence.facts, evidence.clips, installed or "")
+        clip = db.get(Clip, proof.clip.clip_id) if proof else None
         shown.append(
             {
                 "index": w.idx,
@@ -58,12 +67,18 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
                 "requested_at": w.requested_at.isoformat() if w.requested_at else None,
                 "clip": {
                     "upload_id": clip.upload_id,
+                    "device_id": clip.device_id,
                     "path": clip.path,
                     "sha256": clip.sha256,
                     "duration_s": clip.duration_s,
+                    "cut_start": clip.cut_start.isoformat(),
+                    "cut_end": clip.cut_end.isoformat(),
+                    "clock_offset_s": clip.clock_offset_s,
+                    "proof": str(proof.outcome),
                 }
-                if clip
+                if clip and proof
                 else None,
+                "clips_offered": len(evidence.clips),
                 "failed_reason": w.failed_reason,
             }
         )
@@ -78,6 +93,8 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
         "scheduled_start": row.scheduled_start.isoformat(),
         "duration_s": row.duration_s,
         "state": row.state,
+        "reported_recorded_s": row.reported_recorded_s,
+        "device_clock_offset_s": row.device_clock_offset_s,
         "opened_at": row.opened_at.isoformat() if row.opened_at else None,
         "closed_at": row.closed_at.isoformat() if row.closed_at else None,
         "recorded_s": row.recorded_s,

@@ -43,6 +43,12 @@ def run_migrations_online() -> None:
     engine = given or make_engine(_database_url())
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Rebuilding a table that others refer to (batch mode) needs foreign keys off;
+                # SQLite ignores this pragma inside a transaction, so it goes before BEGIN,
+                # and every reference is checked before the migration commits.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
@@ -55,6 +61,12 @@ def run_migrations_online() -> None:
             )
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
     finally:
         if given is None:
             engine.dispose()

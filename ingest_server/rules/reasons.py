@@ -39,8 +39,16 @@ class ReasonCode(StrEnum):
     # hard
     SHORT_DURATION = "short_duration"
     RECORDING_UNREPORTED = "recording_unreported"
+    RECORDING_INCONSISTENT = "recording_inconsistent"
     CLIP_MISSING = "clip_missing"
-    CLIP_SIGNATURE_INVALID = "clip_signature_invalid"
+    CLIP_NOT_RECORDED = "clip_not_recorded"
+    CLIP_WRONG_DEVICE = "clip_wrong_device"
+    CLIP_WRONG_WINDOW = "clip_wrong_window"
+    CLIP_UNREADABLE = "clip_unreadable"
+    CLIP_TOO_SHORT = "clip_too_short"
+    CLIP_OUTSIDE_WINDOW = "clip_outside_window"
+    CLIP_FRAMES_MISMATCH = "clip_frames_mismatch"
+    CLIP_DUPLICATE = "clip_duplicate"
     VIDEO_BLACK = "video_black"
     VIDEO_FROZEN = "video_frozen"
     PHOTO_MISSING = "photo_missing"
@@ -51,6 +59,7 @@ class ReasonCode(StrEnum):
     PHOTO_REUSED = "photo_reused"
     # warnings
     CAMERA_OFFLINE = "camera_offline"
+    DEVICE_CLOCK_SKEWED = "device_clock_skewed"
     CAMERA_MOVED = "camera_moved"
     # pending
     SESSION_IN_PROGRESS = "session_in_progress"
@@ -68,8 +77,16 @@ SEVERITY: dict[ReasonCode, Severity] = {
         for code in (
             _C.SHORT_DURATION,
             _C.RECORDING_UNREPORTED,
+            _C.RECORDING_INCONSISTENT,
             _C.CLIP_MISSING,
-            _C.CLIP_SIGNATURE_INVALID,
+            _C.CLIP_NOT_RECORDED,
+            _C.CLIP_WRONG_DEVICE,
+            _C.CLIP_WRONG_WINDOW,
+            _C.CLIP_UNREADABLE,
+            _C.CLIP_TOO_SHORT,
+            _C.CLIP_OUTSIDE_WINDOW,
+            _C.CLIP_FRAMES_MISMATCH,
+            _C.CLIP_DUPLICATE,
             _C.VIDEO_BLACK,
             _C.VIDEO_FROZEN,
             _C.PHOTO_MISSING,
@@ -82,6 +99,7 @@ SEVERITY: dict[ReasonCode, Severity] = {
     },
     _C.CAMERA_OFFLINE: Severity.WARNING,
     _C.CAMERA_MOVED: Severity.WARNING,
+    _C.DEVICE_CLOCK_SKEWED: Severity.WARNING,
     **{
         code: Severity.PENDING
         for code in (
@@ -110,13 +128,55 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         "en": "The session was due to end at {end_at}, but the camera has not reported the end"
         " of its recording",
     },
-    _C.CLIP_MISSING: {
-        "zh-CN": _CLIP_ZH + "在抽检时段结束 {waited_h} 小时后仍未上传",
-        "en": _CLIP_EN + " has still not arrived {waited_h} h after the window ended",
+    _C.RECORDING_INCONSISTENT: {
+        "zh-CN": "服务器按设备上报的开始、结束与中断算得录制 {computed_min} 分钟，"
+        "设备自报 {reported_min} 分钟，相差超过 {limit_min} 分钟",
+        "en": "The camera's start, stop and gap reports add up to {computed_min} min of"
+        " recording, but the camera reported {reported_min} min: more than {limit_min} min apart",
     },
-    _C.CLIP_SIGNATURE_INVALID: {
-        "zh-CN": _CLIP_ZH + "的签名无效，可能已被篡改",
-        "en": _CLIP_EN + " has an invalid signature and may have been tampered with",
+    _C.CLIP_MISSING: {
+        "zh-CN": _CLIP_ZH + "在首次索取后 {waited_h} 小时（设备在线时间）仍未上传",
+        "en": _CLIP_EN + " has still not arrived {waited_h} h (of camera online time) after it"
+        " was first requested",
+    },
+    _C.CLIP_NOT_RECORDED: {
+        "zh-CN": _CLIP_ZH + "无法截取：设备报告该时段没有录像（{detail}）",
+        "en": _CLIP_EN + " cannot be cut: the camera reports no recording of it ({detail})",
+    },
+    _C.CLIP_WRONG_DEVICE: {
+        "zh-CN": _CLIP_ZH + "来自设备 {device_id}，而不是本教室安装的设备 {installed_device_id}",
+        "en": _CLIP_EN + " came from device {device_id}, not from {installed_device_id}, the"
+        " camera installed in this classroom",
+    },
+    _C.CLIP_WRONG_WINDOW: {
+        "zh-CN": _CLIP_ZH + "的签名清单对应的是另一条指令（{cmd_id}）",
+        "en": _CLIP_EN + "'s signed manifest answers another command ({cmd_id})",
+    },
+    _C.CLIP_UNREADABLE: {
+        "zh-CN": _CLIP_ZH + "无法解码，不是有效视频（{detail}）",
+        "en": _CLIP_EN + " cannot be decoded as video ({detail})",
+    },
+    _C.CLIP_TOO_SHORT: {
+        "zh-CN": _CLIP_ZH + "只有 {clip_s} 秒，抽检时段为 {window_s} 秒",
+        "en": _CLIP_EN + " lasts only {clip_s} s of the {window_s} s window",
+    },
+    _C.CLIP_OUTSIDE_WINDOW: {
+        "zh-CN": _CLIP_ZH + "实际录制于 {clip_start_at} 至 {clip_end_at}（按设备时钟偏差"
+        " {clock_offset_s} 秒换算），仅覆盖抽检时段的 {covered_pct}%，要求至少 {required_pct}%",
+        "en": _CLIP_EN + " was recorded from {clip_start_at} to {clip_end_at} (device clock"
+        " offset {clock_offset_s} s applied) and covers only {covered_pct}% of the window;"
+        " at least {required_pct}% is required",
+    },
+    _C.CLIP_FRAMES_MISMATCH: {
+        "zh-CN": _CLIP_ZH
+        + "解码得到 {frames} 帧、{decoded_s} 秒（{fps} 帧/秒，应约 {expected_frames}"
+        " 帧），设备声称 {stated_s} 秒，二者不符",
+        "en": _CLIP_EN + " decodes to {frames} frames over {decoded_s} s at {fps} fps (about"
+        " {expected_frames} expected) while the camera states {stated_s} s: they do not fit",
+    },
+    _C.CLIP_DUPLICATE: {
+        "zh-CN": _CLIP_ZH + "与已用于 {other_window} 的视频完全相同",
+        "en": _CLIP_EN + " is byte for byte the clip already given for {other_window}",
     },
     _C.VIDEO_BLACK: {
         "zh-CN": _CLIP_ZH + "画面全黑",
@@ -158,6 +218,11 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         "zh-CN": "上课期间设备离线 {offline_min} 分钟，超过 {limit_min} 分钟",
         "en": "The camera was offline for {offline_min} min during the session, more than"
         " {limit_min} min",
+    },
+    _C.DEVICE_CLOCK_SKEWED: {
+        "zh-CN": "设备时钟偏差 {clock_offset_s} 秒（设备时间减服务器时间），已按服务器时间换算",
+        "en": "The camera's clock was {clock_offset_s} s off (camera minus server time);"
+        " its times were converted to server time",
     },
     _C.CAMERA_MOVED: {
         "zh-CN": _CLIP_ZH + "与教室参考画面不符，摄像头可能被移动或调换",

@@ -31,6 +31,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from common.clock import to_utc
+from ingest_server.rules.clip_proof import (
+    ClipFacts,
+    ProofOutcome,
+    ProofPolicy,
+    WindowFacts,
+    best_proof,
+)
 from ingest_server.rules.photo_match import (
     PhotoFacts,
     PhotoKind,
@@ -49,14 +56,6 @@ class VerdictState(StrEnum):
     VERIFIED = "verified"
     PENDING = "pending"
     REJECTED = "rejected"
-
-
-class ClipStatus(StrEnum):
-    """Where a window's clip is: not arrived, upload under way, or stored and verified."""
-
-    MISSING = "missing"
-    PENDING = "pending"
-    STORED = "stored"
 
 
 class RecordingEventKind(StrEnum):
@@ -87,14 +86,22 @@ class RecordingEvent:
 
 @dataclass(frozen=True, slots=True)
 class WindowEvidence:
-    """A drawn window and what is known of its clip (flags apply to a stored clip)."""
+    """A drawn window and what came of it.
 
-    window: Window
-    status: ClipStatus = ClipStatus.MISSING
-    signature_valid: bool = True
-    black: bool = False
-    frozen: bool = False
-    moved: bool = False
+    ``clips``: every stored clip whose signed manifest names this window's command, from any
+    device (the proof rule says which, if any, proves it). ``requested_at``: when the server
+    first asked for it (``None``: not yet). ``cut_failed``: the camera's word that it cannot
+    cut the window (no recording of it), with its detail.
+    """
+
+    facts: WindowFacts
+    clips: tuple[ClipFacts, ...] = ()
+    requested_at: datetime | None = None
+    cut_failed: str | None = None
+
+    @property
+    def window(self) -> Window:
+        return self.facts.window
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +117,17 @@ class PhotoEvidence:
 class SessionEvidence:
     """Everything known about a session, as plain data.
 
-    ``recorded_s`` is ``None`` until the device has reported the session stopped (see
-    ``recorded_seconds``). ``offline`` lists the device's offline intervals from the session's
+    ``recorded_s`` is ``None`` until the device has reported the session started and stopped
+    (see ``recorded_seconds``); ``reported_recorded_s`` is what the camera itself said it
+    recorded, ``device_clock_offset_s`` its clock's offset (camera minus server) when it
+    opened the session. ``offline`` lists the device's offline intervals from the session's
     start up to now.
     """
 
     session: SessionFacts
     recorded_s: float | None = None
+    reported_recorded_s: float | None = None
+    device_clock_offset_s: float | None = None
     windows: tuple[WindowEvidence, ...] = ()
     photos: tuple[PhotoEvidence, ...] = ()
     offline: tuple[Interval, ...] = ()
@@ -127,17 +138,25 @@ class SessionEvidence:
 class VerdictPolicy:
     """Grace periods and limits of ``judge``.
 
-    A clip (or the recording report) is missing once the device has been online for
-    ``clip_grace_s`` since it was due, or ``clip_deadline_s`` has passed regardless (the spool
-    keeps a session about a week; past that it cannot come). A photo is missing
-    ``photo_grace_s`` after the session's end. All three are inclusive: at exactly the grace,
-    the evidence is missing.
+    A clip is missing once the device has been online for ``clip_grace_s`` since the server
+    first asked for it (windows are asked for only after the class, so counting from the
+    window's end would reject honest classes on their way to being verified), or
+    ``clip_deadline_s`` after the session's end regardless (the spool keeps a session about a
+    week; past that it cannot come). The recording report likewise, counted from the end. A
+    photo is missing ``photo_grace_s`` after the session's end. All are inclusive: at exactly
+    the grace, the evidence is missing. The camera's own recorded seconds may differ from the
+    server's sum of its reports by ``recording_disagreement_s`` (or that share of the preset
+    duration, whichever is more); a clock offset beyond ``skew_warning_s`` is shown.
     """
 
     clip_grace_s: float = DAY_S
     clip_deadline_s: float = 7 * DAY_S
     photo_grace_s: float = 2 * 3600.0
     offline_limit_s: float = 600.0
+    recording_disagreement_s: float = 120.0
+    recording_disagreement_share: float = 0.05
+    skew_warning_s: float = 60.0
+    proof: ProofPolicy = field(default_factory=ProofPolicy)
 
 
 @dataclass(frozen=True)
@@ -237,11 +256,14 @@ def _window_params(number: int, window: Window) -> dict[str, str | int | float]:
 
 
 def _overdue(
-    evidence: SessionEvidence, since: datetime, now: datetime, policy: VerdictPolicy
+    evidence: SessionEvidence, since: datetime | None, now: datetime, policy: VerdictPolicy
 ) -> bool:
-    waited = (now - since).total_seconds()
-    online = online_seconds(evidence, since, now)
-    return online >= policy.clip_grace_s or waited >= policy.clip_deadline_s
+    """Online for the grace since ``since``, or past the deadline after the session's end."""
+    if (now - evidence.session.end).total_seconds() >= policy.clip_deadline_s:
+        return True
+    if since is None:
+        return False
+    return online_seconds(evidence, to_utc(since), now) >= policy.clip_grace_s
 
 
 def _duration_reasons(
@@ -252,6 +274,20 @@ def _duration_reasons(
         if _overdue(evidence, session.end, now, policy):
             return [Reason(ReasonCode.RECORDING_UNREPORTED, {"end_at": _iso(session.end)})]
         return [Reason(ReasonCode.AWAITING_RECORDING_REPORT)]
+    reasons = []
+    reported = evidence.reported_recorded_s
+    if reported is not None:
+        limit = max(
+            policy.recording_disagreement_s,
+            policy.recording_disagreement_share * session.preset_duration_s,
+        )
+        if abs(reported - evidence.recorded_s) > limit:
+            params = {
+                "computed_min": _floor1(evidence.recorded_s / 60),
+                "reported_min": _floor1(reported / 60),
+                "limit_min": limit / 60,
+            }
+            reasons.append(Reason(ReasonCode.RECORDING_INCONSISTENT, params))
     required = session.preset_duration_s - evidence.duration_tolerance_s
     if evidence.recorded_s < required:
         params = {
@@ -259,8 +295,44 @@ def _duration_reasons(
             "preset_min": session.preset_duration_s / 60,
             "tolerance_min": evidence.duration_tolerance_s / 60,
         }
-        return [Reason(ReasonCode.SHORT_DURATION, params)]
-    return []
+        reasons.append(Reason(ReasonCode.SHORT_DURATION, params))
+    return reasons
+
+
+def _window_reason(
+    evidence: SessionEvidence, item: WindowEvidence, now: datetime, policy: VerdictPolicy
+) -> list[Reason]:
+    """What one window's evidence says: proven (with what its video shows), failed, awaited
+    or missing. Another camera's clip neither proves a window nor, while the right one may
+    still come, rejects it."""
+    window = item.window
+    params = _window_params(item.facts.number, window)
+    installed = evidence.session.device_id
+    proof = best_proof(item.facts, item.clips, installed, policy.proof)
+    if proof is not None and proof.outcome is ProofOutcome.PROVEN:
+        decoded = proof.clip.decoded
+        assert decoded is not None  # proven clips were decoded
+        flags = (
+            (decoded.black, ReasonCode.VIDEO_BLACK),
+            (decoded.frozen, ReasonCode.VIDEO_FROZEN),
+            (decoded.moved, ReasonCode.CAMERA_MOVED),
+        )
+        return [Reason(code, params) for flag, code in flags if flag]
+    own = proof is not None and proof.clip.device_id == installed
+    if proof is not None and own and proof.outcome is ProofOutcome.FAILED:
+        return list(proof.reasons)
+    if proof is not None and own:
+        return [Reason(ReasonCode.CLIP_AWAITED, {**params, "status": "checking"})]
+    if item.cut_failed is not None:
+        return [Reason(ReasonCode.CLIP_NOT_RECORDED, {**params, "detail": item.cut_failed})]
+    if _overdue(evidence, item.requested_at, now, policy):
+        if proof is not None:  # only other cameras' clips came
+            return list(proof.reasons)
+        since = item.requested_at or evidence.session.end
+        waited_h = _floor1((now - to_utc(since)).total_seconds() / 3600)
+        return [Reason(ReasonCode.CLIP_MISSING, {**params, "waited_h": waited_h})]
+    status = "requested" if item.requested_at is not None else "not_requested"
+    return [Reason(ReasonCode.CLIP_AWAITED, {**params, "status": status})]
 
 
 def _window_reasons(
@@ -269,35 +341,19 @@ def _window_reasons(
     if not evidence.windows:
         return [Reason(ReasonCode.WINDOWS_NOT_DRAWN)]
     reasons = []
-    for number, item in enumerate(sorted(evidence.windows, key=lambda w: w.window), start=1):
-        window = item.window
-        if to_utc(window.end) > now:
-            reasons.append(Reason(ReasonCode.WINDOW_NOT_DUE, {"window_no": number}))
-            continue
-        params = _window_params(number, window)
-        if item.status == ClipStatus.STORED:
-            if not item.signature_valid:
-                # Nothing else about an unauthenticated clip is worth saying.
-                reasons.append(Reason(ReasonCode.CLIP_SIGNATURE_INVALID, params))
-                continue
-            for flag, code in (
-                (item.black, ReasonCode.VIDEO_BLACK),
-                (item.frozen, ReasonCode.VIDEO_FROZEN),
-                (item.moved, ReasonCode.CAMERA_MOVED),
-            ):
-                if flag:
-                    reasons.append(Reason(code, params))
-        elif _overdue(evidence, to_utc(window.end), now, policy):
-            waited_h = _floor1((now - to_utc(window.end)).total_seconds() / 3600)
-            reasons.append(
-                Reason(
-                    ReasonCode.CLIP_MISSING,
-                    {**params, "waited_h": waited_h, "status": str(item.status)},
-                )
-            )
+    for item in sorted(evidence.windows, key=lambda w: w.facts.number):
+        if to_utc(item.window.end) > now:
+            reasons.append(Reason(ReasonCode.WINDOW_NOT_DUE, {"window_no": item.facts.number}))
         else:
-            reasons.append(Reason(ReasonCode.CLIP_AWAITED, {**params, "status": str(item.status)}))
+            reasons += _window_reason(evidence, item, now, policy)
     return reasons
+
+
+def _skew_reasons(evidence: SessionEvidence, policy: VerdictPolicy) -> list[Reason]:
+    offset = evidence.device_clock_offset_s
+    if offset is None or abs(offset) <= policy.skew_warning_s:
+        return []
+    return [Reason(ReasonCode.DEVICE_CLOCK_SKEWED, {"clock_offset_s": round(offset, 1)})]
 
 
 def _best_photo(candidates: list[PhotoEvidence]) -> PhotoEvidence:
@@ -370,6 +426,7 @@ def judge(
     else:
         reasons += _duration_reasons(evidence, now, policy)
         reasons += _window_reasons(evidence, now, policy)
+        reasons += _skew_reasons(evidence, policy)
     for kind in (PhotoKind.OPENING, PhotoKind.CLOSING):
         reasons += _photo_reasons(evidence, kind, now, policy)
     reasons += _offline_reasons(evidence, now, policy)

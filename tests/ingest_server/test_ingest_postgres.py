@@ -37,7 +37,7 @@ def test_happy_path_on_postgresql(
     assert stored.read_bytes() == upload.data
     with pg_harness.sessions() as session:
         clip = session.scalars(select(Clip)).one()
-        row = session.get(Upload, "up-pg")
+        row = session.get(Upload, ("up-pg", "dev-1"))
     assert clip.sha256 == upload.manifest.sha256
     assert clip.cut_start == upload.manifest.cut_start  # timezone-aware round trip
     assert row is not None and row.state == "complete" and row.chunks_received == 4

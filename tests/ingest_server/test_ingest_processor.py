@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from common import topics
 from common.schemas import Ack, AckReplyTo, AckState, RejectReason
 from common.signing import generate_private_key
+from ingest_server.ingest import staging_key
 from ingest_server.models import Clip, Rejection, Upload
 
 
@@ -34,7 +35,7 @@ def _rejections(harness: Harness) -> list[Rejection]:
 
 def _upload_row(harness: Harness, upload_id: str) -> Upload | None:
     with harness.sessions() as session:
-        return session.get(Upload, upload_id)
+        return session.get(Upload, (upload_id, "dev-1"))
 
 
 def _clip_count(harness: Harness) -> int:
@@ -66,7 +67,7 @@ def test_happy_path_stores_identical_bytes_records_clip_and_acks_complete(
     assert stored_files(harness.store.root) == [harness.store.root / relative]  # staging gone
     with harness.sessions() as session:
         clip = session.scalars(select(Clip)).one()
-        row = session.get(Upload, "up-1")
+        row = session.get(Upload, ("up-1", "dev-1"))
     assert clip.path == relative and clip.sha256 == upload.manifest.sha256
     assert clip.size == upload.manifest.size and clip.session_id == "sess-1"
     assert clip.cut_start == upload.manifest.cut_start
@@ -158,7 +159,7 @@ def test_chunk_corrupted_on_disk_is_asked_for_again(
     harness.send(upload.init_topic(), upload.init_payload)
     harness.send_chunks(upload)
     harness.flush()
-    staging = harness.store.staging_path("up-1")
+    staging = harness.store.staging_path(staging_key("dev-1", "up-1"))
     with staging.open("r+b") as fh:  # a flipped bit in chunk 2, after it was verified
         fh.seek(2 * 4096 + 17)
         byte = fh.read(1)
@@ -189,7 +190,7 @@ def test_fin_finishes_when_a_crash_left_the_clip_committed_but_unrecorded(
     harness.send_chunks(upload)
     harness.flush()
     # The crash: the store move happened, the database transaction did not.
-    harness.store.commit("up-1", "clips/dev-1/2026-03-02/up-1.mp4")
+    harness.store.commit(staging_key("dev-1", "up-1"), "clips/dev-1/2026-03-02/up-1.mp4")
     harness.restart()
     [ack] = harness.send(upload.fin_topic(), upload.fin_payload())
     assert ack.state is AckState.COMPLETE
@@ -283,7 +284,10 @@ def test_upload_of_another_device_is_unknown_to_a_device(
     harness.send(topics.file_chunk("dev-2", "up-1", offset), data)
     [ack] = harness.flush()
     assert (ack.state, ack.reason) == (AckState.REJECTED, RejectReason.UNKNOWN_UPLOAD)
-    assert harness.store.staging_path("up-1").read_bytes() == b"\0" * upload.manifest.size
+    assert (
+        harness.store.staging_path(staging_key("dev-1", "up-1")).read_bytes()
+        == b"\0" * upload.manifest.size
+    )
 
 
 @pytest.mark.parametrize(

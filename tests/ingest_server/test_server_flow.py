@@ -529,9 +529,11 @@ def test_no_verdict_names_a_window_before_the_scheduled_end_even_after_an_early_
     assert "session_in_progress" not in codes and codes
 
 
-def test_a_clip_from_another_classrooms_camera_is_not_linked(world: dict[str, Any]):
+def test_a_clip_from_another_classrooms_camera_does_not_prove_the_window(world: dict[str, Any]):
     from common.schemas import ClipKind
+    from ingest_server.facts import window_evidence
     from ingest_server.models import Clip, Device, Upload
+    from ingest_server.rules.clip_proof import ProofOutcome, best_proof
     from ingest_server.sessions import link_clip
 
     factory, clock = world["factory"], world["clock"]
@@ -570,6 +572,7 @@ def test_a_clip_from_another_classrooms_camera_is_not_linked(world: dict[str, An
                     upload_id=upload_id,
                     device_id=device,
                     session_id="s1",
+                    cmd_id=window.cmd_id,
                     kind=ClipKind.CLIP.value,
                     sha256="0" * 64,
                     size=1,
@@ -585,12 +588,21 @@ def test_a_clip_from_another_classrooms_camera_is_not_linked(world: dict[str, An
                 )
             )
     with factory.begin() as db:
+        # Both are facts of s1 (its verdict is recomputed), and neither sets the window.
         stranger = db.query(Clip).filter_by(upload_id="u-stranger").one()
-        assert link_clip(db, stranger) is None
-        assert db.query(SessionWindow).filter_by(idx=0).one().upload_id is None
+        assert link_clip(db, stranger) == "s1"
         own = db.query(Clip).filter_by(upload_id="u-own").one()
         assert link_clip(db, own) == "s1"
-        assert db.query(SessionWindow).filter_by(idx=0).one().upload_id == "u-own"
+        window = db.query(SessionWindow).filter_by(session_id="s1", idx=0).one()
+        assert window.upload_id is None
+        evidence = window_evidence(db, window)
+    assert {c.device_id for c in evidence.clips} == {"cam-1", "cam-2"}
+    proof = best_proof(evidence.facts, evidence.clips, "cam-1")
+    assert proof is not None and proof.clip.device_id == "cam-1"
+    stranger_only = tuple(c for c in evidence.clips if c.device_id == "cam-2")
+    proof = best_proof(evidence.facts, stranger_only, "cam-1")
+    assert proof is not None and proof.outcome is ProofOutcome.FAILED
+    assert [r.code.value for r in proof.reasons] == ["clip_wrong_device"]
 
 
 def test_the_same_photo_in_another_session_is_reused_a_new_one_is_not(world: dict[str, Any]):

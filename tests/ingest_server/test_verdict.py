@@ -6,11 +6,13 @@ import math
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from common.geo import EARTH_MEAN_RADIUS_M, Coordinate, Datum, convert
+from ingest_server.rules.clip_proof import ClipFacts, DecodedClip, WindowFacts
 from ingest_server.rules.photo_match import (
     PhotoFacts,
     PhotoKind,
@@ -30,7 +32,6 @@ from ingest_server.rules.reasons import (
 )
 from ingest_server.rules.session import ClassroomFacts, SessionFacts
 from ingest_server.rules.verdict import (
-    ClipStatus,
     Interval,
     PhotoEvidence,
     RecordingEvent,
@@ -90,9 +91,50 @@ def make_photo(
     return PhotoEvidence(facts, photo_match(facts, session, ROOM), reused_from)
 
 
+class ClipStatus(StrEnum):
+    """How far a window's clip got, for building table rows."""
+
+    MISSING = "missing"  # asked for, nothing stored yet (an upload under way is the same)
+    CHECKING = "checking"  # stored, not decoded yet
+    STORED = "stored"  # stored and decoded: it proves its window
+
+
+def good_clip(window: WindowFacts, **decoded) -> ClipFacts:
+    """The installed camera's honest clip of ``window``, decoded: 60 s at 15 fps."""
+    return ClipFacts(
+        clip_id=window.number,
+        upload_id=f"u-{window.number}",
+        device_id="dev-1",
+        cmd_id=window.cmd_id,
+        sha256=f"{window.number:064x}",
+        cut_start=window.window.start,
+        cut_end=window.window.end,
+        clock_offset_s=0.0,
+        duration_s=60.0,
+        frames=900,
+        decoded=DecodedClip(frames=900, duration_s=60.0, frame_rate=15.0, **decoded),
+    )
+
+
+def window_evidence(
+    facts: WindowFacts, requested: datetime, status: ClipStatus = ClipStatus.STORED, **decoded
+) -> WindowEvidence:
+    if status is ClipStatus.MISSING:
+        return WindowEvidence(facts, (), requested)
+    clip = good_clip(facts, **decoded)
+    if status is ClipStatus.CHECKING:
+        clip = replace(clip, decoded=None)
+    return WindowEvidence(facts, (clip,), requested)
+
+
 def make_windows(session: SessionFacts, status: ClipStatus = ClipStatus.STORED) -> tuple:
     starts = [session.start + 10 * MIN, session.start + 40 * MIN, session.start + 80 * MIN]
-    return tuple(WindowEvidence(Window(s, s + MIN), status) for s in starts)
+    return tuple(
+        window_evidence(
+            WindowFacts(n, Window(s, s + MIN), f"cut-s-1-{n - 1}"), session.end + 10 * S, status
+        )
+        for n, s in enumerate(starts, start=1)
+    )
 
 
 def baseline(start: datetime = datetime(2024, 5, 6, 9, 0, tzinfo=SHANGHAI)) -> SessionEvidence:
@@ -112,13 +154,17 @@ def baseline(start: datetime = datetime(2024, 5, 6, 9, 0, tzinfo=SHANGHAI)) -> S
 
 BASE = baseline()
 END = BASE.session.end
+REQUESTED = END + 10 * S  # windows are asked for once the class is over
 LATER = END + 3 * H  # every grace that matters for complete evidence is over
 LAST_WINDOW_END = BASE.windows[-1].window.end
 
 
-def with_window(evidence: SessionEvidence, index: int, **changes) -> SessionEvidence:
+def with_window(
+    evidence: SessionEvidence, index: int, status: ClipStatus = ClipStatus.STORED, **decoded
+) -> SessionEvidence:
     windows = list(evidence.windows)
-    windows[index] = replace(windows[index], **changes)
+    requested = evidence.session.end + 10 * S
+    windows[index] = window_evidence(windows[index].facts, requested, status, **decoded)
     return replace(evidence, windows=tuple(windows))
 
 
@@ -224,35 +270,35 @@ ROWS = [
     (
         "clip awaited, grace - 1 s",
         with_window(BASE, 2, status=ClipStatus.MISSING),
-        LAST_WINDOW_END + GRACE - S,
+        REQUESTED + GRACE - S,
         "pending",
         [C.CLIP_AWAITED],
     ),
     (
         "clip missing at grace",
         with_window(BASE, 2, status=ClipStatus.MISSING),
-        LAST_WINDOW_END + GRACE,
+        REQUESTED + GRACE,
         "rejected",
         [C.CLIP_MISSING],
     ),
     (
         "clip missing, grace + 1 s",
         with_window(BASE, 2, status=ClipStatus.MISSING),
-        LAST_WINDOW_END + GRACE + S,
+        REQUESTED + GRACE + S,
         "rejected",
         [C.CLIP_MISSING],
     ),
     (
         "upload under way, grace - 1 s",
-        with_window(BASE, 0, status=ClipStatus.PENDING),
-        BASE.windows[0].window.end + GRACE - S,
+        with_window(BASE, 0, status=ClipStatus.MISSING),
+        REQUESTED + GRACE - S,
         "pending",
         [C.CLIP_AWAITED],
     ),
     (
         "upload stuck past grace",
-        with_window(BASE, 0, status=ClipStatus.PENDING),
-        BASE.windows[0].window.end + GRACE + S,
+        with_window(BASE, 0, status=ClipStatus.MISSING),
+        REQUESTED + GRACE + S,
         "rejected",
         [C.CLIP_MISSING],
     ),
@@ -262,7 +308,7 @@ ROWS = [
             with_window(BASE, 2, status=ClipStatus.MISSING),
             offline=(Interval(LAST_WINDOW_END + H, LAST_WINDOW_END + 11 * H),),
         ),
-        LAST_WINDOW_END + GRACE + S,
+        REQUESTED + GRACE + S,
         "pending",
         [C.CLIP_AWAITED],
     ),
@@ -272,7 +318,7 @@ ROWS = [
             with_window(BASE, 2, status=ClipStatus.MISSING),
             offline=(Interval(LAST_WINDOW_END + H, LAST_WINDOW_END + 11 * H),),
         ),
-        LAST_WINDOW_END + GRACE + 10 * H,
+        REQUESTED + GRACE + 10 * H,
         "rejected",
         [C.CLIP_MISSING],
     ),
@@ -282,7 +328,7 @@ ROWS = [
             with_window(BASE, 1, status=ClipStatus.MISSING),
             offline=(Interval(LAST_WINDOW_END),),
         ),
-        BASE.windows[1].window.end + DEADLINE - S,
+        END + DEADLINE - S,
         "pending",
         [C.CLIP_AWAITED],
     ),
@@ -292,23 +338,9 @@ ROWS = [
             with_window(BASE, 1, status=ClipStatus.MISSING),
             offline=(Interval(LAST_WINDOW_END),),
         ),
-        BASE.windows[1].window.end + DEADLINE,
+        END + DEADLINE,
         "rejected",
         [C.CLIP_MISSING],
-    ),
-    (
-        "signature invalid",
-        with_window(BASE, 1, signature_valid=False),
-        LATER,
-        "rejected",
-        [C.CLIP_SIGNATURE_INVALID],
-    ),
-    (
-        "signature invalid hides the other flags",
-        with_window(BASE, 1, signature_valid=False, black=True, moved=True),
-        LATER,
-        "rejected",
-        [C.CLIP_SIGNATURE_INVALID],
     ),
     ("black", with_window(BASE, 0, black=True), LATER, "rejected", [C.VIDEO_BLACK]),
     ("frozen", with_window(BASE, 2, frozen=True), LATER, "rejected", [C.VIDEO_FROZEN]),
@@ -573,6 +605,159 @@ def midnight_rows(zone: ZoneInfo) -> list:
     ]
 
 
+def with_clips(
+    evidence: SessionEvidence, index: int, *clips: ClipFacts, **changes
+) -> SessionEvidence:
+    """Window ``index`` offered exactly ``clips`` (``changes`` go to its WindowEvidence)."""
+    windows = list(evidence.windows)
+    windows[index] = replace(windows[index], clips=clips, **changes)
+    return replace(evidence, windows=tuple(windows))
+
+
+W1 = BASE.windows[1].facts
+OWN = good_clip(W1)
+NEIGHBOUR = replace(OWN, clip_id=99, device_id="dev-next-door", upload_id="u-99")
+
+ROWS += [
+    # ---- window proof, wired into the verdict (the rule itself: test_clip_proof.py)
+    (
+        "the camera says it cannot cut the window: said at once",
+        with_clips(BASE, 1, cut_failed="not_recorded"),
+        END + H,
+        "rejected",
+        [C.CLIP_NOT_RECORDED],
+    ),
+    (
+        "own clip not decoded yet",
+        with_clips(BASE, 1, replace(OWN, decoded=None)),
+        LATER,
+        "pending",
+        [C.CLIP_AWAITED],
+    ),
+    (
+        "own clip unreadable",
+        with_clips(BASE, 1, replace(OWN, decoded=DecodedClip(error="invalid data"))),
+        LATER,
+        "rejected",
+        [C.CLIP_UNREADABLE],
+    ),
+    (
+        "own clip 2 s long for a 60 s window",
+        with_clips(
+            BASE,
+            1,
+            replace(
+                OWN,
+                cut_end=OWN.cut_start + 2 * S,
+                duration_s=2.0,
+                decoded=DecodedClip(frames=30, duration_s=2.0, frame_rate=15.0),
+            ),
+        ),
+        LATER,
+        "rejected",
+        [C.CLIP_TOO_SHORT, C.CLIP_OUTSIDE_WINDOW],
+    ),
+    (
+        "own clip cut months before the class",
+        with_clips(
+            BASE,
+            1,
+            replace(OWN, cut_start=OWN.cut_start - 90 * 24 * H, cut_end=OWN.cut_end - 90 * 24 * H),
+        ),
+        LATER,
+        "rejected",
+        [C.CLIP_OUTSIDE_WINDOW],
+    ),
+    (
+        "own clip's frames do not fit its duration",
+        with_clips(
+            BASE, 1, replace(OWN, decoded=DecodedClip(frames=30, duration_s=60.0, frame_rate=15))
+        ),
+        LATER,
+        "rejected",
+        [C.CLIP_FRAMES_MISMATCH],
+    ),
+    (
+        "own clip answers another command",
+        with_clips(BASE, 1, replace(OWN, cmd_id="cut-s-1-0")),
+        LATER,
+        "rejected",
+        [C.CLIP_WRONG_WINDOW],
+    ),
+    (
+        "own clip's bytes already proved another window",
+        with_clips(BASE, 1, replace(OWN, first_used_by="s-1#1")),
+        LATER,
+        "rejected",
+        [C.CLIP_DUPLICATE],
+    ),
+    (
+        "only the next classroom's camera answered, within the grace",
+        with_clips(BASE, 1, NEIGHBOUR),
+        REQUESTED + GRACE - S,
+        "pending",
+        [C.CLIP_AWAITED],
+    ),
+    (
+        "only the next classroom's camera answered, past the grace",
+        with_clips(BASE, 1, NEIGHBOUR),
+        REQUESTED + GRACE,
+        "rejected",
+        [C.CLIP_WRONG_DEVICE],
+    ),
+    (
+        "the next classroom's clip first, then the own camera's",
+        with_clips(BASE, 1, NEIGHBOUR, replace(OWN, clip_id=100)),
+        LATER,
+        "verified",
+        [],
+    ),
+    (
+        "a failed clip of the own camera outranks nothing proven: a good one wins",
+        with_clips(BASE, 1, replace(OWN, decoded=DecodedClip(error="x")), replace(OWN, clip_id=7)),
+        LATER,
+        "verified",
+        [],
+    ),
+    # ---- recorded time from what happened, and the camera's own word on it
+    (
+        "camera reports 20 min less than its start/stop/gap reports add up to",
+        replace(BASE, reported_recorded_s=PRESET_S - 20 * 60),
+        LATER,
+        "rejected",
+        [C.RECORDING_INCONSISTENT],
+    ),
+    (
+        "camera's figure within the disagreement limit",
+        replace(BASE, reported_recorded_s=PRESET_S - 119),
+        LATER,
+        "verified",
+        [],
+    ),
+    (
+        "camera's figure just beyond the disagreement limit",
+        replace(BASE, reported_recorded_s=PRESET_S - 271),
+        LATER,
+        "rejected",
+        [C.RECORDING_INCONSISTENT],
+    ),
+    # ---- a skewed clock is shown, not hidden
+    (
+        "camera clock 20 min fast",
+        replace(BASE, device_clock_offset_s=1200.0),
+        LATER,
+        "verified",
+        [C.DEVICE_CLOCK_SKEWED],
+    ),
+    (
+        "camera clock 60 s fast is not worth a word",
+        replace(BASE, device_clock_offset_s=60.0),
+        LATER,
+        "verified",
+        [],
+    ),
+]
+
 ROWS += midnight_rows(SHANGHAI) + midnight_rows(ZoneInfo("UTC"))
 
 
@@ -675,10 +860,25 @@ def test_verdict_to_dict():
 
 def test_policy_is_a_parameter():
     evidence = with_window(BASE, 0, status=ClipStatus.MISSING)
-    window_end = evidence.windows[0].window.end
     quick = VerdictPolicy(clip_grace_s=3600)
-    assert judge(evidence, window_end + H - S, quick).state == VerdictState.PENDING
-    assert judge(evidence, window_end + H, quick).state == VerdictState.REJECTED
+    assert judge(evidence, REQUESTED + H - S, quick).state == VerdictState.PENDING
+    assert judge(evidence, REQUESTED + H, quick).state == VerdictState.REJECTED
+
+
+def test_grace_counts_from_the_request_not_the_window_end():
+    """Windows are asked for only after the class: a grace shorter than the class must not
+    reject an honest class at its end, on its way to verified (the verdict would flap)."""
+    short = VerdictPolicy(clip_grace_s=600)  # 10 min, the class lasts 90
+    waiting = replace(BASE, windows=make_windows(BASE.session, ClipStatus.MISSING))
+    asked = [replace(w, requested_at=END + MIN) for w in waiting.windows]
+    for now in (END, END + 2 * MIN, END + 10 * MIN):
+        verdict = judge(replace(waiting, windows=tuple(asked)), now, short)
+        assert verdict.state == VerdictState.PENDING, now
+    not_asked = [replace(w, requested_at=None) for w in waiting.windows]
+    assert judge(replace(waiting, windows=tuple(not_asked)), END + 5 * H, short).state == (
+        VerdictState.PENDING
+    )
+    assert judge(BASE, END + 2 * MIN, short).state == VerdictState.VERIFIED
 
 
 # ---------------------------------------------------------------- recorded_seconds

@@ -64,6 +64,7 @@ class ClipChecker:
             return self._queued
 
     def _run_pending(self) -> None:
+        tried: set[int] = set()  # one try per clip per run: a failure waits for the next wake
         try:
             while True:
                 with self.session_factory() as db:
@@ -71,11 +72,12 @@ class ClipChecker:
                         select(ClipCheck.clip_id)
                         .where(ClipCheck.checked_at.is_(None), ClipCheck.attempts < MAX_ATTEMPTS)
                         .order_by(ClipCheck.clip_id)
-                        .limit(BATCH)
                     ).all()
-                if not pending:
+                batch = [clip_id for clip_id in pending if clip_id not in tried][:BATCH]
+                if not batch:
                     return
-                for clip_id in pending:
+                for clip_id in batch:
+                    tried.add(clip_id)
                     self._safely(clip_id)
         except Exception:  # a database blip: the next wake tries again
             log.exception("clip checks stopped; the next wake resumes them")
@@ -131,6 +133,9 @@ class ClipChecker:
             session_id = link_clip(db, clip)
             path = self.store.path_of(clip.path)
             db.expunge_all()
+        if not path.is_file():
+            # Our store's trouble, not the clip's: it stays pending.
+            raise FileNotFoundError(f"stored clip {path} is not there")
         reference = self._reference(classroom) if classroom else None
         try:
             report = check_clip(path, reference=reference)

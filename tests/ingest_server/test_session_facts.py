@@ -1,0 +1,342 @@
+"""What devices say about their sessions, turned into facts on a real database: device time
+into server time, a stop without a start, the camera's own figures, re-requests, durable clip
+checks, and the default SQLite under a morning of classes starting together."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from common.clock import VirtualClock
+from common.schemas import ClipKind, Event, EventType
+from common.signing import generate_private_key, public_key_b64
+from ingest_server.clip_checks import ClipChecker
+from ingest_server.db import make_engine, make_session_factory
+from ingest_server.facts import FactReader
+from ingest_server.models import (
+    ClassSession,
+    Clip,
+    ClipCheck,
+    Device,
+    DeviceEvent,
+    SessionWindow,
+    Upload,
+)
+from ingest_server.rules.reasons import ReasonCode
+from ingest_server.rules.verdict import VerdictState, judge
+from ingest_server.sessions import record_device_event
+from ingest_server.settings import Settings
+from ingest_server.setup_import import import_rows, read_rows
+from ingest_server.store import EvidenceStore
+
+T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
+START = T0 + timedelta(hours=1)
+FAST = 1200.0  # the camera's clock runs 20 min fast
+
+
+def _doc(rooms: int = 1) -> dict[str, Any]:
+    key = public_key_b64(generate_private_key())
+    return {
+        "institutions": [{"id": "school", "name": "学校"}],
+        "classrooms": [
+            {
+                "id": f"room-{i}",
+                "institution_id": "school",
+                "name": f"{i}",
+                "lat": 31.2304 + i * 0.01,
+                "lon": 121.4737,
+                "datum": "wgs84",
+            }
+            for i in range(rooms)
+        ],
+        "devices": [
+            {"device_id": f"cam-{i}", "classroom_id": f"room-{i}", "public_key": key}
+            for i in range(rooms)
+        ],
+        "lecturers": [
+            {"id": f"lect-{i}", "institution_id": "school", "name": "老师", "token": f"tok-{i}" * 4}
+            for i in range(rooms)
+        ],
+        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
+        "sessions": [
+            {
+                "id": f"s{i}",
+                "class_id": "cls",
+                "classroom_id": f"room-{i}",
+                "lecturer_id": f"lect-{i}",
+                "start": START.isoformat(),
+                "duration_min": 90,
+            }
+            for i in range(rooms)
+        ],
+    }
+
+
+@pytest.fixture
+def db_world(tmp_path: Path, sqlite_url: str) -> Any:
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    path = tmp_path / "setup.json"
+    path.write_text(json.dumps(_doc(20)))
+    with factory.begin() as db:
+        import_rows(db, read_rows(path), settings)
+    yield settings, factory
+    engine.dispose()
+
+
+_seq = iter(range(10**6))
+
+
+def event(kind: EventType, at: datetime, offset: float | None, **data: Any) -> Event:
+    return Event(
+        event_id=f"ev-{next(_seq)}",
+        device_id="cam-0",
+        type=kind,
+        at=at,
+        session_id="s0",
+        clock_offset_s=offset,
+        data=data,
+    )
+
+
+def fast(at: datetime) -> datetime:
+    """What the 20-minute-fast camera's clock reads at server time ``at``."""
+    return at + timedelta(seconds=FAST)
+
+
+def test_device_times_are_stored_as_server_time_and_the_skew_is_shown(db_world: Any) -> None:
+    settings, factory = db_world
+    end = START + timedelta(minutes=90)
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STARTED, fast(START), FAST))
+        gap = (fast(START + timedelta(minutes=30)), fast(START + timedelta(minutes=31)))
+        record_device_event(
+            db,
+            event(
+                EventType.RECORDING_GAP,
+                fast(START + timedelta(minutes=31)),
+                FAST,
+                start=gap[0].isoformat(),
+                end=gap[1].isoformat(),
+            ),
+        )
+        record_device_event(
+            db, event(EventType.SESSION_STOPPED, fast(end), FAST, recorded_s=89 * 60.0)
+        )
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None
+        assert row.opened_at == START and row.closed_at == end
+        assert row.device_clock_offset_s == FAST
+        assert row.recorded_s == pytest.approx(89 * 60)
+        stored = db.scalars(select(DeviceEvent).order_by(DeviceEvent.id)).first()
+        assert stored is not None and stored.device_at == fast(START) and stored.at == START
+        evidence = FactReader(settings).evidence(db, row)
+    assert evidence.recorded_s == pytest.approx(89 * 60)
+    assert evidence.reported_recorded_s == 89 * 60
+    # The photos were taken on time by the server's clock: only the skew is worth a word
+    # among the session's own reasons.
+    verdict = judge(evidence, end + timedelta(minutes=1))
+    codes = {r.code for r in verdict.reasons}
+    assert ReasonCode.DEVICE_CLOCK_SKEWED in codes
+    assert ReasonCode.SHORT_DURATION not in codes
+    assert ReasonCode.RECORDING_INCONSISTENT not in codes
+
+
+def test_a_stop_without_a_start_changes_nothing(db_world: Any) -> None:
+    _, factory = db_world
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STOPPED, START, 0.0, recorded_s=60.0))
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None
+        assert (row.state, row.closed_at, row.opened_at) == ("scheduled", None, None)
+
+
+def test_a_power_cut_reported_as_a_gap_is_not_recorded_time(db_world: Any) -> None:
+    settings, factory = db_world
+    end = START + timedelta(minutes=90)
+    cut = (START + timedelta(minutes=30), START + timedelta(minutes=50))
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STARTED, START, 0.0))
+        record_device_event(
+            db,
+            event(
+                EventType.RECORDING_GAP,
+                cut[1],
+                0.0,
+                start=cut[0].isoformat(),
+                end=cut[1].isoformat(),
+                reason="agent_restart",
+            ),
+        )
+        record_device_event(db, event(EventType.SESSION_STOPPED, end, 0.0, recorded_s=70 * 60.0))
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None
+        evidence = FactReader(settings).evidence(db, row)
+    assert evidence.recorded_s == pytest.approx(70 * 60)
+    verdict = judge(evidence, end + timedelta(days=2))
+    assert verdict.state is VerdictState.REJECTED
+    assert ReasonCode.SHORT_DURATION in {r.code for r in verdict.reasons}
+
+
+def test_a_camera_that_hides_a_gap_disagrees_with_itself(db_world: Any) -> None:
+    settings, factory = db_world
+    end = START + timedelta(minutes=90)
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STARTED, START, 0.0))
+        record_device_event(db, event(EventType.SESSION_STOPPED, end, 0.0, recorded_s=70 * 60.0))
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None
+        evidence = FactReader(settings).evidence(db, row)
+    codes = {r.code for r in judge(evidence, end + timedelta(days=2)).reasons}
+    assert ReasonCode.RECORDING_INCONSISTENT in codes
+
+
+def test_cut_failed_is_said_at_once(db_world: Any) -> None:
+    settings, factory = db_world
+    with factory.begin() as db:
+        window = db.scalars(select(SessionWindow).where(SessionWindow.session_id == "s0")).first()
+        assert window is not None
+        cmd_id = window.cmd_id
+        failed = Event(
+            event_id="ev-cut-failed",
+            device_id="cam-0",
+            type=EventType.CUT_FAILED,
+            at=START + timedelta(hours=2),
+            cmd_id=cmd_id,
+            session_id="s0",
+            data={"reason": "not_recorded"},
+        )
+        assert record_device_event(db, failed) == {"s0"}
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None
+        evidence = FactReader(settings).evidence(db, row)
+    reasons = judge(evidence, START + timedelta(hours=2)).reasons
+    assert ReasonCode.CLIP_NOT_RECORDED in {r.code for r in reasons}
+
+
+def _stored_clip(factory: Any, store: EvidenceStore, data: bytes) -> int:
+    now = START + timedelta(hours=2)
+    with factory.begin() as db:
+        db.add(
+            Upload(
+                upload_id="u1",
+                device_id="cam-0",
+                manifest="{}",
+                size=len(data),
+                sha256="0" * 64,
+                chunk_size=len(data),
+                state="complete",
+                received_ranges="[]",
+                chunks_received=1,
+                chunks_duplicate=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        db.flush()
+        clip = Clip(
+            upload_id="u1",
+            device_id="cam-0",
+            kind=ClipKind.CLIP.value,
+            sha256="0" * 64,
+            size=len(data),
+            path="clips/cam-0/u1.mp4",
+            cut_start=START,
+            cut_end=START + timedelta(minutes=1),
+            duration_s=60,
+            frames=900,
+            width=1280,
+            height=720,
+            codec="h264",
+            stored_at=now,
+        )
+        db.add(clip)
+        db.flush()
+        db.add(ClipCheck(clip_id=clip.id, attempts=0))
+        clip_id = clip.id
+    store.put_bytes("clips/cam-0/u1.mp4", data)
+    return clip_id
+
+
+def test_a_check_left_pending_by_a_crash_runs_at_the_next_start(
+    db_world: Any, tmp_path: Path
+) -> None:
+    settings, factory = db_world
+    store = EvidenceStore(settings.evidence_dir)
+    clip_id = _stored_clip(factory, store, b"not a video at all" * 100)
+    changed: list[set[str]] = []
+    checker = ClipChecker(factory, store, changed.append, VirtualClock(start=START))
+    try:
+        checker.wake().result(timeout=60)
+    finally:
+        checker.close()
+    with factory() as db:
+        check = db.get(ClipCheck, clip_id)
+    assert check is not None and check.checked_at is not None
+    assert check.error and check.decoded_frames == 0  # unreadable, and said so
+
+
+def test_a_check_that_fails_on_our_side_stays_pending(db_world: Any, tmp_path: Path) -> None:
+    settings, factory = db_world
+    store = EvidenceStore(settings.evidence_dir)
+    clip_id = _stored_clip(factory, store, b"x")
+    store.path_of("clips/cam-0/u1.mp4").unlink()  # the store lost it for a moment
+    checker = ClipChecker(factory, store, lambda _: None, VirtualClock(start=START))
+    try:
+        checker.wake().result(timeout=60)
+    finally:
+        checker.close()
+    with factory() as db:
+        check = db.get(ClipCheck, clip_id)
+    assert check is not None and check.checked_at is None and check.attempts >= 1
+
+
+def test_twenty_classes_starting_together_lose_no_event_on_sqlite(db_world: Any) -> None:
+    """Twenty cameras report their start at once, each in its own connection and transaction
+    (read, then write): none may fail with "database is locked"."""
+    _, factory = db_world
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(20)
+
+    def start(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for n in range(5):
+                with factory.begin() as db:
+                    record_device_event(
+                        db,
+                        Event(
+                            event_id=f"cam-{i}-start-{n}",
+                            device_id=f"cam-{i}",
+                            type=EventType.SESSION_STARTED,
+                            at=START + timedelta(seconds=n),
+                            session_id=f"s{i}",
+                            clock_offset_s=0.0,
+                        ),
+                    )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with factory() as db:
+        opened = db.scalars(select(ClassSession).where(ClassSession.state == "open")).all()
+        assert len(opened) == 20
+        assert db.query(DeviceEvent).count() == 100
+        assert db.get(Device, "cam-0") is not None

@@ -4,11 +4,15 @@
 reason code has a severity (``reasons.SEVERITY``):
 
 * hard — the evidence shows the class did not happen as claimed, or evidence that should have
-  arrived by now did not: ``short_duration``, ``recording_unreported``, ``clip_missing``,
-  ``clip_signature_invalid``, ``video_black``, ``video_frozen``, every ``photo_*`` problem;
+  arrived by now did not: ``short_duration``, ``recording_unreported``,
+  ``recording_inconsistent``, ``clip_missing``, ``clip_not_recorded``, every reason of the
+  window-proof rule (``rules.clip_proof``: ``clip_wrong_device``, ``clip_outside_window``,
+  ``clip_too_short``, ``clip_unreadable``, ``clip_frames_mismatch``, ``clip_duplicate``…),
+  ``video_black``, ``video_frozen``, every ``photo_*`` problem;
 * warning — worth a person's look, but no proof of anything: ``camera_offline`` (the device
-  records without 4G and uploads later, so an outage alone proves nothing) and
-  ``camera_moved`` (a reference-view mismatch is a heuristic; a nudged camera still filmed);
+  records without 4G and uploads later, so an outage alone proves nothing), ``camera_moved``
+  (a reference-view mismatch is a heuristic; a nudged camera still filmed) and
+  ``device_clock_skewed`` (times were converted; the skew is shown, not hidden);
 * pending — evidence still awaited: the session running, windows not drawn or not passed,
   clips on their way, photos within their grace, the recording report not yet in.
 
@@ -18,8 +22,10 @@ are listed all the same). Reasons come in ``ReasonCode`` order, then in window/p
 While a session runs, nothing about its windows is said: listing which windows have passed
 would tell the classroom when it is no longer watched.
 
-The verdict is recomputed whenever evidence or time moves on; it can change (a late clip
-turns ``pending`` into ``verified``, a better photo can turn ``rejected`` into ``verified``).
+The verdict is recomputed whenever evidence or time moves on. It does not flap: evidence that
+may still arrive keeps the session ``pending`` (a clip's grace counts from when it was asked
+for, the camera's offline time excluded; another camera's clip rejects nothing while the right
+one may still come), and ``rejected`` is said once evidence is overdue or a hard rule fails.
 """
 
 from __future__ import annotations

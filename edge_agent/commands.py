@@ -62,7 +62,6 @@ class CommandRunner:
     def execute(self, cmd: Command) -> None:
         """Run ``cmd`` once; answer repeats with the first answer."""
         svc = self.service
-        svc.offset.observe(cmd.issued_at, svc.clock.now())
         seen, reply = svc.state.command_reply(cmd.cmd_id)
         if seen and reply is not None:
             svc.state.push_event(reply)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
 from ingest_server.models import ClassSession, Lecturer, Photo
 from ingest_server.photos import PhotoRejected, PhotoRejectReason, read_photo
 from ingest_server.rules.photo_match import PhotoKind

@@ -36,9 +36,15 @@ class RuntimeSettings(BaseModel):
     upload_window: int = Field(16, ge=1, le=1000)
 
 
-def upload_id_for(cmd_id: str) -> str:
-    """A stable upload id per command, so a repeated command finds the clip it already cut."""
-    return hashlib.sha256(cmd_id.encode()).hexdigest()[:32]
+def upload_id_for(device_id: str, cmd_id: str) -> str:
+    """The upload id of the clip ``device_id`` makes for ``cmd_id``: stable, so a repeated
+    command finds the clip it already cut; the device's own, so another device answering the
+    same command never lands on it."""
+    digest = hashlib.sha256()
+    for part in (device_id, cmd_id):
+        raw = part.encode()
+        digest.update(len(raw).to_bytes(4, "big") + raw)  # length-prefixed: no two splits alike
+    return digest.hexdigest()[:32]
 
 
 class CommandRunner:
@@ -106,6 +112,14 @@ class CommandRunner:
         if cmd.type == CommandType.CLOSE_SESSION:
             assert cmd.session_id
             closed = svc.close_session(cmd.session_id, reason="command")
+            if closed is None:
+                # Saying "stopped" here would close on the server a class this camera has not
+                # recorded yet, and drop it from the timetable.
+                row = svc.state.session(cmd.session_id)
+                data: dict[str, Any] = {"reason": "not_open"}
+                if row is not None and row.closed_at is not None:
+                    data["closed_at"] = row.closed_at.isoformat()
+                return EventType.COMMAND_FAILED, data, cmd.session_id
             return EventType.SESSION_STOPPED, closed, cmd.session_id
         if cmd.type == CommandType.CUT:
             return self._cut(cmd)
@@ -116,7 +130,7 @@ class CommandRunner:
     def _cut(self, cmd: Command) -> tuple[EventType, dict[str, Any], str | None]:
         svc = self.service
         assert cmd.start and cmd.end
-        upload_id = upload_id_for(cmd.cmd_id)
+        upload_id = upload_id_for(svc.config.device_id, cmd.cmd_id)
         existing = svc.outbox.get(upload_id)
         if existing is None:
             offset = svc.offset.or_zero()
@@ -163,7 +177,7 @@ class CommandRunner:
 
     def _snapshot(self, cmd: Command) -> tuple[EventType, dict[str, Any], str | None]:
         svc = self.service
-        upload_id = upload_id_for(cmd.cmd_id)
+        upload_id = upload_id_for(svc.config.device_id, cmd.cmd_id)
         item = svc.outbox.get(upload_id)
         if item is None:
             frame = svc.grab_frame()

@@ -144,6 +144,10 @@ class UploadConfig(Section):
     # QoS 1 chunks in flight before waiting for the broker's PUBACK.
     window: int = Field(16, ge=1, le=1000)
     ack_timeout_s: float = Field(20.0, gt=0)
+    # A refusal that can pass (device not registered yet, server busy) is tried again after a
+    # jittered wait that doubles from retry_min_s up to retry_max_s.
+    retry_min_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(3600.0, gt=0)
 
 
 class HeartbeatConfig(Section):
@@ -169,12 +173,6 @@ class ModemConfig(Section):
     command_timeout_s: float = Field(2.0, gt=0)
 
 
-class ClockConfig(Section):
-    # A new estimate of the clock offset further than this from the current one is refused
-    # until two independent sources (modem time, server answers) agree on it.
-    max_jump_s: float = Field(300.0, gt=0)
-
-
 class AgentConfig(Section):
     device_id: Annotated[str, AfterValidator(lambda v: validate_id(v, "device_id"))]
     state_dir: Path = Path("/var/lib/classcam")
@@ -186,7 +184,6 @@ class AgentConfig(Section):
     heartbeat: HeartbeatConfig = Field(default_factory=lambda: HeartbeatConfig.model_validate({}))
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig.model_validate({}))
     modem: ModemConfig = Field(default_factory=lambda: ModemConfig.model_validate({}))
-    clock: ClockConfig = Field(default_factory=lambda: ClockConfig.model_validate({}))
 
     @property
     def spool_dir(self) -> Path:

@@ -3,13 +3,17 @@
 A clip enters only after its file is fsynced and its manifest signed; it leaves (file deleted)
 only when the server says ``complete``. The index is SQLite with ``synchronous=FULL`` so a power
 cut never loses an entry the agent already reported.
+
+A refusal that can pass (``unknown_device`` and the like) leaves the clip pending with a next
+attempt time and a count of such refusals, both in the index: a restart neither resets the
+backoff nor forgets the clip, and clips not waiting are sent meanwhile.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,8 @@ class OutboxItem:
     state: OutboxState
     reason: str | None
     created_at: datetime
+    refusals: int = 0  # refusals that can pass, in a row
+    next_attempt_at: datetime | None = None  # device clock; None: now
 
 
 _SCHEMA = """
@@ -49,9 +55,28 @@ CREATE TABLE IF NOT EXISTS outbox (
     reason TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    refusals INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us INTEGER
 )
 """
+# Columns added since the first outbox: an existing database gets them in place.
+_ADDED_COLUMNS = {
+    "refusals": "INTEGER NOT NULL DEFAULT 0",
+    "next_attempt_us": "INTEGER",
+}
+_COLUMNS = (
+    "upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason, created_at,"
+    " refusals, next_attempt_us"
+)
+
+
+def _to_us(value: datetime) -> int:
+    return round(value.timestamp() * 1_000_000)
+
+
+def _from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC)
 
 
 class Outbox:
@@ -67,7 +92,14 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._upgrade()
         self._drop_orphans()
+
+    def _upgrade(self) -> None:
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, decl in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
 
     def _drop_orphans(self) -> None:
         """Files a power cut left between the cut and the outbox insert are not evidence yet."""
@@ -113,20 +145,54 @@ class Outbox:
 
     def get(self, upload_id: str) -> OutboxItem | None:
         row = self._db.execute(
-            "SELECT upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason,"
-            " created_at FROM outbox WHERE upload_id = ?",
-            (upload_id,),
+            f"SELECT {_COLUMNS} FROM outbox WHERE upload_id = ?", (upload_id,)
         ).fetchone()
         return self._item(row) if row else None
 
     def pending(self) -> list[OutboxItem]:
-        """Pending uploads, oldest first."""
+        """Pending uploads, oldest first, whether or not they wait for a retry."""
         rows = self._db.execute(
-            "SELECT upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason,"
-            " created_at FROM outbox WHERE state = ? ORDER BY created_at, upload_id",
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY created_at, upload_id",
             (OutboxState.PENDING.value,),
         ).fetchall()
         return [self._item(r) for r in rows]
+
+    def due(self, max_wait: timedelta) -> list[OutboxItem]:
+        """Pending uploads to try now, oldest first: those not waiting for a retry, those whose
+        retry time has come, and those told to wait longer than ``max_wait`` from now (the
+        wall clock stepped back since: a wait that long is not what was meant)."""
+        now = self.clock.now()
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = ? AND (next_attempt_us IS NULL"
+            " OR next_attempt_us <= ? OR next_attempt_us > ?) ORDER BY created_at, upload_id",
+            (OutboxState.PENDING.value, _to_us(now), _to_us(now + max_wait)),
+        ).fetchall()
+        return [self._item(r) for r in rows]
+
+    def next_due_at(self) -> datetime | None:
+        """When the earliest clip waiting for a retry may be tried again (device clock)."""
+        row = self._db.execute(
+            "SELECT min(next_attempt_us) FROM outbox WHERE state = ?",
+            (OutboxState.PENDING.value,),
+        ).fetchone()
+        return _from_us(row[0]) if row and row[0] is not None else None
+
+    def defer(self, upload_id: str, reason: str, delay: timedelta) -> datetime:
+        """The server refused ``upload_id`` for now: keep it pending, count the refusal, and try
+        again after ``delay``; return when."""
+        at = self.clock.now() + delay
+        self._db.execute(
+            "UPDATE outbox SET refusals = refusals + 1, next_attempt_us = ?, reason = ?,"
+            " updated_at = ? WHERE upload_id = ? AND state = ?",
+            (
+                _to_us(at),
+                reason,
+                self.clock.now().isoformat(),
+                upload_id,
+                OutboxState.PENDING.value,
+            ),
+        )
+        return at
 
     def count(self, state: OutboxState = OutboxState.PENDING) -> int:
         return int(
@@ -175,4 +241,6 @@ class Outbox:
             state=OutboxState(row[6]),
             reason=row[7],
             created_at=datetime.fromisoformat(row[8]),
+            refusals=row[9],
+            next_attempt_at=_from_us(row[10]) if row[10] is not None else None,
         )

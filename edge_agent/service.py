@@ -9,7 +9,6 @@ threads anyway). Everything durable lives in SQLite under ``state_dir``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import queue
 import sqlite3
@@ -34,15 +33,21 @@ from edge_agent.commands import CommandRunner, RuntimeSettings
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
 from edge_agent.heartbeat import cpu_temperature_c, disk_usage
-from edge_agent.modem import ModemError, ModemPort
+from edge_agent.modem import ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
 from edge_agent.recording import CameraFactory, RecordingSettings, SessionRecorder
-from edge_agent.sessions import MAX_SESSION, OpenSession, due_session, should_close
-from edge_agent.spool import RecordingInfo, Spool
+from edge_agent.sessions import (
+    OpenSession,
+    due_session,
+    end_on_device_clock,
+    should_close,
+    stopped_report,
+)
+from edge_agent.spool import Spool
 from edge_agent.state import AgentState
 from edge_agent.storage import RecordingUse, StoragePolicy, plan_cleanup
-from edge_agent.timesync import ClockOffset, SyncProbe, kernel_boot_id, kernel_clock_sync
+from edge_agent.timesync import ClockOffset
 from edge_agent.uplink import LinkDown, MqttLink, Uploader
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,6 @@ class AgentService:
         notifier: SystemdNotifier | None = None,
         link: MqttLink | None = None,
         disk_probe: Callable[[], tuple[int, int]] | None = None,
-        clock_sync: SyncProbe | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -83,19 +87,7 @@ class AgentService:
         self.modem = modem
         self.notifier = notifier or SystemdNotifier()
         self.disk_probe = disk_probe or (lambda: disk_usage(config.state_dir))
-        # The kernel speaks for the system clock only: an injected clock is its own truth.
-        real_clock = type(self.clock) is SystemClock
-        if clock_sync is None and real_clock:
-            clock_sync = kernel_clock_sync
-        self.offset = ClockOffset(
-            self.clock,
-            sync_probe=clock_sync,
-            boot_id=kernel_boot_id() if real_clock else None,
-            max_jump_s=config.clock.max_jump_s,
-            restored=self.state.get("clock_offset"),
-            on_change=lambda estimate: self.state.put("clock_offset", estimate),
-        )
-        self.spool.timeline = self.offset
+        self.offset = ClockOffset()
         self.camera_factory = camera_factory or default_camera_factory(config, self.clock)
         stored = self.state.get("runtime") or {}
         self.runtime = RuntimeSettings.model_validate(
@@ -111,7 +103,7 @@ class AgentService:
             self.outbox,
             config.upload,
             self.clock,
-            on_exchange=self._on_ack,
+            on_ack=self._on_ack,
             on_complete=self._on_upload_complete,
         )
         self.apply_runtime(self.runtime, persist=False)
@@ -123,7 +115,7 @@ class AgentService:
             RecordingSettings(
                 rec.segment_seconds, rec.keyframe_interval_s, rec.bitrate, rec.preset
             ),
-            self.emit,
+            self._recording_event,
             on_write_error=self.cleanup_storage,
         )
         self.policy = StoragePolicy(
@@ -170,13 +162,12 @@ class AgentService:
             self.link.counters["bad_schedule"] += 1
             log.warning("bad schedule: %s", exc)
             return
+        self.offset.observe(schedule.issued_at, self.clock.now())
         self.state.put("schedule", schedule.model_dump(mode="json"))
         log.info("timetable: %d session(s)", len(schedule.sessions))
 
-    def _on_ack(self, ack: Ack, sent_mono: float, received_mono: float) -> None:
-        # Only answers to our own init/fin, timed on the monotonic clock, teach the offset:
-        # a retained timetable or a redelivered command says when it was sent, not when asked.
-        self.offset.observe_exchange(ack.server_time, sent_mono, received_mono)
+    def _on_ack(self, ack: Ack) -> None:
+        self.offset.observe(ack.server_time, self.clock.now())
 
     def _on_upload_complete(self, upload_id: str) -> None:
         session_id = self.state.upload_acked(upload_id)
@@ -197,7 +188,6 @@ class AgentService:
         """Queue an event durably; the sender delivers it when the link allows. ``at`` is
         when it happened, if that was before now (device clock)."""
         now = self.clock.now()
-        offset = self.offset.seconds if at is None else self.offset.at_wall(at)
         event = Event(
             # Unique even for a 64-character device id or two events in one microsecond:
             # the server keeps one event per event_id.
@@ -205,7 +195,6 @@ class AgentService:
             device_id=self.config.device_id,
             type=type_,
             at=at or now,
-            clock_offset_s=offset,
             cmd_id=cmd_id,
             session_id=session_id,
             data=data or {},
@@ -258,8 +247,12 @@ class AgentService:
         planned_end: datetime | None,
         cmd_id: str | None = None,
         planned_start: datetime | None = None,
+        resumed_from: datetime | None = None,
     ) -> dict[str, Any]:
-        """Start recording ``session_id``; return what the ``session_started`` event says."""
+        """Start recording ``session_id``; return what the ``session_started`` event says.
+
+        ``resumed_from`` is the first opening of a session resumed after a restart: it keeps
+        counting from there, and its ``session_started`` was said the first time."""
         with self._session_lock:
             if self.open and self.open.session_id == session_id:
                 return {"already_open": True, "source": self.open.source}
@@ -275,43 +268,68 @@ class AgentService:
             )
             self.state.mark_session(session_id, opened_at=now)
             self.recorder.start(session_id)
-            self.open = OpenSession(session_id, source, planned_end, now)
+            opened_at = resumed_from or now
+            self.open = OpenSession(session_id, source, planned_end, opened_at)
             data = {
                 "source": source,
-                "opened_at": now.isoformat(),
+                "opened_at": opened_at.isoformat(),
                 "planned_end": planned_end.isoformat() if planned_end else None,
             }
-            log.info("session %s opened (%s)", session_id, source)
-            if cmd_id is None:
+            log.info(
+                "session %s %s (%s)", session_id, "resumed" if resumed_from else "opened", source
+            )
+            if cmd_id is None and resumed_from is None:
                 self.emit(EventType.SESSION_STARTED, session_id=session_id, data=data)
             return data
 
     def close_session(
         self, session_id: str, *, reason: str, announce: bool = False
-    ) -> dict[str, Any]:
-        """Stop recording ``session_id``; return what the ``session_stopped`` event says."""
+    ) -> dict[str, Any] | None:
+        """Stop recording ``session_id``; return what the ``session_stopped`` event says, or
+        ``None`` when it is not open (nothing to stop, nothing to report)."""
         with self._session_lock:
             if self.open is None or self.open.session_id != session_id:
-                return {"was_open": False}
+                return None
             current = self.open
-            rec = self.recorder.stop()
+            self.recorder.stop()
             self.open = None
             now = self.clock.now()
             self.state.mark_session(session_id, closed_at=now)
-            gaps = rec.gaps if rec else []
-            missing = sum((b - a).total_seconds() for a, b in gaps)
-            data = {
-                "reason": reason,
-                "opened_at": current.opened_at.isoformat(),
-                "closed_at": now.isoformat(),
-                "recorded_s": max(0.0, (now - current.opened_at).total_seconds() - missing),
-                "gaps": [[a.isoformat(), b.isoformat()] for a, b in gaps],
-                "recording_ids": rec.recording_ids if rec else [],
-            }
+            data = stopped_report(
+                reason=reason,
+                opened_at=current.opened_at,
+                closed_at=now,
+                # Every gap reported since the first opening, restarts included.
+                gaps=self.state.session_gaps(session_id),
+                recording_ids=self._recording_ids(session_id),
+            )
             log.info("session %s closed (%s)", session_id, reason)
             if announce:
                 self.emit(EventType.SESSION_STOPPED, session_id=session_id, data=data)
             return data
+
+    def _recording_ids(self, session_id: str) -> list[int]:
+        return [r.recording_id for r in self.spool.recordings() if r.session_id == session_id]
+
+    def _recording_event(self, type_: EventType, **fields: Any) -> bytes:
+        """The recorder's events; each gap is kept with its session before it is said, so a
+        ``session_stopped`` after a restart still lists it."""
+        data = fields.get("data") or {}
+        if type_ == EventType.RECORDING_GAP and fields.get("session_id"):
+            self.state.add_session_gap(
+                fields["session_id"],
+                datetime.fromisoformat(data["start"]),
+                datetime.fromisoformat(data["end"]),
+            )
+        return self.emit(type_, **fields)
+
+    def _report_gap(self, session_id: str, start: datetime, end: datetime, reason: str) -> None:
+        self.state.add_session_gap(session_id, start, end)
+        self.emit(
+            EventType.RECORDING_GAP,
+            session_id=session_id,
+            data={"start": start.isoformat(), "end": end.isoformat(), "reason": reason},
+        )
 
     def _server_now(self) -> datetime:
         return self.clock.now() - timedelta(seconds=self.offset.or_zero())
@@ -444,8 +462,7 @@ class AgentService:
             snap = self.modem.snapshot()
             modem, gnss = snap.to_health(), snap.gnss_position()
             if snap.network_time is not None:
-                self._observe_network_time(self.modem)
-        clock = self.offset.reading()
+                self.offset.observe(snap.network_time, snap.taken_at, source="modem")
         self._hb_seq += 1
         return Heartbeat(
             device_id=self.config.device_id,
@@ -461,29 +478,12 @@ class AgentService:
             disk_total_bytes=total,
             storage_low=self.storage_low,
             cpu_temp_c=cpu_temperature_c(),
-            clock_offset_s=clock.offset_s,
-            clock_source=clock.source,
-            clock_synced=clock.synced,
+            clock_offset_s=self.offset.seconds,
             bytes_sent_today=today,
             bytes_sent_month=month,
             modem=modem,
             gnss=gnss,
         )
-
-    def _observe_network_time(self, modem: ModemPort) -> None:
-        """Ask the modem for network time on its own, timed on the monotonic clock (the
-        snapshot's other queries would blur when it was read). Whole seconds only."""
-        sent = self.clock.monotonic()
-        try:
-            network_time = modem.network_time()
-        except ModemError as exc:
-            log.debug("network time: %s", exc)
-            return
-        received = self.clock.monotonic()
-        if network_time is not None:
-            self.offset.observe_exchange(
-                network_time, sent, received, source="modem", resolution_s=1.0
-            )
 
     def _heartbeats(self) -> None:
         topic = topics.heartbeat(self.config.device_id)
@@ -527,66 +527,63 @@ class AgentService:
             self.stop_event.wait(0.5)
 
     def _resume_open_sessions(self) -> None:
-        """A restart during a class resumes its recording; the outage shows as a gap. A session
-        that ended while the agent was down is closed and reported, at its last recorded time."""
-        for info in reversed(self.spool.recordings()):
-            if not info.session_id:
-                continue
-            row = self.state.session(info.session_id)
-            if row and row.opened_at and not row.closed_at:
-                planned_end = row.planned_end
-                if planned_end is not None:
-                    running = self._server_now() < planned_end
-                else:
-                    running = self.clock.now() - row.opened_at < MAX_SESSION
-                if not running:
-                    self._close_after_restart(row.session_id, row.opened_at, info)
-                elif row.source == "command":
-                    self.open_session(
-                        row.session_id,
-                        source=row.source,
-                        windows=row.windows,
-                        planned_end=planned_end,
-                    )
-                    # MAX_SESSION counts from the real opening, not from each restart.
-                    if self.open is not None:
-                        self.open = dataclasses.replace(self.open, opened_at=row.opened_at)
-                    if info.ended_wall:
-                        gap = (info.ended_wall, self.clock.now())
-                        if self.recorder.current is not None:
-                            self.recorder.current.gaps.append(gap)
-                        self.emit(
-                            EventType.RECORDING_GAP,
-                            session_id=row.session_id,
-                            data={
-                                "start": gap[0].isoformat(),
-                                "end": gap[1].isoformat(),
-                                "reason": "agent_restart",
-                            },
-                        )
-                # A timetabled session still running is reopened by the timetable.
-            break
+        """A restart during a class resumes its recording at once, whatever opened it (the
+        timetable may be stale, the clock offset not known yet), and reports the outage as a
+        gap. A session whose end passed while the agent was down is closed and reported, the
+        outage up to its end listed as a gap."""
+        server_now, device_now = self._server_now(), self.clock.now()
+        unclosed = self.state.unclosed_sessions()
+        for row in unclosed:
+            assert row.opened_at is not None
+            session = OpenSession(row.session_id, row.source, row.planned_end, row.opened_at)
+            last = self._last_recorded(row.session_id, row.opened_at)
+            newest = row is unclosed[-1]
+            if newest and not should_close(session, server_now, device_now):
+                self.open_session(
+                    row.session_id,
+                    source=row.source,
+                    windows=row.windows,
+                    planned_end=row.planned_end,
+                    planned_start=row.planned_start,
+                    resumed_from=row.opened_at,
+                )
+                if device_now > last:
+                    self._report_gap(row.session_id, last, device_now, "agent_restart")
+            else:
+                ends = end_on_device_clock(session, server_now, device_now)
+                self._close_after_restart(row.session_id, row.opened_at, last, ends)
+
+    def _last_recorded(self, session_id: str, opened_at: datetime) -> datetime:
+        """The last instant the spool holds of ``session_id`` (device clock): the spool's
+        recovery ends a recording cut short where its last complete segment ends."""
+        ends = [
+            r.ended_wall or r.started_wall
+            for r in self.spool.recordings()
+            if r.session_id == session_id
+        ]
+        return max([opened_at, *ends])
 
     def _close_after_restart(
-        self, session_id: str, opened_at: datetime, last: RecordingInfo
+        self, session_id: str, opened_at: datetime, last: datetime, ends: datetime
     ) -> None:
-        ended = last.ended_wall or last.started_wall  # the spool's recovery sets ended_wall
-        self.state.mark_session(session_id, closed_at=ended)
-        recording_ids = [
-            r.recording_id for r in self.spool.recordings() if r.session_id == session_id
-        ]
-        log.info("session %s ended while the agent was down; closed at %s", session_id, ended)
+        # It ran until its planned end; what was not recorded since ``last`` is a gap. A
+        # recording past that end (a clock offset learnt later) ends the session there.
+        closed = max(last, min(ends, self.clock.now()))
+        if closed > last:
+            self._report_gap(session_id, last, closed, "agent_restart")
+        self.state.mark_session(session_id, closed_at=closed)
+        log.info("session %s ended while the agent was down; closed at %s", session_id, closed)
         self.emit(
             EventType.SESSION_STOPPED,
             session_id=session_id,
-            at=ended,
-            data={
-                "reason": "agent_restart",
-                "opened_at": opened_at.isoformat(),
-                "closed_at": ended.isoformat(),
-                "gaps": [],
-                "recording_ids": recording_ids,
-            },
+            at=closed,
+            data=stopped_report(
+                reason="agent_restart",
+                opened_at=opened_at,
+                closed_at=closed,
+                gaps=self.state.session_gaps(session_id),
+                recording_ids=self._recording_ids(session_id),
+            ),
         )
 
     def _requeue_commands(self) -> None:

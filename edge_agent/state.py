@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS upload_sessions (
     upload_id TEXT PRIMARY KEY,
     session_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS session_gaps (
+    session_id TEXT NOT NULL,
+    start TEXT NOT NULL,
+    "end" TEXT NOT NULL,
+    PRIMARY KEY (session_id, start, "end")
+);
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -177,6 +183,28 @@ class AgentState:
         return SessionRow(
             row[0], _dt(row[1]), _dt(row[2]), row[3], _dt(row[4]), _dt(row[5]), row[6], row[7]
         )
+
+    def unclosed_sessions(self) -> list[SessionRow]:
+        """Sessions opened and never closed (a stop or a power cut came first), oldest first."""
+        rows = self._exec(
+            "SELECT session_id FROM sessions WHERE opened_at IS NOT NULL AND closed_at IS NULL"
+            " ORDER BY opened_at"
+        ).fetchall()
+        return [s for (sid,) in rows if (s := self.session(sid)) is not None]
+
+    def add_session_gap(self, session_id: str, start: datetime, end: datetime) -> None:
+        """Keep a reported recording gap with its session, so a restart does not forget it."""
+        self._exec(
+            'INSERT OR IGNORE INTO session_gaps (session_id, start, "end") VALUES (?, ?, ?)',
+            (session_id, start.isoformat(), end.isoformat()),
+        )
+
+    def session_gaps(self, session_id: str) -> list[tuple[datetime, datetime]]:
+        """Every gap reported for ``session_id``, across restarts, in time order."""
+        rows = self._exec(
+            'SELECT start, "end" FROM session_gaps WHERE session_id = ?', (session_id,)
+        ).fetchall()
+        return sorted((datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in rows)
 
     def link_upload(self, upload_id: str, session_id: str) -> None:
         self._exec(

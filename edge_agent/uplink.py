@@ -11,6 +11,9 @@ upload of one clip is a conversation with the server:
    (send those ranges again, then ``fin`` again) or ``rejected`` (keep it, stop trying).
 
 A lost link or a silent server only costs a timeout: the next round starts again from ``init``.
+A refusal that can pass (``RETRYABLE_REJECTIONS``: a camera not registered yet, a server busy)
+is not ``rejected``: the clip waits in the outbox for a later attempt, with capped, jittered
+exponential backoff, while the other clips go on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -33,7 +37,16 @@ from common import topics
 from common.clock import Clock, SystemClock
 from common.errors import ProtocolError
 from common.ranges import chunk_offsets
-from common.schemas import Ack, AckReplyTo, AckState, Fin, Status, StatusState, decode
+from common.schemas import (
+    RETRYABLE_REJECTIONS,
+    Ack,
+    AckReplyTo,
+    AckState,
+    Fin,
+    Status,
+    StatusState,
+    decode,
+)
 from edge_agent.config import AgentConfig, UploadConfig
 from edge_agent.outbox import Outbox, OutboxItem
 
@@ -217,6 +230,14 @@ class RateLimiter:
             self.clock.sleep(-self.tokens / self.rate)
 
 
+def refusal_backoff(refusals: int, min_s: float, max_s: float, jitter: float) -> float:
+    """Seconds to wait after the ``refusals``-th refusal in a row that can pass: doubling from
+    ``min_s``, capped at ``max_s``, scaled by ``jitter`` (drawn from [0.5, 1]) so devices
+    refused together do not come back together."""
+    doublings = min(max(refusals, 1) - 1, 62)
+    return min(max_s, min_s * 2.0**doublings) * jitter
+
+
 @dataclass
 class UploadStats:
     inits: int = 0
@@ -225,6 +246,7 @@ class UploadStats:
     bytes_sent: int = 0
     completed: int = 0
     rejected: int = 0
+    deferred: int = 0
 
 
 class Uploader:
@@ -239,26 +261,21 @@ class Uploader:
         *,
         on_ack: Callable[[Ack], None] | None = None,
         on_complete: Callable[[str], None] | None = None,
-        on_exchange: Callable[[Ack, float, float], None] | None = None,
     ) -> None:
         self.link = link
         self.on_ack = on_ack
-        # (answer, monotonic send time of our init/fin, monotonic receive time of the answer):
-        # a timed exchange, the one kind of server time the clock offset may learn from.
-        self.on_exchange = on_exchange
         self.on_complete = on_complete
         self.outbox = outbox
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = UploadStats()
         self.limiter = RateLimiter(config.rate_limit_bytes_per_s, self.clock)
-        self._acks: dict[str, queue.Queue[tuple[Ack, float]]] = {}
+        self._acks: dict[str, queue.Queue[Ack]] = {}
         self._lock = threading.Lock()
         link.on("ack", self.on_ack_message)
 
     def on_ack_message(self, topic: str, payload: bytes) -> None:
         """Called on paho's thread for every message on our ack topic."""
-        received = self.clock.monotonic()
         try:
             ack = decode(Ack, payload)
         except ProtocolError as exc:
@@ -272,24 +289,18 @@ class Uploader:
         if waiting is None:
             log.debug("ack for %s, which no upload waits for", ack.upload_id)
             return
-        waiting.put((ack, received))
+        waiting.put(ack)
 
-    def _wait_ack(
-        self, upload_id: str, answer_to: AckReplyTo, sent: float | None = None
-    ) -> Ack | None:
-        """The server's answer to our ``init`` or ``fin`` (sent at monotonic ``sent``); chunk
-        complaints are logged."""
+    def _wait_ack(self, upload_id: str, answer_to: AckReplyTo) -> Ack | None:
+        """The server's answer to our ``init`` or ``fin``; chunk complaints are logged."""
         deadline = self.clock.monotonic() + self.config.ack_timeout_s
         waiting = self._acks[upload_id]
         while (left := deadline - self.clock.monotonic()) > 0:
             try:
-                ack, received = waiting.get(timeout=min(left, 0.5))
+                ack = waiting.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
             if ack.reply_to == answer_to or ack.state == AckState.REJECTED:
-                # An answer queued before we asked is stale: it times nothing.
-                if self.on_exchange is not None and sent is not None and received >= sent:
-                    self.on_exchange(ack, sent, received)
                 return ack
             if ack.reason:
                 log.warning(
@@ -301,7 +312,8 @@ class Uploader:
         return None
 
     def upload(self, item: OutboxItem, stop: threading.Event | None = None) -> AckState | None:
-        """Take one clip to a final state; ``None`` if stopped or the link stayed down."""
+        """Take one clip to a final state; ``None`` if stopped, if the link stayed down, or if
+        the server refused it for now (the clip then waits in the outbox for its retry)."""
         stop = stop or threading.Event()
         with self._lock:
             self._acks[item.upload_id] = queue.Queue()
@@ -319,17 +331,15 @@ class Uploader:
                 continue
             try:
                 self.outbox.note_attempt(item.upload_id)
-                sent = self.clock.monotonic()
                 self.link.publish(topics.file_init(device, item.upload_id), item.manifest_payload)
                 self.stats.inits += 1
-                ack = self._wait_ack(item.upload_id, AckReplyTo.INIT, sent)
+                ack = self._wait_ack(item.upload_id, AckReplyTo.INIT)
                 while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
                     self._send_ranges(item, ack.missing, stop)
                     fin = Fin(upload_id=item.upload_id, size=item.size, sha256=item.sha256)
-                    sent = self.clock.monotonic()
                     self.link.publish(topics.file_fin(device, item.upload_id), fin.to_bytes())
                     self.stats.fins += 1
-                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN, sent)
+                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN)
             except LinkDown:
                 log.info("link down during upload %s; will resume", item.upload_id)
                 ack = None
@@ -347,6 +357,9 @@ class Uploader:
                     self.on_complete(item.upload_id)
                 log.info("upload %s complete (%d bytes)", item.upload_id, item.size)
                 return AckState.COMPLETE
+            if ack.state == AckState.REJECTED and ack.reason in RETRYABLE_REJECTIONS:
+                self._defer(item, ack)
+                return None
             if ack.state == AckState.REJECTED:
                 reason = ack.reason.value if ack.reason else "rejected"
                 self.outbox.mark_rejected(item.upload_id, reason)
@@ -354,6 +367,25 @@ class Uploader:
                 log.error("upload %s rejected: %s %s", item.upload_id, reason, ack.detail or "")
                 return AckState.REJECTED
         return None
+
+    def _defer(self, item: OutboxItem, ack: Ack) -> None:
+        assert ack.reason is not None
+        current = self.outbox.get(item.upload_id) or item
+        delay = refusal_backoff(
+            current.refusals + 1,
+            self.config.retry_min_s,
+            self.config.retry_max_s,
+            random.uniform(0.5, 1.0),
+        )
+        at = self.outbox.defer(item.upload_id, ack.reason.value, timedelta(seconds=delay))
+        self.stats.deferred += 1
+        log.warning(
+            "upload %s refused for now (%s %s); next attempt at %s",
+            item.upload_id,
+            ack.reason.value,
+            ack.detail or "",
+            at.isoformat(),
+        )
 
     def _send_ranges(
         self, item: OutboxItem, ranges: list[tuple[int, int]], stop: threading.Event
@@ -390,10 +422,11 @@ class Uploader:
             raise LinkDown("broker did not acknowledge a chunk in time")
 
     def drain(self, stop: threading.Event | None = None) -> int:
-        """Upload everything pending now; return how many reached a final state."""
+        """Upload everything due now (a clip waiting for its retry is passed over, not waited
+        for); return how many reached a final state."""
         stop = stop or threading.Event()
         done = 0
-        for item in self.outbox.pending():
+        for item in self.outbox.due(timedelta(seconds=self.config.retry_max_s)):
             if stop.is_set():
                 break
             try:

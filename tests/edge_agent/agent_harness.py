@@ -23,9 +23,11 @@ def field_device(
     name: str,
     settings: dict[str, dict[str, object]] | None = None,
     port: int | None = None,
+    register: bool = True,
 ) -> tuple[Device, AgentConfig]:
-    """A provisioned, registered device with a small fast camera; ``port`` reroutes its broker
-    connection (through a shaped link, say)."""
+    """A provisioned device with a small fast camera, registered with the server unless
+    ``register`` is false (installed before anyone registered it); ``port`` reroutes its
+    broker connection (through a shaped link, say)."""
     merged: dict[str, dict[str, object]] = {
         "camera": dict(SMALL_CAMERA),
         "recording": dict(FAST_RECORDING),
@@ -34,7 +36,8 @@ def field_device(
     for section, values in (settings or {}).items():
         merged.setdefault(section, {}).update(values)
     device = provision_device(tmp_path / "devices", name, broker, settings=merged)
-    server.register_device(device.device_id, device.public_key)
+    if register:
+        server.register_device(device.device_id, device.public_key)
     if port is not None:
         text = device.config_path.read_text().replace(f"port = {broker.port}", f"port = {port}")
         device.config_path.write_text(text)

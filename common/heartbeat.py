@@ -48,7 +48,9 @@ class Heartbeat(Message):
     disk_total_bytes: int = Field(ge=0)
     storage_low: bool = False
     cpu_temp_c: float | None = None
-    clock_offset_s: float | None = None
+    clock_offset_s: float | None = None  # device minus server clock, as estimated
+    clock_source: str | None = None  # what the estimate rests on: system, server, modem
+    clock_synced: bool | None = None  # the kernel's word on the system clock (NTP/chrony)
     bytes_sent_today: int = Field(ge=0)
     bytes_sent_month: int = Field(ge=0)
     modem: ModemHealth | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,7 +26,8 @@ class ClipRequest:
     end: datetime
     session_id: str | None = None
     cmd_id: str | None = None
-    # Device clock minus server clock, as measured; the cut is made in device time.
+    # Device clock minus server clock as estimated now: maps footage indexed without an
+    # estimate of its own (segments carry the offset of when they were recorded).
     clock_offset_s: float = 0.0
 
 
@@ -39,7 +40,8 @@ def build_manifest(
     chunk_size: int,
     created_at: datetime,
 ) -> Manifest:
-    """The manifest of a finished cut: what was asked, what was cut, and every hash."""
+    """The manifest of a finished cut: what was asked (server UTC), what was cut (device
+    time, with the offset that maps it to server time), and every hash."""
     digest = digest_file(cut.path, chunk_size)
     return Manifest(
         upload_id=upload_id,
@@ -50,7 +52,7 @@ def build_manifest(
         requested_end=request.end,
         cut_start=cut.cut_start,
         cut_end=cut.cut_end,
-        clock_offset_s=request.clock_offset_s,
+        clock_offset_s=cut.clock_offset_s,
         size=digest.size,
         sha256=digest.sha256,
         chunk_size=chunk_size,
@@ -77,9 +79,8 @@ def cut_and_enqueue(
 ) -> OutboxItem:
     """Cut ``request`` from the spool by stream copy, sign its manifest, queue it for upload."""
     upload_id = upload_id or uuid.uuid4().hex
-    offset = timedelta(seconds=request.clock_offset_s)
     path = outbox.file_path(upload_id)
-    cut = cut_window(spool, request.start + offset, request.end + offset, path)
+    cut = cut_window(spool, request.start, request.end, path, clock_offset_s=request.clock_offset_s)
     manifest = build_manifest(
         request,
         cut,

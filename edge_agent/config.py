@@ -173,6 +173,12 @@ class ModemConfig(Section):
     command_timeout_s: float = Field(2.0, gt=0)
 
 
+class ClockConfig(Section):
+    # A new estimate of the clock offset further than this from the current one is refused
+    # until two independent sources (modem time, server answers) agree on it.
+    max_jump_s: float = Field(300.0, gt=0)
+
+
 class AgentConfig(Section):
     device_id: Annotated[str, AfterValidator(lambda v: validate_id(v, "device_id"))]
     state_dir: Path = Path("/var/lib/classcam")
@@ -184,6 +190,7 @@ class AgentConfig(Section):
     heartbeat: HeartbeatConfig = Field(default_factory=lambda: HeartbeatConfig.model_validate({}))
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig.model_validate({}))
     modem: ModemConfig = Field(default_factory=lambda: ModemConfig.model_validate({}))
+    clock: ClockConfig = Field(default_factory=lambda: ClockConfig.model_validate({}))
 
     @property
     def spool_dir(self) -> Path:

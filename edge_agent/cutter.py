@@ -1,4 +1,10 @@
-"""Cutting a wall-clock window out of the spool into one MP4, by stream copy (DESIGN.md §1.4).
+"""Cutting a server-time window out of the spool into one MP4, by stream copy (DESIGN.md §1.4).
+
+Windows are in server UTC and are found by each segment's server time (its device time minus
+the clock offset when it was indexed), so a wall-clock step during the recording does not
+move the footage away from the window. The clip's bounds are reported in device time with
+the one offset they were mapped with (``CutResult.clock_offset_s``): ``cut_start -
+clock_offset_s`` is the server time of the first frame, so a skew stays visible.
 
 No re-encoding: packets are copied byte for byte from the segment files, from the last
 keyframe at or before the window's start through the last frame that starts before its end.
@@ -36,20 +42,22 @@ class CutResult:
     """A finished clip and the device-clock bounds it really covers."""
 
     path: Path
-    cut_start: datetime  # wall time of the first frame (a keyframe)
-    cut_end: datetime  # wall time of the last frame plus its duration
+    cut_start: datetime  # device time of the first frame (a keyframe)
+    cut_end: datetime  # device time of the last frame plus its duration
     duration_s: float
     frames: int
     width: int
     height: int
     codec: str
     recording_ids: tuple[int, ...] = ()
+    clock_offset_s: float = 0.0  # device minus server clock the bounds were mapped with
 
 
 @dataclass
 class _Picked:
     packet: av.Packet
-    wall: datetime
+    server: datetime  # server time of this frame
+    offset_s: float  # device minus server clock of its segment
     ticks: int  # output pts before shifting to 0, in OUTPUT_TIME_BASE
     duration: int
 
@@ -74,13 +82,14 @@ def _rescale(value: int, source: Fraction, target: Fraction) -> int:
 
 
 def _choose_recordings(
-    spool: Spool, segments: list[SegmentInfo], start: datetime, end: datetime
+    spool: Spool, segments: list[SegmentInfo], start: datetime, end: datetime, fallback: float
 ) -> list[RecordingInfo]:
     """The recordings to cut from: the one covering most of the window, plus any other with
     identical stream parameters (so one MP4 track can hold them; the gap shows in the pts)."""
     overlap: dict[int, timedelta] = defaultdict(timedelta)
     for seg in segments:
-        overlap[seg.recording_id] += min(seg.end_wall, end) - max(seg.start_wall, start)
+        seg_start, seg_end = seg.server_span(fallback)
+        overlap[seg.recording_id] += min(seg_end, end) - max(seg_start, start)
     infos = {rid: spool.recording(rid) for rid in overlap}
     best = infos[max(overlap, key=lambda rid: (overlap[rid], -rid))]
 
@@ -92,7 +101,7 @@ def _choose_recordings(
             best.extradata,
         )
 
-    return sorted((i for i in infos.values() if same_stream(i)), key=lambda i: i.started_wall)
+    return [i for i in infos.values() if same_stream(i)]
 
 
 def _pick_packets(
@@ -100,23 +109,35 @@ def _pick_packets(
     recordings: list[RecordingInfo],
     start: datetime,
     end: datetime,
+    fallback: float,
     stack: contextlib.ExitStack,
 ) -> tuple[list[_Picked], bytes]:
-    """Packets from the last keyframe at or before ``start`` to the last frame before ``end``.
+    """Packets from the last keyframe at or before ``start`` to the last frame before ``end``
+    (all server time).
 
     The segment files stay open on ``stack`` until the clip is written: the packets, and the
     stream used as the output's template, belong to them.
     """
     by_id = {r.recording_id: r for r in recordings}
-    first_wall = recordings[0].started_wall
     picked: list[_Picked] = []
     extradata = b""
+    first_zero: datetime | None = None
+    bases: dict[int, int] = {}
     for seg in segments:
         rec = by_id.get(seg.recording_id)
         if rec is None:
             continue
-        # Place every recording on one timeline by its wall anchor, in output ticks.
-        base = round((rec.started_wall - first_wall).total_seconds() / OUTPUT_TIME_BASE)
+        seg_server, _ = seg.server_span(fallback)
+        offset = seg.offset_s if seg.offset_s is not None else fallback
+        # Server time of this recording's pts 0, by this segment.
+        zero = seg_server - _pts_delta(rec, seg.start_pts)
+        if first_zero is None:
+            first_zero = zero
+        # Place every recording on one timeline by its server anchor, in output ticks; within
+        # a recording the pts (monotonic time) alone order the frames.
+        base = bases.setdefault(
+            rec.recording_id, round((zero - first_zero).total_seconds() / OUTPUT_TIME_BASE)
+        )
         container = stack.enter_context(av.open(str(seg.path)))
         stream = container.streams.video[0]
         tb = stream.time_base or OUTPUT_TIME_BASE
@@ -126,18 +147,18 @@ def _pick_packets(
             if packet.pts is None or packet.size == 0:
                 continue
             rec_pts = seg.start_pts + _rescale(packet.pts, tb, rec.time_base)
-            wall = rec.wall_at(rec_pts)
-            if wall >= end:
+            server = seg_server + _pts_delta(rec, rec_pts - seg.start_pts)
+            if server >= end:
                 break
             ticks = base + _rescale(rec_pts, rec.time_base, OUTPUT_TIME_BASE)
-            if wall <= start and packet.is_keyframe:
+            if server <= start and packet.is_keyframe:
                 picked.clear()  # a later keyframe at or before start: begin there instead
-            elif (wall < start or not packet.is_keyframe) and not picked:
+            elif (server < start or not packet.is_keyframe) and not picked:
                 continue  # nothing decodable yet
             elif picked and ticks <= picked[-1].ticks:
-                continue  # overlapping recordings (a clock step): keep the timeline monotonic
+                continue  # overlapping recordings: keep the timeline monotonic
             duration = _rescale(packet.duration or 0, tb, OUTPUT_TIME_BASE)
-            picked.append(_Picked(packet, wall, ticks, duration))
+            picked.append(_Picked(packet, server, offset, ticks, duration))
     # Durations follow the next packet's pts where there is one (exact across segments).
     for here, after in itertools.pairwise(picked):
         here.duration = after.ticks - here.ticks
@@ -146,31 +167,48 @@ def _pick_packets(
     return picked, extradata
 
 
-def cut_window(spool: Spool, start: datetime, end: datetime, out_path: Path) -> CutResult:
-    """Cut ``[start, end]`` (aware datetimes, device clock) from the spool into ``out_path``.
+def _pts_delta(rec: RecordingInfo, pts: int) -> timedelta:
+    num, den = rec.time_base.numerator * 1_000_000, rec.time_base.denominator
+    return timedelta(microseconds=(2 * pts * num + den) // (2 * den))
 
-    The clip starts at the last keyframe at or before ``start`` (or where recording began,
-    if later) and ends with the last frame starting before ``end``; ``CutResult`` reports
-    the bounds actually covered. Raises ``CutError`` if the window is empty or inverted, or
-    if no recording covers any of it.
+
+def cut_window(
+    spool: Spool,
+    start: datetime,
+    end: datetime,
+    out_path: Path,
+    *,
+    clock_offset_s: float = 0.0,
+) -> CutResult:
+    """Cut ``[start, end]`` (aware datetimes, server UTC) from the spool into ``out_path``.
+
+    Each segment is placed by the offset stored with it; ``clock_offset_s`` (device minus
+    server) places segments indexed without one (with 0, and a spool that stores no offsets,
+    the window is simply in device time). The clip starts at the last keyframe at or before
+    ``start`` (or where recording began, if later) and ends with the last frame starting
+    before ``end``; ``CutResult`` reports the bounds actually covered, in device time, and the
+    offset that maps them back to server time. Raises ``CutError`` if the window is empty or
+    inverted, or if no recording covers any of it.
     """
     start, end = to_utc(start), to_utc(end)
     if end <= start:
         raise CutError(start, end, "the window is empty or inverted")
-    segments = spool.segments_between(start, end)
+    segments = spool.segments_in_server_window(start, end, clock_offset_s)
     if not segments:
         raise CutError(start, end, "no recording in the spool covers any of the window")
-    recordings = _choose_recordings(spool, segments, start, end)
+    recordings = _choose_recordings(spool, segments, start, end, clock_offset_s)
     with contextlib.ExitStack() as stack:
-        picked, extradata = _pick_packets(segments, recordings, start, end, stack)
+        picked, extradata = _pick_packets(segments, recordings, start, end, clock_offset_s, stack)
         if not picked:
             raise CutError(start, end, "no frame of the recordings falls inside the window")
-        cut_start = picked[0].wall
+        # Device time of the first frame as the clock read when it was recorded.
+        offset_used = picked[0].offset_s
+        cut_start = picked[0].server + timedelta(seconds=offset_used)
         span = picked[-1].ticks + picked[-1].duration - picked[0].ticks
         cut_end = cut_start + timedelta(seconds=float(span * OUTPUT_TIME_BASE))
         rec_ids = tuple(sorted({r.recording_id for r in recordings}))
         _write_mp4(out_path, picked, extradata, cut_start, cut_end, rec_ids)
-    first = recordings[0]
+    first = min(recordings, key=lambda r: r.recording_id)
     return CutResult(
         path=out_path,
         cut_start=cut_start,
@@ -181,6 +219,7 @@ def cut_window(spool: Spool, start: datetime, end: datetime, out_path: Path) -> 
         height=first.height,
         codec=first.codec,
         recording_ids=rec_ids,
+        clock_offset_s=offset_used,
     )
 
 

@@ -33,7 +33,7 @@ from edge_agent.commands import CommandRunner, RuntimeSettings
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
 from edge_agent.heartbeat import cpu_temperature_c, disk_usage
-from edge_agent.modem import ModemPort
+from edge_agent.modem import ModemError, ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
 from edge_agent.recording import CameraFactory, RecordingSettings, SessionRecorder
@@ -47,7 +47,7 @@ from edge_agent.sessions import (
 from edge_agent.spool import Spool
 from edge_agent.state import AgentState
 from edge_agent.storage import RecordingUse, StoragePolicy, plan_cleanup
-from edge_agent.timesync import ClockOffset
+from edge_agent.timesync import ClockOffset, SyncProbe, kernel_boot_id, kernel_clock_sync
 from edge_agent.uplink import LinkDown, MqttLink, Uploader
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class AgentService:
         notifier: SystemdNotifier | None = None,
         link: MqttLink | None = None,
         disk_probe: Callable[[], tuple[int, int]] | None = None,
+        clock_sync: SyncProbe | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -87,7 +88,19 @@ class AgentService:
         self.modem = modem
         self.notifier = notifier or SystemdNotifier()
         self.disk_probe = disk_probe or (lambda: disk_usage(config.state_dir))
-        self.offset = ClockOffset()
+        # The kernel speaks for the system clock only: an injected clock is its own truth.
+        real_clock = type(self.clock) is SystemClock
+        if clock_sync is None and real_clock:
+            clock_sync = kernel_clock_sync
+        self.offset = ClockOffset(
+            self.clock,
+            sync_probe=clock_sync,
+            boot_id=kernel_boot_id() if real_clock else None,
+            max_jump_s=config.clock.max_jump_s,
+            restored=self.state.get("clock_offset"),
+            on_change=lambda estimate: self.state.put("clock_offset", estimate),
+        )
+        self.spool.timeline = self.offset
         self.camera_factory = camera_factory or default_camera_factory(config, self.clock)
         stored = self.state.get("runtime") or {}
         self.runtime = RuntimeSettings.model_validate(
@@ -103,7 +116,7 @@ class AgentService:
             self.outbox,
             config.upload,
             self.clock,
-            on_ack=self._on_ack,
+            on_exchange=self._on_ack,
             on_complete=self._on_upload_complete,
         )
         self.apply_runtime(self.runtime, persist=False)
@@ -162,12 +175,13 @@ class AgentService:
             self.link.counters["bad_schedule"] += 1
             log.warning("bad schedule: %s", exc)
             return
-        self.offset.observe(schedule.issued_at, self.clock.now())
         self.state.put("schedule", schedule.model_dump(mode="json"))
         log.info("timetable: %d session(s)", len(schedule.sessions))
 
-    def _on_ack(self, ack: Ack) -> None:
-        self.offset.observe(ack.server_time, self.clock.now())
+    def _on_ack(self, ack: Ack, sent_mono: float, received_mono: float) -> None:
+        # Only answers to our own init/fin, timed on the monotonic clock, teach the offset:
+        # a retained timetable or a redelivered command says when it was sent, not when asked.
+        self.offset.observe_exchange(ack.server_time, sent_mono, received_mono)
 
     def _on_upload_complete(self, upload_id: str) -> None:
         session_id = self.state.upload_acked(upload_id)
@@ -188,6 +202,7 @@ class AgentService:
         """Queue an event durably; the sender delivers it when the link allows. ``at`` is
         when it happened, if that was before now (device clock)."""
         now = self.clock.now()
+        offset = self.offset.seconds if at is None else self.offset.at_wall(at)
         event = Event(
             # Unique even for a 64-character device id or two events in one microsecond:
             # the server keeps one event per event_id.
@@ -195,6 +210,7 @@ class AgentService:
             device_id=self.config.device_id,
             type=type_,
             at=at or now,
+            clock_offset_s=offset,
             cmd_id=cmd_id,
             session_id=session_id,
             data=data or {},
@@ -462,7 +478,8 @@ class AgentService:
             snap = self.modem.snapshot()
             modem, gnss = snap.to_health(), snap.gnss_position()
             if snap.network_time is not None:
-                self.offset.observe(snap.network_time, snap.taken_at, source="modem")
+                self._observe_network_time(self.modem)
+        clock = self.offset.reading()
         self._hb_seq += 1
         return Heartbeat(
             device_id=self.config.device_id,
@@ -478,12 +495,29 @@ class AgentService:
             disk_total_bytes=total,
             storage_low=self.storage_low,
             cpu_temp_c=cpu_temperature_c(),
-            clock_offset_s=self.offset.seconds,
+            clock_offset_s=clock.offset_s,
+            clock_source=clock.source,
+            clock_synced=clock.synced,
             bytes_sent_today=today,
             bytes_sent_month=month,
             modem=modem,
             gnss=gnss,
         )
+
+    def _observe_network_time(self, modem: ModemPort) -> None:
+        """Ask the modem for network time on its own, timed on the monotonic clock (the
+        snapshot's other queries would blur when it was read). Whole seconds only."""
+        sent = self.clock.monotonic()
+        try:
+            network_time = modem.network_time()
+        except ModemError as exc:
+            log.debug("network time: %s", exc)
+            return
+        received = self.clock.monotonic()
+        if network_time is not None:
+            self.offset.observe_exchange(
+                network_time, sent, received, source="modem", resolution_s=1.0
+            )
 
     def _heartbeats(self) -> None:
         topic = topics.heartbeat(self.config.device_id)

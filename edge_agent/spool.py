@@ -11,9 +11,16 @@ temporary ``.part`` name, and its directory fsynced. So after a power cut the in
 names a missing or half-written file, and opening the spool drops whatever was in flight.
 
 Times: each recording has a time base (90 kHz by default) and is anchored by the wall and
-monotonic time of its first frame (pts 0). A packet's wall time is ``started_wall + pts * tb``:
-the monotonic clock, not the wall clock, orders frames, so an NTP step mid-class cannot
-reorder or stretch a recording. Wall times are stored as integer microseconds since the epoch.
+monotonic time of its first frame (pts 0): the monotonic clock, not the wall clock, orders
+frames, so an NTP step mid-class cannot reorder or stretch a recording. Each segment carries
+the device wall time read when it was indexed (its monotonic time mapped through the wall
+clock as set then) and the clock offset estimated then, so its *server* time is
+``wall - offset`` whatever the wall clock did before or after: a window in server UTC finds
+the footage that was recorded in it even across a wall-clock step. Without a ``timeline``
+(tests, tools) a segment's wall time is ``started_wall + pts * tb`` and its offset unknown.
+Times are stored as integer microseconds since the epoch.
+
+The index upgrades itself in place (``PRAGMA user_version``): agents in the field have one.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common.clock import to_utc
 from edge_agent.errors import SpoolError
@@ -69,6 +76,27 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE INDEX IF NOT EXISTS segments_by_wall ON segments (start_wall_us, end_wall_us);
 """
+
+# Each step upgrades an index of the previous version; user_version counts the steps done.
+_MIGRATIONS = (
+    # 1: server time beside each segment's device time (wall - offset; the offset may be
+    # unknown, then the server columns hold the wall time and a cut maps them itself).
+    """ALTER TABLE segments ADD COLUMN offset_us INTEGER;
+    ALTER TABLE segments ADD COLUMN start_server_us INTEGER;
+    ALTER TABLE segments ADD COLUMN end_server_us INTEGER;
+    UPDATE segments SET start_server_us = start_wall_us, end_server_us = end_wall_us;
+    CREATE INDEX IF NOT EXISTS segments_by_server ON segments (start_server_us, end_server_us);
+    ALTER TABLE recordings ADD COLUMN boot_id TEXT;""",
+)
+
+
+class Timeline(Protocol):
+    """Maps the monotonic clock onto the device's wall clock and the server's (the agent's
+    ``ClockOffset``)."""
+
+    def stamp(self, mono: float) -> tuple[datetime, float | None]:
+        """(device wall time of ``mono`` as the wall clock is set now, device minus server
+        offset estimated now, or None)."""
 
 
 def _to_us(value: datetime) -> int:
@@ -147,6 +175,15 @@ class SegmentInfo:
     size: int
     start_pts: int  # recording-relative; the file's own pts start at 0
     end_pts: int
+    offset_s: float | None = None  # device minus server clock when indexed; None: unknown
+
+    def server_span(self, fallback_offset_s: float = 0.0) -> tuple[datetime, datetime]:
+        """Server-time bounds: ``wall - offset``, with ``fallback_offset_s`` where the
+        offset was unknown when the segment was indexed."""
+        offset = timedelta(
+            seconds=self.offset_s if self.offset_s is not None else fallback_offset_s
+        )
+        return self.start_wall - offset, self.end_wall - offset
 
 
 class Spool:
@@ -157,8 +194,12 @@ class Spool:
     no lock, no start-up clean-up (which would delete the writer's in-flight file), no writes.
     """
 
-    def __init__(self, root: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, read_only: bool = False, timeline: Timeline | None = None
+    ) -> None:
         self.root = Path(root).resolve()
+        self.timeline = timeline
+        self.boot_id: str | None = None  # written beside each new recording
         self.rec_dir = self.root / "rec"
         self.read_only = read_only
         self._lock = threading.Lock()
@@ -178,10 +219,16 @@ class Spool:
         self._db = sqlite3.connect(
             self.root / "index.sqlite3", check_same_thread=False, isolation_level=None
         )
-        if not read_only:
+        if read_only:
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version < len(_MIGRATIONS):
+                self._db.close()
+                raise SpoolError(f"spool index {self.root} is older than this agent")
+        else:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self.dropped_files = self._recover()
 
     def _check_writable(self) -> None:
@@ -189,6 +236,22 @@ class Spool:
             raise SpoolError(f"spool {self.root} was opened read-only")
 
     # -- start-up -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Bring an index written by an older agent up to date, one step per version."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            statements = [part.strip() for part in script.split(";") if part.strip()]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in statements:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            log.info("spool index %s upgraded to version %d", self.root, number)
 
     def _recover(self) -> list[Path]:
         """Drop what a power cut left half-done; return the files removed."""
@@ -239,8 +302,8 @@ class Spool:
         with self._lock:
             cur = self._db.execute(
                 """INSERT INTO recordings (session_id, width, height, fps, codec, tb_num, tb_den,
-                       extradata, started_wall_us, started_mono)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       extradata, started_wall_us, started_mono, boot_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     session_id,
                     width,
@@ -252,6 +315,7 @@ class Spool:
                     extradata,
                     _to_us(started_wall),
                     started_mono,
+                    self.boot_id,
                 ),
             )
             recording_id = cur.lastrowid
@@ -277,12 +341,24 @@ class Spool:
             raise SpoolError(f"empty segment {seq} of recording {recording_id}")
         rec = self.recording(recording_id)
         size = Path(path).stat().st_size
-        start_wall, end_wall = rec.wall_at(start_pts), rec.wall_at(end_pts)
+        start_mono, end_mono = rec.mono_at(start_pts), rec.mono_at(end_pts)
+        offset_s: float | None = None
+        if self.timeline is None:
+            start_wall, end_wall = rec.wall_at(start_pts), rec.wall_at(end_pts)
+        else:
+            # The wall clock as set now, carried back along the monotonic clock: a step
+            # since the recording began moves this segment's device time, and its offset
+            # with it, so its server time stays where the footage really is.
+            start_wall, offset_s = self.timeline.stamp(start_mono)
+            end_wall = start_wall + (rec.wall_at(end_pts) - rec.wall_at(start_pts))
+        offset_us = None if offset_s is None else round(offset_s * 1_000_000)
+        shift = offset_us or 0
         with self._lock:
             self._db.execute(
                 """INSERT INTO segments (recording_id, seq, path, start_pts, end_pts,
-                       start_wall_us, end_wall_us, frames, size)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       start_wall_us, end_wall_us, frames, size, offset_us, start_server_us,
+                       end_server_us)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     recording_id,
                     seq,
@@ -293,6 +369,9 @@ class Spool:
                     _to_us(end_wall),
                     frames,
                     size,
+                    offset_us,
+                    _to_us(start_wall) - shift,
+                    _to_us(end_wall) - shift,
                 ),
             )
         return SegmentInfo(
@@ -301,12 +380,13 @@ class Spool:
             path=Path(path),
             start_wall=start_wall,
             end_wall=end_wall,
-            start_mono=rec.mono_at(start_pts),
-            end_mono=rec.mono_at(end_pts),
+            start_mono=start_mono,
+            end_mono=end_mono,
             frames=frames,
             size=size,
             start_pts=start_pts,
             end_pts=end_pts,
+            offset_s=offset_s,
         )
 
     def end_recording(self, recording_id: int, *, ended_wall: datetime) -> None:
@@ -367,9 +447,26 @@ class Spool:
         return self._segments_where("s.recording_id = ?", (recording_id,))
 
     def segments_between(self, start: datetime, end: datetime) -> list[SegmentInfo]:
-        """Segments overlapping ``[start, end]``, ordered by start time."""
+        """Segments whose device wall time overlaps ``[start, end]``, ordered by start time."""
         return self._segments_where(
             "s.start_wall_us < ? AND s.end_wall_us > ?", (_to_us(end), _to_us(start))
+        )
+
+    def segments_in_server_window(
+        self, start: datetime, end: datetime, fallback_offset_s: float = 0.0
+    ) -> list[SegmentInfo]:
+        """Segments whose server time overlaps ``[start, end]`` (server UTC), ordered by
+        server time; a segment indexed without an offset is mapped with ``fallback_offset_s``.
+        """
+        shift = round(fallback_offset_s * 1_000_000)
+        found = self._segments_where(
+            """(s.offset_us IS NOT NULL AND s.start_server_us < ? AND s.end_server_us > ?)
+               OR (s.offset_us IS NULL AND s.start_wall_us < ? AND s.end_wall_us > ?)""",
+            (_to_us(end), _to_us(start), _to_us(end) + shift, _to_us(start) + shift),
+        )
+        return sorted(
+            found,
+            key=lambda seg: (seg.server_span(fallback_offset_s)[0], seg.recording_id, seg.seq),
         )
 
     def _segments_where(self, where: str, args: tuple[object, ...]) -> list[SegmentInfo]:
@@ -377,14 +474,14 @@ class Spool:
             rows = self._db.execute(
                 f"""SELECT s.recording_id, s.seq, s.path, s.start_wall_us, s.end_wall_us,
                         s.frames, s.size, s.start_pts, s.end_pts, r.started_mono, r.tb_num,
-                        r.tb_den
+                        r.tb_den, s.offset_us
                     FROM segments s JOIN recordings r ON r.id = s.recording_id
                     WHERE {where}
                     ORDER BY s.start_wall_us, s.recording_id, s.seq""",
                 args,
             ).fetchall()
         result = []
-        for rid, seq, path, sw, ew, frames, size, spts, epts, mono0, num, den in rows:
+        for rid, seq, path, sw, ew, frames, size, spts, epts, mono0, num, den, off in rows:
             tb = Fraction(num, den)
             result.append(
                 SegmentInfo(
@@ -399,6 +496,7 @@ class Spool:
                     size=size,
                     start_pts=spts,
                     end_pts=epts,
+                    offset_s=None if off is None else off / 1_000_000,
                 )
             )
         return result

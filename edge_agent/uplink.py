@@ -261,21 +261,26 @@ class Uploader:
         *,
         on_ack: Callable[[Ack], None] | None = None,
         on_complete: Callable[[str], None] | None = None,
+        on_exchange: Callable[[Ack, float, float], None] | None = None,
     ) -> None:
         self.link = link
         self.on_ack = on_ack
+        # (answer, monotonic send time of our init/fin, monotonic receive time of the answer):
+        # a timed exchange, the one kind of server time the clock offset may learn from.
+        self.on_exchange = on_exchange
         self.on_complete = on_complete
         self.outbox = outbox
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = UploadStats()
         self.limiter = RateLimiter(config.rate_limit_bytes_per_s, self.clock)
-        self._acks: dict[str, queue.Queue[Ack]] = {}
+        self._acks: dict[str, queue.Queue[tuple[Ack, float]]] = {}
         self._lock = threading.Lock()
         link.on("ack", self.on_ack_message)
 
     def on_ack_message(self, topic: str, payload: bytes) -> None:
         """Called on paho's thread for every message on our ack topic."""
+        received = self.clock.monotonic()
         try:
             ack = decode(Ack, payload)
         except ProtocolError as exc:
@@ -289,18 +294,24 @@ class Uploader:
         if waiting is None:
             log.debug("ack for %s, which no upload waits for", ack.upload_id)
             return
-        waiting.put(ack)
+        waiting.put((ack, received))
 
-    def _wait_ack(self, upload_id: str, answer_to: AckReplyTo) -> Ack | None:
-        """The server's answer to our ``init`` or ``fin``; chunk complaints are logged."""
+    def _wait_ack(
+        self, upload_id: str, answer_to: AckReplyTo, sent: float | None = None
+    ) -> Ack | None:
+        """The server's answer to our ``init`` or ``fin`` (sent at monotonic ``sent``); chunk
+        complaints are logged."""
         deadline = self.clock.monotonic() + self.config.ack_timeout_s
         waiting = self._acks[upload_id]
         while (left := deadline - self.clock.monotonic()) > 0:
             try:
-                ack = waiting.get(timeout=min(left, 0.5))
+                ack, received = waiting.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
             if ack.reply_to == answer_to or ack.state == AckState.REJECTED:
+                # An answer queued before we asked is stale: it times nothing.
+                if self.on_exchange is not None and sent is not None and received >= sent:
+                    self.on_exchange(ack, sent, received)
                 return ack
             if ack.reason:
                 log.warning(
@@ -331,15 +342,17 @@ class Uploader:
                 continue
             try:
                 self.outbox.note_attempt(item.upload_id)
+                sent = self.clock.monotonic()
                 self.link.publish(topics.file_init(device, item.upload_id), item.manifest_payload)
                 self.stats.inits += 1
-                ack = self._wait_ack(item.upload_id, AckReplyTo.INIT)
+                ack = self._wait_ack(item.upload_id, AckReplyTo.INIT, sent)
                 while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
                     self._send_ranges(item, ack.missing, stop)
                     fin = Fin(upload_id=item.upload_id, size=item.size, sha256=item.sha256)
+                    sent = self.clock.monotonic()
                     self.link.publish(topics.file_fin(device, item.upload_id), fin.to_bytes())
                     self.stats.fins += 1
-                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN)
+                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN, sent)
             except LinkDown:
                 log.info("link down during upload %s; will resume", item.upload_id)
                 ack = None

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from common.clock import Clock, SystemClock
-from ingest_server.api.app import ApiContext, create_app
+from ingest_server.api.app import create_app
+from ingest_server.api.deps import ApiContext
 from ingest_server.clip_checks import ClipChecker
 from ingest_server.consumer import IngestConsumer, make_client
 from ingest_server.db import make_engine, make_session_factory

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -24,13 +23,16 @@ from ingest_server.models import (
     PresenceChange,
     SessionWindow,
 )
-from ingest_server.photos import near_duplicate
 from ingest_server.rules.clip_proof import ClipFacts, DecodedClip, WindowFacts
-from ingest_server.rules.photo_match import PhotoFacts as PhotoMatchFacts
 from ingest_server.rules.photo_match import (
+    OtherSession,
     PhotoKind,
+    PictureUse,
+    double_bookings,
+    earlier_use,
     photo_match,
 )
+from ingest_server.rules.photo_match import PhotoFacts as PhotoMatchFacts
 from ingest_server.rules.session import ClassroomFacts, SessionFacts
 from ingest_server.rules.verdict import (
     Interval,
@@ -45,7 +47,6 @@ from ingest_server.rules.windows import Window
 from ingest_server.settings import Settings
 
 log = logging.getLogger(__name__)
-REUSE_MAX_BITS = 2
 
 _RECORDING_KINDS = {
     EventType.SESSION_STARTED.value: RecordingEventKind.STARTED,
@@ -176,14 +177,78 @@ def offline_intervals(db: Session, device_id: str, since: datetime) -> list[Inte
     return out
 
 
-def reused_from(photo: Photo, others: Sequence[tuple[str, str, str]]) -> str | None:
-    """Another session with the same image: the same bytes, or the same picture re-encoded
-    or rescaled (which moves a perceptual hash by 0–2 bits). A looser match would catch
-    honest photos taken from the same spot on another day, so it is not used."""
-    for session_id, sha256, phash in others:
-        if sha256 == photo.sha256 or near_duplicate(phash, photo.phash, REUSE_MAX_BITS):
-            return session_id
-    return None
+def picture_use(photo: Photo) -> PictureUse:
+    """A stored photo as one use of its picture (for ``earlier_use``)."""
+    return PictureUse(photo.session_id, str(photo.id), photo.sha256, photo.phash, photo.received_at)
+
+
+def other_uses(db: Session, session_id: str) -> list[PictureUse]:
+    """Every photo of the other sessions, as uses of their pictures (hashes only)."""
+    rows = db.execute(
+        select(Photo.session_id, Photo.id, Photo.sha256, Photo.phash, Photo.received_at).where(
+            Photo.session_id != session_id
+        )
+    )
+    return [PictureUse(r.session_id, str(r.id), r.sha256, r.phash, r.received_at) for r in rows]
+
+
+def photo_facts(photo: Photo) -> PhotoMatchFacts:
+    """A stored photo as the photo rules see it."""
+    return PhotoMatchFacts(
+        photo_id=str(photo.id),
+        lecturer_id=photo.lecturer_id,
+        kind=PhotoKind(photo.kind),
+        taken_at=photo.taken_at,
+        location=Coordinate(photo.lat, photo.lon, Datum(photo.datum)),
+        time_source=photo.time_source,
+        place_source=photo.place_source,
+        received_at=photo.received_at,
+        sha256=photo.sha256,
+        signature=photo.phash,
+    )
+
+
+def _classroom_facts(classroom: Classroom) -> ClassroomFacts:
+    return ClassroomFacts(
+        classroom.id,
+        Coordinate(classroom.lat, classroom.lon, Datum(classroom.datum)),
+        classroom.radius_m,
+    )
+
+
+def lecturer_elsewhere(db: Session, row: ClassSession) -> list[OtherSession]:
+    """The lecturer's sessions in other classrooms within a day of ``row``, with their photos."""
+    start = row.opened_at or row.scheduled_start
+    near = select(ClassSession).where(
+        ClassSession.lecturer_id == row.lecturer_id,
+        ClassSession.id != row.id,
+        ClassSession.classroom_id != row.classroom_id,
+        ClassSession.scheduled_start > start - timedelta(days=1),
+        ClassSession.scheduled_start < start + timedelta(days=1, seconds=row.duration_s),
+    )
+    out = []
+    for other in db.scalars(near.order_by(ClassSession.id)):
+        classroom = db.get(Classroom, other.classroom_id)
+        if classroom is None:
+            continue
+        photos = db.scalars(select(Photo).where(Photo.session_id == other.id).order_by(Photo.id))
+        out.append(
+            OtherSession(
+                SessionFacts(
+                    session_id=other.id,
+                    classroom_id=other.classroom_id,
+                    device_id="",
+                    lecturer_id=other.lecturer_id,
+                    scheduled_start=other.scheduled_start,
+                    preset_duration_s=other.duration_s,
+                    opened_at=other.opened_at,
+                    closed_at=other.closed_at,
+                ),
+                _classroom_facts(classroom),
+                tuple(photo_facts(p) for p in photos),
+            )
+        )
+    return out
 
 
 class FactReader:
@@ -234,30 +299,26 @@ class FactReader:
         photos = []
         own = db.scalars(select(Photo).where(Photo.session_id == row.id)).all()
         # Read once for the session (hashes only), not once per photo.
-        others = (
-            [
-                (r.session_id, r.sha256, r.phash)
-                for r in db.execute(
-                    select(Photo.session_id, Photo.sha256, Photo.phash).where(
-                        Photo.session_id != row.id
-                    )
-                )
-            ]
-            if own
-            else []
-        )
+        others = other_uses(db, row.id) if own else []
         for photo in own:
-            match_facts = PhotoMatchFacts(
-                photo_id=str(photo.id),
-                lecturer_id=photo.lecturer_id,
-                kind=PhotoKind(photo.kind),
-                taken_at=photo.taken_at,
-                location=Coordinate(photo.lat, photo.lon, Datum(photo.datum)),
-            )
+            match_facts = photo_facts(photo)
             match = photo_match(
-                match_facts, facts, room, tolerance_s=self.settings.photo_tolerance_s
+                match_facts,
+                facts,
+                room,
+                tolerance_s=self.settings.photo_tolerance_s,
+                app_upload_window_s=self.settings.photo_app_window_s,
             )
-            photos.append(PhotoEvidence(match_facts, match, reused_from(photo, others)))
+            reuse = earlier_use(picture_use(photo), others)
+            reused = reuse.first.session_id if reuse else None
+            photos.append(PhotoEvidence(match_facts, match, reused, reuse))
+        booked = double_bookings(
+            facts,
+            room,
+            [p.photo for p in photos],
+            lecturer_elsewhere(db, row),
+            tolerance_s=self.settings.photo_tolerance_s,
+        )
         offline = offline_intervals(db, device_id, facts.start) if device_id else []
         return SessionEvidence(
             session=facts,
@@ -266,6 +327,7 @@ class FactReader:
             device_clock_offset_s=row.device_clock_offset_s,
             windows=tuple(windows),
             photos=tuple(photos),
+            double_bookings=tuple(booked),
             offline=tuple(offline),
             duration_tolerance_s=self.settings.duration_tolerance_s,
         )

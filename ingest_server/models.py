@@ -294,7 +294,7 @@ class Photo(Base):
     lecturer_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("lecturers.id"))
     kind: Mapped[str] = mapped_column(String(8))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    phash: Mapped[str] = mapped_column(String(16))
+    phash: Mapped[str] = mapped_column(Text)  # picture signature (photo_hash)
     path: Mapped[str] = mapped_column(String(512))
     taken_at: Mapped[datetime] = mapped_column(UtcDateTime())
     time_source: Mapped[str] = mapped_column(String(8))

@@ -3,11 +3,17 @@
 Time and place come from the photo's EXIF when it has them, else from what the app sent; the
 source of each is recorded so a verdict can say which it relied on.
 
-* **Time.** ``DateTimeOriginal`` (Exif IFD) with ``SubSecTimeOriginal`` and
-  ``OffsetTimeOriginal`` when present. Without an offset, EXIF local time is taken to be in the
-  deployment's zone (``local_tz``, Asia/Shanghai by default): phones write the wall-clock time
-  they show, and ours are in China. When ``DateTimeOriginal`` is missing, the GPS IFD's
-  ``GPSDateStamp`` + ``GPSTimeStamp`` (UTC by definition) are used. Then the app's time.
+* **Time.** ``DateTimeOriginal`` (Exif IFD) with ``SubSecTimeOriginal``, read at the first
+  offset the file gives: ``OffsetTimeOriginal``, else ``OffsetTime``, else the one the GPS
+  IFD's UTC stamp (``GPSDateStamp`` + ``GPSTimeStamp``) implies (rounded to a quarter hour, so
+  a GPS fix a few minutes old does not move the time), else the deployment's configured zone
+  (``local_tz``: phones write the wall-clock time they show). Without ``DateTimeOriginal``, the
+  GPS stamp alone. Then the app's time. ``time_source`` says which: ``exif`` (an offset in the
+  file), ``gps`` (the GPS stamp), ``exif_tz`` (the configured zone assumed), ``app``.
+* **Impossible times are refused** (``bad_time``, HTTP 422): a date that does not exist, one
+  before 2000 or after the upload (``now``), or one whose conversion to UTC overflows (year 1
+  or 9999 with an offset). A blank or all-zero EXIF date is a camera whose clock was never set:
+  absent, not impossible.
 * **Place.** The GPS IFD's latitude/longitude rationals with their N/S/E/W refs, always WGS-84
   (GNSS receivers report WGS-84). Otherwise the app's coordinates *with the datum the app
   states*: WeChat's ``gcj02`` mode and Chinese map pickers (AMap, Tencent) give GCJ-02, Baidu
@@ -31,11 +37,11 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from enum import StrEnum
 from typing import Any
 
-import imagehash
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from common.clock import to_utc
 from ingest_server.errors import IngestError
+from ingest_server.photo_hash import picture_signature
 
 # China has had no daylight saving since 1991, so a fixed offset is exact and needs no tzdata.
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
@@ -52,10 +58,15 @@ _HASH_DRAFT_SIZE = (512, 512)
 
 TAG_MAKE, TAG_MODEL = 0x010F, 0x0110
 TAG_DATETIME_ORIGINAL, TAG_OFFSET_TIME_ORIGINAL, TAG_SUBSEC_ORIGINAL = 0x9003, 0x9011, 0x9291
+TAG_OFFSET_TIME = 0x9010
 GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON, GPS_TIMESTAMP, GPS_DATESTAMP = 1, 2, 3, 4, 7, 29
 
 _OFFSET = re.compile(r"^\s*([+-])(\d{2}):?(\d{2})\s*$")
-_HEX64 = re.compile(r"^[0-9a-fA-F]{16}$")
+# Digital photos before this are not photos of a class we judge; a camera with an unset clock.
+EARLIEST_PHOTO = datetime(2000, 1, 1, tzinfo=UTC)
+# A phone's clock may run a little ahead of ours.
+FUTURE_SLACK = timedelta(days=1)
+_QUARTER_HOUR = 15 * 60
 
 
 class PhotoRejectReason(StrEnum):
@@ -67,6 +78,7 @@ class PhotoRejectReason(StrEnum):
     NO_PLACE = "no_place"
     BAD_COORDINATES = "bad_coordinates"
     BAD_DATUM = "bad_datum"
+    BAD_TIME = "bad_time"
 
 
 class PhotoRejected(IngestError):
@@ -84,12 +96,12 @@ class PhotoFacts:
     """What a photo says about when and where it was taken, and how we know."""
 
     sha256: str
-    phash: str  # 64-bit perceptual hash, 16 hex digits (imagehash.phash)
+    phash: str  # picture signature (ingest_server.photo_hash)
     width: int  # pixels as stored in the file (before any EXIF orientation)
     height: int
     format: str  # "JPEG" | "PNG" | "HEIC"
     taken_at: datetime  # aware UTC
-    time_source: str  # "exif" | "app"
+    time_source: str  # "exif" | "gps" | "exif_tz" | "app"
     lat: float
     lon: float
     datum: str  # "wgs84" | "gcj02" | "bd09"
@@ -119,12 +131,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _perceptual_hash(image: Image.Image) -> str:
-    """phash of the picture as it is shown (EXIF orientation applied), decoding it fully."""
+    """The signature of the picture as it is shown (EXIF orientation applied), decoding it."""
     if image.format == "JPEG":
         image.draft("RGB", _HASH_DRAFT_SIZE)
     try:
         upright = ImageOps.exif_transpose(image)
-        return str(imagehash.phash(upright))
+        return picture_signature(upright)
     except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
         # Truncated or corrupt pixel data: the header parsed but the picture does not decode.
         raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, f"cannot decode: {exc}") from exc
@@ -172,33 +184,86 @@ def _offset(value: str | None) -> tzinfo | None:
     return timezone(-delta if sign == "-" else delta)
 
 
-def _exif_time(exif_ifd: dict[int, Any], local_tz: tzinfo) -> datetime | None:
+def _bad_time(detail: str) -> PhotoRejected:
+    return PhotoRejected(PhotoRejectReason.BAD_TIME, detail)
+
+
+def _plausible(moment: datetime, source: str, now: datetime | None) -> datetime:
+    latest = None if now is None else to_utc(now) + FUTURE_SLACK
+    if moment < EARLIEST_PHOTO or (latest is not None and moment > latest):
+        raise _bad_time(f"{source} {moment.isoformat()} is not a possible time for this photo")
+    return moment
+
+
+def _exif_local(exif_ifd: dict[int, Any]) -> datetime | None:
+    """``DateTimeOriginal`` (+ sub-seconds) as a naive local time; None when blank or zero."""
     text = _text(exif_ifd.get(TAG_DATETIME_ORIGINAL))
-    if text is None:
-        return None
+    if text is None or not text.strip(": 0"):
+        return None  # "0000:00:00 00:00:00", "    :  :     :  :  ": a clock never set
     try:
         naive = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None  # "0000:00:00 00:00:00" and friends: a camera with no clock set
+    except ValueError as exc:
+        raise _bad_time(f"EXIF DateTimeOriginal {text!r} is not a date: {exc}") from exc
     subsec = _text(exif_ifd.get(TAG_SUBSEC_ORIGINAL))
     if subsec and subsec.isdigit():
         naive = naive.replace(microsecond=int(subsec[:6].ljust(6, "0")))
-    zone = _offset(_text(exif_ifd.get(TAG_OFFSET_TIME_ORIGINAL))) or local_tz
-    return naive.replace(tzinfo=zone).astimezone(UTC)
+    return naive
 
 
 def _gps_time(gps: dict[int, Any]) -> datetime | None:
+    """The GPS IFD's UTC date and time; None when absent, refused when impossible."""
     date_text, hms = _text(gps.get(GPS_DATESTAMP)), _triple(gps.get(GPS_TIMESTAMP))
     if date_text is None or hms is None:
         return None
+    hours, minutes, seconds = hms
     try:
         day = datetime.strptime(date_text[:10], "%Y:%m:%d").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    hours, minutes, seconds = hms
-    if not (0 <= hours < 24 and 0 <= minutes < 60 and 0 <= seconds < 61):
-        return None
-    return day + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+        if not (0 <= hours < 24 and 0 <= minutes < 60 and 0 <= seconds < 61):
+            raise ValueError(f"time {hours}:{minutes}:{seconds}")
+        return day + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    except (ValueError, OverflowError) as exc:
+        raise _bad_time(f"EXIF GPS stamp {date_text!r} {hms} is not a time: {exc}") from exc
+
+
+def _exif_time(
+    exif_ifd: dict[int, Any], gps: dict[int, Any], local_tz: tzinfo, now: datetime | None
+) -> tuple[datetime, str] | None:
+    """When the photo was taken by its EXIF, and how we know (see the module doc)."""
+    local = _exif_local(exif_ifd)
+    gps_utc = _gps_time(gps) if local is None or not _has_offset(exif_ifd) else None
+    if local is None:
+        return None if gps_utc is None else (_plausible(gps_utc, "EXIF GPS time", now), "gps")
+    zone = _offset(_text(exif_ifd.get(TAG_OFFSET_TIME_ORIGINAL))) or _offset(
+        _text(exif_ifd.get(TAG_OFFSET_TIME))
+    )
+    source = "exif"
+    if zone is None and gps_utc is not None:
+        implied = (local.replace(tzinfo=UTC) - gps_utc).total_seconds()
+        quarters = round(implied / _QUARTER_HOUR) * _QUARTER_HOUR
+        if abs(quarters) <= 14 * 3600:
+            zone, source = timezone(timedelta(seconds=quarters)), "gps"
+    if zone is None:
+        zone, source = local_tz, "exif_tz"
+    try:
+        moment = local.replace(tzinfo=zone).astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise _bad_time(f"EXIF DateTimeOriginal {local.isoformat()} overflows: {exc}") from exc
+    return _plausible(moment, "EXIF DateTimeOriginal", now), source
+
+
+def _has_offset(exif_ifd: dict[int, Any]) -> bool:
+    return any(
+        _offset(_text(exif_ifd.get(tag))) is not None
+        for tag in (TAG_OFFSET_TIME_ORIGINAL, TAG_OFFSET_TIME)
+    )
+
+
+def _app_time(app_taken_at: datetime, now: datetime | None) -> datetime:
+    try:
+        moment = to_utc(app_taken_at)
+    except (OverflowError, ValueError) as exc:
+        raise _bad_time(f"the app's taken_at {app_taken_at!r} overflows: {exc}") from exc
+    return _plausible(moment, "the app's taken_at", now)
 
 
 def _signed_degrees(dms: Any, ref: Any, positive: str, negative: str) -> float | None:
@@ -269,13 +334,15 @@ def read_photo(
     max_bytes: int = DEFAULT_MAX_BYTES,
     local_tz: tzinfo = SHANGHAI,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    now: datetime | None = None,
 ) -> PhotoFacts:
     """Hash ``data`` and read when and where it was taken, preferring EXIF to the app's fields.
 
     ``app_taken_at`` should be aware (a naive value is taken as UTC, as ``to_utc`` does);
     ``app_lat``/``app_lon`` are in ``app_datum`` ("wgs84", "gcj02" or "bd09"). The app's
-    fields are only checked when they are used. EXIF times without an offset are read in
-    ``local_tz``. Raises ``PhotoRejected`` with the reason the web layer reports.
+    fields are only checked when they are used. EXIF times without an offset (in the file or
+    implied by its GPS stamp) are read in ``local_tz``; a time after ``now`` (plus a day of
+    clock slack) is impossible. Raises ``PhotoRejected`` with the reason the web layer reports.
     """
     if len(data) > max_bytes:
         raise PhotoRejected(
@@ -290,14 +357,15 @@ def read_photo(
         ifd0, exif_ifd, gps = _read_exif(image)
         phash = _perceptual_hash(image)
 
-    taken_at = _exif_time(exif_ifd, local_tz) or _gps_time(gps)
-    time_source = "exif"
-    if taken_at is None:
-        if app_taken_at is None:
-            raise PhotoRejected(
-                PhotoRejectReason.NO_TIME, "the photo has no EXIF time and the app sent none"
-            )
-        taken_at, time_source = to_utc(app_taken_at), "app"
+    exif_time = _exif_time(exif_ifd, gps, local_tz, now)
+    if exif_time is not None:
+        taken_at, time_source = exif_time
+    elif app_taken_at is None:
+        raise PhotoRejected(
+            PhotoRejectReason.NO_TIME, "the photo has no EXIF time and the app sent none"
+        )
+    else:
+        taken_at, time_source = _app_time(app_taken_at, now), "app"
 
     exif_place = _exif_place(gps)
     if exif_place is not None:
@@ -326,21 +394,3 @@ def read_photo(
         camera_make=_text(ifd0.get(TAG_MAKE)),
         camera_model=_text(ifd0.get(TAG_MODEL)),
     )
-
-
-def phash_distance(phash_a: str, phash_b: str) -> int:
-    """Hamming distance between two 64-bit perceptual hashes given as 16 hex digits."""
-    for value in (phash_a, phash_b):
-        if not _HEX64.match(value):
-            raise ValueError(f"not a 64-bit hex perceptual hash: {value!r}")
-    return (int(phash_a, 16) ^ int(phash_b, 16)).bit_count()
-
-
-def near_duplicate(phash_a: str, phash_b: str, max_distance: int = 6) -> bool:
-    """True when two photos' perceptual hashes differ in at most ``max_distance`` bits.
-
-    Re-encoding or rescaling a photo moves its hash by 0–2 bits; different rooms are 14+ apart
-    in our synthetic set. Two honest photos of the same room from the same spot can also be
-    close, so a match is a reason to look (``photo_reused``), together with sha256 and EXIF.
-    """
-    return phash_distance(phash_a, phash_b) <= max_distance

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     window_max_requests: int = Field(default=8, ge=1)
     duration_tolerance_s: float = Field(default=300.0, ge=0)
     photo_tolerance_s: float = Field(default=900.0, ge=0)
+    # Time/place typed into the lecturer's app count only when the upload arrives this close to
+    # the stated time; otherwise they are shown as unverified (rules.photo_match).
+    photo_app_window_s: float = Field(default=600.0, ge=0)
     photo_grace_s: float = Field(default=3600.0, ge=0)
     clip_grace_s: float = Field(default=24 * 3600.0, ge=0)
     offline_tolerance_s: float = Field(default=120.0, ge=0)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.clock import utc_now
+from common.clock import to_utc, utc_now
 from common.geo import Datum
 from common.schemas import SafeId
 from common.signing import load_public_key_b64
 from ingest_server.models import (
     Classroom,
+    ClassSession,
     Device,
     Institution,
     Lecturer,
@@ -151,6 +153,79 @@ def read_rows(path: Path, kind: str | None = None) -> dict[str, list[tuple[int, 
     return {s: rows if s == section else [] for s in SECTIONS}
 
 
+@dataclass(frozen=True, slots=True)
+class _Booking:
+    session_id: str
+    lecturer_id: str
+    classroom_id: str
+    start: datetime
+    end: datetime
+    line: int | None  # None: already in the database, not in this file
+
+
+def _when(booking: _Booking) -> str:
+    return f"{booking.start.isoformat()} to {booking.end.isoformat()}"
+
+
+def double_booked(db: Session, sessions: list[tuple[int, Any]]) -> list[RowError]:
+    """One lecturer in two classrooms at once: every session of the file that overlaps another
+    (in the file or already stored) of the same lecturer in another classroom, naming both."""
+    in_file = {
+        r.id: _Booking(
+            r.id,
+            r.lecturer_id,
+            r.classroom_id,
+            to_utc(r.start),
+            to_utc(r.start) + timedelta(minutes=r.duration_min),
+            line,
+        )
+        for line, r in sessions
+    }
+    lecturers = {b.lecturer_id for b in in_file.values()}
+    stored = [
+        _Booking(
+            row.id,
+            row.lecturer_id,
+            row.classroom_id,
+            to_utc(row.scheduled_start),
+            to_utc(row.scheduled_start) + timedelta(seconds=row.duration_s),
+            None,
+        )
+        for row in db.scalars(
+            select(ClassSession).where(ClassSession.lecturer_id.in_(sorted(lecturers)))
+        )
+        if row.id not in in_file
+    ]
+    by_lecturer: dict[str, list[_Booking]] = {}
+    for booking in [*in_file.values(), *stored]:
+        by_lecturer.setdefault(booking.lecturer_id, []).append(booking)
+    errors = []
+    for lecturer_id, bookings in sorted(by_lecturer.items()):
+        bookings.sort(key=lambda b: (b.start, b.session_id))
+        for i, first in enumerate(bookings):
+            for second in bookings[i + 1 :]:
+                if second.start >= first.end:
+                    break
+                if second.classroom_id == first.classroom_id:
+                    continue
+                for mine, other in ((first, second), (second, first)):
+                    if mine.line is None:
+                        continue
+                    where = "" if other.line is not None else " (already imported)"
+                    errors.append(
+                        RowError(
+                            "sessions",
+                            mine.line,
+                            "start",
+                            f"lecturer {lecturer_id} would be in two classrooms at once:"
+                            f" session {mine.session_id} in {mine.classroom_id} ({_when(mine)})"
+                            f" overlaps session {other.session_id} in {other.classroom_id}"
+                            f" ({_when(other)}){where}",
+                        )
+                    )
+    return sorted(errors, key=lambda e: (e.line, e.message))
+
+
 def import_rows(
     db: Session, rows: dict[str, list[tuple[int, dict[str, Any]]]], settings: Settings
 ) -> dict[str, int]:
@@ -193,6 +268,7 @@ def import_rows(
                 value = getattr(row, field, None)
                 if value is not None and value not in ids:
                     errors.append(RowError(section, line, field, f"no such id: {value!r}"))
+    errors += double_booked(db, parsed["sessions"])
     if errors:
         raise ImportFailed(errors)
     counts = dict.fromkeys(SECTIONS, 0)

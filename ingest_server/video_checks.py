@@ -12,16 +12,22 @@ cameras burn a ticking timestamp into it: a frozen sensor under a live clock mus
 * **black** — lens covered or camera dark: in most samples the mean luma is low *and* the
   picture is flat (low standard deviation). A dim but real room has structure, so it is not
   black however dark it is.
-* **frozen** — compared on **keyframes only**, at full resolution. A keyframe is an independent
-  encoding of what the sensor saw, so two keyframes of a live room differ by sensor noise
-  (mean absolute difference >= 0.6 even for a dim, still room at CRF 35); a frozen sensor
-  gives the encoder the same picture, and its keyframes come out identical (0.00), or, when
-  rate control changed the quantiser, identical to one a few keyframes back. P-frames cannot
-  tell the two apart: a static scene's P-frames are mostly skip blocks that copy their
-  reference, so a quiet room sampled on P-frames measured as still as a frozen feed
-  (0.00–0.01 at CRF 28–35). A keyframe counts as frozen when its mean absolute difference to
-  one of the previous ``frozen_lookback`` keyframes is below ``frozen_mad``; the clip is
-  frozen when most keyframes are.
+* **frozen** — nothing in the picture moves beyond the sensor's noise: a feed that stopped, or
+  a camera filming a printed photo (a still picture under fresh sensor noise). Compared on
+  **keyframes only**: each keyframe is an independent encoding of what the sensor saw, while a
+  static scene's P-frames are mostly skip blocks that copy their reference and would make any
+  quiet room look frozen. Each keyframe is compared with the one ``frozen_lookback`` keyframes
+  back (10 s at the agent's keyframe a second, so slow motion adds up) on its *structure*: luma
+  averaged over blocks (``structure_width`` blocks across), which divides per-pixel noise by the
+  block size, then fitted to the earlier one by gain and offset, so an exposure or light change
+  over the whole picture is not motion. The change is the 99th percentile of the fit's residual
+  in units of the residual's own robust spread (its median absolute deviation): noise the clip
+  itself measured, whatever the sensor, light or encoder quality. Noise alone gives a residual
+  whose tail is ~2–4 of its spreads; something moving in a few blocks puts the tail far out
+  (``bench/frozen_margin.py`` prints the distributions). A keyframe repeats when its change is
+  below ``frozen_change``; the clip is frozen when most keyframes repeat. A real, quiet room has
+  people who move a little; a room in which nothing at all moves for most of a window cannot be
+  told from a photograph of it, and is reported frozen.
 * **moved** — ORB features of sampled frames matched to the classroom's reference still (ratio
   test, then a RANSAC homography); the similarity is the share of keypoints that are homography
   inliers, median over a few samples. A small pan, zoom or lighting change keeps a homography;
@@ -64,10 +70,20 @@ class SanityThresholds:
     black_luma: float = 32.0  # a frame is dark below this mean luma (0–255, full range)...
     black_std: float = 6.0  # ...and flat below this standard deviation
     black_share: float = 0.8  # black when at least this share of sampled frames is dark
-    frozen_mad: float = 0.3  # a keyframe repeats an earlier one below this mean abs. difference
-    frozen_lookback: int = 5  # how many earlier keyframes a keyframe is compared with
-    # Frozen when at least this share of keyframes repeat. Not 0.9: rate control re-quantises
-    # a frozen picture now and then (measured 0.71–1.00 on frozen clips, 0.00 on live ones).
+    # A keyframe repeats the one ``frozen_lookback`` back below this structural change (residual
+    # tail in units of its own noise spread). Measured by bench/frozen_margin.py: still pictures
+    # under noise 1.9-3.7, live scenes with a person moving 0.5 px/s (at 320 px wide) above 5.9.
+    frozen_change: float = 4.5
+    frozen_lookback: int = 10  # which earlier keyframe a keyframe is compared with (10 s back)
+    structure_width: int = 40  # blocks across the picture for the structural comparison
+    # Lowest noise spread a change is measured in (luma levels): a noiseless frozen picture has
+    # none, and the encoder's re-quantisation must not count as motion there.
+    noise_floor: float = 0.5
+    # Highest: block-averaged sensor noise stays below this (measured up to ~1.5 at +/-6 levels
+    # and CRF 35); a larger spread is the whole picture changing, which is motion.
+    noise_ceiling: float = 3.0
+    # Frozen when at least this share of keyframes repeat: a clip whose feed froze for most of
+    # its length is frozen even if something moved for a moment.
     frozen_share: float = 0.6
     moved_similarity: float = 0.07  # moved below this share of keypoints that are inliers
     analysis_width: int = ANALYSIS_WIDTH
@@ -85,11 +101,16 @@ class SanityReport:
     luma_std: float  # median over sampled frames of the luma standard deviation
     dark_share: float  # share of sampled frames that were dark and flat
     frozen_fraction: float  # share of keyframes (after the first) repeating an earlier one
-    median_keyframe_diff: float  # median of each keyframe's smallest difference to earlier ones
+    median_keyframe_change: float  # median structural change of keyframes (noise spreads)
+    keyframe_changes: tuple[float, ...]  # each keyframe's change, in order, for the record
     reference_similarity: float | None  # median inlier share against the reference
     frames_sampled: int  # frames analysed for black and moved
     keyframes_compared: int  # keyframes analysed for frozen
     keyframes_only: bool  # whether the black/moved samples could be keyframes alone
+    # What the clip really is, from its own packets (not from what its manifest claims):
+    decoded_frames: int  # video packets (frames) in the clip
+    decoded_duration_s: float  # last minus first timestamp plus the last frame's duration
+    frame_rate: float  # the stream's average frame rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +118,7 @@ class _Sample:
     small: np.ndarray  # luma scaled to the analysis width (uint8), banner included
     mean: float  # of the luma below the banner
     std: float
-    diff: float | None  # keyframes: smallest mean abs. difference to the previous few
+    change: float | None  # keyframes: structural change against an earlier keyframe
 
 
 def _luma(frame: av.VideoFrame) -> np.ndarray:
@@ -127,13 +148,59 @@ def _scaled(gray: np.ndarray, width: int) -> np.ndarray:
     return cv2.resize(gray, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamFacts:
+    """What the clip's own packets say: how many frames, over how long, at what rate."""
+
+    frames: int
+    duration_s: float
+    frame_rate: float
+
+
+def structure(luma: np.ndarray, width: int) -> np.ndarray:
+    """``luma`` averaged over blocks, ``width`` blocks across (float32): the picture's layout
+    with per-pixel sensor noise divided by the block size."""
+    h, w = luma.shape
+    width = max(1, min(width, w))
+    height = max(1, round(h * width / w))
+    return np.asarray(
+        cv2.resize(luma.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA),
+        dtype=np.float32,
+    )
+
+
+def structural_change(
+    current: np.ndarray, earlier: np.ndarray, noise_floor: float, noise_ceiling: float
+) -> float:
+    """How far ``current`` moved from ``earlier`` (two ``structure`` arrays of one shape), in
+    units of the noise this very comparison shows.
+
+    ``current`` is fitted to ``earlier`` by gain and offset (a light or exposure change over the
+    whole picture is no motion); the change is the 99th percentile of the absolute residual
+    divided by the residual's robust spread (1.4826 x its median absolute deviation), kept
+    between ``noise_floor`` and ``noise_ceiling`` levels. Noise alone gives ~2-4; a few blocks
+    where something moved, far more. The ceiling is what block-averaged noise can reach: when
+    the whole picture changed (a pan, a scrolling view) the spread is that change, not noise.
+    """
+    x = earlier.ravel().astype(np.float64)
+    y = current.ravel().astype(np.float64)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coef
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    noise = min(max(spread, noise_floor), noise_ceiling)
+    return float(np.percentile(np.abs(residual), 99)) / noise
+
+
 def _decode_samples(
     path: Path, sample_fps: float, limits: SanityThresholds, *, keyframes_only: bool
-) -> tuple[list[_Sample], float]:
-    """Frames at most one per ``1 / sample_fps`` and the clip's duration in seconds.
+) -> tuple[list[_Sample], _StreamFacts]:
+    """Frames at most one per ``1 / sample_fps``, and the clip's facts from its packets.
 
-    With ``keyframes_only`` every sample also carries its difference (full resolution, banner
-    excluded) to the closest of the previous ``frozen_lookback`` sampled keyframes.
+    Packets are counted as they are demuxed (a frame is one packet in H.264 without B-frame
+    reordering quirks), so the count costs nothing beyond reading the file. With
+    ``keyframes_only`` every sample also carries its structural change against the keyframe
+    ``frozen_lookback`` sampled keyframes back (or the first, early in the clip).
     """
     samples: list[_Sample] = []
     earlier: list[np.ndarray] = []
@@ -141,7 +208,10 @@ def _decode_samples(
     # Slack, so a keyframe forced "every second" but landing a frame early is still taken.
     slack = min(0.05, 0.25 * period)
     next_time: float | None = None
-    last_time = 0.0
+    packets = 0
+    first_pts: int | None = None
+    last_pts: int | None = None
+    last_duration = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -151,50 +221,71 @@ def _decode_samples(
             if keyframes_only:
                 stream.codec_context.skip_frame = "NONKEY"
             time_base = stream.time_base
-            for frame in container.decode(stream):
-                if frame.pts is None or time_base is None:
-                    continue
-                t = float(frame.pts * time_base)
-                last_time = max(last_time, t)
-                if next_time is not None and t < next_time - slack:
-                    continue
-                next_time = (t if next_time is None else next_time) + period
-                while next_time <= t:  # after a gap, sample again from here on
-                    next_time += period
-                luma = _luma(frame)
-                diff = None
-                if keyframes_only:
-                    body = luma[_banner_rows(luma.shape[0], limits) :]
-                    same_shape = [e for e in earlier if e.shape == body.shape]
-                    if same_shape:
-                        diff = min(float(cv2.absdiff(body, e).mean()) for e in same_shape)
-                    earlier = [*earlier, body][-limits.frozen_lookback :]
-                small = _scaled(luma, limits.analysis_width)
-                small_body = small[_banner_rows(small.shape[0], limits) :]
-                samples.append(
-                    _Sample(small, float(small_body.mean()), float(small_body.std()), diff)
-                )
-            duration = float(container.duration / av.time_base) if container.duration else 0.0
+            rate = stream.average_rate or stream.guessed_rate
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    frames = packet.decode()  # the flush at the end: the decoder's last frames
+                else:
+                    packets += 1
+                    if packet.pts is not None:
+                        first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+                        if last_pts is None or packet.pts >= last_pts:
+                            last_pts, last_duration = packet.pts, packet.duration or 0
+                    frames = packet.decode()
+                for frame in frames:
+                    if frame.pts is None or time_base is None:
+                        continue
+                    t = float(frame.pts * time_base)
+                    if next_time is not None and t < next_time - slack:
+                        continue
+                    next_time = (t if next_time is None else next_time) + period
+                    while next_time <= t:  # after a gap, sample again from here on
+                        next_time += period
+                    luma = _luma(frame)
+                    change = None
+                    if keyframes_only:
+                        body = structure(
+                            luma[_banner_rows(luma.shape[0], limits) :], limits.structure_width
+                        )
+                        same_shape = [e for e in earlier if e.shape == body.shape]
+                        if same_shape:
+                            change = structural_change(
+                                body, same_shape[0], limits.noise_floor, limits.noise_ceiling
+                            )
+                        earlier = [*earlier, body][-limits.frozen_lookback :]
+                    small = _scaled(luma, limits.analysis_width)
+                    small_body = small[_banner_rows(small.shape[0], limits) :]
+                    samples.append(
+                        _Sample(small, float(small_body.mean()), float(small_body.std()), change)
+                    )
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise SanityError(path, str(exc)) from exc
-    return samples, max(duration, last_time)
+    duration = 0.0
+    if first_pts is not None and last_pts is not None and time_base is not None:
+        if not last_duration and rate:
+            last_duration = round(1 / (rate * time_base))
+        duration = float((last_pts - first_pts + last_duration) * time_base)
+    # No declared rate (rare): the rate the packets themselves show.
+    measured = packets / duration if duration > 0 else 0.0
+    frame_rate = float(rate) if rate else measured
+    return samples, _StreamFacts(packets, duration, frame_rate)
 
 
 def _sample(
     path: Path, sample_fps: float, limits: SanityThresholds
-) -> tuple[list[_Sample], list[_Sample]]:
-    """(samples for black and moved, keyframe samples for frozen)."""
+) -> tuple[list[_Sample], list[_Sample], _StreamFacts]:
+    """(samples for black and moved, keyframe samples for frozen, the clip's facts)."""
     if sample_fps <= 0:
         raise ValueError("sample_fps must be positive")
-    keyframes, duration = _decode_samples(path, sample_fps, limits, keyframes_only=True)
+    keyframes, facts = _decode_samples(path, sample_fps, limits, keyframes_only=True)
     samples = keyframes
-    if len(keyframes) * 2 < int(duration * sample_fps):
+    if len(keyframes) * 2 < int(facts.duration_s * sample_fps):
         # Keyframes too sparse for the sampling rate (an IP camera with a long GOP): decode
         # every frame and sample by time for black and moved.
         samples, _ = _decode_samples(path, sample_fps, limits, keyframes_only=False)
     if not samples:
         raise SanityError(path, "no decodable video frames")
-    return samples, keyframes
+    return samples, keyframes, facts
 
 
 def _inlier_share(reference: np.ndarray, frame: np.ndarray, banner_fraction: float) -> float:
@@ -261,11 +352,12 @@ def check_clip(
     ``SanityError`` if the file cannot be decoded.
     """
     limits = thresholds or SanityThresholds()
-    samples, keyframes = _sample(Path(path), sample_fps, limits)
+    samples, keyframes, facts = _sample(Path(path), sample_fps, limits)
     dark = [s.mean < limits.black_luma and s.std < limits.black_std for s in samples]
     dark_share = sum(dark) / len(samples)
-    diffs = [s.diff for s in keyframes if s.diff is not None]
-    frozen_fraction = sum(d < limits.frozen_mad for d in diffs) / len(diffs) if diffs else 0.0
+    changes = [s.change for s in keyframes if s.change is not None]
+    repeats = sum(c < limits.frozen_change for c in changes)
+    frozen_fraction = repeats / len(changes) if changes else 0.0
     similarity: float | None = None
     if reference is not None:
         step = max(1, len(samples) // limits.reference_samples)
@@ -276,17 +368,21 @@ def check_clip(
     return SanityReport(
         black=dark_share >= limits.black_share,
         # One pair of keyframes proves nothing: frozen needs at least three keyframes.
-        frozen=len(diffs) >= 2 and frozen_fraction >= limits.frozen_share,
+        frozen=len(changes) >= 2 and frozen_fraction >= limits.frozen_share,
         moved=None if similarity is None else similarity < limits.moved_similarity,
         mean_luma=float(np.mean([s.mean for s in samples])),
         luma_std=statistics.median(s.std for s in samples),
         dark_share=dark_share,
         frozen_fraction=frozen_fraction,
-        median_keyframe_diff=statistics.median(diffs) if diffs else 0.0,
+        median_keyframe_change=statistics.median(changes) if changes else 0.0,
+        keyframe_changes=tuple(changes),
         reference_similarity=similarity,
         frames_sampled=len(samples),
         keyframes_compared=len(keyframes),
         keyframes_only=samples is keyframes,
+        decoded_frames=facts.frames,
+        decoded_duration_s=facts.duration_s,
+        frame_rate=facts.frame_rate,
     )
 
 
@@ -301,6 +397,6 @@ def reference_from_image(jpeg_bytes: bytes, *, width: int = ANALYSIS_WIDTH) -> n
 def reference_from_clip(path: Path | str, *, sample_fps: float = 1.0) -> np.ndarray:
     """A reference still from a clip of the classroom: the per-pixel median of its samples,
     so people who walk through do not become part of the room."""
-    samples, _ = _sample(Path(path), sample_fps, SanityThresholds())
+    samples, _, _ = _sample(Path(path), sample_fps, SanityThresholds())
     stack = np.stack([s.small for s in samples])
     return np.median(stack, axis=0).astype(np.uint8)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 
 from common.clock import Clock
-from edge_agent.camera import Frame
+from edge_agent.camera import Frame, SyntheticCamera, banner_text
 
 
 class CoveredCamera:
@@ -35,3 +38,89 @@ class CoveredCamera:
 
     def close(self) -> None:
         self._next = None
+
+
+class StillSceneCamera:
+    """A camera filming a picture of a classroom: with ``pace=0`` and ``light=0`` a printed
+    photo held in front of the lens, whose only change is fresh sensor noise in every frame
+    (uniform, +/-``noise`` levels) and the ticking clock it burns in; with ``pace`` a seated
+    person-sized figure leans across at that many pixels a second (of a 320 px wide picture,
+    scaled with the width) and with ``light`` a window's light swings by that share over 10 s,
+    a quiet live room. Paced by the clock, like every camera here."""
+
+    BANNER_HEIGHT = SyntheticCamera.BANNER_HEIGHT
+
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        clock: Clock,
+        noise: int = 3,
+        pace: float = 0.0,
+        light: float = 0.0,
+        scene_seed: int = 1,
+        seed: int = 0,
+    ) -> None:
+        from simulators.phone import classroom_scene
+
+        self.device_id = device_id
+        self.name = f"still:{device_id}"
+        self.width, self.height, self.fps = width, height, fps
+        self.clock = clock
+        self.noise, self.pace, self.light = noise, pace, light
+        rgb = np.asarray(classroom_scene(scene_seed, (width, height)))
+        self._picture = np.ascontiguousarray(rgb[:, :, ::-1]).astype(np.int16)
+        self._rng = np.random.default_rng(seed)
+        self._t0: float | None = None
+        self._slot = 0
+
+    def open(self) -> None:
+        self._t0 = self.clock.monotonic()
+        self._slot = 0
+
+    def read(self) -> Frame:
+        assert self._t0 is not None, "open() first"
+        due = self._t0 + self._slot / self.fps
+        if due > self.clock.monotonic():
+            self.clock.sleep(due - self.clock.monotonic())
+        self._slot += 1
+        wall = self.clock.now()
+        return Frame(self.draw(due - self._t0, banner_text(self.device_id, wall)), wall, due)
+
+    def draw(self, elapsed: float, banner: str) -> np.ndarray:
+        """The frame ``elapsed`` seconds in, with ``banner`` burned in (BGR uint8)."""
+        image = self._picture.copy()
+        scale = self.width / 320
+        if self.light:
+            window = image[:, : self.width // 3]
+            gain = 1.0 + self.light * math.sin(2 * math.pi * elapsed / 10)
+            image[:, : self.width // 3] = (window * gain).astype(np.int16)
+        if self.pace:
+            x = round((100 + self.pace * elapsed) * scale)
+            y = round(150 * scale)
+            cv2.circle(image, (x, y), round(18 * scale), (40, 60, 200), thickness=-1)
+            body = (x - round(15 * scale), y + round(15 * scale))
+            cv2.rectangle(
+                image, body, (x + round(15 * scale), y + round(80 * scale)), (30, 30, 120), -1
+            )
+        if self.noise:
+            image += self._rng.integers(-self.noise, self.noise + 1, image.shape, dtype=np.int16)
+        frame = np.clip(image, 0, 255).astype(np.uint8)
+        cv2.rectangle(frame, (0, 0), (self.width, self.BANNER_HEIGHT), (0, 0, 0), thickness=-1)
+        cv2.putText(
+            frame,
+            banner,
+            (6, self.BANNER_HEIGHT - 8),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.55,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+        return frame
+
+    def close(self) -> None:
+        self._t0 = None

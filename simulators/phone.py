@@ -26,6 +26,8 @@ _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 # EXIF tag numbers (CIPA DC-008): IFD0, Exif IFD and GPS IFD.
 TAG_MAKE, TAG_MODEL = 0x010F, 0x0110
 TAG_DATETIME_ORIGINAL, TAG_OFFSET_TIME_ORIGINAL, TAG_SUBSEC_ORIGINAL = 0x9003, 0x9011, 0x9291
+TAG_OFFSET_TIME = 0x9010
+OFFSET_TAGS = {"OffsetTimeOriginal": TAG_OFFSET_TIME_ORIGINAL, "OffsetTime": TAG_OFFSET_TIME}
 GPS_VERSION, GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 0, 1, 2, 3, 4
 GPS_TIMESTAMP, GPS_MAP_DATUM, GPS_DATESTAMP = 7, 18, 29
 
@@ -147,20 +149,26 @@ def _exif(
     lat: float | None,
     lon: float | None,
     offset: str | None,
+    offset_tag: str | None,
     original_time: bool,
     gps_stamp: bool,
+    raw_datetime: str | None,
     make: str,
     model: str,
 ) -> Image.Exif:
     exif = Image.Exif()
     exif[TAG_MAKE] = make
     exif[TAG_MODEL] = model
-    if taken_at is not None and original_time:
+    if raw_datetime is not None:
+        exif.get_ifd(ExifTags.IFD.Exif)[TAG_DATETIME_ORIGINAL] = raw_datetime
+        if offset and offset_tag:
+            exif.get_ifd(ExifTags.IFD.Exif)[OFFSET_TAGS[offset_tag]] = offset
+    elif taken_at is not None and original_time:
         local = taken_at.astimezone(_offset_tz(offset) if offset else SHANGHAI)
         sub = exif.get_ifd(ExifTags.IFD.Exif)
         sub[TAG_DATETIME_ORIGINAL] = local.strftime("%Y:%m:%d %H:%M:%S")
-        if offset:
-            sub[TAG_OFFSET_TIME_ORIGINAL] = offset
+        if offset and offset_tag:
+            sub[OFFSET_TAGS[offset_tag]] = offset
         if local.microsecond:
             sub[TAG_SUBSEC_ORIGINAL] = f"{local.microsecond // 1000:03d}"
     if lat is not None and lon is not None:
@@ -191,9 +199,11 @@ def make_photo(
     scene_seed: int,
     with_exif: bool = True,
     offset: str | None = "+08:00",
+    offset_tag: str | None = "OffsetTimeOriginal",
     size: tuple[int, int] = (1280, 960),
     original_time: bool = True,
     gps_stamp: bool = True,
+    raw_datetime: str | None = None,
     make: str = "Xiaomi",
     model: str = "Redmi Note 12",
     quality: int = 90,
@@ -202,9 +212,12 @@ def make_photo(
 
     ``taken_at`` (aware) becomes ``DateTimeOriginal`` in the zone of ``offset`` plus
     ``OffsetTimeOriginal``; with ``offset=None`` the local Beijing time is written with no
-    offset tag, as many Android phones do. ``lat``/``lon`` (WGS-84, signed) become the GPS IFD,
-    with the UTC GPS date/time stamps unless ``gps_stamp`` is False. ``original_time=False``
-    leaves out ``DateTimeOriginal`` (so only the GPS stamps carry the time).
+    offset tag, as many Android phones do; ``offset_tag`` names the tag the offset goes in
+    (``"OffsetTimeOriginal"``, ``"OffsetTime"``, or None: the clock is in ``offset`` but the
+    file does not say so). ``raw_datetime`` writes that text as ``DateTimeOriginal`` instead
+    (a broken camera clock: ``"0001:01:01 00:00:00"``). ``lat``/``lon`` (WGS-84, signed)
+    become the GPS IFD, with the UTC GPS date/time stamps unless ``gps_stamp`` is False.
+    ``original_time=False`` leaves out ``DateTimeOriginal`` (so only the GPS stamps carry the time).
     ``with_exif=False`` writes no EXIF at all, like a photo sent through WeChat.
     """
     image = classroom_scene(scene_seed, size)
@@ -215,8 +228,10 @@ def make_photo(
             lat=lat,
             lon=lon,
             offset=offset,
+            offset_tag=offset_tag,
             original_time=original_time,
             gps_stamp=gps_stamp,
+            raw_datetime=raw_datetime,
             make=make,
             model=model,
         )
@@ -238,6 +253,16 @@ def recompress(jpeg: bytes, quality: int) -> bytes:
     with Image.open(io.BytesIO(jpeg)) as image:
         out = io.BytesIO()
         image.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def crop(jpeg: bytes, share: float, quality: int = 90) -> bytes:
+    """``jpeg`` with ``share`` of its width and height cut off the top-left, saved again."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        w, h = image.size
+        out = io.BytesIO()
+        box = (round(w * share), round(h * share), w, h)
+        image.convert("RGB").crop(box).save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 

@@ -29,16 +29,34 @@ MOUNT = "/cam"
 
 
 def pipeline(
-    width: int, height: int, fps: int, gop_frames: int, bitrate_kbps: int, pattern: str = "ball"
+    width: int,
+    height: int,
+    fps: int,
+    gop_frames: int,
+    bitrate_kbps: int,
+    pattern: str = "ball",
+    noise: int = 0,
 ) -> str:
     """The launch line the server builds for each (shared) media; ``pattern`` "snow" (noise)
-    makes the encoder use its whole bitrate, for throughput figures."""
+    makes the encoder use its whole bitrate, for throughput figures. ``noise`` > 0 blends fresh
+    snow over the pattern so each pixel varies by about +/-``noise`` levels from frame to
+    frame, as a sensor's noise does: with a still pattern ("smpte", "checkers-8") a camera
+    filming a printed picture."""
+    raw = f"video/x-raw,width={width},height={height},framerate={fps}/1"
+    source, branches = f"videotestsrc is-live=true pattern={pattern} ! {raw}", ""
+    if noise > 0:
+        # Snow is uniform over 0-255: at alpha a its contribution spans 255*a levels.
+        alpha = min(1.0, 2 * noise / 255)
+        source = f"compositor name=mix sink_1::alpha={alpha:.4f} ! videoconvert ! {raw}"
+        branches = (
+            f" videotestsrc is-live=true pattern={pattern} ! {raw} ! mix.sink_0"
+            f" videotestsrc is-live=true pattern=snow ! {raw} ! mix.sink_1"
+        )
     return (
-        f"( videotestsrc is-live=true pattern={pattern} ! "
-        f"video/x-raw,width={width},height={height},framerate={fps}/1 ! "
+        f"( {source} ! "
         f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop_frames} "
         f"bitrate={bitrate_kbps} ! video/x-h264,profile=constrained-baseline ! "
-        f"rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        f"rtph264pay name=pay0 pt=96 config-interval=-1{branches} )"
     )
 
 
@@ -56,7 +74,15 @@ def _serve(args: argparse.Namespace) -> None:
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
-        pipeline(args.width, args.height, args.fps, args.gop_frames, args.bitrate, args.pattern)
+        pipeline(
+            args.width,
+            args.height,
+            args.fps,
+            args.gop_frames,
+            args.bitrate,
+            args.pattern,
+            args.noise,
+        )
     )
     # One encoder for every client, as a camera has: a second client joins the same stream.
     factory.set_shared(True)
@@ -84,6 +110,7 @@ class RtspCameraServer:
         gop_frames: int = 15,
         bitrate_kbps: int = 800,
         pattern: str = "ball",
+        noise: int = 0,
         python: str = SYSTEM_PYTHON,
     ) -> None:
         from simulators.broker import free_port
@@ -93,6 +120,7 @@ class RtspCameraServer:
         self.gop_frames = gop_frames
         self.bitrate_kbps = bitrate_kbps
         self.pattern = pattern
+        self.noise = noise
         self.python = python
         self.process: subprocess.Popen[str] | None = None
 
@@ -151,6 +179,8 @@ class RtspCameraServer:
             str(self.bitrate_kbps),
             "--pattern",
             self.pattern,
+            "--noise",
+            str(self.noise),
         ]
         self.process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -206,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gop-frames", type=int, default=15)
     parser.add_argument("--bitrate", type=int, default=800, help="kbit/s")
     parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (snow: noise)")
+    parser.add_argument("--noise", type=int, default=0, help="+/- levels of snow over it")
     _serve(parser.parse_args(argv))
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
 from ingest_server.models import ClassSession, Lecturer, Photo
 from ingest_server.photos import PhotoRejected, PhotoRejectReason, read_photo
 from ingest_server.rules.photo_match import PhotoKind
@@ -46,6 +47,7 @@ def upload_photo(
     # A plain function (FastAPI runs it in a worker thread): Pillow, fsync and the verdict are
     # blocking work that must not stall the event loop the ingest consumer shares.
     data = file.file.read(settings.max_photo_bytes + 1)
+    received_at = context.clock.now()
     try:
         facts = read_photo(
             data,
@@ -54,6 +56,8 @@ def upload_photo(
             app_lon=lon,
             app_datum=datum,
             max_bytes=settings.max_photo_bytes,
+            local_tz=ZoneInfo(settings.timezone),
+            now=received_at,
         )
     except PhotoRejected as exc:
         raise HTTPException(
@@ -89,11 +93,20 @@ def upload_photo(
         place_source=facts.place_source,
         width=facts.width,
         height=facts.height,
-        received_at=context.clock.now(),
+        received_at=received_at,
     )
     db.add(photo)
     db.commit()
-    context.recompute({session_id})
+    # A photo can put the lecturer in two places at once: their other sessions near in time
+    # are judged again too (rules.photo_match.double_bookings).
+    near = db.scalars(
+        select(ClassSession.id).where(
+            ClassSession.lecturer_id == session.lecturer_id,
+            ClassSession.scheduled_start > session.scheduled_start - timedelta(days=1),
+            ClassSession.scheduled_start < session.scheduled_start + timedelta(days=1),
+        )
+    )
+    context.recompute({session_id, *near})
     return _photo_body(photo, relative)
 
 

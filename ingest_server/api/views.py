@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.commands import Command, CommandType
-from ingest_server.api.app import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
 from ingest_server.facts import window_evidence
 from ingest_server.models import (
     ClassSession,

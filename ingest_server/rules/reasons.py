@@ -57,10 +57,15 @@ class ReasonCode(StrEnum):
     PHOTO_LOCATION_MISSING = "photo_location_missing"
     PHOTO_OUT_OF_RANGE = "photo_out_of_range"
     PHOTO_REUSED = "photo_reused"
+    PHOTO_SAME_PICTURE = "photo_same_picture"
+    PHOTO_ORDER_INVALID = "photo_order_invalid"
+    LECTURER_DOUBLE_BOOKED = "lecturer_double_booked"
     # warnings
     CAMERA_OFFLINE = "camera_offline"
     DEVICE_CLOCK_SKEWED = "device_clock_skewed"
     CAMERA_MOVED = "camera_moved"
+    PHOTO_APP_TIME_UNVERIFIED = "photo_app_time_unverified"
+    PHOTO_APP_PLACE_UNVERIFIED = "photo_app_place_unverified"
     # pending
     SESSION_IN_PROGRESS = "session_in_progress"
     AWAITING_RECORDING_REPORT = "awaiting_recording_report"
@@ -112,6 +117,17 @@ SEVERITY: dict[ReasonCode, Severity] = {
         )
     },
 }
+
+# Photos: the pair of one session, reuse, the lecturer's whereabouts, typed-in facts.
+SEVERITY.update(
+    {
+        _C.PHOTO_SAME_PICTURE: Severity.HARD,
+        _C.PHOTO_ORDER_INVALID: Severity.HARD,
+        _C.LECTURER_DOUBLE_BOOKED: Severity.HARD,
+        _C.PHOTO_APP_TIME_UNVERIFIED: Severity.WARNING,
+        _C.PHOTO_APP_PLACE_UNVERIFIED: Severity.WARNING,
+    }
+)
 
 _CLIP_ZH = "第 {window_no} 段抽检视频（{window_start_at} 至 {window_end_at}）"
 _CLIP_EN = "Spot-check clip {window_no} ({window_start_at} to {window_end_at})"
@@ -210,9 +226,9 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         " {radius_m} m limit",
     },
     _C.PHOTO_REUSED: {
-        "zh-CN": "{kind}照片与课程 {other_session} 的照片相同或几乎相同",
-        "en": "The {kind} photo is the same, or nearly the same, as a photo of session"
-        " {other_session}",
+        "zh-CN": "{kind}照片与课程 {other_session} 先前收到的照片相同或几乎相同",
+        "en": "The {kind} photo is the same, or nearly the same, as the photo of session"
+        " {other_session} received earlier",
     },
     _C.CAMERA_OFFLINE: {
         "zh-CN": "上课期间设备离线 {offline_min} 分钟，超过 {limit_min} 分钟",
@@ -255,6 +271,43 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         "en": "Waiting for the {kind} photo (until {deadline_at})",
     },
 }
+
+TEMPLATES.update(
+    {
+        _C.PHOTO_SAME_PICTURE: {
+            "zh-CN": "开课照片与结课照片是同一张照片（相差 {distance_bits} 位）",
+            "en": "The opening and closing photos are the same picture ({distance_bits} bits"
+            " apart)",
+        },
+        _C.PHOTO_ORDER_INVALID: {
+            "zh-CN": "开课照片拍摄于 {opening_at}，结课照片拍摄于 {closing_at}，相隔 {gap_min}"
+            " 分钟，与课程时长 {expected_min} 分钟不符（允许误差 {tolerance_min} 分钟）",
+            "en": "The opening photo was taken at {opening_at} and the closing photo at"
+            " {closing_at}, {gap_min} min apart, not the class length of {expected_min} min"
+            " (tolerance {tolerance_min} min)",
+        },
+        _C.LECTURER_DOUBLE_BOOKED: {
+            "zh-CN": "{conflict_at} 讲师同时出现在教室 {other_classroom} 的课程 {other_session}"
+            "（相距 {distance_m} 米）",
+            "en": "At {conflict_at} the lecturer was also in session {other_session} in"
+            " classroom {other_classroom}, {distance_m} m away",
+        },
+        _C.PHOTO_APP_TIME_UNVERIFIED: {
+            "zh-CN": "{kind}照片的拍摄时间 {taken_at} 是在应用中填写的，照片 {received_at} 才收到"
+            "（相隔 {delay_min} 分钟，超过 {window_min} 分钟），时间未经核实",
+            "en": "The {kind} photo's time, {taken_at}, was typed into the app and the photo"
+            " arrived at {received_at}, {delay_min} min apart (more than {window_min} min):"
+            " the time is unverified",
+        },
+        _C.PHOTO_APP_PLACE_UNVERIFIED: {
+            "zh-CN": "{kind}照片的拍摄地点是在应用中填写的，照片 {received_at} 才收到（与拍摄时间"
+            "相隔 {delay_min} 分钟，超过 {window_min} 分钟），地点未经核实",
+            "en": "The {kind} photo's place was typed into the app and the photo arrived at"
+            " {received_at}, {delay_min} min from when it was taken (more than {window_min}"
+            " min): the place is unverified",
+        },
+    }
+)
 
 # Values of ``kind`` as each language says them inside a sentence.
 _KIND_WORDS: dict[Lang, dict[str, str]] = {

@@ -4,11 +4,15 @@
 reason code has a severity (``reasons.SEVERITY``):
 
 * hard — the evidence shows the class did not happen as claimed, or evidence that should have
-  arrived by now did not: ``short_duration``, ``recording_unreported``, ``clip_missing``,
-  ``clip_signature_invalid``, ``video_black``, ``video_frozen``, every ``photo_*`` problem;
+  arrived by now did not: ``short_duration``, ``recording_unreported``,
+  ``recording_inconsistent``, ``clip_missing``, ``clip_not_recorded``, every reason of the
+  window-proof rule (``rules.clip_proof``: ``clip_wrong_device``, ``clip_outside_window``,
+  ``clip_too_short``, ``clip_unreadable``, ``clip_frames_mismatch``, ``clip_duplicate``…),
+  ``video_black``, ``video_frozen``, every ``photo_*`` problem;
 * warning — worth a person's look, but no proof of anything: ``camera_offline`` (the device
-  records without 4G and uploads later, so an outage alone proves nothing) and
-  ``camera_moved`` (a reference-view mismatch is a heuristic; a nudged camera still filmed);
+  records without 4G and uploads later, so an outage alone proves nothing), ``camera_moved``
+  (a reference-view mismatch is a heuristic; a nudged camera still filmed) and
+  ``device_clock_skewed`` (times were converted; the skew is shown, not hidden);
 * pending — evidence still awaited: the session running, windows not drawn or not passed,
   clips on their way, photos within their grace, the recording report not yet in.
 
@@ -18,8 +22,10 @@ are listed all the same). Reasons come in ``ReasonCode`` order, then in window/p
 While a session runs, nothing about its windows is said: listing which windows have passed
 would tell the classroom when it is no longer watched.
 
-The verdict is recomputed whenever evidence or time moves on; it can change (a late clip
-turns ``pending`` into ``verified``, a better photo can turn ``rejected`` into ``verified``).
+The verdict is recomputed whenever evidence or time moves on. It does not flap: evidence that
+may still arrive keeps the session ``pending`` (a clip's grace counts from when it was asked
+for, the camera's offline time excluded; another camera's clip rejects nothing while the right
+one may still come), and ``rejected`` is said once evidence is overdue or a hard rule fails.
 """
 
 from __future__ import annotations
@@ -39,10 +45,13 @@ from ingest_server.rules.clip_proof import (
     best_proof,
 )
 from ingest_server.rules.photo_match import (
+    DoubleBooking,
     PhotoFacts,
     PhotoKind,
     PhotoMatch,
+    Reuse,
     photo_badness,
+    photo_pair,
     photo_reference_time,
 )
 from ingest_server.rules.reasons import Reason, ReasonCode, Severity
@@ -111,6 +120,7 @@ class PhotoEvidence:
     photo: PhotoFacts
     match: PhotoMatch
     reused_from: str | None = None
+    reuse: Reuse | None = None  # the earlier use, with when it arrived and how close it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,8 @@ class SessionEvidence:
     device_clock_offset_s: float | None = None
     windows: tuple[WindowEvidence, ...] = ()
     photos: tuple[PhotoEvidence, ...] = ()
+    # Where the lecturer was at once in another classroom (rules.photo_match.double_bookings).
+    double_bookings: tuple[DoubleBooking, ...] = ()
     offline: tuple[Interval, ...] = ()
     duration_tolerance_s: float = 300.0
 
@@ -396,8 +408,89 @@ def _photo_reasons(
         reasons.append(Reason(ReasonCode.PHOTO_OUT_OF_RANGE, params))
     if best.reused_from is not None:
         params = {"kind": str(kind), "other_session": best.reused_from}
+        if best.reuse is not None:
+            params["other_photo"] = best.reuse.first.photo_id
+            params["other_received_at"] = _iso(best.reuse.first.received_at)
+            params["distance_bits"] = best.reuse.distance.bits
+            params["max_bits"] = best.reuse.distance.max_bits
+        if best.photo.received_at is not None:
+            params["received_at"] = _iso(best.photo.received_at)
         reasons.append(Reason(ReasonCode.PHOTO_REUSED, params))
+    reasons += _app_field_reasons(best, kind)
     return reasons
+
+
+def _app_field_reasons(best: PhotoEvidence, kind: PhotoKind) -> list[Reason]:
+    """Warnings for time/place typed into the app that the upload's timing does not vouch for."""
+    match, photo = best.match, best.photo
+    if match.app_time_accepted is not False and match.app_place_accepted is not False:
+        return []
+    params: dict[str, str | int | float] = {
+        "kind": str(kind),
+        "taken_at": _iso(photo.taken_at),
+        "received_at": _iso(photo.received_at) if photo.received_at else "",
+        "delay_min": _ceil1(abs(match.upload_delay_s or 0.0) / 60),
+        "window_min": match.app_upload_window_s / 60,
+    }
+    if photo.received_at is None:
+        params.pop("received_at")
+    out = []
+    if match.app_time_accepted is False:
+        out.append(Reason(ReasonCode.PHOTO_APP_TIME_UNVERIFIED, params))
+    if match.app_place_accepted is False:
+        out.append(Reason(ReasonCode.PHOTO_APP_PLACE_UNVERIFIED, params))
+    return out
+
+
+def _photo_pair_reasons(evidence: SessionEvidence) -> list[Reason]:
+    """The best opening and closing photos against each other: one picture, or out of order."""
+    openings = [p for p in evidence.photos if p.photo.kind == PhotoKind.OPENING]
+    closings = [p for p in evidence.photos if p.photo.kind == PhotoKind.CLOSING]
+    if not openings or not closings:
+        return []
+    opening, closing = _best_photo(openings), _best_photo(closings)
+    pair = photo_pair(
+        opening.photo, closing.photo, evidence.session, tolerance_s=opening.match.tolerance_s
+    )
+    reasons = []
+    if pair.same is not None:
+        params: dict[str, str | int | float] = {
+            "opening_photo": opening.photo.photo_id,
+            "closing_photo": closing.photo.photo_id,
+            "distance_bits": pair.same.bits,
+            "max_bits": pair.same.max_bits,
+        }
+        reasons.append(Reason(ReasonCode.PHOTO_SAME_PICTURE, params))
+    # A photo out of its time is said already (photo_time_mismatch); the pair adds the
+    # closing photo taken first, which each photo alone can hide in a short class.
+    both_in_time = opening.match.in_time and closing.match.in_time
+    if not pair.order_ok and (both_in_time or pair.gap_s <= 0):
+        params = {
+            "opening_at": _iso(opening.photo.taken_at),
+            "closing_at": _iso(closing.photo.taken_at),
+            "gap_min": _floor1(pair.gap_s / 60),
+            "expected_min": _floor1(pair.expected_s / 60),
+            "tolerance_min": 2 * pair.tolerance_s / 60,
+        }
+        reasons.append(Reason(ReasonCode.PHOTO_ORDER_INVALID, params))
+    return reasons
+
+
+def _double_booking_reasons(evidence: SessionEvidence) -> list[Reason]:
+    return [
+        Reason(
+            ReasonCode.LECTURER_DOUBLE_BOOKED,
+            {
+                "other_session": found.other_session,
+                "other_classroom": found.other_classroom,
+                "basis": found.basis,
+                "conflict_at": _iso(found.at),
+                "distance_m": math.ceil(found.distance_m),
+                "seconds_apart": round(found.seconds, 1),
+            },
+        )
+        for found in evidence.double_bookings
+    ]
 
 
 def _offline_reasons(
@@ -429,6 +522,8 @@ def judge(
         reasons += _skew_reasons(evidence, policy)
     for kind in (PhotoKind.OPENING, PhotoKind.CLOSING):
         reasons += _photo_reasons(evidence, kind, now, policy)
+    reasons += _photo_pair_reasons(evidence)
+    reasons += _double_booking_reasons(evidence)
     reasons += _offline_reasons(evidence, now, policy)
 
     order = {code: index for index, code in enumerate(ReasonCode)}

@@ -19,11 +19,10 @@ from ingest_server.photos import (
     PhotoFacts,
     PhotoRejected,
     PhotoRejectReason,
-    near_duplicate,
-    phash_distance,
     read_photo,
 )
-from simulators.phone import make_photo, make_png, recompress, resize
+from ingest_server.rules.photo_match import REUSE_MAX_BITS, PictureDistance, picture_distance
+from simulators.phone import crop, make_photo, make_png, recompress, resize
 
 TAKEN = datetime(2025, 3, 3, 1, 2, 3, 456000, tzinfo=UTC)  # 09:02:03.456 in Shanghai
 SHANGHAI_SCHOOL = (31.230416, 121.473701)
@@ -64,7 +63,9 @@ def test_exif_time_and_gps_are_read_exactly_in_china() -> None:
     assert (facts.camera_make, facts.camera_model) == ("Xiaomi", "Redmi Note 12")
     assert (facts.format, facts.width, facts.height) == ("JPEG", 640, 480)
     assert facts.sha256 == hashlib.sha256(data).hexdigest()
-    assert len(facts.phash) == 16 and int(facts.phash, 16) >= 0
+    assert facts.phash.startswith("p2:") and picture_distance(facts.phash, facts.phash) == (
+        PictureDistance(0, REUSE_MAX_BITS)
+    )
 
 
 def test_southern_and_western_hemispheres_are_negative_and_offsets_honoured() -> None:
@@ -79,6 +80,7 @@ def test_southern_and_western_hemispheres_are_negative_and_offsets_honoured() ->
 def test_exif_time_without_offset_is_beijing_time_unless_told_otherwise() -> None:
     data = photo(taken_at=TAKEN, lat=30.0, lon=120.0, offset=None, gps_stamp=False)
     assert read(data).taken_at == TAKEN  # the phone wrote 09:02:03.456 local
+    assert read(data).time_source == "exif_tz"
     elsewhere = read_photo(
         data,
         app_taken_at=None,
@@ -94,7 +96,7 @@ def test_gps_date_and_time_stamps_serve_when_datetime_original_is_missing() -> N
     data = photo(taken_at=TAKEN, lat=30.0, lon=120.0, original_time=False)
     facts = read(data, app_taken_at=TAKEN + timedelta(hours=1))
     assert facts.taken_at == TAKEN
-    assert facts.time_source == "exif"
+    assert facts.time_source == "gps"
 
 
 def test_app_fields_fill_in_for_a_photo_without_exif_and_the_source_is_recorded() -> None:
@@ -228,35 +230,115 @@ def test_app_datum_is_not_checked_when_exif_gps_is_used() -> None:
     assert read(data, app_lat=30.0, app_lon=120.0, app_datum="nonsense").datum == "wgs84"
 
 
-def test_recompressed_and_resized_copies_are_near_duplicates() -> None:
+def bits(a: bytes, b: bytes) -> int:
+    app = {"app_taken_at": TAKEN, "app_lat": 30.0, "app_lon": 120.0, "app_datum": "wgs84"}
+    distance = picture_distance(read(a, **app).phash, read(b, **app).phash)
+    assert distance is not None
+    return distance.bits
+
+
+def test_recompressed_resized_and_cropped_copies_are_the_same_picture() -> None:
     original = make_photo(taken_at=TAKEN, lat=30.0, lon=120.0, scene_seed=7)
-    base = read(original).phash
     copies = {
         "wechat q40": recompress(original, 40),
         "q20": recompress(original, 20),
         "half size": resize(original, 0.5),
         "quarter size": resize(original, 0.25),
         "shrunk then blown up": resize(resize(original, 0.3), 2.0),
+        # The old 64-bit whole-frame pHash moved by 10+ bits here, past its 2-bit limit.
+        "cropped 5 % at q60": crop(original, 0.05, quality=60),
+        "cropped 3 %": crop(original, 0.03),
     }
     for name, copy in copies.items():
-        facts = read(copy, app_taken_at=TAKEN, app_lat=30.0, app_lon=120.0, app_datum="wgs84")
-        assert facts.sha256 != hashlib.sha256(original).hexdigest()
-        assert near_duplicate(base, facts.phash), (name, phash_distance(base, facts.phash))
+        assert hashlib.sha256(copy).digest() != hashlib.sha256(original).digest()
+        assert bits(original, copy) <= REUSE_MAX_BITS // 2, name  # half the limit to spare
 
 
-def test_photos_of_different_rooms_are_not_near_duplicates() -> None:
-    hashes = [
-        read(photo(taken_at=TAKEN, lat=30.0, lon=120.0, scene_seed=seed)).phash
-        for seed in range(10)
-    ]
-    distances = [phash_distance(a, b) for a, b in itertools.combinations(hashes, 2)]
-    assert min(distances) > 6, sorted(distances)[:5]
-    assert not any(near_duplicate(a, b) for a, b in itertools.combinations(hashes, 2))
+def test_photos_of_different_rooms_are_not_the_same_picture() -> None:
+    shots = [photo(taken_at=TAKEN, lat=30.0, lon=120.0, scene_seed=seed) for seed in range(8)]
+    distances = [bits(a, b) for a, b in itertools.combinations(shots, 2)]
+    assert min(distances) > REUSE_MAX_BITS, sorted(distances)[:5]
 
 
-def test_phash_distance_is_hamming_and_checks_its_input() -> None:
-    assert phash_distance("0000000000000000", "000000000000000f") == 4
-    assert near_duplicate("ffffffffffffffff", "fffffffffffffff0", max_distance=4)
-    assert not near_duplicate("ffffffffffffffff", "fffffffffffffff0", max_distance=3)
-    with pytest.raises(ValueError):
-        phash_distance("abc", "0000000000000000")
+def test_picture_distance_reads_legacy_hashes_and_refuses_nothing() -> None:
+    current = read(photo(taken_at=TAKEN, lat=30.0, lon=120.0)).phash
+    legacy = current.split(":")[1]  # what rows stored before signatures hold
+    assert picture_distance(legacy, current) == PictureDistance(0, 2)
+    assert picture_distance("0000000000000000", "000000000000000f") == PictureDistance(4, 2)
+    assert picture_distance("garbage", current) is None
+    assert picture_distance("p2:zz", current) is None
+
+
+# ---------------------------------------------------------------- time: offsets and zones
+
+
+def test_offset_time_serves_when_offset_time_original_is_missing() -> None:
+    data = photo(taken_at=TAKEN, lat=30.0, lon=120.0, offset="-04:00", offset_tag="OffsetTime")
+    facts = read(data)
+    assert (facts.taken_at, facts.time_source) == (TAKEN, "exif")
+
+
+def test_the_gps_utc_stamp_gives_the_offset_exif_does_not_state() -> None:
+    # A phone on London time writes 01:02 local and no offset; read as Beijing time it was
+    # 8 h off. The GPS stamp in the same file says 01:02 UTC.
+    data = photo(taken_at=TAKEN, lat=51.5, lon=-0.12, offset="+00:00", offset_tag=None)
+    facts = read(data)
+    assert (facts.taken_at, facts.time_source) == (TAKEN, "gps")
+    # A GPS fix a few minutes old does not move the time: the offset is a whole quarter hour.
+    assert facts.taken_at.microsecond == TAKEN.microsecond
+
+
+def test_without_offset_or_gps_the_configured_zone_is_used() -> None:
+    data = photo(
+        taken_at=TAKEN, lat=30.0, lon=120.0, offset="+05:00", offset_tag=None, gps_stamp=False
+    )
+    facts = read_photo(
+        data,
+        app_taken_at=None,
+        app_lat=None,
+        app_lon=None,
+        app_datum=None,
+        local_tz=timezone(timedelta(hours=5)),
+    )
+    assert (facts.taken_at, facts.time_source) == (TAKEN, "exif_tz")
+
+
+@pytest.mark.parametrize(
+    ("raw", "offset"),
+    [
+        ("0001:01:01 00:00:00", "+08:00"),
+        ("9999:12:31 23:59:59", "-05:00"),
+        ("1970:01:01 00:00:00", "+08:00"),
+        ("2025:13:45 10:00:00", "+08:00"),
+        ("2025:02:30 10:00:00", None),
+    ],
+)
+def test_impossible_exif_dates_are_refused_not_crashes(raw: str, offset: str | None) -> None:
+    data = photo(taken_at=TAKEN, lat=30.0, lon=120.0, raw_datetime=raw, offset=offset)
+    assert rejected(data).reason is PhotoRejectReason.BAD_TIME
+
+
+def test_an_unset_camera_clock_is_absent_and_the_app_time_serves() -> None:
+    data = photo(
+        taken_at=TAKEN, lat=30.0, lon=120.0, raw_datetime="0000:00:00 00:00:00", gps_stamp=False
+    )
+    facts = read(data, app_taken_at=TAKEN)
+    assert (facts.taken_at, facts.time_source) == (TAKEN, "app")
+
+
+@pytest.mark.parametrize(
+    "app_time",
+    [
+        datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=8))),
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1999, 12, 31, tzinfo=UTC),
+        TAKEN + timedelta(days=3),  # after the upload
+    ],
+)
+def test_impossible_app_times_are_refused_not_crashes(app_time: datetime) -> None:
+    bare = photo(taken_at=None, lat=30.0, lon=120.0)
+    with pytest.raises(PhotoRejected) as info:
+        read_photo(
+            bare, app_taken_at=app_time, app_lat=None, app_lon=None, app_datum=None, now=TAKEN
+        )
+    assert info.value.reason is PhotoRejectReason.BAD_TIME

@@ -20,7 +20,7 @@ from common.schemas import Status, StatusState
 from common.signing import generate_private_key, public_key_b64
 from common.topics import UpKind, UpTopic
 from ingest_server.api import create_app
-from ingest_server.api.app import ApiContext
+from ingest_server.api.deps import ApiContext
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.models import ClassSession, SessionWindow
@@ -643,3 +643,71 @@ def test_the_same_photo_in_another_session_is_reused_a_new_one_is_not(world: dic
         evidence = keeper.facts.evidence(db, db.get(ClassSession, "s2"))
     reused = sorted((p.photo.photo_id, p.reused_from) for p in evidence.photos)
     assert [r for _, r in reused] == ["s1", None]
+
+
+def test_windows_whose_upload_failed_are_asked_again_a_bounded_number_of_times(
+    world: dict[str, Any],
+):
+    """A ``cut_done`` naming an upload still under way holds the requests back; once that
+    upload is refused the window is asked for again while the camera may still hold it, but
+    never more than ``window_max_requests`` times in all."""
+    from common.schemas import Event, EventType
+    from ingest_server.models import Upload
+    from ingest_server.sessions import record_device_event
+
+    clock, scheduler, factory = world["clock"], world["scheduler"], world["factory"]
+    settings: Settings = world["settings"]
+    fleet: DeviceMessages = world["fleet"]
+    beats = iter(range(1, 1000))
+
+    def tick_online() -> list[Command]:
+        fleet.handle(UpTopic("cam-1", UpKind.HEARTBEAT), _heartbeat(clock, next(beats)))
+        return _commands(scheduler.tick())
+
+    clock.advance(timedelta(hours=2, minutes=30).total_seconds())
+    clock.advance(settings.window_request_delay_s + 1)
+    first = tick_online()
+    assert len(first) == 3
+    cut = first[0]
+    with factory.begin() as db:
+        db.add(
+            Upload(
+                upload_id="u-1",
+                device_id="cam-1",
+                manifest="{}",
+                size=1,
+                sha256="0" * 64,
+                chunk_size=1,
+                state="receiving",
+                received_ranges="[]",
+                chunks_received=0,
+                chunks_duplicate=0,
+                created_at=clock.now(),
+                updated_at=clock.now(),
+            )
+        )
+        record_device_event(
+            db,
+            Event(
+                event_id="done-1",
+                device_id="cam-1",
+                type=EventType.CUT_DONE,
+                at=clock.now(),
+                cmd_id=cut.cmd_id,
+                session_id="s1",
+                data={"upload_id": "u-1"},
+            ),
+        )
+    clock.advance(settings.window_retry_s + 1)
+    asked = {c.cmd_id for c in tick_online()}
+    assert cut.cmd_id not in asked and len(asked) == 2  # the others are still unanswered
+    with factory.begin() as db:
+        upload = db.get(Upload, ("u-1", "cam-1"))
+        assert upload is not None
+        upload.state = "rejected"
+    counts = {cut.cmd_id: 1}
+    for _ in range(settings.window_max_requests + 3):
+        clock.advance(settings.window_retry_s + 1)
+        for command in tick_online():
+            counts[command.cmd_id] = counts.get(command.cmd_id, 0) + 1
+    assert counts[cut.cmd_id] == settings.window_max_requests

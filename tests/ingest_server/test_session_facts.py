@@ -340,3 +340,175 @@ def test_twenty_classes_starting_together_lose_no_event_on_sqlite(db_world: Any)
         assert len(opened) == 20
         assert db.query(DeviceEvent).count() == 100
         assert db.get(Device, "cam-0") is not None
+
+
+def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_url: str) -> None:
+    """A grace (10 min) far shorter than the class, and a camera that goes offline at the end
+    and comes back hours later: the real scheduler asks for the windows, the clips arrive late,
+    and the verdict goes from pending to verified without ever passing through rejected."""
+    from fastapi.testclient import TestClient
+
+    from common.heartbeat import Heartbeat
+    from common.schemas import Status, StatusState
+    from common.topics import UpKind, UpTopic
+    from ingest_server.api import create_app
+    from ingest_server.api.deps import ApiContext
+    from ingest_server.device_messages import DeviceMessages
+    from ingest_server.models import FeedEvent
+    from ingest_server.scheduler import Scheduler
+    from ingest_server.verdicts import VerdictKeeper
+    from simulators.phone import make_photo
+
+    settings = Settings(
+        data_dir=tmp_path, database_url=sqlite_url, clip_grace_s=600, photo_grace_s=3600
+    )
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    path = tmp_path / "setup.json"
+    path.write_text(json.dumps(_doc(1)))
+    with factory.begin() as db:
+        import_rows(db, read_rows(path), settings)
+    clock = VirtualClock(start=START - timedelta(minutes=5))
+    keeper = VerdictKeeper(factory, settings, clock)
+    fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, clock)
+    scheduler = Scheduler(settings, factory, fleet, keeper.recompute, clock)
+    fleet.on_online = scheduler.device_online
+    fleet.on_sessions_changed = scheduler.sessions_changed
+    client = TestClient(
+        create_app(
+            ApiContext(
+                settings,
+                factory,
+                EvidenceStore(settings.evidence_dir),
+                keeper.recompute,
+                clock=clock,
+            )
+        )
+    )
+    beats = iter(range(1, 10**6))
+
+    def heartbeat() -> None:
+        beat = Heartbeat(
+            device_id="cam-0",
+            at=clock.now(),
+            seq=next(beats),
+            uptime_s=1,
+            firmware="t",
+            recording=True,
+            spool_bytes=0,
+            outbox_pending=0,
+            disk_free_bytes=1,
+            disk_total_bytes=2,
+            bytes_sent_today=0,
+            bytes_sent_month=0,
+        )
+        fleet.handle(UpTopic("cam-0", UpKind.HEARTBEAT), beat.to_bytes())
+
+    def say(kind: EventType, **data: Any) -> None:
+        fleet.handle(
+            UpTopic("cam-0", UpKind.EVENT),
+            event(kind, clock.now(), 0.0, **data)
+            .model_copy(update={"device_id": "cam-0"})
+            .to_bytes(),
+        )
+
+    def run(minutes: float, online: bool = True) -> list[Any]:
+        asked = []
+        for _ in range(int(minutes)):
+            if online:
+                heartbeat()
+            asked += [o for o in scheduler.tick() if o.topic.endswith("/cmd")]
+            clock.advance(60)
+        return asked
+
+    def photo(kind: str, at: datetime) -> None:
+        jpeg = make_photo(
+            taken_at=at, lat=31.2304, lon=121.4737, scene_seed=7 if kind == "opening" else 8
+        )
+        response = client.post(
+            f"/api/v1/sessions/s0/photos/{kind}",
+            files={"file": (f"{kind}.jpg", jpeg)},
+            headers={"Authorization": f"Bearer {'tok-0' * 4}"},
+        )
+        assert response.status_code in (200, 201), response.text
+
+    run(5)
+    say(EventType.SESSION_STARTED)
+    photo("opening", clock.now())
+    run(90)
+    say(EventType.SESSION_STOPPED, recorded_s=90 * 60.0)
+    photo("closing", clock.now())
+    run(2)  # the windows are asked for
+    offline = Status(device_id="cam-0", state=StatusState.OFFLINE, at=clock.now())
+    fleet.handle(UpTopic("cam-0", UpKind.STATUS), offline.to_bytes())
+    run(5 * 60, online=False)  # five hours without 4G: 30 times the clip grace
+    asked = run(1)  # back online: asked again
+    assert {o.topic for o in asked} == {"classcam/v1/down/cam-0/cmd"}
+    with factory.begin() as db:
+        windows = db.scalars(select(SessionWindow).where(SessionWindow.session_id == "s0")).all()
+        for n, window in enumerate(windows):
+            db.add(
+                Upload(
+                    upload_id=f"u{n}",
+                    device_id="cam-0",
+                    manifest="{}",
+                    size=1,
+                    sha256=f"{n:064x}",
+                    chunk_size=1,
+                    state="complete",
+                    received_ranges="[]",
+                    chunks_received=1,
+                    chunks_duplicate=0,
+                    created_at=clock.now(),
+                    updated_at=clock.now(),
+                )
+            )
+            db.flush()
+            clip = Clip(
+                upload_id=f"u{n}",
+                device_id="cam-0",
+                cmd_id=window.cmd_id,
+                kind=ClipKind.CLIP.value,
+                sha256=f"{n:064x}",
+                size=1,
+                path=f"clips/u{n}.mp4",
+                cut_start=window.start,
+                cut_end=window.end,
+                duration_s=60,
+                frames=900,
+                width=1280,
+                height=720,
+                codec="h264",
+                stored_at=clock.now(),
+            )
+            db.add(clip)
+            db.flush()
+            db.add(
+                ClipCheck(
+                    clip_id=clip.id,
+                    black=False,
+                    frozen=False,
+                    moved=None,
+                    mean_luma=100.0,
+                    frozen_fraction=0.0,
+                    decoded_frames=900,
+                    decoded_duration_s=60.0,
+                    frame_rate=15.0,
+                    attempts=1,
+                    checked_at=clock.now(),
+                )
+            )
+    scheduler.sessions_changed({"s0"})
+    run(2)
+    with factory() as db:
+        states = [
+            json.loads(e.payload)["state"]
+            for e in db.scalars(
+                select(FeedEvent)
+                .where(FeedEvent.kind == "verdict_changed", FeedEvent.session_id == "s0")
+                .order_by(FeedEvent.seq)
+            )
+        ]
+    engine.dispose()
+    assert states[-1] == "verified", states
+    assert "rejected" not in states

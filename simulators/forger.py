@@ -1,0 +1,296 @@
+"""An adversary holding a device's key and broker password: it answers the server's cut
+commands (or windows it guesses) with whatever bytes it likes, under a validly signed
+manifest, over the same MQTT topics a real camera uses.
+
+Used by the end-to-end tests of the window-proof rule: random bytes, a clip filmed on another
+day, one clip for every window, another classroom's footage uploaded first under the upload
+ids the session's own camera will use. Everything it sends would pass the broker's ACL and the
+manifest's signature check; only the server's own look at the clip can catch it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common import topics
+from common.chunks import sha256_bytes
+from common.clock import utc_now
+from common.commands import Command, CommandType
+from common.schemas import Event, EventType, Fin, Manifest, decode
+from common.signing import sign_manifest
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ForgedClip:
+    """Bytes to upload and what the manifest will say about them (device-clock bounds)."""
+
+    data: bytes
+    cut_start: datetime
+    cut_end: datetime
+    duration_s: float
+    frames: int
+    width: int = 160
+    height: int = 120
+    clock_offset_s: float = 0.0
+
+
+def encode_clip(
+    path: Path, *, seconds: float, fps: int = 10, width: int = 160, height: int = 120, seed: int = 0
+) -> tuple[int, float]:
+    """Encode a real H.264 MP4 of a moving, noisy scene (a classroom filmed some other time):
+    it decodes, its frames fit its duration, and it is neither black nor frozen. Returns the
+    frame count and duration."""
+    rng = np.random.default_rng(seed)
+    frames = max(1, round(seconds * fps))
+    base = rng.integers(40, 200, size=(height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps)}
+        for i in range(frames):
+            image = np.roll(base, shift=3 * i, axis=1)
+            noise = rng.integers(-3, 4, size=image.shape)
+            image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+            x = (7 * i) % (width - 20)
+            image[40:60, x : x + 20] = (255, 255, 255)  # something walks across the room
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return frames, frames / fps
+
+
+def real_clip(
+    workdir: Path, start: datetime, seconds: float, *, seed: int = 0, fps: int = 10
+) -> ForgedClip:
+    """A genuine decodable clip whose manifest honestly says it was cut from ``start``."""
+    path = workdir / f"clip-{uuid.uuid4().hex}.mp4"
+    frames, duration = encode_clip(path, seconds=seconds, fps=fps, seed=seed)
+    return ForgedClip(
+        data=path.read_bytes(),
+        cut_start=start,
+        cut_end=start + timedelta(seconds=duration),
+        duration_s=duration,
+        frames=frames,
+    )
+
+
+class Forger:
+    """Connects as ``device_id`` (its username, password and client id) and signs with its key.
+
+    ``answer``, when given, is called for every ``cut`` command the server sends this device
+    and returns the clip to upload for it (``None``: stay silent); the upload id is the one
+    ``upload_id_for(cmd)`` gives, and a ``cut_done`` event naming it follows, as a camera's.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        password: str,
+        key: Ed25519PrivateKey,
+        *,
+        host: str,
+        port: int,
+        answer: Callable[[Command], ForgedClip | None] | None = None,
+        upload_id_for: Callable[[str], str] | None = None,
+        client_suffix: str = "",
+    ) -> None:
+        self.device_id = device_id
+        self.key = key
+        self.answer = answer
+        self.upload_id_for = upload_id_for or (lambda cmd_id: uuid.uuid4().hex)
+        self.commands: list[Command] = []
+        self.uploads: dict[str, str] = {}  # upload id -> final ack state
+        self.errors: list[str] = []
+        self._acks: dict[str, queue.Queue[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._work: queue.Queue[Command | None] = queue.Queue()
+        self._connected = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=device_id + client_suffix,
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(device_id, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect_async(host, port, 30)
+        self._worker = threading.Thread(target=self._run, name=f"forger-{device_id}", daemon=True)
+
+    # -- life --------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> Forger:
+        self.client.loop_start()
+        self._worker.start()
+        if not self._connected.wait(timeout):
+            raise TimeoutError(f"forger {self.device_id} did not connect")
+        return self
+
+    def stop(self) -> None:
+        self._work.put(None)
+        self._worker.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        client.subscribe(topics.down_all(self.device_id), qos=1)
+        self._connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            if msg.topic == topics.ack(self.device_id):
+                ack = json.loads(msg.payload)
+                with self._lock:
+                    waiting = self._acks.get(ack.get("upload_id", ""))
+                if waiting is not None:
+                    waiting.put(ack)
+            elif msg.topic == topics.cmd(self.device_id):
+                cmd = decode(Command, bytes(msg.payload))
+                if cmd.type == CommandType.CUT:
+                    self._work.put(cmd)
+        except Exception as exc:  # paho's thread must survive whatever arrives
+            self.errors.append(repr(exc))
+
+    def _run(self) -> None:
+        answered: set[str] = set()
+        while (cmd := self._work.get()) is not None:
+            self.commands.append(cmd)
+            if self.answer is None or cmd.cmd_id in answered:
+                continue
+            try:
+                clip = self.answer(cmd)
+                if clip is None:
+                    continue
+                answered.add(cmd.cmd_id)
+                upload_id = self.upload_id_for(cmd.cmd_id)
+                self.upload(
+                    upload_id,
+                    clip,
+                    cmd_id=cmd.cmd_id,
+                    session_id=cmd.session_id,
+                    requested=(cmd.start, cmd.end),
+                )
+            except Exception as exc:
+                log.exception("forger %s failed to answer %s", self.device_id, cmd.cmd_id)
+                self.errors.append(repr(exc))
+
+    # -- what a camera sends -----------------------------------------------------------------
+
+    def emit(
+        self,
+        type_: EventType,
+        *,
+        session_id: str | None = None,
+        cmd_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Publish an event as the device would (device clock = server clock here)."""
+        fields: dict[str, Any] = {
+            "event_id": uuid.uuid4().hex,
+            "device_id": self.device_id,
+            "type": type_,
+            "at": at or utc_now(),
+            "session_id": session_id,
+            "cmd_id": cmd_id,
+            "data": data or {},
+        }
+        if "clock_offset_s" in Event.model_fields:
+            fields["clock_offset_s"] = 0.0
+        info = self.client.publish(topics.event(self.device_id), Event(**fields).to_bytes(), qos=1)
+        info.wait_for_publish(10)
+
+    def upload(
+        self,
+        upload_id: str,
+        clip: ForgedClip,
+        *,
+        cmd_id: str | None,
+        session_id: str | None,
+        requested: tuple[datetime | None, datetime | None] = (None, None),
+        timeout: float = 30.0,
+    ) -> str:
+        """Sign a manifest for ``clip``, send it with every chunk and ``fin``, announce the cut,
+        and return the server's final word (``complete`` or ``rejected``)."""
+        data = clip.data
+        chunks = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
+        manifest = Manifest(
+            upload_id=upload_id,
+            device_id=self.device_id,
+            session_id=session_id,
+            cmd_id=cmd_id,
+            requested_start=requested[0],
+            requested_end=requested[1],
+            cut_start=clip.cut_start,
+            cut_end=clip.cut_end,
+            clock_offset_s=clip.clock_offset_s,
+            size=len(data),
+            sha256=sha256_bytes(data),
+            chunk_size=CHUNK_SIZE,
+            chunk_sha256=[sha256_bytes(c) for c in chunks],
+            duration_s=clip.duration_s,
+            frames=clip.frames,
+            width=clip.width,
+            height=clip.height,
+            created_at=utc_now(),
+        )
+        acks: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._acks[upload_id] = acks
+        publish = self.client.publish
+        publish(topics.file_init(self.device_id, upload_id), sign_manifest(manifest, self.key), 1)
+        infos = [
+            publish(topics.file_chunk(self.device_id, upload_id, i * CHUNK_SIZE), chunk, 1)
+            for i, chunk in enumerate(chunks)
+        ]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        fin = Fin(upload_id=upload_id, size=len(data), sha256=manifest.sha256)
+        publish(topics.file_fin(self.device_id, upload_id), fin.to_bytes(), 1)
+        state = "timeout"
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        try:
+            while not deadline.is_set():
+                try:
+                    ack = acks.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if ack.get("state") == "rejected" or (
+                    ack.get("state") == "complete" and ack.get("reply_to") in ("fin", "init")
+                ):
+                    state = str(ack["state"])
+                    break
+        finally:
+            timer.cancel()
+        self.uploads[upload_id] = state
+        if state == "complete" and cmd_id:
+            self.emit(
+                EventType.CUT_DONE,
+                session_id=session_id,
+                cmd_id=cmd_id,
+                data={"upload_id": upload_id, "size": len(data), "sha256": manifest.sha256},
+            )
+        return state

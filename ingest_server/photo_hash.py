@@ -14,7 +14,7 @@ Two pictures are the same when one's anchor is near one of the other's probes, e
 round (``ingest_server.rules.photo_match.picture_distance``). The old 64-bit whole-frame pHash
 is kept at the front so rows stored before this format stay comparable.
 
-Stored as ``p2:<legacy 16 hex>:<anchor 64 hex>:<49 probes, 64 hex each>`` (3,159 characters).
+Stored as ``p2:<legacy 16 hex>:<anchor 64 hex>:<49 probes, 64 hex each>`` (3,221 characters).
 """
 
 from __future__ import annotations

@@ -220,3 +220,110 @@ def test_session_properties():
     moved = replace(SESSION, opened_at=START + MIN, closed_at=START + 80 * MIN)
     assert moved.start == START + MIN and moved.end == START + 80 * MIN
     assert SESSION.scheduled_end.tzinfo is UTC
+
+
+# ---------------------------------------------------------------- typed-in facts, pair, reuse
+
+from ingest_server.rules.photo_match import (  # noqa: E402
+    OtherSession,
+    PictureDistance,
+    PictureUse,
+    app_fields_accepted,
+    double_bookings,
+    earlier_use,
+    photo_pair,
+)
+
+
+@pytest.mark.parametrize(
+    ("delay_s", "accepted"), [(0, True), (600, True), (601, False), (-600, True), (-601, False)]
+)
+def test_app_typed_fields_count_only_when_uploaded_in_time(delay_s: int, accepted: bool) -> None:
+    typed = replace(photo(), time_source="app", received_at=START + delay_s * S)
+    assert app_fields_accepted(typed, 600.0) is accepted
+    match = photo_match(typed, SESSION, ROOM, app_upload_window_s=600.0)
+    assert match.app_time_accepted is accepted and match.app_place_accepted is None
+    assert match.upload_delay_s == delay_s
+    assert app_fields_accepted(replace(typed, received_at=None)) is False
+
+
+def test_the_pair_wants_the_closing_photo_after_the_opening_one() -> None:
+    opening = photo(at=START)
+    for gap_min, ok in ((90, True), (90 + 30, True), (90 + 31, False), (0, False), (-1, False)):
+        closing = photo(kind=PhotoKind.CLOSING, at=START + gap_min * MIN)
+        pair = photo_pair(opening, closing, SESSION, tolerance_s=900.0)
+        assert pair.order_ok is ok, gap_min
+        assert pair.expected_s == 90 * 60
+
+
+def test_the_pair_sees_one_picture_by_bytes_or_signature() -> None:
+    sig = "p2:" + "0" * 16 + ":" + "1" * 64 + ":" + "1" * 64 * 49
+    other = "p2:" + "f" * 16 + ":" + "e" * 64 + ":" + "e" * 64 * 49
+    a = replace(photo(), sha256="a" * 64, signature=sig)
+    closing = replace(a, kind=PhotoKind.CLOSING, taken_at=START + 90 * MIN)
+    assert photo_pair(a, closing, SESSION).same == PictureDistance(0, 42)
+    assert photo_pair(a, replace(closing, sha256="b" * 64), SESSION).same is not None
+    different = replace(closing, sha256="b" * 64, signature=other)
+    assert photo_pair(a, different, SESSION).same is None
+
+
+def use(session: str, photo_id: str, received: datetime, sha: str = "a" * 64) -> PictureUse:
+    return PictureUse(session, photo_id, sha, sha[:16], received)
+
+
+def test_only_the_later_use_of_a_picture_is_the_reuse() -> None:
+    honest = use("s-honest", "1", START)
+    thief = use("s-thief", "2", START + 10 * MIN)
+    unrelated = use("s-other", "3", START - MIN, sha="c" * 64)
+    found = earlier_use(thief, [honest, unrelated])
+    assert found is not None and found.first == honest and found.distance.bits == 0
+    assert earlier_use(honest, [thief, unrelated]) is None
+    # Received in the same instant: the one stored first (lower id) is the original.
+    tie = use("s-tie", "5", START)
+    assert earlier_use(tie, [honest]) is not None
+    assert earlier_use(honest, [tie]) is None
+    # A picture repeated inside its own session is the pair rule's business, not reuse.
+    assert earlier_use(thief, [use("s-thief", "1", START)]) is None
+
+
+FAR = north_of(ROOM_AT, 20_000)
+OTHER_ROOM = ClassroomFacts("room-2", FAR)
+
+
+def other_session(start: datetime, minutes: int = 90, photos: tuple = ()) -> OtherSession:
+    facts = replace(
+        SESSION,
+        session_id="s-2",
+        classroom_id="room-2",
+        scheduled_start=start,
+        preset_duration_s=minutes * 60,
+    )
+    return OtherSession(facts, OTHER_ROOM, photos)
+
+
+def test_one_lecturer_in_two_classrooms_at_once() -> None:
+    own = [photo(at=START), photo(kind=PhotoKind.CLOSING, at=START + 90 * MIN)]
+    # Overlapping sessions, by more than the tolerance: double.
+    found = double_bookings(SESSION, ROOM, own, [other_session(START + 30 * MIN)])
+    assert [(f.other_session, f.basis, round(f.distance_m)) for f in found] == [
+        ("s-2", "sessions", 20_000)
+    ]
+    # Back to back, 15 min of changeover: not double.
+    assert double_bookings(SESSION, ROOM, own, [other_session(START + 75 * MIN)]) == []
+    assert double_bookings(SESSION, ROOM, own, [other_session(START + 74 * MIN)]) != []
+    # A photo taken while the other session was well under way (its timetable drifted).
+    late = [photo(kind=PhotoKind.CLOSING, at=START + 4 * 60 * MIN)]
+    found = double_bookings(SESSION, ROOM, late, [other_session(START + 3 * 60 * MIN)])
+    assert [f.basis for f in found] == ["photo"]
+    # Photos 20 km apart a minute apart: double, whatever the timetable says.
+    theirs = (replace(photo(at=START + MIN, where=FAR), photo_id="q"),)
+    away = other_session(START - 10 * 60 * MIN, photos=theirs)
+    found = double_bookings(SESSION, ROOM, own, [away])
+    assert [(f.basis, f.seconds) for f in found] == [("photos", 60.0)]
+    # ...but an hour apart is a drive, not a double booking.
+    theirs = (replace(photo(at=START - 60 * MIN, where=FAR), photo_id="q"),)
+    assert double_bookings(SESSION, ROOM, own, [other_session(START - 600 * MIN, 1, theirs)]) == []
+    # The same classroom is not two places.
+    same_room = replace(other_session(START), classroom=ROOM)
+    same_room = replace(same_room, session=replace(same_room.session, classroom_id="room-1"))
+    assert double_bookings(SESSION, ROOM, own, [same_room]) == []

@@ -45,6 +45,7 @@ from ingest_server.rules.verdict import (
     recorded_seconds,
 )
 from ingest_server.rules.windows import Window
+from tests.ingest_server.photo_rows import photo_trust_rows
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 S, MIN, H = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)
@@ -759,6 +760,7 @@ ROWS += [
 ]
 
 ROWS += midnight_rows(SHANGHAI) + midnight_rows(ZoneInfo("UTC"))
+ROWS += photo_trust_rows(BASE, ROOM, LATER)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Photo signatures: ``photos.phash`` holds a picture signature (``p2:...``, 3,159 characters,
+"""Photo signatures: ``photos.phash`` holds a picture signature (``p2:...``, 3,221 characters,
 ``ingest_server.photo_hash``) instead of a 16-hex-digit pHash.
 
 Revision ID: 0004

@@ -190,7 +190,7 @@ class _Recording:
             and self.last_pts is not None
             and pts - self.last_pts > self.gap_ticks
         ):
-            self.on_gap(self.info.wall_at(self.last_pts + self.frame_ticks), self.info.wall_at(pts))
+            self.on_gap(self._wall(self.last_pts + self.frame_ticks), self._wall(pts))
         self.last_pts = pts
         # OpenCV's I420 conversion is ~9x faster than PyAV's reformat (DESIGN.md §4).
         yuv = np.asarray(_cv2().cvtColor(frame.image, _cv2().COLOR_BGR2YUV_I420), dtype=np.uint8)
@@ -240,7 +240,14 @@ class _Recording:
             if self.writer is not None:
                 self.writer.abandon()
             self.encoder.close()
-            self.spool.end_recording(self.recording_id, ended_wall=self.info.wall_at(self.end_pts))
+            self.spool.end_recording(self.recording_id, ended_wall=self._wall(self.end_pts))
+
+    def _wall(self, pts: int) -> datetime:
+        """Device wall time of ``pts`` as the spool indexes it (as the wall clock is set now,
+        when the spool has a timeline: a step since the recording began moves it too)."""
+        if self.spool.timeline is None:
+            return self.info.wall_at(pts)
+        return self.spool.timeline.stamp(self.info.mono_at(pts))[0]
 
 
 class Recorder:

@@ -342,6 +342,8 @@ class ClockOffset:
                         source,
                         sample.server_minus_mono - current.server_minus_mono,
                     )
+                    return False
+                # Kept for when the system clock loses its synchronisation.
                 self._samples.append(sample)
                 return True
             if not is_jump(current, sample, self.max_jump_s):

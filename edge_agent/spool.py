@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".part"
 SEGMENT_SUFFIX = ".mp4"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_SEGMENT_US = 3600 * 1_000_000  # no segment is longer (they are 1-60 s)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -459,10 +460,15 @@ class Spool:
         server time; a segment indexed without an offset is mapped with ``fallback_offset_s``.
         """
         shift = round(fallback_offset_s * 1_000_000)
+        lo, hi = _to_us(start), _to_us(end)
+        # The lower bound on the start lets the index skip everything older (a segment is
+        # seconds long; MAX_SEGMENT_US is a generous cap).
         found = self._segments_where(
-            """(s.offset_us IS NOT NULL AND s.start_server_us < ? AND s.end_server_us > ?)
-               OR (s.offset_us IS NULL AND s.start_wall_us < ? AND s.end_wall_us > ?)""",
-            (_to_us(end), _to_us(start), _to_us(end) + shift, _to_us(start) + shift),
+            """(s.offset_us IS NOT NULL AND s.start_server_us < ? AND s.start_server_us > ?
+                AND s.end_server_us > ?)
+               OR (s.offset_us IS NULL AND s.start_wall_us < ? AND s.start_wall_us > ?
+                AND s.end_wall_us > ?)""",
+            (hi, lo - MAX_SEGMENT_US, lo, hi + shift, lo + shift - MAX_SEGMENT_US, lo + shift),
         )
         return sorted(
             found,

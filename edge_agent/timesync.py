@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 from collections import deque
@@ -97,11 +98,17 @@ _STA_UNSYNC = 0x0040
 _TIME_ERROR = 5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # find_library runs ldconfig: once per process, not once per reading.
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
 def kernel_clock_sync() -> SystemSync | None:
     """The kernel's word on the system clock (``adjtimex`` read-only, as ``timedatectl``
     does); None where it cannot be asked (not Linux)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = _libc()
         timex = _Timex()
         state = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):

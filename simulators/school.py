@@ -3,16 +3,20 @@ lecturers with their phones, sessions, and the photos a lecturer's phone uploads
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from common.clock import utc_now
+from simulators.harness import Broker, Device, set_toml_values
 from simulators.phone import make_photo
 
 SHANGHAI = (31.2304, 121.4737)  # WGS-84
@@ -135,8 +139,65 @@ def read_feed(client: httpx.Client) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     after = 0
     while True:
-        page = client.get("/feed", params={"after": after, "limit": 1000}).json()
+        page: dict[str, Any] = {"events": []}
+        for attempt in range(5):
+            try:
+                page = client.get("/feed", params={"after": after, "limit": 1000}).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5 * (attempt + 1))
         events += page["events"]
         if not page["events"]:
             return {"events": events, "next": after}
         after = page["next"]
+
+
+def provision_quickly(
+    root: Path,
+    device_id: str,
+    broker: Broker,
+    settings: dict[str, dict[str, object]] | None = None,
+) -> Device:
+    """``classcam-agent provision`` run in this process (dozens of devices without paying an
+    interpreter start each), then laid out exactly as ``harness.provision_device`` does."""
+    from edge_agent.cli import main as agent_cli
+
+    device_dir = root / device_id
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = agent_cli(
+            [
+                "provision",
+                "--device-id",
+                device_id,
+                "--out",
+                str(device_dir),
+                "--broker-host",
+                broker.host,
+            ]
+        )
+    if code != 0:
+        raise RuntimeError(f"provisioning {device_id} failed ({code})")
+    public_key = (device_dir / "device-key.pub").read_text().strip()
+    broker.add_account(device_id, (device_dir / "broker-password").read_text().strip())
+    overrides: dict[str, dict[str, object]] = {
+        "": {"state_dir": str(device_dir / "state")},
+        "broker": {"port": broker.port, "protocol": "5"},
+    }
+    for section, values in (settings or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    config = device_dir / "agent.toml"
+    config.write_text(set_toml_values(config.read_text(), overrides))
+    return Device(device_id, device_dir, public_key)
+
+
+def session_view(client: httpx.Client, session_id: str, attempts: int = 5) -> dict[str, Any]:
+    """``GET /sessions/{id}`` in English; a server too busy to answer is asked again."""
+    for attempt in range(attempts):
+        try:
+            response = client.get(f"/sessions/{session_id}", params={"lang": "en"})
+            if response.status_code == 200:
+                return dict(response.json())
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5 * (attempt + 1))
+    return {"verdict": {"state": "unanswered", "reasons": []}, "windows": []}

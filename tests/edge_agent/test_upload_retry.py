@@ -186,8 +186,11 @@ def test_a_clip_refused_unknown_device_goes_up_once_the_device_is_registered(
         assert upload_id not in _clip_ids(server)
         server.register_device(device.device_id, device.public_key)
         _wait(lambda: upload_id in _clip_ids(server), 30, "the clip on the server")
-        done = service.outbox.get(upload_id)
-        assert done is not None and done.state == OutboxState.COMPLETE
+        done = _wait(
+            lambda: (i := service.outbox.get(upload_id)) and i.state == OutboxState.COMPLETE and i,
+            20,
+            "the server's complete",
+        )
         assert not done.path.exists()
     finally:
         service.stop()

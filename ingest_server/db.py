@@ -37,12 +37,17 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+BEGIN_OPTION = "classcam_sqlite_begin"
+
+
 def _sqlite_on_begin(connection: Any) -> None:
     # IMMEDIATE: take the write lock up front. A deferred transaction that reads, then writes,
     # fails at once with "database is locked" when another connection committed in between
     # (SQLite cannot upgrade its snapshot), and busy_timeout does not help it; an immediate one
-    # waits its turn. WAL readers are not blocked by it.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # waits its turn. Sessions that only read (``reader_factory``) begin DEFERRED, so a long
+    # read, such as an API request, never holds the write lock (WAL readers block nobody).
+    mode = connection.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE")
+    connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
@@ -62,6 +67,15 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
 def make_session_factory(engine: Engine) -> SessionFactory:
     """Sessions that keep loaded rows usable after commit (the processor reads them on)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def reader_factory(factory: SessionFactory) -> SessionFactory:
+    """Sessions like ``factory``'s for reading only: on SQLite they begin DEFERRED and take no
+    write lock. Never write through them (a deferred read-then-write can fail on SQLite)."""
+    bind = factory.kw["bind"]
+    return sessionmaker(
+        bind.execution_options(**{BEGIN_OPTION: "DEFERRED"}), expire_on_commit=False
+    )
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

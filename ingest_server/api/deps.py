@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
 from common.commands import Command
-from ingest_server.db import SessionFactory
+from ingest_server.db import SessionFactory, reader_factory
 from ingest_server.models import Lecturer
 from ingest_server.settings import Settings
 from ingest_server.setup_import import token_sha256
@@ -42,7 +42,8 @@ def get_context(request: Request) -> ApiContext:
 
 
 def get_db(context: Annotated[ApiContext, Depends(get_context)]) -> Iterator[Session]:
-    with context.session_factory() as db:
+    """A session for reading: it holds no write lock however long the request takes."""
+    with reader_factory(context.session_factory)() as db:
         yield db
 
 

@@ -68,44 +68,48 @@ def upload_photo(
         f"{EXTENSIONS.get(facts.format, '.img')}"
     )
     context.store.put_bytes(relative, data)
-    # The same bytes again for the same session and kind: a retry whose answer was lost.
-    photo = db.scalar(
-        select(Photo).where(
-            Photo.session_id == session_id,
-            Photo.kind == kind.value,
-            Photo.sha256 == facts.sha256,
+    # The write is one short transaction (on SQLite it holds the write lock): the photo was read
+    # and checked above, outside it.
+    with context.session_factory.begin() as write:
+        # The same bytes again for the same session and kind: a retry whose answer was lost.
+        photo = write.scalar(
+            select(Photo).where(
+                Photo.session_id == session_id,
+                Photo.kind == kind.value,
+                Photo.sha256 == facts.sha256,
+            )
         )
-    )
-    if photo is not None:
-        return _photo_body(photo, relative)
-    photo = Photo(
-        session_id=session_id,
-        lecturer_id=lecturer.id,
-        kind=kind.value,
-        sha256=facts.sha256,
-        phash=facts.phash,
-        path=relative,
-        taken_at=facts.taken_at,
-        time_source=facts.time_source,
-        lat=facts.lat,
-        lon=facts.lon,
-        datum=facts.datum,
-        place_source=facts.place_source,
-        width=facts.width,
-        height=facts.height,
-        received_at=received_at,
-    )
-    db.add(photo)
-    db.commit()
-    # A photo can put the lecturer in two places at once: their other sessions near in time
-    # are judged again too (rules.photo_match.double_bookings).
-    near = db.scalars(
-        select(ClassSession.id).where(
-            ClassSession.lecturer_id == session.lecturer_id,
-            ClassSession.scheduled_start > session.scheduled_start - timedelta(days=1),
-            ClassSession.scheduled_start < session.scheduled_start + timedelta(days=1),
+        if photo is not None:
+            return _photo_body(photo, relative)
+        photo = Photo(
+            session_id=session_id,
+            lecturer_id=lecturer.id,
+            kind=kind.value,
+            sha256=facts.sha256,
+            phash=facts.phash,
+            path=relative,
+            taken_at=facts.taken_at,
+            time_source=facts.time_source,
+            lat=facts.lat,
+            lon=facts.lon,
+            datum=facts.datum,
+            place_source=facts.place_source,
+            width=facts.width,
+            height=facts.height,
+            received_at=received_at,
         )
-    )
+        write.add(photo)
+        write.flush()
+        # A photo can put the lecturer in two places at once: their other sessions near in
+        # time are judged again too (rules.photo_match.double_bookings).
+        near = write.scalars(
+            select(ClassSession.id).where(
+                ClassSession.lecturer_id == session.lecturer_id,
+                ClassSession.scheduled_start > session.scheduled_start - timedelta(days=1),
+                ClassSession.scheduled_start < session.scheduled_start + timedelta(days=1),
+            )
+        ).all()
+    # Committed before the verdicts are recomputed on other connections.
     context.recompute({session_id, *near})
     return _photo_body(photo, relative)
 

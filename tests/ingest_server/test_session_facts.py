@@ -512,3 +512,24 @@ def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_
     engine.dispose()
     assert states[-1] == "verified", states
     assert "rejected" not in states
+
+
+def test_a_long_read_holds_no_write_lock(db_world: Any) -> None:
+    """An API request reads through a reader session for as long as it takes; the ingest
+    thread's writes go on meanwhile (a write session would hold SQLite's lock)."""
+    from ingest_server.db import reader_factory
+
+    _, factory = db_world
+    done = threading.Event()
+
+    def write() -> None:
+        with factory.begin() as db:
+            record_device_event(db, event(EventType.SESSION_STARTED, START, 0.0))
+        done.set()
+
+    with reader_factory(factory)() as reading:
+        assert reading.get(ClassSession, "s0") is not None  # the read transaction is open
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert done.wait(10), "the write waited for a reader"
+        writer.join()

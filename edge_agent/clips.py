@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,9 +15,23 @@ from common.chunks import digest_file
 from common.clock import Clock
 from common.schemas import ClipKind, Manifest
 from common.signing import sign_manifest
+from edge_agent.camera import Frame
 from edge_agent.cutter import CutResult, cut_window
+from edge_agent.errors import AgentError
 from edge_agent.outbox import Outbox, OutboxItem
+from edge_agent.ports import MadeClip
 from edge_agent.spool import Spool, durable_replace, temp_path
+
+
+def upload_id_for(device_id: str, cmd_id: str) -> str:
+    """The upload id of the clip ``device_id`` makes for ``cmd_id``: stable, so a repeated
+    command finds the clip it already cut; the device's own, so another device answering the
+    same command never lands on it."""
+    digest = hashlib.sha256()
+    for part in (device_id, cmd_id):
+        raw = part.encode()
+        digest.update(len(raw).to_bytes(4, "big") + raw)  # length-prefixed: no two splits alike
+    return digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +165,91 @@ def durable_write(path: Path, data: bytes) -> None:
     temp = temp_path(path)
     temp.write_bytes(data)
     durable_replace(temp, path)
+
+
+class SpoolClipMaker:
+    """The ``ClipMaker`` of a device: cuts from its spool and takes stills, signs them with its
+    key and queues them in its outbox under ``upload_id_for(device_id, cmd_id)``, so a repeated
+    command finds the clip it already made instead of making another."""
+
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        outbox: Outbox,
+        key: Ed25519PrivateKey,
+        device_id: str,
+        chunk_size: int,
+        clock: Clock,
+        clock_offset_s: Callable[[], float],
+        wait_for_spool: Callable[[datetime], None],
+        grab_frame: Callable[[], Frame],
+        link_upload: Callable[[str, str], None],
+        on_queued: Callable[[], None],
+    ) -> None:
+        self.spool = spool
+        self.outbox = outbox
+        self.key = key
+        self.device_id = device_id
+        self.chunk_size = chunk_size
+        self.clock = clock
+        self.clock_offset_s = clock_offset_s  # device clock minus server clock, 0 if unknown
+        self.wait_for_spool = wait_for_spool  # until the spool holds footage up to a device time
+        self.grab_frame = grab_frame
+        self.link_upload = link_upload  # pins a session's recording until this upload is acked
+        self.on_queued = on_queued  # wakes the uploader
+
+    def cut(self, cmd_id: str, session_id: str | None, start: datetime, end: datetime) -> MadeClip:
+        """Cut ``[start, end]`` (server UTC) through the present clock offset; ``CutError``
+        when the spool does not hold it."""
+        upload_id = upload_id_for(self.device_id, cmd_id)
+        item = self.outbox.get(upload_id)
+        if item is None:
+            offset = self.clock_offset_s()
+            self.wait_for_spool(end + timedelta(seconds=offset))
+            request = ClipRequest(
+                start=start, end=end, session_id=session_id, cmd_id=cmd_id, clock_offset_s=offset
+            )
+            if session_id:
+                # Before the clip exists: an upload finished in between must still count
+                # against its session's pin.
+                self.link_upload(upload_id, session_id)
+            item = cut_and_enqueue(
+                self.spool,
+                self.outbox,
+                self.key,
+                request,
+                device_id=self.device_id,
+                chunk_size=self.chunk_size,
+                clock=self.clock,
+                upload_id=upload_id,
+            )
+            self.on_queued()
+        return MadeClip(upload_id, item.size, item.sha256)
+
+    def snapshot(self, cmd_id: str) -> MadeClip:
+        """A JPEG of the classroom now (the newest keyframe, or the camera itself)."""
+        upload_id = upload_id_for(self.device_id, cmd_id)
+        item = self.outbox.get(upload_id)
+        if item is None:
+            frame = self.grab_frame()
+            import cv2  # only snapshots need OpenCV here
+
+            ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                raise AgentError("JPEG encoding of the snapshot failed")
+            item = enqueue_snapshot(
+                self.outbox,
+                self.key,
+                jpeg.tobytes(),
+                frame.wall,
+                width=frame.image.shape[1],
+                height=frame.image.shape[0],
+                device_id=self.device_id,
+                cmd_id=cmd_id,
+                chunk_size=self.chunk_size,
+                clock=self.clock,
+                upload_id=upload_id,
+            )
+            self.on_queued()
+        return MadeClip(upload_id, item.size, item.sha256)

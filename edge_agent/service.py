@@ -29,13 +29,15 @@ from common.schemas import Ack, Event, EventType, decode
 from common.signing import load_private_key
 from edge_agent.camera import Frame
 from edge_agent.cameras import EncodedCamera
-from edge_agent.commands import CommandRunner, RuntimeSettings
+from edge_agent.clips import SpoolClipMaker
+from edge_agent.commands import CommandRunner
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
 from edge_agent.heartbeat import cpu_temperature_c, disk_usage
 from edge_agent.modem import ModemError, ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
+from edge_agent.ports import RuntimeSettings
 from edge_agent.recording import CameraFactory, RecordingSettings, SessionRecorder
 from edge_agent.sessions import (
     OpenSession,
@@ -136,7 +138,6 @@ class AgentService:
             low_water_bytes=config.storage.low_water_mb * 1024 * 1024,
             critical_bytes=config.storage.critical_mb * 1024 * 1024,
         )
-        self.commands = CommandRunner(self)
         self.stop_event = threading.Event()
         self.events_ready = threading.Event()
         self.uploads_ready = threading.Event()
@@ -149,6 +150,28 @@ class AgentService:
         self._started_mono = self.clock.monotonic()
         self._hb_seq = 0
         self._threads: list[threading.Thread] = []
+        clips = SpoolClipMaker(
+            spool=self.spool,
+            outbox=self.outbox,
+            key=self.key,
+            device_id=config.device_id,
+            chunk_size=config.upload.chunk_size,
+            clock=self.clock,
+            clock_offset_s=self.offset.or_zero,
+            wait_for_spool=self.wait_for_spool,
+            grab_frame=self.grab_frame,
+            link_upload=self.state.link_upload,
+            on_queued=self.uploads_ready.set,
+        )
+        self.commands = CommandRunner(
+            sessions=self,
+            clips=clips,
+            events=self,
+            ledger=self.state,
+            runtime=self,
+            clock=self.clock,
+            counters=self.link.counters,
+        )
         self.link.on_sent = self._count_traffic
         self.link.on("cmd", self._on_cmd_message)
         self.link.on("schedule", self._on_schedule_message)
@@ -226,6 +249,11 @@ class AgentService:
                 self.link.publish(topics.event(self.config.device_id), payload)
         self.events_ready.set()
         return payload
+
+    def send_again(self, payload: bytes) -> None:
+        """Queue an event said before (the first answer to a repeated command) once more."""
+        self.state.push_event(payload)
+        self.events_ready.set()
 
     def _send_events(self) -> None:
         topic = topics.event(self.config.device_id)
@@ -323,6 +351,11 @@ class AgentService:
             if announce:
                 self.emit(EventType.SESSION_STOPPED, session_id=session_id, data=data)
             return data
+
+    def closed_at(self, session_id: str) -> datetime | None:
+        """When ``session_id`` was closed on this device (device clock), if it was."""
+        row = self.state.session(session_id)
+        return row.closed_at if row is not None else None
 
     def _recording_ids(self, session_id: str) -> list[int]:
         return [r.recording_id for r in self.spool.recordings() if r.session_id == session_id]

@@ -206,7 +206,7 @@ def rtsp(folder: Path, quick: bool) -> list[Result]:
     cases = [("smpte75", 0, False), ("smpte75", 1, False), ("smpte75", 3, False)]
     cases += [("smpte75", 6, False), ("pinwheel", 3, False), ("pinwheel", 6, False)]
     cases += [("ball", 0, True), ("ball", 3, True), ("ball", 6, True)]
-    bitrates = [800] if quick else [300, 800]
+    bitrates = [300] if quick else [300, 800]
     for pattern, noise, live in cases:
         for kbps in bitrates:
             with RtspCameraServer(pattern=pattern, noise=noise, bitrate_kbps=kbps) as server:

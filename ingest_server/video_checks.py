@@ -16,18 +16,20 @@ cameras burn a ticking timestamp into it: a frozen sensor under a live clock mus
   a camera filming a printed photo (a still picture under fresh sensor noise). Compared on
   **keyframes only**: each keyframe is an independent encoding of what the sensor saw, while a
   static scene's P-frames are mostly skip blocks that copy their reference and would make any
-  quiet room look frozen. Each keyframe is compared with the one ``frozen_lookback`` keyframes
-  back (10 s at the agent's keyframe a second, so slow motion adds up) on its *structure*: luma
-  averaged over blocks (``structure_width`` blocks across), which divides per-pixel noise by the
-  block size, then fitted to the earlier one by gain and offset, so an exposure or light change
-  over the whole picture is not motion. The change is the 99th percentile of the fit's residual
-  in units of the residual's own robust spread (its median absolute deviation): noise the clip
-  itself measured, whatever the sensor, light or encoder quality. Noise alone gives a residual
-  whose tail is ~2–4 of its spreads; something moving in a few blocks puts the tail far out
-  (``bench/frozen_margin.py`` prints the distributions). A keyframe repeats when its change is
-  below ``frozen_change``; the clip is frozen when most keyframes repeat. A real, quiet room has
-  people who move a little; a room in which nothing at all moves for most of a window cannot be
-  told from a photograph of it, and is reported frozen.
+  quiet room look frozen. Each keyframe is compared with each of the ``frozen_lookback``
+  keyframes before it (10 s at the agent's keyframe a second, so slow motion adds up; the
+  largest change counts, so a change in step with one lag shows against another) on its
+  *structure*: luma averaged over blocks (``structure_width`` blocks across), which divides
+  per-pixel noise by the block size, then fitted to the earlier one by gain and offset, so an
+  exposure or light change over the whole picture is not motion. The change is the 99th
+  percentile of the fit's residual in units of the residual's own robust spread (its median
+  absolute deviation) plus a share of the block's contrast (the encoder's re-quantisation
+  gathers on sharp edges): noise the clip itself shows, whatever the sensor, light or encoder
+  quality. Noise alone gives a tail of ~2–3 such units; something moving in a few blocks puts
+  it far out (``bench/frozen_margin.py`` prints the distributions and the margin). A
+  keyframe repeats when its change is below ``frozen_change``; the clip is frozen when most
+  keyframes repeat. A real, quiet room has people who move a little; a room in which nothing at
+  all moves for most of a window cannot be told from a photograph of it, and is reported frozen.
 * **moved** — ORB features of sampled frames matched to the classroom's reference still (ratio
   test, then a RANSAC homography); the similarity is the share of keypoints that are homography
   inliers, median over a few samples. A small pan, zoom or lighting change keeps a homography;
@@ -70,11 +72,11 @@ class SanityThresholds:
     black_luma: float = 32.0  # a frame is dark below this mean luma (0–255, full range)...
     black_std: float = 6.0  # ...and flat below this standard deviation
     black_share: float = 0.8  # black when at least this share of sampled frames is dark
-    # A keyframe repeats the one ``frozen_lookback`` back below this structural change (residual
-    # tail in units of its own noise spread). Measured by bench/frozen_margin.py: still pictures
-    # under noise 1.9-3.7, live scenes with a person moving 0.5 px/s (at 320 px wide) above 5.9.
-    frozen_change: float = 4.5
-    frozen_lookback: int = 10  # which earlier keyframe a keyframe is compared with (10 s back)
+    # A keyframe repeats the earlier ones below this structural change (residual tail in
+    # units of the expected noise). bench/frozen_margin.py: still pictures under noise score
+    # up to ~2.9, quiet live scenes from ~3.7 (one dim, low-contrast figure leaning 1 px/s).
+    frozen_change: float = 3.3
+    frozen_lookback: int = 10  # how many earlier keyframes a keyframe is compared with (10 s)
     structure_width: int = 40  # blocks across the picture for the structural comparison
     # Lowest noise spread a change is measured in (luma levels): a noiseless frozen picture has
     # none, and the encoder's re-quantisation must not count as motion there.
@@ -82,6 +84,9 @@ class SanityThresholds:
     # Highest: block-averaged sensor noise stays below this (measured up to ~1.5 at +/-6 levels
     # and CRF 35); a larger spread is the whole picture changing, which is motion.
     noise_ceiling: float = 3.0
+    # Expected re-quantisation noise per level of a block's contrast with its neighbours: a
+    # printed test chart's sharp edges at 300 kbit/s scored 5.4 without it, 2.8 with it.
+    edge_noise: float = 0.05
     # Frozen when at least this share of keyframes repeat: a clip whose feed froze for most of
     # its length is frozen even if something moved for a moment.
     frozen_share: float = 0.6
@@ -118,7 +123,6 @@ class _Sample:
     small: np.ndarray  # luma scaled to the analysis width (uint8), banner included
     mean: float  # of the luma below the banner
     std: float
-    change: float | None  # keyframes: structural change against an earlier keyframe
 
 
 def _luma(frame: av.VideoFrame) -> np.ndarray:
@@ -155,6 +159,7 @@ class _StreamFacts:
     frames: int
     duration_s: float
     frame_rate: float
+    keyframe_changes: list[float]  # with keyframes only: each keyframe's structural change
 
 
 def structure(luma: np.ndarray, width: int) -> np.ndarray:
@@ -169,27 +174,50 @@ def structure(luma: np.ndarray, width: int) -> np.ndarray:
     )
 
 
-def structural_change(
-    current: np.ndarray, earlier: np.ndarray, noise_floor: float, noise_ceiling: float
-) -> float:
-    """How far ``current`` moved from ``earlier`` (two ``structure`` arrays of one shape), in
-    units of the noise this very comparison shows.
+def _fit_residual(current: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """What is left of ``current`` after fitting ``earlier`` to it by gain and offset (a light
+    or exposure change over the whole picture is no motion)."""
+    x = earlier.astype(np.float64)
+    y = current.astype(np.float64)
+    design = np.stack([x.ravel(), np.ones(x.size)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y.ravel(), rcond=None)
+    return np.asarray(y - (coef[0] * x + coef[1]))
 
-    ``current`` is fitted to ``earlier`` by gain and offset (a light or exposure change over the
-    whole picture is no motion); the change is the 99th percentile of the absolute residual
-    divided by the residual's robust spread (1.4826 x its median absolute deviation), kept
-    between ``noise_floor`` and ``noise_ceiling`` levels. Noise alone gives ~2-4; a few blocks
-    where something moved, far more. The ceiling is what block-averaged noise can reach: when
-    the whole picture changed (a pan, a scrolling view) the spread is that change, not noise.
+
+def _robust_spread(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation: the standard deviation, were ``values`` only
+    noise, whatever a few blocks where something moved hold."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def keyframe_changes(structures: list[np.ndarray], limits: SanityThresholds) -> list[float]:
+    """Each keyframe's structural change (all but the first), from its ``structure`` arrays.
+
+    A keyframe is fitted to each of the ``frozen_lookback`` keyframes before it; each block's
+    residual is divided by the noise expected there: the comparison's own robust spread, kept
+    between ``noise_floor`` and ``noise_ceiling`` levels, plus ``edge_noise`` times the block's
+    contrast with its neighbours, because the encoder's re-quantisation gathers on sharp edges.
+    The ceiling is what block-averaged noise can reach: when the whole picture changes (a pan,
+    a scrolling view) the spread is that change, not noise. The change against one earlier
+    keyframe is the 99th percentile of those ratios; a keyframe's change is the largest against
+    any of them. Noise alone gives ~2-3; a few blocks where something moved, far more.
     """
-    x = earlier.ravel().astype(np.float64)
-    y = current.ravel().astype(np.float64)
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    residual = y - design @ coef
-    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
-    noise = min(max(spread, noise_floor), noise_ceiling)
-    return float(np.percentile(np.abs(residual), 99)) / noise
+    changes: list[float] = []
+    for i in range(1, len(structures)):
+        current = structures[i]
+        gx = cv2.Sobel(current, cv2.CV_32F, 1, 0, ksize=3) / 8
+        gy = cv2.Sobel(current, cv2.CV_32F, 0, 1, ksize=3) / 8
+        edges = limits.edge_noise * np.hypot(gx, gy)
+        best = 0.0
+        for earlier in structures[max(0, i - limits.frozen_lookback) : i]:
+            if earlier.shape != current.shape:
+                continue
+            residual = _fit_residual(current, earlier)
+            spread = min(max(_robust_spread(residual), limits.noise_floor), limits.noise_ceiling)
+            ratio = np.abs(residual) / (spread + edges)
+            best = max(best, float(np.percentile(ratio, 99)))
+        changes.append(best)
+    return changes
 
 
 def _decode_samples(
@@ -199,11 +227,11 @@ def _decode_samples(
 
     Packets are counted as they are demuxed (a frame is one packet in H.264 without B-frame
     reordering quirks), so the count costs nothing beyond reading the file. With
-    ``keyframes_only`` every sample also carries its structural change against the keyframe
-    ``frozen_lookback`` sampled keyframes back (or the first, early in the clip).
+    ``keyframes_only`` the facts also carry each sampled keyframe's structural change
+    (``keyframe_changes``).
     """
     samples: list[_Sample] = []
-    earlier: list[np.ndarray] = []
+    structures: list[np.ndarray] = []
     period = 1.0 / sample_fps
     # Slack, so a keyframe forced "every second" but landing a frame early is still taken.
     slack = min(0.05, 0.25 * period)
@@ -242,21 +270,17 @@ def _decode_samples(
                     while next_time <= t:  # after a gap, sample again from here on
                         next_time += period
                     luma = _luma(frame)
-                    change = None
                     if keyframes_only:
-                        body = structure(
-                            luma[_banner_rows(luma.shape[0], limits) :], limits.structure_width
-                        )
-                        same_shape = [e for e in earlier if e.shape == body.shape]
-                        if same_shape:
-                            change = structural_change(
-                                body, same_shape[0], limits.noise_floor, limits.noise_ceiling
+                        structures.append(
+                            structure(
+                                luma[_banner_rows(luma.shape[0], limits) :],
+                                limits.structure_width,
                             )
-                        earlier = [*earlier, body][-limits.frozen_lookback :]
+                        )
                     small = _scaled(luma, limits.analysis_width)
                     small_body = small[_banner_rows(small.shape[0], limits) :]
                     samples.append(
-                        _Sample(small, float(small_body.mean()), float(small_body.std()), change)
+                        _Sample(small, float(small_body.mean()), float(small_body.std()))
                     )
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise SanityError(path, str(exc)) from exc
@@ -268,7 +292,8 @@ def _decode_samples(
     # No declared rate (rare): the rate the packets themselves show.
     measured = packets / duration if duration > 0 else 0.0
     frame_rate = float(rate) if rate else measured
-    return samples, _StreamFacts(packets, duration, frame_rate)
+    changes = keyframe_changes(structures, limits)
+    return samples, _StreamFacts(packets, duration, frame_rate, changes)
 
 
 def _sample(
@@ -355,7 +380,7 @@ def check_clip(
     samples, keyframes, facts = _sample(Path(path), sample_fps, limits)
     dark = [s.mean < limits.black_luma and s.std < limits.black_std for s in samples]
     dark_share = sum(dark) / len(samples)
-    changes = [s.change for s in keyframes if s.change is not None]
+    changes = facts.keyframe_changes
     repeats = sum(c < limits.frozen_change for c in changes)
     frozen_fraction = repeats / len(changes) if changes else 0.0
     similarity: float | None = None

@@ -8,12 +8,10 @@ threads anyway). Everything durable lives in SQLite under ``state_dir``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +23,7 @@ from common.clock import Clock, SystemClock
 from common.commands import Command, Schedule
 from common.errors import ProtocolError
 from common.heartbeat import Heartbeat
-from common.schemas import Ack, Event, EventType, decode
+from common.schemas import Ack, EventType, decode
 from common.signing import load_private_key
 from edge_agent.camera import Frame
 from edge_agent.cameras import EncodedCamera
@@ -33,19 +31,15 @@ from edge_agent.clips import SpoolClipMaker
 from edge_agent.commands import CommandRunner
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError
+from edge_agent.events import EventQueue
 from edge_agent.heartbeat import cpu_temperature_c, disk_usage
 from edge_agent.modem import ModemError, ModemPort
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox
 from edge_agent.ports import RuntimeSettings
 from edge_agent.recording import CameraFactory, RecordingSettings, SessionRecorder
-from edge_agent.sessions import (
-    OpenSession,
-    due_session,
-    end_on_device_clock,
-    should_close,
-    stopped_report,
-)
+from edge_agent.session_keeper import SessionKeeper
+from edge_agent.sessions import OpenSession
 from edge_agent.spool import Spool
 from edge_agent.state import AgentState
 from edge_agent.storage import RecordingUse, StoragePolicy, plan_cleanup
@@ -103,6 +97,7 @@ class AgentService:
             on_change=lambda estimate: self.state.put("clock_offset", estimate),
         )
         self.spool.timeline = self.offset
+        self.events = EventQueue(self.state, self.link, self.clock, self.offset, config.device_id)
         self.camera_factory = camera_factory or default_camera_factory(config, self.clock)
         stored = self.state.get("runtime") or {}
         self.runtime = RuntimeSettings.model_validate(
@@ -133,17 +128,18 @@ class AgentService:
             self._recording_event,
             on_write_error=self.cleanup_storage,
         )
+        self.sessions = SessionKeeper(
+            self.state, self.spool, self.recorder, self.clock, self.offset, self.events
+        )
         self.policy = StoragePolicy(
             retention=timedelta(days=config.storage.retention_days),
             low_water_bytes=config.storage.low_water_mb * 1024 * 1024,
             critical_bytes=config.storage.critical_mb * 1024 * 1024,
         )
         self.stop_event = threading.Event()
-        self.events_ready = threading.Event()
+        self.events_ready = self.events.ready
         self.uploads_ready = threading.Event()
         self.storage_low = False
-        self.open: OpenSession | None = None
-        self._session_lock = threading.RLock()
         self._cmd_queue: queue.Queue[Command] = queue.Queue()
         self._traffic = 0
         self._traffic_lock = threading.Lock()
@@ -164,9 +160,9 @@ class AgentService:
             on_queued=self.uploads_ready.set,
         )
         self.commands = CommandRunner(
-            sessions=self,
+            sessions=self.sessions,
             clips=clips,
-            events=self,
+            events=self.events,
             ledger=self.state,
             runtime=self,
             clock=self.clock,
@@ -211,154 +207,12 @@ class AgentService:
         if session_id:
             log.info("session %s: a cut was acknowledged", session_id)
 
-    # -- events ------------------------------------------------------------------------------
+    # -- sessions and clips -------------------------------------------------------------------
 
-    def emit(
-        self,
-        type_: EventType,
-        *,
-        cmd_id: str | None = None,
-        session_id: str | None = None,
-        data: dict[str, Any] | None = None,
-        at: datetime | None = None,
-    ) -> bytes:
-        """Queue an event durably; the sender delivers it when the link allows. ``at`` is
-        when it happened, if that was before now (device clock)."""
-        now = self.clock.now()
-        offset = self.offset.seconds if at is None else self.offset.at_wall(at)
-        event = Event(
-            # Unique even for a 64-character device id or two events in one microsecond:
-            # the server keeps one event per event_id.
-            event_id=f"{self.config.device_id[:24]}-{now:%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:16]}",
-            device_id=self.config.device_id,
-            type=type_,
-            at=at or now,
-            clock_offset_s=offset,
-            cmd_id=cmd_id,
-            session_id=session_id,
-            data=data or {},
-        )
-        payload = event.to_bytes()
-        try:
-            self.state.push_event(payload)
-        except sqlite3.Error as exc:
-            # The state disk is full or failing: still say it now if the link is up.
-            self.link.counters["event_not_durable"] += 1
-            log.error("event %s not stored (%s); sending it undurably", type_.value, exc)
-            with contextlib.suppress(LinkDown):
-                self.link.publish(topics.event(self.config.device_id), payload)
-        self.events_ready.set()
-        return payload
-
-    def send_again(self, payload: bytes) -> None:
-        """Queue an event said before (the first answer to a repeated command) once more."""
-        self.state.push_event(payload)
-        self.events_ready.set()
-
-    def _send_events(self) -> None:
-        topic = topics.event(self.config.device_id)
-        while not self.stop_event.is_set():
-            self.events_ready.wait(1.0)
-            self.events_ready.clear()
-            if not self.link.connected.is_set():
-                continue
-            try:
-                self._deliver_events(topic)
-            except Exception:  # a state-disk error must not end event delivery for good
-                self.link.counters["event_sender_error"] += 1
-                log.exception("event delivery failed; retrying")
-                self.stop_event.wait(1.0)
-
-    def _deliver_events(self, topic: str) -> None:
-        for seq, payload in self.state.pending_events():
-            try:
-                info = self.link.publish(topic, payload)
-                info.wait_for_publish(10)
-            except (LinkDown, RuntimeError, ValueError):
-                return
-            if not info.is_published():
-                return
-            self.state.event_delivered(seq)
-
-    # -- sessions ----------------------------------------------------------------------------
-
-    def open_session(
-        self,
-        session_id: str,
-        *,
-        source: str,
-        windows: int,
-        planned_end: datetime | None,
-        cmd_id: str | None = None,
-        planned_start: datetime | None = None,
-        resumed_from: datetime | None = None,
-    ) -> dict[str, Any]:
-        """Start recording ``session_id``; return what the ``session_started`` event says.
-
-        ``resumed_from`` is the first opening of a session resumed after a restart: it keeps
-        counting from there, and its ``session_started`` was said the first time."""
-        with self._session_lock:
-            if self.open and self.open.session_id == session_id:
-                return {"already_open": True, "source": self.open.source}
-            if self.open:
-                self.close_session(self.open.session_id, reason="superseded", announce=True)
-            now = self.clock.now()
-            self.state.upsert_session(
-                session_id,
-                source=source,
-                windows=windows,
-                planned_start=planned_start,
-                planned_end=planned_end,
-            )
-            self.state.mark_session(session_id, opened_at=now)
-            self.recorder.start(session_id)
-            opened_at = resumed_from or now
-            self.open = OpenSession(session_id, source, planned_end, opened_at)
-            data = {
-                "source": source,
-                "opened_at": opened_at.isoformat(),
-                "planned_end": planned_end.isoformat() if planned_end else None,
-            }
-            log.info(
-                "session %s %s (%s)", session_id, "resumed" if resumed_from else "opened", source
-            )
-            if cmd_id is None and resumed_from is None:
-                self.emit(EventType.SESSION_STARTED, session_id=session_id, data=data)
-            return data
-
-    def close_session(
-        self, session_id: str, *, reason: str, announce: bool = False
-    ) -> dict[str, Any] | None:
-        """Stop recording ``session_id``; return what the ``session_stopped`` event says, or
-        ``None`` when it is not open (nothing to stop, nothing to report)."""
-        with self._session_lock:
-            if self.open is None or self.open.session_id != session_id:
-                return None
-            current = self.open
-            self.recorder.stop()
-            self.open = None
-            now = self.clock.now()
-            self.state.mark_session(session_id, closed_at=now)
-            data = stopped_report(
-                reason=reason,
-                opened_at=current.opened_at,
-                closed_at=now,
-                # Every gap reported since the first opening, restarts included.
-                gaps=self.state.session_gaps(session_id),
-                recording_ids=self._recording_ids(session_id),
-            )
-            log.info("session %s closed (%s)", session_id, reason)
-            if announce:
-                self.emit(EventType.SESSION_STOPPED, session_id=session_id, data=data)
-            return data
-
-    def closed_at(self, session_id: str) -> datetime | None:
-        """When ``session_id`` was closed on this device (device clock), if it was."""
-        row = self.state.session(session_id)
-        return row.closed_at if row is not None else None
-
-    def _recording_ids(self, session_id: str) -> list[int]:
-        return [r.recording_id for r in self.spool.recordings() if r.session_id == session_id]
+    @property
+    def open(self) -> OpenSession | None:
+        """The session recording now, if any."""
+        return self.sessions.open
 
     def _recording_event(self, type_: EventType, **fields: Any) -> bytes:
         """The recorder's events; each gap is kept with its session before it is said, so a
@@ -370,41 +224,7 @@ class AgentService:
                 datetime.fromisoformat(data["start"]),
                 datetime.fromisoformat(data["end"]),
             )
-        return self.emit(type_, **fields)
-
-    def _report_gap(self, session_id: str, start: datetime, end: datetime, reason: str) -> None:
-        self.state.add_session_gap(session_id, start, end)
-        self.emit(
-            EventType.RECORDING_GAP,
-            session_id=session_id,
-            data={"start": start.isoformat(), "end": end.isoformat(), "reason": reason},
-        )
-
-    def _server_now(self) -> datetime:
-        return self.clock.now() - timedelta(seconds=self.offset.or_zero())
-
-    def _check_timetable(self) -> None:
-        with self._session_lock:
-            server_now, device_now = self._server_now(), self.clock.now()
-            if self.open and should_close(self.open, server_now, device_now):
-                self.close_session(self.open.session_id, reason="planned_end", announce=True)
-            raw = self.state.get("schedule")
-            schedule = Schedule.model_validate(raw) if raw else None
-            closed = set()
-            if schedule:
-                for s in schedule.sessions:
-                    row = self.state.session(s.session_id)
-                    if row and row.closed_at:
-                        closed.add(s.session_id)
-            due = due_session(schedule, server_now, closed)
-            if due and self.open is None:
-                self.open_session(
-                    due.session_id,
-                    source="schedule",
-                    windows=due.windows,
-                    planned_end=due.end,
-                    planned_start=due.start,
-                )
+        return self.events.emit(type_, **fields)
 
     def wait_for_spool(self, device_end: datetime, timeout: float | None = None) -> None:
         """Wait until the spool holds what was recorded up to ``device_end`` (or nothing more
@@ -492,7 +312,7 @@ class AgentService:
         if plan.storage_low != self.storage_low:
             self.storage_low = plan.storage_low
             if plan.storage_low:
-                self.emit(
+                self.events.emit(
                     EventType.STORAGE_LOW,
                     data={
                         "free_bytes": free + plan.freed_bytes,
@@ -582,7 +402,7 @@ class AgentService:
         last_slow = 0.0
         while not self.stop_event.is_set():
             try:
-                self._check_timetable()
+                self.sessions.check_timetable()
                 mono = self.clock.monotonic()
                 if mono - last_slow >= 10:
                     last_slow = mono
@@ -592,66 +412,6 @@ class AgentService:
             except Exception:
                 log.exception("housekeeping failed")
             self.stop_event.wait(0.5)
-
-    def _resume_open_sessions(self) -> None:
-        """A restart during a class resumes its recording at once, whatever opened it (the
-        timetable may be stale, the clock offset not known yet), and reports the outage as a
-        gap. A session whose end passed while the agent was down is closed and reported, the
-        outage up to its end listed as a gap."""
-        server_now, device_now = self._server_now(), self.clock.now()
-        unclosed = self.state.unclosed_sessions()
-        for row in unclosed:
-            assert row.opened_at is not None
-            session = OpenSession(row.session_id, row.source, row.planned_end, row.opened_at)
-            last = self._last_recorded(row.session_id, row.opened_at)
-            newest = row is unclosed[-1]
-            if newest and not should_close(session, server_now, device_now):
-                self.open_session(
-                    row.session_id,
-                    source=row.source,
-                    windows=row.windows,
-                    planned_end=row.planned_end,
-                    planned_start=row.planned_start,
-                    resumed_from=row.opened_at,
-                )
-                if device_now > last:
-                    self._report_gap(row.session_id, last, device_now, "agent_restart")
-            else:
-                ends = end_on_device_clock(session, server_now, device_now)
-                self._close_after_restart(row.session_id, row.opened_at, last, ends)
-
-    def _last_recorded(self, session_id: str, opened_at: datetime) -> datetime:
-        """The last instant the spool holds of ``session_id`` (device clock): the spool's
-        recovery ends a recording cut short where its last complete segment ends."""
-        ends = [
-            r.ended_wall or r.started_wall
-            for r in self.spool.recordings()
-            if r.session_id == session_id
-        ]
-        return max([opened_at, *ends])
-
-    def _close_after_restart(
-        self, session_id: str, opened_at: datetime, last: datetime, ends: datetime
-    ) -> None:
-        # It ran until its planned end; what was not recorded since ``last`` is a gap. A
-        # recording past that end (a clock offset learnt later) ends the session there.
-        closed = max(last, min(ends, self.clock.now()))
-        if closed > last:
-            self._report_gap(session_id, last, closed, "agent_restart")
-        self.state.mark_session(session_id, closed_at=closed)
-        log.info("session %s ended while the agent was down; closed at %s", session_id, closed)
-        self.emit(
-            EventType.SESSION_STOPPED,
-            session_id=session_id,
-            at=closed,
-            data=stopped_report(
-                reason="agent_restart",
-                opened_at=opened_at,
-                closed_at=closed,
-                gaps=self.state.session_gaps(session_id),
-                recording_ids=self._recording_ids(session_id),
-            ),
-        )
 
     def _requeue_commands(self) -> None:
         """Commands delivered before a stop or a power cut but never answered run now."""
@@ -664,11 +424,11 @@ class AgentService:
     def start(self) -> None:
         self._requeue_commands()
         self.link.start()
-        self._resume_open_sessions()
+        self.sessions.resume_open_sessions()
         for name, target in (
             ("uploader", lambda: self.uploader.run(self.stop_event)),
             ("commands", self._command_worker),
-            ("events", self._send_events),
+            ("events", lambda: self.events.run(self.stop_event)),
             ("heartbeat", self._heartbeats),
             ("housekeeping", self._housekeeping),
         ):

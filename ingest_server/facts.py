@@ -104,6 +104,8 @@ def reported_recorded_seconds(db: Session, session_id: str) -> float | None:
 def _decoded(check: ClipCheck | None) -> DecodedClip | None:
     if check is None or check.checked_at is None:
         return None
+    if check.error is None and check.decoded_frames is None:
+        return None  # checked before decoded facts were kept: as good as not checked
     return DecodedClip(
         error=check.error,
         frames=check.decoded_frames or 0,

@@ -14,6 +14,7 @@ no table refers to ``uploads`` while its primary key changes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -26,6 +27,30 @@ depends_on: str | Sequence[str] | None = None
 
 ID = sa.String(64)
 UTC = sa.DateTime(timezone=True)
+
+
+def _clip_facts_from_manifests() -> None:
+    """Clips stored before this revision get their command and clock offset from the signed
+    manifest they arrived under (kept in ``uploads.manifest``), so they go on proving their
+    windows."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text(
+            "SELECT clips.id, uploads.manifest FROM clips JOIN uploads"
+            " ON uploads.upload_id = clips.upload_id AND uploads.device_id = clips.device_id"
+        )
+    ).all()
+    for clip_id, manifest in rows:
+        try:
+            data = json.loads(manifest)
+            cmd_id = data.get("cmd_id")
+            offset = float(data.get("clock_offset_s") or 0.0)
+        except (TypeError, ValueError, AttributeError):
+            continue
+        bind.execute(
+            sa.text("UPDATE clips SET cmd_id = :cmd, clock_offset_s = :off WHERE id = :id"),
+            {"cmd": cmd_id if isinstance(cmd_id, str) else None, "off": offset, "id": clip_id},
+        )
 
 
 def upgrade() -> None:
@@ -49,6 +74,8 @@ def upgrade() -> None:
         )
         batch.create_index("ix_clips_cmd_id", ["cmd_id"])
 
+    _clip_facts_from_manifests()
+
     with op.batch_alter_table("clip_checks") as batch:
         for name, type_ in (
             ("black", sa.Boolean()),
@@ -63,6 +90,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("frame_rate", sa.Float(), nullable=True))
         batch.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
         batch.create_index("ix_clip_checks_checked_at", ["checked_at"])
+
+    # Checks made before now did not record what decoding found: check those clips again.
+    op.execute("UPDATE clip_checks SET checked_at = NULL, attempts = 0")
 
     with op.batch_alter_table("device_events") as batch:
         batch.add_column(sa.Column("device_at", UTC, nullable=True))

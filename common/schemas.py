@@ -27,6 +27,9 @@ from common.topics import validate_id
 
 SCHEMA_VERSION = 1
 MAX_CHUNK_SIZE = 1024 * 1024
+# Beyond these a device's word is nonsense, not a clock or a clip (and dates would overflow).
+MAX_CLOCK_OFFSET_S = 400 * 86400
+MAX_CLIP_S = 24 * 3600
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 SafeId = Annotated[str, AfterValidator(validate_id)]
@@ -80,15 +83,15 @@ class Manifest(Message):
     requested_end: AwareDatetime | None = None
     cut_start: AwareDatetime
     cut_end: AwareDatetime
-    clock_offset_s: float = 0.0
+    clock_offset_s: float = Field(default=0.0, ge=-MAX_CLOCK_OFFSET_S, le=MAX_CLOCK_OFFSET_S)
     size: int = Field(gt=0)
     sha256: Sha256Hex
     chunk_size: int = Field(gt=0, le=MAX_CHUNK_SIZE)
     chunk_sha256: list[Sha256Hex]
     content_type: Literal["video/mp4", "image/jpeg"] = "video/mp4"
     codec: str = "h264"
-    duration_s: float = Field(ge=0)
-    frames: int = Field(ge=0)
+    duration_s: float = Field(ge=0, le=MAX_CLIP_S)
+    frames: int = Field(ge=0, le=MAX_CLIP_S * 240)
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     created_at: AwareDatetime
@@ -213,7 +216,9 @@ class Event(Message):
     device_id: SafeId
     type: EventType
     at: AwareDatetime
-    clock_offset_s: float | None = Field(default=None, ge=-400 * 86400, le=400 * 86400)
+    clock_offset_s: float | None = Field(
+        default=None, ge=-MAX_CLOCK_OFFSET_S, le=MAX_CLOCK_OFFSET_S
+    )
     cmd_id: SafeId | None = None
     session_id: SafeId | None = None
     data: dict[str, Any] = Field(default_factory=dict)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.geo import Coordinate, Datum
-from common.schemas import EventType
+from common.schemas import MAX_CLIP_S, EventType
 from ingest_server.models import (
     Classroom,
     ClassSession,
@@ -96,9 +97,17 @@ def reported_recorded_seconds(db: Session, session_id: str) -> float | None:
             value = json.loads(data).get("recorded_s")
         except (TypeError, ValueError, AttributeError):
             continue
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+        seconds = reported_seconds(value)
+        if seconds is not None:
+            return seconds
     return None
+
+
+def reported_seconds(value: object) -> float | None:
+    """A camera's figure of seconds, when it is one: a finite number from 0 to a day."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and 0 <= value <= MAX_CLIP_S else None
 
 
 def _decoded(check: ClipCheck | None) -> DecodedClip | None:

@@ -612,7 +612,7 @@ class IngestProcessor:
                 self._record(refusal, None)
                 upload.pending = []
                 upload.new_chunks = 0
-        merged: dict[str, list[Range]] = {}
+        merged: dict[UploadKey, list[Range]] = {}
         now = self.clock.now()
         with self.session_factory.begin() as session:
             for upload in dirty:
@@ -627,10 +627,10 @@ class IngestProcessor:
                 row.chunks_received += upload.new_chunks
                 row.chunks_duplicate += upload.duplicate_chunks
                 row.updated_at = now
-                merged[upload.upload_id] = ranges
+                merged[upload.key] = ranges
             session.add_all(self._rejections)
         for upload in dirty:
-            upload.received = merged.get(upload.upload_id, upload.received)
+            upload.received = merged.get(upload.key, upload.received)
             upload.pending = []
             upload.new_chunks = 0
             upload.duplicate_chunks = 0

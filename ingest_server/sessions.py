@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from common.clock import utc_now
 from common.schemas import Event, EventType
-from ingest_server.facts import recording_events
+from ingest_server.facts import recording_events, reported_seconds
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -174,9 +174,9 @@ def record_device_event(db: Session, event: Event) -> set[str]:
             return touched
         session.closed_at = at
         session.state = SessionState.CLOSED.value
-        reported = event.data.get("recorded_s")
-        if isinstance(reported, int | float) and not isinstance(reported, bool):
-            session.reported_recorded_s = float(reported)
+        reported = reported_seconds(event.data.get("recorded_s"))
+        if reported is not None:
+            session.reported_recorded_s = reported
         append_feed(db, "session_closed", session.id, {"at": at.isoformat()})
     if event.type in (
         EventType.SESSION_STARTED,

@@ -167,9 +167,13 @@ def prove_window(
                 {**base, "clip_s": _round1(own_s), "window_s": _round1(window_s)},
             )
         )
-    start, end = clip_server_bounds(clip)
-    slack = timedelta(seconds=tolerance)
-    lo, hi = max(start - slack, to_utc(window.window.start)), min(end + slack, window.window.end)
+    try:
+        start, end = clip_server_bounds(clip)
+        slack = timedelta(seconds=tolerance)
+        lo = max(start - slack, to_utc(window.window.start))
+        hi = min(end + slack, to_utc(window.window.end))
+    except OverflowError:  # bounds mapped beyond the calendar: nowhere near the window
+        start = end = lo = hi = to_utc(window.window.start)
     covered = max(0.0, (hi - lo).total_seconds())
     share = min(1.0, covered / window_s) if window_s > 0 else 0.0
     if share < policy.min_coverage:

@@ -145,3 +145,13 @@ def test_decode_names_the_problem():
         server_time=T0,
     )
     assert decode(Ack, ack.to_bytes()) == ack
+
+
+@pytest.mark.parametrize("field", ["clock_offset_s", "duration_s"])
+def test_a_manifest_with_an_absurd_offset_or_duration_is_refused(field: str) -> None:
+    from pydantic import ValidationError
+
+    good = make_manifest().model_dump()
+    Manifest.model_validate({**good, field: 3600.0})
+    with pytest.raises(ValidationError):
+        Manifest.model_validate({**good, field: 1e12})

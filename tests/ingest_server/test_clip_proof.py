@@ -111,6 +111,17 @@ ROWS = [
     ("8.1 s early", shifted(-8.1), ProofOutcome.FAILED, [C.CLIP_OUTSIDE_WINDOW]),
     ("cut months before", shifted(-90 * 86400), ProofOutcome.FAILED, [C.CLIP_OUTSIDE_WINDOW]),
     ("cut the next day", shifted(86400), ProofOutcome.FAILED, [C.CLIP_OUTSIDE_WINDOW]),
+    (
+        "bounds at the end of the calendar, mapped beyond it",
+        replace(
+            GOOD,
+            cut_start=datetime(9999, 12, 31, 23, 58, tzinfo=UTC),
+            cut_end=datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+            clock_offset_s=-400 * 86400.0,
+        ),
+        ProofOutcome.FAILED,
+        [C.CLIP_OUTSIDE_WINDOW],
+    ),
     # -- a device clock 20 min fast, stated in the manifest: mapped back onto the window
     ("clock 20 min fast, stated", shifted(1200, clock_offset_s=1200.0), ProofOutcome.PROVEN, []),
     ("clock 20 min fast, not stated", shifted(1200), ProofOutcome.FAILED, [C.CLIP_OUTSIDE_WINDOW]),

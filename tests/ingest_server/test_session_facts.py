@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from common.clock import VirtualClock
-from common.schemas import ClipKind, Event, EventType
+from common.schemas import ClipKind, Event, EventType, decode
 from common.signing import generate_private_key, public_key_b64
 from ingest_server.clip_checks import ClipChecker
 from ingest_server.db import make_engine, make_session_factory
@@ -533,3 +533,27 @@ def test_a_long_read_holds_no_write_lock(db_world: Any) -> None:
         writer.start()
         assert done.wait(10), "the write waited for a reader"
         writer.join()
+
+
+@pytest.mark.parametrize("figure", [b"Infinity", b"-1", b"1e300", b"NaN", b'"5400"', b"true"])
+def test_a_camera_figure_that_is_no_number_of_seconds_is_not_taken(
+    db_world: Any, figure: bytes
+) -> None:
+    settings, factory = db_world
+    end = START + timedelta(minutes=90)
+    stopped = (
+        b'{"event_id":"e-odd","device_id":"cam-0","type":"session_stopped","at":"'
+        + end.isoformat().encode()
+        + b'","clock_offset_s":0,"session_id":"s0","data":{"recorded_s":'
+        + figure
+        + b"}}"
+    )
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STARTED, START, 0.0))
+        record_device_event(db, decode(Event, stopped))
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None and row.reported_recorded_s is None
+        evidence = FactReader(settings).evidence(db, row)
+    assert evidence.reported_recorded_s is None
+    judge(evidence, end + timedelta(days=1))  # no crash

@@ -198,7 +198,12 @@ def open_or_close(
         type=CommandType.OPEN_SESSION if action == "open" else CommandType.CLOSE_SESSION,
         issued_at=now,
         session_id=session_id,
-        duration_s=row.duration_s,
+        # Opened early, the camera still records up to the scheduled end: the agent plans its
+        # end as issued_at + duration_s.
+        duration_s=max(
+            row.duration_s,
+            (row.scheduled_start + timedelta(seconds=row.duration_s) - now).total_seconds(),
+        ),
         windows=len(
             db.scalars(select(SessionWindow.id).where(SessionWindow.session_id == session_id)).all()
         ),

@@ -374,6 +374,11 @@ def test_each_open_or_close_by_the_lecturer_is_a_new_command(tmp_path: Path, sql
         clock.advance(60)
     assert len({c.cmd_id for c in sent}) == 3
     assert all(len(c.cmd_id) <= 64 for c in sent)
+    # Opened an hour early, the camera still records to the scheduled end, not 90 min on.
+    first = sent[0]
+    assert first.duration_s is not None
+    planned_end = first.issued_at + timedelta(seconds=first.duration_s)
+    assert planned_end == T0 + timedelta(hours=2, minutes=30)
     engine.dispose()
 
 

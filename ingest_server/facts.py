@@ -103,6 +103,20 @@ def reported_recorded_seconds(db: Session, session_id: str) -> float | None:
     return None
 
 
+def stated_offsets(db: Session, session_id: str, device_id: str) -> tuple[float, ...]:
+    """The clock offsets ``device_id`` stated in its events about the session."""
+    offsets = db.scalars(
+        select(DeviceEvent.clock_offset_s)
+        .where(
+            DeviceEvent.session_id == session_id,
+            DeviceEvent.device_id == device_id,
+            DeviceEvent.clock_offset_s.is_not(None),
+        )
+        .distinct()
+    ).all()
+    return tuple(sorted(o for o in offsets if o is not None))
+
+
 def reported_seconds(value: object) -> float | None:
     """A camera's figure of seconds, when it is one: a finite number from 0 to a day."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -335,6 +349,7 @@ class FactReader:
             session=facts,
             recorded_s=recorded,
             reported_recorded_s=reported_recorded_seconds(db, row.id),
+            session_clock_offsets=stated_offsets(db, row.id, device_id),
             device_clock_offset_s=row.device_clock_offset_s,
             windows=tuple(windows),
             photos=tuple(photos),

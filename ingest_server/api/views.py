@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.commands import Command, CommandType
 from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
-from ingest_server.facts import window_evidence
+from ingest_server.facts import stated_offsets, window_evidence
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -51,13 +51,14 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
             Device.classroom_id == row.classroom_id, Device.enabled.is_(True)
         )
     )
+    offsets = stated_offsets(db, row.id, installed) if installed else ()
     session_end = row.scheduled_start + timedelta(seconds=row.duration_s)
     for w in windows:
         # Shown once the session is over (not merely the window), as the requests are.
         if w.end > now or session_end > now:
             continue
         evidence = window_evidence(db, w)
-        proof = best_proof(evidence.facts, evidence.clips, installed or "")
+        proof = best_proof(evidence.facts, evidence.clips, installed or "", None, offsets)
         clip = db.get(Clip, proof.clip.clip_id) if proof else None
         shown.append(
             {

@@ -12,7 +12,10 @@ reason that carries the evidence a person needs to check it:
   least ``min_coverage`` of the window, give or take a keyframe (``clip_outside_window``);
 * its decoded frame count fits its decoded duration and frame rate, and the manifest's duration
   agrees with what was decoded (``clip_frames_mismatch``);
-* its bytes are not already the clip of another window (``clip_duplicate``).
+* its bytes are not already the clip of another window (``clip_duplicate``);
+* the clock offset its manifest states is one the same camera stated in its reports of the
+  session, give or take ``offset_tolerance_s`` (``clip_clock_mismatch``): another day's
+  footage cannot be mapped onto the window by claiming a day's offset.
 
 Only stored clips reach this rule, and a clip is stored only after its manifest's signature
 was verified against the device's registered key; unsigned hints (``cut_done``) never do.
@@ -86,12 +89,15 @@ class ProofPolicy:
     on our agents, up to a GOP on an IP camera), so bounds may fall short by this much.
     ``frame_tolerance``: decoded frames may differ from duration × rate by this share (plus
     two frames for the ends); the manifest's duration may differ from the decoded one by
-    ``keyframe_tolerance_s``.
+    ``keyframe_tolerance_s``. ``offset_tolerance_s``: how far a clip's stated clock offset may
+    be from the nearest one the camera stated in its session reports (estimates move by the
+    round trip they were measured over; a clock that was stepped is reported at both values).
     """
 
     min_coverage: float = 0.9
     keyframe_tolerance_s: float = 2.0
     frame_tolerance: float = 0.1
+    offset_tolerance_s: float = 120.0
 
 
 class ProofOutcome(StrEnum):
@@ -128,8 +134,11 @@ def prove_window(
     clip: ClipFacts,
     installed_device_id: str,
     policy: ProofPolicy | None = None,
+    session_offsets: tuple[float, ...] = (),
 ) -> ClipProof:
-    """Whether ``clip`` proves ``window`` of a session held where ``installed_device_id`` films."""
+    """Whether ``clip`` proves ``window`` of a session held where ``installed_device_id`` films;
+    ``session_offsets`` are the clock offsets that camera stated in its reports of the session
+    (none: nothing to compare with)."""
     policy = policy or ProofPolicy()
     base: dict[str, ParamValue] = {
         "window_no": window.number,
@@ -212,6 +221,15 @@ def prove_window(
         reasons.append(
             Reason(ReasonCode.CLIP_DUPLICATE, {**base, "other_window": clip.first_used_by})
         )
+    if session_offsets:
+        nearest = min(session_offsets, key=lambda o: abs(o - clip.clock_offset_s))
+        if abs(nearest - clip.clock_offset_s) > policy.offset_tolerance_s:
+            params = {
+                **base,
+                "clip_offset_s": _round1(clip.clock_offset_s),
+                "session_offset_s": _round1(nearest),
+            }
+            reasons.append(Reason(ReasonCode.CLIP_CLOCK_MISMATCH, params))
     if reasons:
         return ClipProof(clip, ProofOutcome.FAILED, tuple(reasons))
     return ClipProof(clip, ProofOutcome.PROVEN)
@@ -222,12 +240,15 @@ def best_proof(
     clips: tuple[ClipFacts, ...],
     installed_device_id: str,
     policy: ProofPolicy | None = None,
+    session_offsets: tuple[float, ...] = (),
 ) -> ClipProof | None:
     """The clip that speaks for ``window`` among those offered for it, judged by
     ``prove_window``: the earliest that proves it; else one still being checked; else the
     earliest failure of the installed camera's own clips; else another camera's. ``None``
     when no clip was offered."""
-    proofs = [prove_window(window, clip, installed_device_id, policy) for clip in clips]
+    proofs = [
+        prove_window(window, clip, installed_device_id, policy, session_offsets) for clip in clips
+    ]
 
     def rank(proof: ClipProof) -> tuple[int, int]:
         order = {ProofOutcome.PROVEN: 0, ProofOutcome.CHECKING: 1, ProofOutcome.FAILED: 2}

@@ -49,6 +49,7 @@ class ReasonCode(StrEnum):
     CLIP_OUTSIDE_WINDOW = "clip_outside_window"
     CLIP_FRAMES_MISMATCH = "clip_frames_mismatch"
     CLIP_DUPLICATE = "clip_duplicate"
+    CLIP_CLOCK_MISMATCH = "clip_clock_mismatch"
     VIDEO_BLACK = "video_black"
     VIDEO_FROZEN = "video_frozen"
     PHOTO_MISSING = "photo_missing"
@@ -92,6 +93,7 @@ SEVERITY: dict[ReasonCode, Severity] = {
             _C.CLIP_OUTSIDE_WINDOW,
             _C.CLIP_FRAMES_MISMATCH,
             _C.CLIP_DUPLICATE,
+            _C.CLIP_CLOCK_MISMATCH,
             _C.VIDEO_BLACK,
             _C.VIDEO_FROZEN,
             _C.PHOTO_MISSING,
@@ -143,6 +145,12 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         "zh-CN": "课程应于 {end_at} 结束，设备至今未上报录制结束",
         "en": "The session was due to end at {end_at}, but the camera has not reported the end"
         " of its recording",
+    },
+    _C.CLIP_CLOCK_MISMATCH: {
+        "zh-CN": _CLIP_ZH + "声称设备时钟偏差 {clip_offset_s} 秒，而该设备在本节课的上报中为"
+        " {session_offset_s} 秒，二者不符",
+        "en": _CLIP_EN + " claims a camera clock offset of {clip_offset_s} s, but the camera"
+        " reported {session_offset_s} s during this session",
     },
     _C.RECORDING_INCONSISTENT: {
         "zh-CN": "服务器按设备上报的开始、结束与中断算得录制 {computed_min} 分钟，"

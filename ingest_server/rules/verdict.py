@@ -138,6 +138,8 @@ class SessionEvidence:
     recorded_s: float | None = None
     reported_recorded_s: float | None = None
     device_clock_offset_s: float | None = None
+    # Every clock offset the camera stated in its reports of the session (rules.clip_proof).
+    session_clock_offsets: tuple[float, ...] = ()
     windows: tuple[WindowEvidence, ...] = ()
     photos: tuple[PhotoEvidence, ...] = ()
     # Where the lecturer was at once in another classroom (rules.photo_match.double_bookings).
@@ -320,7 +322,9 @@ def _window_reason(
     window = item.window
     params = _window_params(item.facts.number, window)
     installed = evidence.session.device_id
-    proof = best_proof(item.facts, item.clips, installed, policy.proof)
+    proof = best_proof(
+        item.facts, item.clips, installed, policy.proof, evidence.session_clock_offsets
+    )
     if proof is not None and proof.outcome is ProofOutcome.PROVEN:
         decoded = proof.clip.decoded
         assert decoded is not None  # proven clips were decoded

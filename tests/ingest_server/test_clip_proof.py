@@ -175,7 +175,8 @@ def test_every_clip_reason_has_a_row_and_renders_with_its_evidence() -> None:
     produced = {
         r.code for _, clip, _, _ in ROWS for r in prove_window(WINDOW, clip, DEVICE).reasons
     }
-    assert produced == {
+    assert produced | {C.CLIP_CLOCK_MISMATCH} == {
+        C.CLIP_CLOCK_MISMATCH,
         C.CLIP_WRONG_DEVICE,
         C.CLIP_WRONG_WINDOW,
         C.CLIP_UNREADABLE,
@@ -226,3 +227,28 @@ def test_best_proof_prefers_a_proof_then_the_own_camera_then_the_earliest() -> N
     assert pick is not None and pick.clip is broken
     pick = best_proof(WINDOW, (neighbour,), DEVICE)
     assert pick is not None and [r.code for r in pick.reasons] == [C.CLIP_WRONG_DEVICE]
+
+
+@pytest.mark.parametrize(
+    ("offsets", "clip_offset", "codes"),
+    [
+        ((), 86400.0, []),  # nothing stated to compare with
+        ((0.0,), 120.0, []),
+        ((0.0,), 120.1, [C.CLIP_CLOCK_MISMATCH]),
+        ((0.0, 600.0), 600.0, []),  # a clock stepped mid-class is reported at both values
+        ((1200.0,), 1200.0, []),  # 20 min fast, consistently
+        ((0.0,), -86400.0, [C.CLIP_CLOCK_MISMATCH]),  # another day's footage, claimed "skew"
+    ],
+)
+def test_the_stated_offset_must_be_one_the_camera_reported(
+    offsets: tuple[float, ...], clip_offset: float, codes: list
+) -> None:
+    delta = timedelta(seconds=clip_offset)
+    clip = replace(
+        GOOD, cut_start=START + delta, cut_end=START + 60 * S + delta, clock_offset_s=clip_offset
+    )
+    proof = prove_window(WINDOW, clip, DEVICE, POLICY, offsets)
+    assert [r.code for r in proof.reasons] == codes
+    for reason in proof.reasons:
+        assert reason.params["clip_offset_s"] == clip_offset
+        assert "{" not in render(reason, "zh-CN")

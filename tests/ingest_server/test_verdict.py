@@ -720,6 +720,25 @@ ROWS += [
         "verified",
         [],
     ),
+    (
+        "own clip states an offset the camera never reported in the session",
+        replace(
+            with_clips(
+                BASE,
+                1,
+                replace(
+                    OWN,
+                    cut_start=OWN.cut_start - 24 * H,
+                    cut_end=OWN.cut_end - 24 * H,
+                    clock_offset_s=-86400.0,
+                ),
+            ),
+            session_clock_offsets=(0.0,),
+        ),
+        LATER,
+        "rejected",
+        [C.CLIP_CLOCK_MISMATCH],
+    ),
     # ---- recorded time from what happened, and the camera's own word on it
     (
         "camera reports 20 min less than its start/stop/gap reports add up to",

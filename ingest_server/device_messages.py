@@ -128,7 +128,7 @@ class DeviceMessages:
             log.warning("event from %s names device %s; ignored", device_id, event.device_id)
             return
         with self.session_factory.begin() as db:
-            touched = record_device_event(db, event)
+            touched = record_device_event(db, event, self.clock.now())
         self.counters["events"] += 1
         if touched and self.on_sessions_changed:
             self.on_sessions_changed(touched)

@@ -100,23 +100,28 @@ def append_feed(db: Session, kind: str, session_id: str | None, payload: dict[st
     )
 
 
-def server_time(event: Event) -> datetime:
-    """When ``event`` happened in server time: its device time less the offset it stated."""
+def server_time(event: Event, received_at: datetime) -> datetime:
+    """When ``event`` happened in server time: its device time less the offset it stated, but
+    never after the server received it (a camera with no offset estimate yet, or one that
+    lies, cannot stretch a class into the future)."""
     try:
-        return event.at - timedelta(seconds=event.clock_offset_s or 0.0)
+        at = event.at - timedelta(seconds=event.clock_offset_s or 0.0)
     except OverflowError:
-        return event.at
+        at = received_at
+    return min(at, received_at)
 
 
-def record_device_event(db: Session, event: Event) -> set[str]:
+def record_device_event(db: Session, event: Event, received_at: datetime | None = None) -> set[str]:
     """Keep a device's event and apply it to its session; return the sessions it touched.
 
-    Times are stored in server time (``server_time``), beside the device's own and its offset.
+    Times are stored in server time (``server_time``), beside the device's own and its offset;
+    ``received_at`` is when the server received it (now, unless given).
     Only the camera of a session's classroom may speak for it; a stop of a session whose start
     was never reported changes nothing.
     """
     if db.scalar(select(DeviceEvent.id).where(DeviceEvent.event_id == event.event_id)):
         return set()  # a redelivery
+    received_at = received_at or utc_now()
     classroom_id = db.scalar(select(Device.classroom_id).where(Device.device_id == event.device_id))
     named = [db.get(ClassSession, event.session_id)] if event.session_id else []
     if event.cmd_id and event.cmd_id.startswith("cut-"):
@@ -136,13 +141,13 @@ def record_device_event(db: Session, event: Event) -> set[str]:
             device_id=event.device_id,
             event_id=event.event_id,
             type=event.type.value,
-            at=server_time(event),
+            at=server_time(event, received_at),
             device_at=event.at,
             clock_offset_s=event.clock_offset_s,
             session_id=event.session_id,
             cmd_id=event.cmd_id,
             data=json.dumps(event.data, default=str),
-            received_at=utc_now(),
+            received_at=received_at,
         )
     )
     touched: set[str] = set()
@@ -160,7 +165,7 @@ def record_device_event(db: Session, event: Event) -> set[str]:
     if session is None:
         return touched
     touched.add(session.id)
-    at = server_time(event)
+    at = server_time(event, received_at)
     if event.type == EventType.SESSION_STARTED:
         if session.opened_at is None or at < session.opened_at:
             session.opened_at = at

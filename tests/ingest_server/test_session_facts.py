@@ -557,3 +557,18 @@ def test_a_camera_figure_that_is_no_number_of_seconds_is_not_taken(
         evidence = FactReader(settings).evidence(db, row)
     assert evidence.reported_recorded_s is None
     judge(evidence, end + timedelta(days=1))  # no crash
+
+
+def test_an_event_cannot_have_happened_after_the_server_received_it(db_world: Any) -> None:
+    """A camera with no offset estimate yet whose clock runs an hour fast (or one that lies)
+    reports its stop an hour "later": it is stored at when it was received."""
+    _, factory = db_world
+    received = START + timedelta(minutes=90)
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STARTED, START, 0.0), START)
+        stop = event(EventType.SESSION_STOPPED, received + timedelta(hours=1), None)
+        record_device_event(db, stop, received)
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None and row.closed_at == received
+        assert row.recorded_s == pytest.approx(90 * 60)

@@ -55,7 +55,7 @@ def cmd_register_device(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with make_session_factory(engine).begin() as session:
             crud.register_device(session, args.device_id, key, args.classroom_id, args.replace)
-    except (ValueError, crud.DeviceExists) as exc:
+    except (ValueError, crud.DeviceExists, crud.ClassroomHasCamera) as exc:
         _console().print(f"[red]{exc}[/red]")
         return 1
     finally:

@@ -17,6 +17,28 @@ class DeviceExists(ValueError):
     """Registering a device id that already has a different key, without ``replace``."""
 
 
+class ClassroomHasCamera(ValueError):
+    """Installing a camera in a classroom whose enabled camera is another one."""
+
+
+def check_one_camera(session: Session, device_id: str, classroom_id: str | None) -> None:
+    """A classroom has one enabled camera: which one films a class must never be a guess.
+    Raise ``ClassroomHasCamera`` naming the other (disable it first to replace it)."""
+    if classroom_id is None:
+        return
+    other = session.scalar(
+        select(Device.device_id).where(
+            Device.classroom_id == classroom_id,
+            Device.enabled.is_(True),
+            Device.device_id != device_id,
+        )
+    )
+    if other is not None:
+        raise ClassroomHasCamera(
+            f"classroom {classroom_id} already has camera {other}; disable it first"
+        )
+
+
 def register_device(
     session: Session,
     device_id: str,
@@ -32,6 +54,7 @@ def register_device(
     """
     validate_id(device_id, "device id")
     load_public_key_b64(public_key_b64)  # refuse anything that is not a usable key
+    check_one_camera(session, device_id, classroom_id)
     device = session.get(Device, device_id)
     if device is None:
         device = Device(

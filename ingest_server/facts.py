@@ -82,6 +82,21 @@ def recording_events(db: Session, session_id: str) -> list[RecordingEvent]:
     return out
 
 
+def installed_camera(db: Session, classroom_id: str) -> str | None:
+    """The enabled camera installed in ``classroom_id`` now (one at most: see crud)."""
+    return db.scalar(
+        select(Device.device_id)
+        .where(Device.classroom_id == classroom_id, Device.enabled.is_(True))
+        .order_by(Device.device_id)
+        .limit(1)
+    )
+
+
+def session_camera(db: Session, session: ClassSession) -> str | None:
+    """The camera that films ``session``: bound when it began, else its classroom's now."""
+    return session.device_id or installed_camera(db, session.classroom_id)
+
+
 def reported_recorded_seconds(db: Session, session_id: str) -> float | None:
     """What the camera itself said it recorded, in its latest ``session_stopped``."""
     rows = db.scalars(
@@ -284,14 +299,7 @@ class FactReader:
 
     def evidence(self, db: Session, row: ClassSession) -> SessionEvidence:
         """Everything the database knows about a session, as plain data."""
-        device_id = (
-            db.scalar(
-                select(Device.device_id).where(
-                    Device.classroom_id == row.classroom_id, Device.enabled.is_(True)
-                )
-            )
-            or ""
-        )
+        device_id = session_camera(db, row) or ""
         classroom = db.get(Classroom, row.classroom_id)
         assert classroom is not None
         facts = SessionFacts(

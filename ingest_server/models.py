@@ -251,6 +251,9 @@ class ClassSession(Base):
     opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     recorded_s: Mapped[float | None] = mapped_column(Float)
+    # The camera that films it: the one installed in its classroom when it began (a camera
+    # moved in or swapped later does not speak for it).
+    device_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
     # What the camera itself said: its recorded seconds, and its clock offset when it opened.
     reported_recorded_s: Mapped[float | None] = mapped_column(Float)
     device_clock_offset_s: Mapped[float | None] = mapped_column(Float)

@@ -1,6 +1,7 @@
 """The server's clockwork: timetables to devices, window requests after the fact, verdicts.
 
-Every ``scheduler_interval_s`` it (1) publishes each device's retained timetable when it
+Every ``scheduler_interval_s`` it (0) binds each session that has begun to its classroom's
+camera of that moment, (1) publishes each device's retained timetable when it
 changed, (2) asks for every window that has ended (never before: until then the window exists
 only in the database), again when a device comes back online or stays silent, (3) marks
 devices whose heartbeats stopped as offline, and (4) recomputes the verdicts of sessions that
@@ -37,6 +38,7 @@ from ingest_server.models import (
     Upload,
     UploadState,
 )
+from ingest_server.sessions import bind_camera
 from ingest_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class Scheduler:
         try:
             self.fleet.sweep_timeouts()
             with self.session_factory.begin() as db:
+                self._bind_begun(db)
                 out.extend(self._timetables_due(db))
                 out.extend(self._window_requests(db, back))
         except Exception:
@@ -130,12 +133,20 @@ class Scheduler:
             self.recompute(dirty)
         return out
 
-    def _device_of(self, db: Session, classroom_id: str) -> str | None:
-        return db.scalar(
-            select(Device.device_id).where(
-                Device.classroom_id == classroom_id, Device.enabled.is_(True)
+    def _bind_begun(self, db: Session) -> None:
+        """Sessions that have begun are bound to their classroom's camera of that moment: a
+        camera moved in or swapped later never speaks for them."""
+        now = self.clock.now()
+        begun = db.scalars(
+            select(ClassSession).where(
+                ClassSession.device_id.is_(None),
+                ClassSession.scheduled_start <= now,
+                # A room that had no camera then gets none later.
+                ClassSession.scheduled_start > now - timedelta(days=1),
             )
-        )
+        ).all()
+        for session in begun:
+            bind_camera(db, session)
 
     def _timetables_due(self, db: Session) -> list[Outbound]:
         now = self.clock.now()
@@ -218,7 +229,8 @@ class Scheduler:
             session_end = session.scheduled_start + timedelta(seconds=session.duration_s)
             if session_end > ended_before:
                 continue
-            device_id = self._device_of(db, session.classroom_id)
+            bind_camera(db, session)  # the class is over: its camera is the one it had
+            device_id = session.device_id
             if device_id is None or self._answered(db, window, device_id):
                 continue
             online = (

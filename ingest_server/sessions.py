@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from common.clock import utc_now
 from common.schemas import Event, EventType
-from ingest_server.facts import recording_events, reported_seconds
+from ingest_server.facts import installed_camera, recording_events, reported_seconds
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -100,6 +100,20 @@ def append_feed(db: Session, kind: str, session_id: str | None, payload: dict[st
     )
 
 
+def speaks_for(session: ClassSession, device_id: str, device_classroom: str | None) -> bool:
+    """Whether ``device_id`` (now installed in ``device_classroom``) is the session's camera:
+    the one bound to it when it began, else (not begun) the one in its classroom."""
+    if session.device_id is not None:
+        return session.device_id == device_id
+    return device_classroom is not None and device_classroom == session.classroom_id
+
+
+def bind_camera(db: Session, session: ClassSession) -> None:
+    """Bind a session that has begun to its classroom's camera of that moment, once."""
+    if session.device_id is None:
+        session.device_id = installed_camera(db, session.classroom_id)
+
+
 def server_time(event: Event, received_at: datetime) -> datetime:
     """When ``event`` happened in server time: its device time less the offset it stated, but
     never after the server received it (a camera with no offset estimate yet, or one that
@@ -127,11 +141,10 @@ def record_device_event(db: Session, event: Event, received_at: datetime | None 
     if event.cmd_id and event.cmd_id.startswith("cut-"):
         window = db.scalar(select(SessionWindow).where(SessionWindow.cmd_id == event.cmd_id))
         named += [db.get(ClassSession, window.session_id)] if window else []
-    claimed = {s.classroom_id for s in named if s is not None}
-    if claimed - {classroom_id}:
-        # Only the camera of a session's classroom may open, close, shorten or answer for it.
+    if not all(speaks_for(s, event.device_id, classroom_id) for s in named if s is not None):
+        # Only a session's own camera may open, close, shorten or answer for it.
         log.warning(
-            "%s from %s names a session of another classroom; ignored",
+            "%s from %s names a session it does not film; ignored",
             event.type.value,
             event.device_id,
         )
@@ -167,6 +180,8 @@ def record_device_event(db: Session, event: Event, received_at: datetime | None 
     touched.add(session.id)
     at = server_time(event, received_at)
     if event.type == EventType.SESSION_STARTED:
+        if session.device_id is None:
+            session.device_id = event.device_id  # speaks_for: the classroom's camera
         if session.opened_at is None or at < session.opened_at:
             session.opened_at = at
             session.device_clock_offset_s = event.clock_offset_s

@@ -153,6 +153,47 @@ def read_rows(path: Path, kind: str | None = None) -> dict[str, list[tuple[int, 
     return {s: rows if s == section else [] for s in SECTIONS}
 
 
+def cameras_shared(db: Session, devices: list[tuple[int, Any]]) -> list[RowError]:
+    """A classroom has one enabled camera (which one filmed a class is never a guess): two
+    devices of the file in one classroom, or one where another enabled camera is installed
+    (and the file does not move it away), are refused."""
+    errors: list[RowError] = []
+    moving = {r.device_id: r.classroom_id for _, r in devices}
+    seen: dict[str, tuple[str, int]] = {}
+    for line, r in devices:
+        if r.classroom_id in seen:
+            other, other_line = seen[r.classroom_id]
+            errors.append(
+                RowError(
+                    "devices",
+                    line,
+                    "classroom_id",
+                    f"classroom {r.classroom_id} gets two cameras: {other} (line {other_line})"
+                    f" and {r.device_id}",
+                )
+            )
+            continue
+        seen[r.classroom_id] = (r.device_id, line)
+        installed = db.scalars(
+            select(Device.device_id).where(
+                Device.classroom_id == r.classroom_id,
+                Device.enabled.is_(True),
+                Device.device_id != r.device_id,
+            )
+        ).all()
+        for other in installed:
+            if moving.get(other, r.classroom_id) == r.classroom_id:
+                errors.append(
+                    RowError(
+                        "devices",
+                        line,
+                        "classroom_id",
+                        f"classroom {r.classroom_id} already has camera {other}; disable it first",
+                    )
+                )
+    return errors
+
+
 @dataclass(frozen=True, slots=True)
 class _Booking:
     session_id: str
@@ -269,6 +310,7 @@ def import_rows(
                 if value is not None and value not in ids:
                     errors.append(RowError(section, line, field, f"no such id: {value!r}"))
     errors += double_booked(db, parsed["sessions"])
+    errors += cameras_shared(db, parsed["devices"])
     if errors:
         raise ImportFailed(errors)
     counts = dict.fromkeys(SECTIONS, 0)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.commands import Command, CommandType
 from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
-from ingest_server.facts import stated_offsets, window_evidence
+from ingest_server.facts import session_camera, stated_offsets, window_evidence
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -46,11 +46,7 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
         select(SessionWindow).where(SessionWindow.session_id == row.id).order_by(SessionWindow.idx)
     ).all()
     shown = []
-    installed = db.scalar(
-        select(Device.device_id).where(
-            Device.classroom_id == row.classroom_id, Device.enabled.is_(True)
-        )
-    )
+    installed = session_camera(db, row)
     offsets = stated_offsets(db, row.id, installed) if installed else ()
     session_end = row.scheduled_start + timedelta(seconds=row.duration_s)
     for w in windows:
@@ -190,7 +186,7 @@ def open_or_close(
         raise HTTPException(404, f"no session {session_id}")
     if row.lecturer_id != lecturer.id:
         raise HTTPException(403, f"session {session_id} is not taught by {lecturer.id}")
-    device_id = db.scalar(select(Device.device_id).where(Device.classroom_id == row.classroom_id))
+    device_id = session_camera(db, row)
     if device_id is None or context.send_command is None:
         raise HTTPException(409, "no camera can be reached for this classroom")
     now = context.clock.now()

@@ -572,3 +572,108 @@ def test_an_event_cannot_have_happened_after_the_server_received_it(db_world: An
         row = db.get(ClassSession, "s0")
         assert row is not None and row.closed_at == received
         assert row.recorded_s == pytest.approx(90 * 60)
+
+
+def _move(factory: Any, device_id: str, classroom_id: str | None, enabled: bool = True) -> None:
+    with factory.begin() as db:
+        device = db.get(Device, device_id)
+        assert device is not None
+        device.classroom_id, device.enabled = classroom_id, enabled
+
+
+def test_a_session_is_filmed_by_the_camera_its_room_had_when_it_began(
+    db_world: Any, tmp_path: Path
+) -> None:
+    """The scheduler binds a session that has begun to its classroom's camera of that moment.
+    A camera moved in after the class (which filmed room 1 meanwhile) speaks for nothing of
+    room 0's session: its start and stop are ignored, and its clips do not prove the windows."""
+    from ingest_server.device_messages import DeviceMessages
+    from ingest_server.scheduler import Scheduler
+
+    settings, factory = db_world
+    clock = VirtualClock(start=START + timedelta(minutes=1))
+    fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, clock)
+    Scheduler(settings, factory, fleet, lambda ids: None, clock).tick()
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None and row.device_id == "cam-0"
+    _move(factory, "cam-0", None, enabled=False)  # room 0's camera "breaks" after class
+    _move(factory, "cam-1", "room-0")
+    forged = [
+        Event(
+            event_id=f"moved-{n}",
+            device_id="cam-1",
+            type=kind,
+            at=at,
+            session_id="s0",
+            clock_offset_s=0.0,
+        )
+        for n, (kind, at) in enumerate(
+            [
+                (EventType.SESSION_STARTED, START),
+                (EventType.SESSION_STOPPED, START + timedelta(minutes=90)),
+            ]
+        )
+    ]
+    with factory.begin() as db:
+        assert [record_device_event(db, e, START + timedelta(hours=3)) for e in forged] == [
+            set(),
+            set(),
+        ]
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None and (row.opened_at, row.closed_at) == (None, None)
+        evidence = FactReader(settings).evidence(db, row)
+    assert evidence.session.device_id == "cam-0"
+
+
+def test_a_camera_swapped_after_the_class_changes_nothing_of_it(db_world: Any) -> None:
+    """Verified on cam-0; a week later cam-0 is replaced by cam-new and moved away. The
+    session is still cam-0's, and a stop cam-0 had queued before its move still counts."""
+    from ingest_server.crud import ClassroomHasCamera, register_device
+
+    settings, factory = db_world
+    with factory.begin() as db:
+        record_device_event(db, event(EventType.SESSION_STARTED, START, 0.0), START)
+    _move(factory, "cam-0", "room-5-store", enabled=False)
+    with factory.begin() as db, pytest.raises(ClassroomHasCamera):
+        register_device(db, "cam-new", public_key_b64(generate_private_key()), "room-1")
+    with factory.begin() as db:
+        register_device(db, "cam-new", public_key_b64(generate_private_key()), "room-0")
+    end = START + timedelta(minutes=90)
+    with factory.begin() as db:
+        stop = event(EventType.SESSION_STOPPED, end, 0.0, recorded_s=5400.0)
+        assert record_device_event(db, stop, end + timedelta(days=7)) == {"s0"}
+    with factory() as db:
+        row = db.get(ClassSession, "s0")
+        assert row is not None and row.device_id == "cam-0" and row.closed_at == end
+        assert FactReader(settings).evidence(db, row).session.device_id == "cam-0"
+
+
+def test_import_refuses_two_cameras_in_one_classroom(db_world: Any, tmp_path: Path) -> None:
+    from ingest_server.setup_import import ImportFailed
+
+    settings, factory = db_world
+    key = public_key_b64(generate_private_key())
+    doc = {
+        "devices": [
+            {"device_id": "cam-new", "classroom_id": "room-3", "public_key": key},
+            {"device_id": "cam-a", "classroom_id": "room-7", "public_key": key},
+            {"device_id": "cam-b", "classroom_id": "room-7", "public_key": key},
+        ]
+    }
+    path = tmp_path / "more.json"
+    path.write_text(json.dumps(doc))
+    with factory.begin() as db, pytest.raises(ImportFailed) as failed:
+        import_rows(db, read_rows(path), settings)
+    text = " ".join(e.message for e in failed.value.errors)
+    assert "room-3 already has camera cam-3" in text
+    assert "room-7 gets two cameras: cam-a (line 2) and cam-b" in text
+    # Two cameras trading rooms in one file is fine.
+    swap = [
+        {"device_id": "cam-3", "classroom_id": "room-4", "public_key": key},
+        {"device_id": "cam-4", "classroom_id": "room-3", "public_key": key},
+    ]
+    path.write_text(json.dumps({"devices": swap}))
+    with factory.begin() as db:
+        assert import_rows(db, read_rows(path), settings)["devices"] == 2

@@ -1,4 +1,5 @@
-"""Facts a window proof needs: uploads keyed by (device, upload id), clips naming their command
+"""Facts a window proof needs: each session bound to the camera that films it, uploads keyed by
+(device, upload id), clips naming their command
 and clock offset, durable pending clip checks with decoded facts, events in server time with the
 device's own time and offset, what the camera reported of its session, when a cut failed.
 
@@ -98,8 +99,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("device_at", UTC, nullable=True))
         batch.add_column(sa.Column("clock_offset_s", sa.Float(), nullable=True))
     with op.batch_alter_table("class_sessions") as batch:
+        batch.add_column(sa.Column("device_id", ID, nullable=True))
         batch.add_column(sa.Column("reported_recorded_s", sa.Float(), nullable=True))
         batch.add_column(sa.Column("device_clock_offset_s", sa.Float(), nullable=True))
+        batch.create_index("ix_class_sessions_device_id", ["device_id"])
+    # Sessions already begun were filmed by their classroom's camera of today.
+    op.execute(
+        "UPDATE class_sessions SET device_id = (SELECT devices.device_id FROM devices"
+        " WHERE devices.classroom_id = class_sessions.classroom_id AND devices.enabled"
+        " ORDER BY devices.device_id LIMIT 1) WHERE state != 'scheduled'"
+    )
     with op.batch_alter_table("session_windows") as batch:
         batch.add_column(sa.Column("failed_at", UTC, nullable=True))
 
@@ -108,8 +117,10 @@ def downgrade() -> None:
     with op.batch_alter_table("session_windows") as batch:
         batch.drop_column("failed_at")
     with op.batch_alter_table("class_sessions") as batch:
+        batch.drop_index("ix_class_sessions_device_id")
         batch.drop_column("device_clock_offset_s")
         batch.drop_column("reported_recorded_s")
+        batch.drop_column("device_id")
     with op.batch_alter_table("device_events") as batch:
         batch.drop_column("clock_offset_s")
         batch.drop_column("device_at")

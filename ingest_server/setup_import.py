@@ -208,9 +208,9 @@ def _when(booking: _Booking) -> str:
     return f"{booking.start.isoformat()} to {booking.end.isoformat()}"
 
 
-def double_booked(db: Session, sessions: list[tuple[int, Any]]) -> list[RowError]:
-    """One lecturer in two classrooms at once: every session of the file that overlaps another
-    (in the file or already stored) of the same lecturer in another classroom, naming both."""
+def _bookings(db: Session, sessions: list[tuple[int, Any]], by: str) -> dict[str, list[_Booking]]:
+    """The file's sessions and the stored ones sharing their ``by`` (``lecturer_id`` or
+    ``classroom_id``), grouped by it and sorted by start."""
     in_file = {
         r.id: _Booking(
             r.id,
@@ -222,7 +222,8 @@ def double_booked(db: Session, sessions: list[tuple[int, Any]]) -> list[RowError
         )
         for line, r in sessions
     }
-    lecturers = {b.lecturer_id for b in in_file.values()}
+    keys = sorted({getattr(b, by) for b in in_file.values()})
+    column = getattr(ClassSession, by)
     stored = [
         _Booking(
             row.id,
@@ -232,38 +233,56 @@ def double_booked(db: Session, sessions: list[tuple[int, Any]]) -> list[RowError
             to_utc(row.scheduled_start) + timedelta(seconds=row.duration_s),
             None,
         )
-        for row in db.scalars(
-            select(ClassSession).where(ClassSession.lecturer_id.in_(sorted(lecturers)))
-        )
+        for row in db.scalars(select(ClassSession).where(column.in_(keys)))
         if row.id not in in_file
     ]
-    by_lecturer: dict[str, list[_Booking]] = {}
+    groups: dict[str, list[_Booking]] = {}
     for booking in [*in_file.values(), *stored]:
-        by_lecturer.setdefault(booking.lecturer_id, []).append(booking)
-    errors = []
-    for lecturer_id, bookings in sorted(by_lecturer.items()):
+        groups.setdefault(getattr(booking, by), []).append(booking)
+    for bookings in groups.values():
         bookings.sort(key=lambda b: (b.start, b.session_id))
-        for i, first in enumerate(bookings):
-            for second in bookings[i + 1 :]:
-                if second.start >= first.end:
-                    break
-                if second.classroom_id == first.classroom_id:
-                    continue
-                for mine, other in ((first, second), (second, first)):
-                    if mine.line is None:
-                        continue
-                    where = "" if other.line is not None else " (already imported)"
-                    errors.append(
-                        RowError(
-                            "sessions",
-                            mine.line,
-                            "start",
-                            f"lecturer {lecturer_id} would be in two classrooms at once:"
-                            f" session {mine.session_id} in {mine.classroom_id} ({_when(mine)})"
-                            f" overlaps session {other.session_id} in {other.classroom_id}"
-                            f" ({_when(other)}){where}",
-                        )
-                    )
+    return groups
+
+
+def _overlapping(bookings: list[_Booking]) -> list[tuple[_Booking, _Booking]]:
+    """Every pair of ``bookings`` (sorted by start) that overlap in time, each way round,
+    the first of each pair from the file."""
+    pairs = []
+    for i, first in enumerate(bookings):
+        for second in bookings[i + 1 :]:
+            if second.start >= first.end:
+                break
+            pairs += [(m, o) for m, o in ((first, second), (second, first)) if m.line is not None]
+    return pairs
+
+
+def _conflict(mine: _Booking, other: _Booking, what: str) -> RowError:
+    where = "" if other.line is not None else " (already imported)"
+    assert mine.line is not None
+    return RowError(
+        "sessions",
+        mine.line,
+        "start",
+        f"{what}: session {mine.session_id} in {mine.classroom_id} ({_when(mine)})"
+        f" overlaps session {other.session_id} in {other.classroom_id} ({_when(other)}){where}",
+    )
+
+
+def double_booked(db: Session, sessions: list[tuple[int, Any]]) -> list[RowError]:
+    """One lecturer in two classrooms at once, or one classroom holding two sessions at once
+    (one recording would prove both): every session of the file that overlaps another (in the
+    file or already stored) that way, naming both."""
+    errors = []
+    for lecturer_id, bookings in sorted(_bookings(db, sessions, "lecturer_id").items()):
+        what = f"lecturer {lecturer_id} would be in two classrooms at once"
+        errors += [
+            _conflict(mine, other, what)
+            for mine, other in _overlapping(bookings)
+            if mine.classroom_id != other.classroom_id
+        ]
+    for classroom_id, bookings in sorted(_bookings(db, sessions, "classroom_id").items()):
+        what = f"classroom {classroom_id} would hold two sessions at once"
+        errors += [_conflict(mine, other, what) for mine, other in _overlapping(bookings)]
     return sorted(errors, key=lambda e: (e.line, e.message))
 
 

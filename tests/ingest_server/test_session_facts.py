@@ -677,3 +677,29 @@ def test_import_refuses_two_cameras_in_one_classroom(db_world: Any, tmp_path: Pa
     path.write_text(json.dumps({"devices": swap}))
     with factory.begin() as db:
         assert import_rows(db, read_rows(path), settings)["devices"] == 2
+
+
+def test_import_refuses_two_sessions_in_one_classroom_at_once(
+    db_world: Any, tmp_path: Path
+) -> None:
+    """One recording would prove both; back to back is fine."""
+    from ingest_server.setup_import import ImportFailed
+
+    settings, factory = db_world
+    doc = _doc(1)
+    overlapping = {**doc["sessions"][0], "id": "s-dup", "start": (START + timedelta(hours=1))}
+    after = {**doc["sessions"][0], "id": "s-next", "start": START + timedelta(minutes=90)}
+    path = tmp_path / "more.json"
+    path.write_text(json.dumps({"sessions": [overlapping, after]}, default=str))
+    with factory.begin() as db, pytest.raises(ImportFailed) as failed:
+        import_rows(db, read_rows(path), settings)
+    messages = [(e.line, e.message) for e in failed.value.errors]
+    assert any(
+        line == 1 and "room-0 would hold two sessions at once" in text and "s0 in" in text
+        for line, text in messages
+    ), messages
+    # s-next, right after s0, clashes only with s-dup.
+    assert not [t for line, t in messages if line == 2 and "s0 in" in t], messages
+    path.write_text(json.dumps({"sessions": [after]}, default=str))
+    with factory.begin() as db:
+        assert import_rows(db, read_rows(path), settings)["sessions"] == 1

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from rows import stored_clip, stored_upload
 
 from common.clock import VirtualClock
 from common.commands import Command, CommandType, Schedule
@@ -535,9 +536,8 @@ def test_no_verdict_names_a_window_before_the_scheduled_end_even_after_an_early_
 
 
 def test_a_clip_from_another_classrooms_camera_does_not_prove_the_window(world: dict[str, Any]):
-    from common.schemas import ClipKind
     from ingest_server.facts import window_evidence
-    from ingest_server.models import Clip, Device, Upload
+    from ingest_server.models import Clip, Device
     from ingest_server.rules.clip_proof import ProofOutcome, best_proof
     from ingest_server.sessions import link_clip
 
@@ -555,42 +555,8 @@ def test_a_clip_from_another_classrooms_camera_does_not_prove_the_window(world: 
         db.flush()
         window = db.query(SessionWindow).filter_by(session_id="s1", idx=0).one()
         for upload_id, device in (("u-stranger", "cam-2"), ("u-own", "cam-1")):
-            db.add(
-                Upload(
-                    upload_id=upload_id,
-                    device_id=device,
-                    size=1,
-                    sha256="0" * 64,
-                    chunk_size=1,
-                    manifest=json.dumps({"cmd_id": window.cmd_id}),
-                    state="complete",
-                    received_ranges="[]",
-                    chunks_received=1,
-                    chunks_duplicate=0,
-                    created_at=clock.now(),
-                    updated_at=clock.now(),
-                )
-            )
-            db.flush()
-            db.add(
-                Clip(
-                    upload_id=upload_id,
-                    device_id=device,
-                    session_id="s1",
-                    cmd_id=window.cmd_id,
-                    kind=ClipKind.CLIP.value,
-                    sha256="0" * 64,
-                    size=1,
-                    path="x",
-                    cut_start=window.start,
-                    cut_end=window.end,
-                    duration_s=60,
-                    frames=1,
-                    width=1,
-                    height=1,
-                    codec="h264",
-                    stored_at=clock.now(),
-                )
+            stored_clip(
+                db, device, upload_id, window.start, window.end, clock.now(), cmd_id=window.cmd_id
             )
     with factory.begin() as db:
         # Both are facts of s1 (its verdict is recomputed), and neither sets the window.
@@ -675,22 +641,7 @@ def test_windows_whose_upload_failed_are_asked_again_a_bounded_number_of_times(
     assert len(first) == 3
     cut = first[0]
     with factory.begin() as db:
-        db.add(
-            Upload(
-                upload_id="u-1",
-                device_id="cam-1",
-                manifest="{}",
-                size=1,
-                sha256="0" * 64,
-                chunk_size=1,
-                state="receiving",
-                received_ranges="[]",
-                chunks_received=0,
-                chunks_duplicate=0,
-                created_at=clock.now(),
-                updated_at=clock.now(),
-            )
-        )
+        stored_upload(db, "cam-1", "u-1", clock.now(), state="receiving")
         record_device_event(
             db,
             Event(

@@ -11,22 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rows import stored_clip
 from sqlalchemy import select
 
 from common.clock import VirtualClock
-from common.schemas import ClipKind, Event, EventType, decode
+from common.schemas import Event, EventType, decode
 from common.signing import generate_private_key, public_key_b64
 from ingest_server.clip_checks import ClipChecker
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.facts import FactReader
 from ingest_server.models import (
     ClassSession,
-    Clip,
     ClipCheck,
     Device,
     DeviceEvent,
     SessionWindow,
-    Upload,
 )
 from ingest_server.rules.reasons import ReasonCode
 from ingest_server.rules.verdict import VerdictState, judge
@@ -229,42 +228,9 @@ def test_cut_failed_is_said_at_once(db_world: Any) -> None:
 def _stored_clip(factory: Any, store: EvidenceStore, data: bytes) -> int:
     now = START + timedelta(hours=2)
     with factory.begin() as db:
-        db.add(
-            Upload(
-                upload_id="u1",
-                device_id="cam-0",
-                manifest="{}",
-                size=len(data),
-                sha256="0" * 64,
-                chunk_size=len(data),
-                state="complete",
-                received_ranges="[]",
-                chunks_received=1,
-                chunks_duplicate=0,
-                created_at=now,
-                updated_at=now,
-            )
+        clip = stored_clip(
+            db, "cam-0", "u1", START, START + timedelta(minutes=1), now, path="clips/cam-0/u1.mp4"
         )
-        db.flush()
-        clip = Clip(
-            upload_id="u1",
-            device_id="cam-0",
-            kind=ClipKind.CLIP.value,
-            sha256="0" * 64,
-            size=len(data),
-            path="clips/cam-0/u1.mp4",
-            cut_start=START,
-            cut_end=START + timedelta(minutes=1),
-            duration_s=60,
-            frames=900,
-            width=1280,
-            height=720,
-            codec="h264",
-            stored_at=now,
-        )
-        db.add(clip)
-        db.flush()
-        db.add(ClipCheck(clip_id=clip.id, attempts=0))
         clip_id = clip.id
     store.put_bytes("clips/cam-0/u1.mp4", data)
     return clip_id
@@ -447,56 +413,16 @@ def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_
     with factory.begin() as db:
         windows = db.scalars(select(SessionWindow).where(SessionWindow.session_id == "s0")).all()
         for n, window in enumerate(windows):
-            db.add(
-                Upload(
-                    upload_id=f"u{n}",
-                    device_id="cam-0",
-                    manifest="{}",
-                    size=1,
-                    sha256=f"{n:064x}",
-                    chunk_size=1,
-                    state="complete",
-                    received_ranges="[]",
-                    chunks_received=1,
-                    chunks_duplicate=0,
-                    created_at=clock.now(),
-                    updated_at=clock.now(),
-                )
-            )
-            db.flush()
-            clip = Clip(
-                upload_id=f"u{n}",
-                device_id="cam-0",
+            stored_clip(
+                db,
+                "cam-0",
+                f"u{n}",
+                window.start,
+                window.end,
+                clock.now(),
                 cmd_id=window.cmd_id,
-                kind=ClipKind.CLIP.value,
                 sha256=f"{n:064x}",
-                size=1,
-                path=f"clips/u{n}.mp4",
-                cut_start=window.start,
-                cut_end=window.end,
-                duration_s=60,
-                frames=900,
-                width=1280,
-                height=720,
-                codec="h264",
-                stored_at=clock.now(),
-            )
-            db.add(clip)
-            db.flush()
-            db.add(
-                ClipCheck(
-                    clip_id=clip.id,
-                    black=False,
-                    frozen=False,
-                    moved=None,
-                    mean_luma=100.0,
-                    frozen_fraction=0.0,
-                    decoded_frames=900,
-                    decoded_duration_s=60.0,
-                    frame_rate=15.0,
-                    attempts=1,
-                    checked_at=clock.now(),
-                )
+                decoded=True,
             )
     scheduler.sessions_changed({"s0"})
     run(2)

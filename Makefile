@@ -59,6 +59,8 @@ bench: system-deps $(STAMP)
 	$(PY) bench/cut_upload.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/ingest_processor.py
+	$(PY) bench/photo_reuse.py
+	$(PY) bench/frozen_margin.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

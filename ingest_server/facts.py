@@ -34,10 +34,10 @@ from ingest_server.rules.photo_match import (
     photo_match,
 )
 from ingest_server.rules.photo_match import PhotoFacts as PhotoMatchFacts
+from ingest_server.rules.photo_reasons import PhotoEvidence
 from ingest_server.rules.session import ClassroomFacts, SessionFacts
 from ingest_server.rules.verdict import (
     Interval,
-    PhotoEvidence,
     RecordingEvent,
     RecordingEventKind,
     SessionEvidence,

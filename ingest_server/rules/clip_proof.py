@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from common.clock import to_utc
-from ingest_server.rules.reasons import ParamValue, Reason, ReasonCode
+from ingest_server.rules.reasons import ParamValue, Reason, ReasonCode, iso_utc
 from ingest_server.rules.windows import Window
 
 
@@ -121,10 +121,6 @@ def clip_server_bounds(clip: ClipFacts) -> tuple[datetime, datetime]:
     return to_utc(clip.cut_start) - offset, to_utc(clip.cut_end) - offset
 
 
-def _iso(value: datetime) -> str:
-    return to_utc(value).isoformat()
-
-
 def _round1(value: float) -> float:
     return round(value, 1)
 
@@ -142,8 +138,8 @@ def prove_window(
     policy = policy or ProofPolicy()
     base: dict[str, ParamValue] = {
         "window_no": window.number,
-        "window_start_at": _iso(window.window.start),
-        "window_end_at": _iso(window.window.end),
+        "window_start_at": iso_utc(window.window.start),
+        "window_end_at": iso_utc(window.window.end),
     }
     reasons: list[Reason] = []
     if clip.device_id != installed_device_id:
@@ -191,8 +187,8 @@ def prove_window(
                 ReasonCode.CLIP_OUTSIDE_WINDOW,
                 {
                     **base,
-                    "clip_start_at": _iso(start),
-                    "clip_end_at": _iso(end),
+                    "clip_start_at": iso_utc(start),
+                    "clip_end_at": iso_utc(end),
                     "covered_pct": math.floor(share * 100),
                     "required_pct": round(policy.min_coverage * 100),
                     "shift_s": _round1((start - to_utc(window.window.start)).total_seconds()),

@@ -9,6 +9,7 @@ UTC strings) as local time in the deployment's zone, ``kind`` as the localised p
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from datetime import datetime, tzinfo
 from enum import StrEnum
 from typing import Literal
 from zoneinfo import ZoneInfo
+
+from common.clock import to_utc
 
 Lang = Literal["zh-CN", "en"]
 LANGUAGES: tuple[Lang, ...] = ("zh-CN", "en")
@@ -410,3 +413,16 @@ def render(reason: Reason, lang: str = DEFAULT_LANGUAGE, *, tz: tzinfo = DEFAULT
         for name in template_fields(template)
     }
     return template.format(**values)
+
+
+def floor1(value: float) -> float:
+    # Shortfalls are rounded down and excesses up, so a sentence never reads "45 < 45".
+    return math.floor(round(value * 10, 6)) / 10
+
+
+def ceil1(value: float) -> float:
+    return math.ceil(round(value * 10, 6)) / 10
+
+
+def iso_utc(value: datetime) -> str:
+    return to_utc(value).isoformat()

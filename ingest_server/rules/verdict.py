@@ -30,10 +30,9 @@ one may still come), and ``rejected`` is said once evidence is overdue or a hard
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from common.clock import to_utc
@@ -46,15 +45,9 @@ from ingest_server.rules.clip_proof import (
 )
 from ingest_server.rules.photo_match import (
     DoubleBooking,
-    PhotoFacts,
-    PhotoKind,
-    PhotoMatch,
-    Reuse,
-    photo_badness,
-    photo_pair,
-    photo_reference_time,
 )
-from ingest_server.rules.reasons import Reason, ReasonCode, Severity
+from ingest_server.rules.photo_reasons import PhotoEvidence, photo_reasons
+from ingest_server.rules.reasons import Reason, ReasonCode, Severity, ceil1, floor1, iso_utc
 from ingest_server.rules.session import SessionFacts
 from ingest_server.rules.windows import Window
 
@@ -111,16 +104,6 @@ class WindowEvidence:
     @property
     def window(self) -> Window:
         return self.facts.window
-
-
-@dataclass(frozen=True, slots=True)
-class PhotoEvidence:
-    """A photo offered for the session, how it matches, and the session it is a copy of."""
-
-    photo: PhotoFacts
-    match: PhotoMatch
-    reused_from: str | None = None
-    reuse: Reuse | None = None  # the earlier use, with when it arrived and how close it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,24 +231,11 @@ def online_seconds(evidence: SessionEvidence, since: datetime, now: datetime) ->
     return (now - since).total_seconds() - offline
 
 
-def _floor1(value: float) -> float:
-    # Shortfalls are rounded down and excesses up, so a sentence never reads "45 < 45".
-    return math.floor(round(value * 10, 6)) / 10
-
-
-def _ceil1(value: float) -> float:
-    return math.ceil(round(value * 10, 6)) / 10
-
-
-def _iso(value: datetime) -> str:
-    return to_utc(value).isoformat()
-
-
 def _window_params(number: int, window: Window) -> dict[str, str | int | float]:
     return {
         "window_no": number,
-        "window_start_at": _iso(window.start),
-        "window_end_at": _iso(window.end),
+        "window_start_at": iso_utc(window.start),
+        "window_end_at": iso_utc(window.end),
     }
 
 
@@ -286,7 +256,7 @@ def _duration_reasons(
     session = evidence.session
     if evidence.recorded_s is None:
         if _overdue(evidence, session.end, now, policy):
-            return [Reason(ReasonCode.RECORDING_UNREPORTED, {"end_at": _iso(session.end)})]
+            return [Reason(ReasonCode.RECORDING_UNREPORTED, {"end_at": iso_utc(session.end)})]
         return [Reason(ReasonCode.AWAITING_RECORDING_REPORT)]
     reasons = []
     reported = evidence.reported_recorded_s
@@ -297,15 +267,15 @@ def _duration_reasons(
         )
         if abs(reported - evidence.recorded_s) > limit:
             params = {
-                "computed_min": _floor1(evidence.recorded_s / 60),
-                "reported_min": _floor1(reported / 60),
+                "computed_min": floor1(evidence.recorded_s / 60),
+                "reported_min": floor1(reported / 60),
                 "limit_min": limit / 60,
             }
             reasons.append(Reason(ReasonCode.RECORDING_INCONSISTENT, params))
     required = session.preset_duration_s - evidence.duration_tolerance_s
     if evidence.recorded_s < required:
         params = {
-            "recorded_min": _floor1(evidence.recorded_s / 60),
+            "recorded_min": floor1(evidence.recorded_s / 60),
             "preset_min": session.preset_duration_s / 60,
             "tolerance_min": evidence.duration_tolerance_s / 60,
         }
@@ -345,7 +315,7 @@ def _window_reason(
         if proof is not None:  # only other cameras' clips came
             return list(proof.reasons)
         since = item.requested_at or evidence.session.end
-        waited_h = _floor1((now - to_utc(since)).total_seconds() / 3600)
+        waited_h = floor1((now - to_utc(since)).total_seconds() / 3600)
         return [Reason(ReasonCode.CLIP_MISSING, {**params, "waited_h": waited_h})]
     status = "requested" if item.requested_at is not None else "not_requested"
     return [Reason(ReasonCode.CLIP_AWAITED, {**params, "status": status})]
@@ -372,138 +342,13 @@ def _skew_reasons(evidence: SessionEvidence, policy: VerdictPolicy) -> list[Reas
     return [Reason(ReasonCode.DEVICE_CLOCK_SKEWED, {"clock_offset_s": round(offset, 1)})]
 
 
-def _best_photo(candidates: list[PhotoEvidence]) -> PhotoEvidence:
-    return min(
-        candidates,
-        key=lambda p: (p.reused_from is not None, photo_badness(p.match), p.photo.photo_id),
-    )
-
-
-def _photo_reasons(
-    evidence: SessionEvidence, kind: PhotoKind, now: datetime, policy: VerdictPolicy
-) -> list[Reason]:
-    session = evidence.session
-    candidates = [p for p in evidence.photos if p.photo.kind == kind]
-    if not candidates:
-        deadline = session.end + timedelta(seconds=policy.photo_grace_s)
-        code = ReasonCode.PHOTO_MISSING if now >= deadline else ReasonCode.PHOTO_AWAITED
-        return [Reason(code, {"kind": str(kind), "deadline_at": _iso(deadline)})]
-    best = _best_photo(candidates)
-    match, reasons = best.match, []
-    if not match.lecturer_matches:
-        reasons.append(Reason(ReasonCode.PHOTO_WRONG_LECTURER, {"kind": str(kind)}))
-    if not match.in_time:
-        params: dict[str, str | int | float] = {
-            "kind": str(kind),
-            "taken_at": _iso(best.photo.taken_at),
-            "reference_at": _iso(photo_reference_time(kind, session)),
-            "delta_min": _ceil1(abs(match.time_delta_s) / 60),
-            "tolerance_min": match.tolerance_s / 60,
-        }
-        reasons.append(Reason(ReasonCode.PHOTO_TIME_MISMATCH, params))
-    if match.distance_m is None:
-        reasons.append(Reason(ReasonCode.PHOTO_LOCATION_MISSING, {"kind": str(kind)}))
-    elif not match.in_range:
-        params = {
-            "kind": str(kind),
-            "distance_m": math.ceil(match.distance_m),
-            "radius_m": match.radius_m,
-        }
-        reasons.append(Reason(ReasonCode.PHOTO_OUT_OF_RANGE, params))
-    if best.reused_from is not None:
-        params = {"kind": str(kind), "other_session": best.reused_from}
-        if best.reuse is not None:
-            params["other_photo"] = best.reuse.first.photo_id
-            params["other_received_at"] = _iso(best.reuse.first.received_at)
-            params["distance_bits"] = best.reuse.distance.bits
-            params["max_bits"] = best.reuse.distance.max_bits
-        if best.photo.received_at is not None:
-            params["received_at"] = _iso(best.photo.received_at)
-        reasons.append(Reason(ReasonCode.PHOTO_REUSED, params))
-    reasons += _app_field_reasons(best, kind)
-    return reasons
-
-
-def _app_field_reasons(best: PhotoEvidence, kind: PhotoKind) -> list[Reason]:
-    """Warnings for time/place typed into the app that the upload's timing does not vouch for."""
-    match, photo = best.match, best.photo
-    if match.app_time_accepted is not False and match.app_place_accepted is not False:
-        return []
-    params: dict[str, str | int | float] = {
-        "kind": str(kind),
-        "taken_at": _iso(photo.taken_at),
-        "received_at": _iso(photo.received_at) if photo.received_at else "",
-        "delay_min": _ceil1(abs(match.upload_delay_s or 0.0) / 60),
-        "window_min": match.app_upload_window_s / 60,
-    }
-    if photo.received_at is None:
-        params.pop("received_at")
-    out = []
-    if match.app_time_accepted is False:
-        out.append(Reason(ReasonCode.PHOTO_APP_TIME_UNVERIFIED, params))
-    if match.app_place_accepted is False:
-        out.append(Reason(ReasonCode.PHOTO_APP_PLACE_UNVERIFIED, params))
-    return out
-
-
-def _photo_pair_reasons(evidence: SessionEvidence) -> list[Reason]:
-    """The best opening and closing photos against each other: one picture, or out of order."""
-    openings = [p for p in evidence.photos if p.photo.kind == PhotoKind.OPENING]
-    closings = [p for p in evidence.photos if p.photo.kind == PhotoKind.CLOSING]
-    if not openings or not closings:
-        return []
-    opening, closing = _best_photo(openings), _best_photo(closings)
-    pair = photo_pair(
-        opening.photo, closing.photo, evidence.session, tolerance_s=opening.match.tolerance_s
-    )
-    reasons = []
-    if pair.same is not None:
-        params: dict[str, str | int | float] = {
-            "opening_photo": opening.photo.photo_id,
-            "closing_photo": closing.photo.photo_id,
-            "distance_bits": pair.same.bits,
-            "max_bits": pair.same.max_bits,
-        }
-        reasons.append(Reason(ReasonCode.PHOTO_SAME_PICTURE, params))
-    # A photo out of its time is said already (photo_time_mismatch); the pair adds the
-    # closing photo taken first, which each photo alone can hide in a short class.
-    both_in_time = opening.match.in_time and closing.match.in_time
-    if not pair.order_ok and (both_in_time or pair.gap_s <= 0):
-        params = {
-            "opening_at": _iso(opening.photo.taken_at),
-            "closing_at": _iso(closing.photo.taken_at),
-            "gap_min": _floor1(pair.gap_s / 60),
-            "expected_min": _floor1(pair.expected_s / 60),
-            "tolerance_min": 2 * pair.tolerance_s / 60,
-        }
-        reasons.append(Reason(ReasonCode.PHOTO_ORDER_INVALID, params))
-    return reasons
-
-
-def _double_booking_reasons(evidence: SessionEvidence) -> list[Reason]:
-    return [
-        Reason(
-            ReasonCode.LECTURER_DOUBLE_BOOKED,
-            {
-                "other_session": found.other_session,
-                "other_classroom": found.other_classroom,
-                "basis": found.basis,
-                "conflict_at": _iso(found.at),
-                "distance_m": math.ceil(found.distance_m),
-                "seconds_apart": round(found.seconds, 1),
-            },
-        )
-        for found in evidence.double_bookings
-    ]
-
-
 def _offline_reasons(
     evidence: SessionEvidence, now: datetime, policy: VerdictPolicy
 ) -> list[Reason]:
     session = evidence.session
     offline = _overlap_s(_offline_pairs(evidence, now), session.start, min(session.end, now))
     if offline > policy.offline_limit_s:
-        params = {"offline_min": _ceil1(offline / 60), "limit_min": policy.offline_limit_s / 60}
+        params = {"offline_min": ceil1(offline / 60), "limit_min": policy.offline_limit_s / 60}
         return [Reason(ReasonCode.CAMERA_OFFLINE, params)]
     return []
 
@@ -518,16 +363,15 @@ def judge(
     reasons: list[Reason] = []
     if session.closed_at is None and now < session.scheduled_end:
         reasons.append(
-            Reason(ReasonCode.SESSION_IN_PROGRESS, {"end_at": _iso(session.scheduled_end)})
+            Reason(ReasonCode.SESSION_IN_PROGRESS, {"end_at": iso_utc(session.scheduled_end)})
         )
     else:
         reasons += _duration_reasons(evidence, now, policy)
         reasons += _window_reasons(evidence, now, policy)
         reasons += _skew_reasons(evidence, policy)
-    for kind in (PhotoKind.OPENING, PhotoKind.CLOSING):
-        reasons += _photo_reasons(evidence, kind, now, policy)
-    reasons += _photo_pair_reasons(evidence)
-    reasons += _double_booking_reasons(evidence)
+    reasons += photo_reasons(
+        session, evidence.photos, evidence.double_bookings, now, policy.photo_grace_s
+    )
     reasons += _offline_reasons(evidence, now, policy)
 
     order = {code: index for index, code in enumerate(ReasonCode)}

@@ -18,6 +18,7 @@ from ingest_server.rules.photo_match import (
     PhotoKind,
     photo_match,
 )
+from ingest_server.rules.photo_reasons import PhotoEvidence
 from ingest_server.rules.reasons import (
     LANGUAGES,
     SEVERITY,
@@ -33,7 +34,6 @@ from ingest_server.rules.reasons import (
 from ingest_server.rules.session import ClassroomFacts, SessionFacts
 from ingest_server.rules.verdict import (
     Interval,
-    PhotoEvidence,
     RecordingEvent,
     RecordingEventKind,
     SessionEvidence,

@@ -91,7 +91,7 @@ def parse_signed_manifest(payload: bytes) -> SignedManifest:
     """Parse an ``init`` payload; ``ProtocolError`` for bad JSON, fields or signature encoding."""
     try:
         body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON manifest: {exc}") from exc
     if not isinstance(body, dict):
         raise ProtocolError("manifest is not a JSON object")

@@ -288,7 +288,8 @@ class IngestProcessor:
     def _parse_manifest(self, upload_id: str, payload: bytes) -> SignedManifest:
         try:
             json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than Python's stack (a hostile init).
             raise UploadRejected(
                 RejectReason.MALFORMED_JSON, upload_id, f"init is not JSON: {exc}"
             ) from exc

@@ -125,7 +125,11 @@ def read_rows(path: Path, kind: str | None = None) -> dict[str, list[tuple[int, 
     """The rows of a JSON or CSV file by section, each with its line number."""
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 1
+            raise ImportFailed([RowError("file", line, "<root>", f"not JSON: {exc}")]) from exc
         if not isinstance(data, dict):
             raise ImportFailed([RowError("file", 1, "<root>", "expected a JSON object")])
         unknown = set(data) - set(SECTIONS)

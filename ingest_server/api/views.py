@@ -144,7 +144,7 @@ def list_sessions(
     start: datetime | None = None,
     end: datetime | None = None,
     verdict: str | None = None,
-    limit: Annotated[int, Query(le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
     accept_language: Annotated[str | None, Header()] = None,
     lang: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -242,7 +242,7 @@ def list_devices(
 @router.get("/feed", tags=["feed"])
 def read_feed(
     db: Annotated[Session, Depends(get_db)],
-    after: int = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Events after cursor ``after``, oldest first; pass back ``next`` to continue. The feed

@@ -392,3 +392,14 @@ def test_chunk_topic_with_a_bad_offset_is_answered(harness: Harness) -> None:
     assert harness.send("classcam/v1/up/dev-1/file/up-1/chunk/-5", b"x") == []
     ack = _assert_refused(harness, harness.flush(), RejectReason.BAD_OFFSET, AckState.MISSING)
     assert (ack.upload_id, ack.reply_to) == ("up-1", AckReplyTo.CHUNK)
+
+
+def test_json_nested_deeper_than_the_stack_is_refused_not_a_crash(harness: Harness) -> None:
+    """A hostile ``init`` nested 100,000 deep raised RecursionError: no reply, no record."""
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    for topic in (topics.file_init("dev-1", "up-1"), topics.file_fin("dev-1", "up-1")):
+        [ack] = harness.send(topic, deep)
+        assert (ack.state, ack.reason) == (AckState.REJECTED, RejectReason.MALFORMED_JSON)
+    assert harness.processor.counters == {"malformed_json": 2}
+    assert len(_rejections(harness)) == 2
+    _assert_nothing_stored(harness)

@@ -667,3 +667,38 @@ def test_windows_whose_upload_failed_are_asked_again_a_bounded_number_of_times(
         for command in tick_online():
             counts[command.cmd_id] = counts.get(command.cmd_id, 0) + 1
     assert counts[cut.cmd_id] == settings.window_max_requests
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/v1/sessions?limit=-1",
+        "/api/v1/sessions?limit=0",
+        "/api/v1/feed?after=-1",
+        f"/api/v1/feed?after={10**30}",
+        "/api/v1/feed?limit=100000",
+    ],
+)
+def test_query_parameters_out_of_bounds_are_422_not_500(world: dict[str, Any], query: str):
+    client = TestClient(
+        create_app(
+            ApiContext(
+                world["settings"], world["factory"], world["store"], recompute=lambda ids: None
+            )
+        ),
+        raise_server_exceptions=False,
+    )
+    assert client.get(query).status_code == 422
+
+
+def test_an_import_file_that_is_not_json_names_the_file_line(tmp_path: Path):
+    broken = tmp_path / "setup.json"
+    broken.write_text('{"institutions": [\n  {"id": "a"},\n  oops\n]}')
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ImportFailed) as failed:
+        read_rows(broken)
+    (error,) = failed.value.errors
+    assert error.line == 3 and "not JSON" in error.message
+    with pytest.raises(ImportFailed):
+        read_rows(deep)

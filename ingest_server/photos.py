@@ -32,6 +32,7 @@ import io
 import math
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from enum import StrEnum
@@ -51,6 +52,10 @@ DEFAULT_MAX_BYTES = 15 * 1024 * 1024
 # warning threshold (MAX_IMAGE_PIXELS, ~89.5 MP), so what we accept never trips it; phones bin
 # their 50–200 MP sensors to 12–50 MP photos unless a "full resolution" mode is chosen.
 DEFAULT_MAX_PIXELS = 89_000_000
+# Formats decoded whole (PNG, HEIC) at most this many pixels: a 24 MP phone photo, ~72 MB as
+# RGB; and at most two decodes at once, so a burst of uploads cannot exhaust memory.
+MAX_FULL_DECODE_PIXELS = 24_000_000
+_DECODES = threading.BoundedSemaphore(2)
 # Pillow format name → the name we record.
 _FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "HEIF": "HEIC"}
 # JPEGs are decoded at a reduced DCT scale for hashing: the hash looks at 32x32 pixels anyway.
@@ -121,6 +126,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         # Pillow's PNG text-chunk bomb guard raises ValueError, not UnidentifiedImageError.
         raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, f"not a JPEG/PNG/HEIC: {exc}") from exc
     width, height = image.size
+    if image.format != "JPEG":
+        # Only JPEG can be decoded at a fraction of its size (``draft``): a PNG or HEIC is
+        # decoded whole, so it gets a smaller budget (a 274 KiB PNG of 89 MP cost 442 MiB).
+        max_pixels = min(max_pixels, MAX_FULL_DECODE_PIXELS)
     if width <= 0 or height <= 0 or width * height > max_pixels:
         image.close()
         raise PhotoRejected(
@@ -351,7 +360,7 @@ def read_photo(
     if not data:
         raise PhotoRejected(PhotoRejectReason.NOT_AN_IMAGE, "empty upload")
     sha256 = hashlib.sha256(data).hexdigest()
-    with _open(data, max_pixels) as image:
+    with _DECODES, _open(data, max_pixels) as image:
         width, height = image.size
         fmt = _FORMATS[str(image.format)]
         ifd0, exif_ifd, gps = _read_exif(image)

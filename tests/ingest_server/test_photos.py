@@ -158,6 +158,8 @@ NOT_PHOTOS = {
     "a format we do not open": gif(),
     "past Pillow's own bomb limit": bomb_png(30_000, 30_000),
     "past our pixel limit": bomb_png(9_500, 9_400),
+    # 64 MP: a JPEG of that size decodes at 1/8 scale, a PNG is decoded whole.
+    "a PNG over the whole-decode budget": bomb_png(8_000, 8_000),
 }
 
 

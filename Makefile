@@ -60,6 +60,7 @@ bench: system-deps $(STAMP)
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/ingest_processor.py
 	$(PY) bench/photo_reuse.py
+	$(PY) bench/photo_memory.py
 	$(PY) bench/frozen_margin.py
 
 lint: $(STAMP)

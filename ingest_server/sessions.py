@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session
 
 from common.clock import utc_now
 from common.schemas import Event, EventType
+from ingest_server import feed
 from ingest_server.facts import installed_camera, recording_events, reported_seconds
 from ingest_server.models import (
     ClassSession,
     Clip,
     Device,
     DeviceEvent,
-    FeedEvent,
     SessionState,
     SessionWindow,
 )
@@ -89,15 +89,9 @@ def create_session(
 
 
 def append_feed(db: Session, kind: str, session_id: str | None, payload: dict[str, object]) -> None:
-    """One entry of the append-only feed the supervision backend reads."""
-    db.add(
-        FeedEvent(
-            at=utc_now(),
-            kind=kind,
-            session_id=session_id,
-            payload=json.dumps(payload, ensure_ascii=False, default=str),
-        )
-    )
+    """One entry of the append-only feed the supervision backend reads (``ingest_server.feed``:
+    written at commit, so its ``seq`` follows commit order)."""
+    feed.append(db, kind, session_id, payload)
 
 
 def speaks_for(session: ClassSession, device_id: str, device_classroom: str | None) -> bool:

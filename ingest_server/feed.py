@@ -1,0 +1,135 @@
+"""The append-only event feed the supervision backend reads with a cursor, and the commit-time
+appends it shares with the audit log.
+
+A reader keeps the ``seq`` of the last event it read and asks for what comes after. That never
+skips only if no event can become visible *below* a cursor someone already holds. On PostgreSQL
+a sequence hands out ``seq`` when a row is inserted, not when its transaction commits: a
+transaction that took seq 5 and committed after seq 6 had been read was skipped for good.
+
+So rows of the ordered logs are not inserted when the code appends them. They wait in the
+session and are written by one ``before_commit`` hook, under a transaction-scoped advisory lock
+(``pg_advisory_xact_lock``) taken after the rest of the transaction has been flushed. The lock is
+released only once the commit is visible, so the next appender draws its ``seq`` after this one
+is readable: seq order is commit order. The lock is held for the insert and the commit alone
+(not while the caller does its other work), and a transaction holding it waits for no row lock,
+so it cannot deadlock with the callers' own locks. SQLite needs no lock: every write transaction
+begins ``IMMEDIATE`` and holds the database's one write lock already.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, select, text
+from sqlalchemy.orm import Session, SessionTransaction
+
+from common.clock import utc_now
+from ingest_server.models import FeedEvent
+
+# pg_advisory_xact_lock key of the ordered logs (feed and audit): "classcam" in ASCII.
+APPEND_LOCK_KEY = 0x636C61737363616D
+_PENDING = "classcam_commit_appends"
+
+# Writers of the ordered logs, by name, run at commit in registration order under the lock.
+CommitWriter = Callable[[Session, list[Any]], None]
+_writers: dict[str, CommitWriter] = {}
+
+
+def register_commit_writer(log_name: str, writer: CommitWriter) -> None:
+    """Have ``writer(db, items)`` write the items deferred for ``log_name`` at each commit."""
+    _writers[log_name] = writer
+
+
+def defer_to_commit(db: Session, log_name: str, item: object) -> None:
+    """Queue ``item`` for ``log_name``'s writer at this transaction's commit (dropped if it
+    rolls back)."""
+    if log_name not in _writers:
+        raise KeyError(f"no commit writer for {log_name}")
+    pending: dict[str, list[Any]] = db.info.setdefault(_PENDING, {})
+    pending.setdefault(log_name, []).append(item)
+
+
+def lock_appends(db: Session) -> None:
+    """Serialise appends to the ordered logs until this transaction ends (PostgreSQL; SQLite's
+    write transactions are serial already)."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
+
+
+@event.listens_for(Session, "before_commit")
+def _write_deferred(db: Session) -> None:
+    pending: dict[str, list[Any]] | None = db.info.pop(_PENDING, None)
+    if not pending:
+        return
+    db.flush()  # the caller's own work first, so the lock is held for the appends alone
+    lock_appends(db)
+    for log_name, writer in _writers.items():
+        items = pending.get(log_name)
+        if items:
+            writer(db, items)
+    db.flush()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_deferred(db: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the whole transaction, committed or rolled back
+        db.info.pop(_PENDING, None)
+
+
+def _write_feed(db: Session, events: list[FeedEvent]) -> None:
+    db.add_all(events)
+
+
+register_commit_writer("feed", _write_feed)
+
+
+def append(db: Session, kind: str, session_id: str | None, payload: dict[str, object]) -> None:
+    """Append one event to the feed in ``db``'s transaction; it gets its ``seq`` at commit."""
+    defer_to_commit(
+        db,
+        "feed",
+        FeedEvent(
+            at=utc_now(),
+            kind=kind,
+            session_id=session_id,
+            payload=json.dumps(payload, ensure_ascii=False, default=str),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    """Events after a cursor, oldest first, and the cursor to pass back for the next page."""
+
+    events: list[FeedEvent]
+    next: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's JSON form."""
+        return {
+            "events": [
+                {
+                    "seq": r.seq,
+                    "at": r.at.isoformat(),
+                    "kind": r.kind,
+                    "session_id": r.session_id,
+                    "payload": json.loads(r.payload),
+                }
+                for r in self.events
+            ],
+            "next": self.next,
+        }
+
+
+def read_page(db: Session, after: int, limit: int) -> FeedPage:
+    """Up to ``limit`` events with ``seq`` above ``after``. Because seq order is commit order,
+    no event can later appear below the returned cursor."""
+    rows = list(
+        db.scalars(
+            select(FeedEvent).where(FeedEvent.seq > after).order_by(FeedEvent.seq).limit(limit)
+        )
+    )
+    return FeedPage(rows, rows[-1].seq if rows else after)

@@ -6,8 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fuzz_budget import load_hypothesis_profile
 
 from simulators.broker import BrokerAccounts, EmbeddedBroker, MosquittoBroker
+
+load_hypothesis_profile()
 
 
 @pytest.fixture

@@ -1,14 +1,21 @@
 """The MQTT side of ingest: take device messages off the broker, feed the processor, send acks.
 
-One aiomqtt client with a persistent session (3.1.1 ``clean_session=False``; 5 ``clean_start``
-False plus a session expiry), so device messages wait at the broker while the server is down.
-Messages are handed to ``IngestProcessor`` in batches on one worker thread (database and disk
-work must not block the event loop); the processor is flushed (group commit) when the queue runs
-dry or every ``flush_every_messages`` / ``flush_interval_s``, and acks are published at QoS 1.
+One paho client with ``manual_ack`` and a persistent session (3.1.1 ``clean_session=False``;
+5 ``clean_start`` False plus a session expiry), so device messages wait at the broker while the
+server is down. A QoS 1 message is acknowledged to the broker (PUBACK) only after the flush that
+made its effect durable has committed (DESIGN.md §2, "acknowledge only what is durable"): a
+crash before then costs a redelivery, never a loss.
 
-aiomqtt acknowledges a QoS 1 message to the broker as soon as it is queued here, so a crash can
-lose what sat in the queue. That is safe by design: only a durable ``complete`` lets a device
-forget a clip, and a device that hears nothing re-sends ``init`` and learns what is missing.
+paho's network thread puts messages on a bounded queue; one worker thread, always the same (the
+processor is not thread-safe and SQLite likes its own thread), hands them to ``processor.handle``
+and group-commits with ``processor.flush`` when the queue runs dry or every
+``flush_every_messages`` / ``flush_interval_s``. In flight at once: at most
+``mqtt_max_inflight`` (MQTT 5 ``ReceiveMaximum``; Mosquitto's ``max_inflight_messages`` on 3.1.1).
+
+A message whose handling raises is retried with backoff. One that still fails after
+``ingest_max_attempts`` while the database answers (a poison message) is written to
+``dead_letters`` in a committed transaction and then acknowledged; if even that write fails the
+database is down, so nothing is acknowledged and the message is tried again until it passes.
 """
 
 from __future__ import annotations
@@ -16,27 +23,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common import topics
-from common.clock import SystemClock
+from common.clock import SystemClock, utc_now
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.ingest import IngestProcessor, Outgoing
+from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 64
+MAX_ERROR_TEXT = 2000
 
 
 def backoff_delay(
@@ -54,14 +65,13 @@ def build_processor(settings: Settings) -> IngestProcessor:
 
 
 def make_client(settings: Settings) -> aiomqtt.Client:
-    """The server's aiomqtt client with a persistent session; call inside the event loop."""
+    """An aiomqtt client on the server's account and settings (the scheduler's, before it had
+    its own); the ingest consumer itself uses paho with manual acknowledgement."""
     v5 = settings.mqtt_protocol == "5"
     kwargs: dict[str, Any] = {}
     if v5:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = settings.mqtt_session_expiry_s
-        # aiomqtt's default is a clean start on the first connection, which would throw away
-        # whatever devices sent while the server was down.
         kwargs.update(clean_start=False, properties=properties)
     else:
         kwargs.update(clean_session=False)
@@ -77,170 +87,346 @@ def make_client(settings: Settings) -> aiomqtt.Client:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message off the broker, with what it takes to acknowledge it on its own connection."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    connection: int  # a message id means nothing on a later connection
+
+
+_STOP = object()
+
+
 class IngestConsumer:
-    """Runs ``processor`` on every message of ``up/#`` until a stop event is set."""
+    """Runs ``processor`` on every message of ``up/#``; acknowledges each after its commit.
+
+    ``counters``: ``received``, ``handled``, ``acked``, ``flushes``, ``handle_failed``,
+    ``flush_failed``, ``dead_lettered``, ``dead_letter_failed``, ``stale`` (received on a
+    connection since lost: the broker sends it again), ``dropped_qos0`` (queue full).
+    """
 
     def __init__(self, settings: Settings, processor: IngestProcessor) -> None:
         self.settings = settings
         self.processor = processor
-        self.connected = asyncio.Event()
+        self.counters: Counter[str] = Counter()
         self.connections = 0
-        self.errors = 0
-        # One thread, always the same: the processor is not thread-safe, and SQLite
-        # connections are happiest on the thread that made them.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
-        self._since_flush = 0
-        self._last_flush = time.monotonic()
+        self.connected = threading.Event()  # connected and subscribed
+        self._connection = 0
+        self._connected_at = time.monotonic()
+        self._last_received = 0.0
+        self._busy = False  # the worker holds messages not yet acknowledged
+        self._stopping = threading.Event()
+        # Bounded: the broker sends at most mqtt_max_inflight unacknowledged QoS 1 messages.
+        self._queue: queue.Queue[Inbound | object] = queue.Queue(
+            maxsize=settings.mqtt_max_inflight + 64
+        )
+        self._client = self._make_client()
+        self._worker = threading.Thread(target=self._work, name="ingest-worker", daemon=True)
+
+    # -- the connection -------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        settings = self.settings
+        v5 = settings.mqtt_protocol == "5"
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        client.username_pw_set(settings.mqtt_username, settings.mqtt_secret())
+        if getattr(settings, "mqtt_tls", False):
+            ca_file = getattr(settings, "mqtt_ca_file", None)
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background (paho reconnects with backoff) and start the worker."""
+        settings = self.settings
+        kwargs: dict[str, Any] = {}
+        if settings.mqtt_protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = settings.mqtt_session_expiry_s
+            props.ReceiveMaximum = settings.mqtt_max_inflight
+            # A clean start would throw away whatever devices sent while the server was down.
+            kwargs = {"clean_start": False, "properties": props}
+        self._worker.start()
+        self._client.connect_async(
+            settings.mqtt_host, settings.mqtt_port, settings.mqtt_keepalive_s, **kwargs
+        )
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the message in hand, flush and acknowledge what committed, disconnect."""
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=1.0)
+        self._worker.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, consume, reconnect with backoff; return once ``stop`` is set."""
-        client = make_client(self.settings)
-        attempt = 0
+        """Consume until ``stop`` is set (the server's task group)."""
+        self.start()
         try:
-            while not stop.is_set():
-                try:
-                    async with client:
-                        attempt = 0
-                        self.connections += 1
-                        await self._consume(client, stop)
-                except aiomqtt.MqttError as exc:
-                    self.connected.clear()
-                    delay = backoff_delay(attempt)
-                    attempt += 1
-                    log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
+            await stop.wait()
         finally:
-            self.connected.clear()
-            # Whatever was written but not yet durable: make it so before we go.
-            await self._in_thread(self.processor.flush)
-            self._executor.shutdown(wait=True)
+            await asyncio.to_thread(self.stop)
 
-    async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    @property
+    def errors(self) -> int:
+        """Failed attempts of any kind (each also logged)."""
+        kinds = ("handle_failed", "flush_failed", "dead_letter_failed")
+        return sum(self.counters[k] for k in kinds)
+
+    def caught_up(self) -> bool:
+        """Whether what the broker held for us since the (re)connect has been handled: the
+        queue is empty, nothing is waiting for a commit, and nothing arrived for
+        ``ingest_quiet_s``. Until then our picture of the fleet is behind (sweeps wait)."""
+        if not self.connected.is_set() or self._busy or not self._queue.empty():
+            return False
+        quiet_since = max(self._connected_at, self._last_received)
+        return time.monotonic() - quiet_since >= self.settings.ingest_quiet_s
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
+        if reason_code.is_failure:
+            self.counters["connect_refused"] += 1
+            log.warning("broker refused the ingest connection: %s", reason_code)
+            return
+        self._connection += 1
+        self.connections += 1
+        self._connected_at = time.monotonic()
         subscription = topics.up_all(self.settings.shared_group)
-        await client.subscribe(subscription, qos=1)
-        log.info("subscribed to %s as %s", subscription, self.settings.mqtt_client_id)
-        self.connected.set()
-        messages = client.messages
-        while not stop.is_set():
-            first = await self._next_message(messages, stop)
-            if first is None:
+        client.subscribe(subscription, qos=1)
+        log.info("connected; subscribing to %s as %s", subscription, self.settings.mqtt_client_id)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[mqtt.ReasonCode],
+        properties: object,
+    ) -> None:
+        if all(not rc.is_failure for rc in reason_codes):
+            self._connected_at = time.monotonic()
+            self.connected.set()
+        else:
+            self.counters["subscribe_refused"] += 1
+            log.error("broker refused the ingest subscription: %s", reason_codes)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
+        if self.connected.is_set() and not self._stopping.is_set():
+            log.warning("broker connection lost (%s); paho reconnects", reason_code)
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        # paho's network thread: hand over and return; never process here.
+        item = Inbound(
+            message.topic, bytes(message.payload), message.mid, message.qos, self._connection
+        )
+        self._last_received = time.monotonic()
+        self.counters["received"] += 1
+        if item.qos == 0:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self.counters["dropped_qos0"] += 1
+            return
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        pending: list[Inbound] = []  # handled, not yet committed and acknowledged
+        last_flush = time.monotonic()
+        settings = self.settings
+        while True:
+            wait = settings.flush_interval_s if pending else 0.5
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
                 break
-            batch = [first]
-            while len(batch) < MAX_BATCH and len(messages) > 0:
-                batch.append(await anext(messages))
-            idle = len(messages) == 0
-            acks = await self._in_thread(self._process, batch, idle)
-            await self._publish(client, acks)
-        acks = await self._in_thread(self.processor.flush)
-        await self._publish(client, acks)
+            if isinstance(item, Inbound):
+                if item.connection != self._connection:
+                    self.counters["stale"] += 1  # the broker sends it again on this connection
+                    continue
+                self._busy = True
+                out = self._handle(item)
+                if out is None:
+                    break  # stopping while the database is away: leave it unacknowledged
+                self._publish(out)
+                pending.append(item)
+            now = time.monotonic()
+            due = pending and (
+                self._queue.empty()
+                or len(pending) >= settings.flush_every_messages
+                or now - last_flush >= settings.flush_interval_s
+            )
+            if due:
+                if not self._flush_until_committed():
+                    break
+                self._ack(pending)
+                pending = []
+                last_flush = time.monotonic()
+            self._busy = bool(pending)
+        # Stopping: whatever is handled but not durable is made so and acknowledged if the
+        # database lets us; otherwise the broker redelivers it to the next run.
+        if pending or self._busy:
+            with contextlib.suppress(Exception):
+                self._publish(self.processor.flush())
+                self._ack(pending)
+        self._busy = False
 
-    async def _next_message(
-        self, messages: aiomqtt.MessagesIterator, stop: asyncio.Event
-    ) -> aiomqtt.Message | None:
-        """The next message, or None once ``stop`` is set (never cancels a batch midway)."""
-        if len(messages) > 0:
-            return await anext(messages)
-        getter = asyncio.ensure_future(anext(messages))
-        stopper = asyncio.ensure_future(stop.wait())
+    def _handle(self, item: Inbound) -> list[Outgoing] | None:
+        """``processor.handle`` with retries; ``[]`` once dead-lettered; ``None`` if stopping
+        before it could be handled or kept."""
+        settings = self.settings
+        first_at = utc_now()
+        attempts = 0  # in a row while the database answered
+        total = 0
+        while True:
+            attempts += 1
+            total += 1
+            try:
+                out = self.processor.handle(item.topic, item.payload)
+            except Exception as exc:
+                self.counters["handle_failed"] += 1
+                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
+                log.warning(
+                    "handling %s failed (attempt %d): %s",
+                    item.topic,
+                    total,
+                    error,
+                    exc_info=total == 1,
+                )
+                if attempts >= settings.ingest_max_attempts:
+                    if self._dead_letter(item, error, total, first_at):
+                        return []
+                    attempts = 0  # the database is away: it needs a fair run once back
+            else:
+                self.counters["handled"] += 1
+                return out
+            delay = backoff_delay(
+                total - 1, settings.ingest_retry_base_s, settings.ingest_retry_cap_s
+            )
+            if self._stopping.wait(delay):
+                return None
+
+    def _dead_letter(self, item: Inbound, error: str, attempts: int, first_at: Any) -> bool:
+        """Keep a poison message durably; False when the database will not take it."""
         try:
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await getter
-        return None
+            with self.processor.session_factory.begin() as db:
+                db.add(
+                    DeadLetter(
+                        topic=item.topic,
+                        payload=item.payload,
+                        error=error,
+                        attempts=attempts,
+                        first_at=first_at,
+                        last_at=utc_now(),
+                    )
+                )
+        except Exception as exc:
+            self.counters["dead_letter_failed"] += 1
+            log.error("could not keep %s as a dead letter (%s); retrying it", item.topic, exc)
+            return False
+        self.counters["dead_lettered"] += 1
+        log.error("gave up on %s after %d attempts: kept as a dead letter", item.topic, attempts)
+        return True
 
-    def _process(self, batch: list[aiomqtt.Message], idle: bool) -> list[Outgoing]:
-        """Runs on the worker thread: handle a batch, flush when due."""
-        out: list[Outgoing] = []
-        for message in batch:
+    def _flush_until_committed(self) -> bool:
+        """Flush until it commits (backing off); False if asked to stop first."""
+        failures = 0
+        while True:
             try:
-                out.extend(self.processor.handle(message.topic.value, bytes(message.payload)))
-            except Exception:
-                # A bug or a database outage must not stop ingest: the device will retry.
-                self.errors += 1
-                log.exception("failed to process a message on %s", message.topic.value)
-        self._since_flush += len(batch)
-        now = time.monotonic()
-        if (
-            idle
-            or self._since_flush >= self.settings.flush_every_messages
-            or now - self._last_flush >= self.settings.flush_interval_s
-        ):
-            try:
-                out.extend(self.processor.flush())
-            except Exception:
-                self.errors += 1
-                log.exception("flush failed; will retry")
-            self._since_flush = 0
-            self._last_flush = now
-        return out
+                out = self.processor.flush()
+            except Exception as exc:
+                self.counters["flush_failed"] += 1
+                log.warning("flush failed (%s); nothing acknowledged, retrying", exc)
+                delay = backoff_delay(
+                    failures, self.settings.ingest_retry_base_s, self.settings.ingest_retry_cap_s
+                )
+                failures += 1
+                if self._stopping.wait(delay):
+                    return False
+                continue
+            self.counters["flushes"] += 1
+            self._publish(out)
+            return True
 
-    async def _publish(self, client: aiomqtt.Client, acks: list[Outgoing]) -> None:
-        if acks:
-            await asyncio.gather(*(client.publish(a.topic, a.payload, qos=a.qos) for a in acks))
+    def _ack(self, items: list[Inbound]) -> None:
+        """PUBACK, in the order received, what the last commit made durable."""
+        for item in items:
+            if item.qos == 0:
+                continue
+            if item.connection != self._connection:
+                self.counters["stale"] += 1  # redelivered on the new connection; done twice
+                continue
+            self._client.ack(item.mid, item.qos)
+            self.counters["acked"] += 1
 
-    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+    def _publish(self, out: list[Outgoing]) -> None:
+        for message in out:
+            self._client.publish(message.topic, message.payload, qos=message.qos)
 
 
 class ConsumerThread:
-    """An ``IngestConsumer`` on its own event loop in a thread: for tests and embedding.
+    """An ``IngestConsumer`` running in the background: for tests and embedding.
 
-    ``start()`` returns once the subscription is in place; ``stop()`` flushes and joins.
+    ``start()`` returns once the subscription is in place; ``stop()`` flushes and disconnects.
     """
 
     def __init__(self, settings: Settings, processor: IngestProcessor | None = None) -> None:
         self.settings = settings
         self.processor = processor or build_processor(settings)
         self.consumer: IngestConsumer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="ingest-consumer", daemon=True)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # surfaced by start()/stop()
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self.consumer = IngestConsumer(self.settings, self.processor)
-        watcher = asyncio.create_task(self._signal_ready(self.consumer))
-        try:
-            await self.consumer.run(self._stop)
-        finally:
-            watcher.cancel()
-
-    async def _signal_ready(self, consumer: IngestConsumer) -> None:
-        await consumer.connected.wait()
-        self._ready.set()
 
     def start(self, timeout: float = 10.0) -> ConsumerThread:
         """Start and wait until subscribed; raise if that does not happen in ``timeout``."""
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
+        self.consumer = IngestConsumer(self.settings, self.processor)
+        self.consumer.start()
+        if not self.consumer.connected.wait(timeout):
             self.stop()
-            raise RuntimeError(f"ingest consumer did not subscribe: {self._error!r}")
+            raise RuntimeError("ingest consumer did not subscribe")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the consumer to stop, wait for its final flush, join the thread."""
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            # RuntimeError: the loop ended on its own meanwhile.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        """Ask the consumer to stop, wait for its final flush, disconnect."""
+        if self.consumer is not None:
+            self.consumer.stop(timeout)
 
     def __enter__(self) -> ConsumerThread:
         return self.start()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -388,3 +389,20 @@ class FeedEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
     payload: Mapped[str] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A device message that kept failing while the database answered (a poison message): kept
+    whole with its last error, so nothing acknowledged is silently dropped and it can be
+    replayed (``classcam-server dead-letters --replay``) once the bug is fixed."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

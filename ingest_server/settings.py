@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     # Group commit: flush (fsync + DB) at least this often while messages keep coming.
     flush_every_messages: int = Field(default=256, gt=0)
     flush_interval_s: float = Field(default=0.2, gt=0)
+    # At most this many QoS 1 messages handed to us and not yet acknowledged (MQTT 5
+    # ReceiveMaximum); each is acknowledged only after the commit that made it durable.
+    mqtt_max_inflight: int = Field(default=256, ge=1, le=65535)
+    # A message whose handling keeps failing is tried this often, with backoff, then kept in
+    # dead_letters (only while the database answers: otherwise it waits, unacknowledged).
+    ingest_max_attempts: int = Field(default=5, ge=1)
+    ingest_retry_base_s: float = Field(default=0.2, gt=0)
+    ingest_retry_cap_s: float = Field(default=10.0, gt=0)
+    # Caught up with the broker: queue empty and nothing received for this long since the
+    # (re)connect; heartbeat-timeout sweeps wait for it.
+    ingest_quiet_s: float = Field(default=0.25, gt=0)
 
     # Sessions and verdicts (DESIGN.md §1 steps 3, 7, 8).
     windows_per_session: int = Field(default=3, ge=0, le=20)

@@ -29,6 +29,7 @@ TABLES = {
     "device_health",
     "presence_changes",
     "feed_events",
+    "dead_letters",
 }
 
 

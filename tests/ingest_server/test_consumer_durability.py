@@ -1,0 +1,282 @@
+"""Nothing the broker handed the server is lost (issue 8, finding 1), on a real Mosquitto.
+
+The consumer acknowledges a QoS 1 message to the broker only after the flush that made its effect
+durable has committed; a message that keeps failing while the database answers is kept in
+``dead_letters`` (then acknowledged); while the database is away nothing is acknowledged and
+everything is processed once it is back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ingest_helpers import Harness, make_upload
+from sqlalchemy import select, text
+
+from common import topics
+from common.clock import utc_now
+from common.schemas import Event, EventType
+from ingest_server.consumer import ConsumerThread
+from ingest_server.db import migrate
+from ingest_server.device_messages import DeviceMessages
+from ingest_server.ingest import IngestProcessor, Outgoing
+from ingest_server.models import DeadLetter, DeviceEvent, Upload
+from ingest_server.settings import Settings
+from simulators.broker import SERVER_USER, MosquittoBroker
+
+HERE = Path(__file__).resolve().parent
+WAIT = 20.0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+def consumer_settings(broker: MosquittoBroker, harness: Harness, **extra: object) -> Settings:
+    return harness.settings.model_copy(
+        update={
+            "mqtt_host": broker.host,
+            "mqtt_port": broker.port,
+            "mqtt_password": broker.accounts.passwords[SERVER_USER],
+            "mqtt_protocol": "5",
+            "mqtt_client_id": "ingest-durable",
+            "shared_group": "ingest",
+            "ingest_retry_base_s": 0.05,
+            "ingest_retry_cap_s": 0.2,
+            **extra,
+        }
+    )
+
+
+class DevicePublisher:
+    """A device's broker login that publishes at QoS 1 and waits for the broker's PUBACK."""
+
+    def __init__(self, broker: MosquittoBroker, device_id: str) -> None:
+        self.device_id = device_id
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5
+        )
+        self.client.username_pw_set(device_id, broker.accounts.passwords[device_id])
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+
+    def event(self, type_: EventType = EventType.ERROR) -> Event:
+        event = Event(
+            event_id=f"ev-{uuid.uuid4().hex[:20]}",
+            device_id=self.device_id,
+            type=type_,
+            at=utc_now(),
+        )
+        self.publish(topics.event(self.device_id), event.to_bytes())
+        return event
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def device(mosquitto: MosquittoBroker) -> Iterator[DevicePublisher]:
+    mosquitto.add_account("dev-1")
+    publisher = DevicePublisher(mosquitto, "dev-1")
+    try:
+        yield publisher
+    finally:
+        publisher.close()
+
+
+def _upload_row(harness: Harness, upload_id: str) -> Upload | None:
+    with harness.sessions() as db:
+        return db.get(Upload, (upload_id, "dev-1"))
+
+
+def _ranges(harness: Harness, upload_id: str) -> list[tuple[int, int]] | None:
+    row = _upload_row(harness, upload_id)
+    return None if row is None else row.ranges
+
+
+def test_messages_received_by_a_consumer_that_dies_before_commit_are_processed_once_after_restart(
+    mosquitto: MosquittoBroker,
+    device: DevicePublisher,
+    harness: Harness,
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+) -> None:
+    upload = make_upload(tmp_path / "d", key, "dev-1", "up-crash", size=20 * 4096)
+    settings = consumer_settings(mosquitto, harness)
+    with ConsumerThread(settings, harness.processor):
+        device.publish(upload.init_topic(), upload.init_payload)
+        wait_for(lambda: _upload_row(harness, "up-crash") is not None, what="init")
+    # The server is down: the chunks wait in its persistent session at the broker.
+    for offset, data in upload.chunks:
+        device.publish(upload.chunk_topic(offset), data)
+    env = {
+        **os.environ,
+        "CLASSCAM_DATA_DIR": str(harness.settings.data_dir),
+        "CLASSCAM_DATABASE_URL": harness.settings.database_url,
+        "CLASSCAM_EVIDENCE_DIR": str(harness.store.root),
+        "CLASSCAM_MQTT_HOST": mosquitto.host,
+        "CLASSCAM_MQTT_PORT": str(mosquitto.port),
+        "CLASSCAM_MQTT_PASSWORD": mosquitto.accounts.passwords[SERVER_USER],
+        "CLASSCAM_MQTT_CLIENT_ID": "ingest-durable",
+        "CLASSCAM_SHARED_GROUP": "ingest",
+    }
+    crashing = subprocess.Popen(
+        [sys.executable, str(HERE / "crashing_consumer.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    handled = 0
+    try:
+        assert crashing.stdout is not None
+        for line in crashing.stdout:
+            handled += line.startswith("handled ")
+            if line.strip() == "flushing":
+                break  # received and handled, not yet committed
+    finally:
+        crashing.kill()  # SIGKILL: no flush, no goodbye
+        crashing.wait()
+    assert handled >= 1
+    assert _ranges(harness, "up-crash") == []
+
+    with ConsumerThread(settings, harness.processor):
+        wait_for(
+            lambda: _ranges(harness, "up-crash") == [(0, upload.manifest.size)],
+            what="every chunk after the restart",
+        )
+    row = _upload_row(harness, "up-crash")
+    assert row is not None
+    assert (row.chunks_received, row.chunks_duplicate) == (len(upload.chunks), 0)
+
+
+class PoisonProcessor(IngestProcessor):
+    """Raises on every delivery of one chunk, as a bug would."""
+
+    poison_offset = 3 * 4096
+    failures = 0
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        if topic.endswith(f"/chunk/{self.poison_offset}"):
+            self.failures += 1
+            raise RuntimeError("boom: a bug in the handler")
+        return super().handle(topic, payload)
+
+
+class CountingProcessor(IngestProcessor):
+    """Counts the deliveries it failed to handle."""
+
+    failures = 0
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        try:
+            return super().handle(topic, payload)
+        except Exception:
+            self.failures += 1
+            raise
+
+
+def test_a_poison_message_lands_in_dead_letters_and_later_ones_are_processed(
+    mosquitto: MosquittoBroker,
+    device: DevicePublisher,
+    harness: Harness,
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+) -> None:
+    processor = PoisonProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
+    upload = make_upload(tmp_path / "d", key, "dev-1", "up-poison", size=8 * 4096)
+    settings = consumer_settings(mosquitto, harness, ingest_max_attempts=3)
+    with ConsumerThread(settings, processor):
+        device.publish(upload.init_topic(), upload.init_payload)
+        for offset, data in upload.chunks:
+            device.publish(upload.chunk_topic(offset), data)
+        expected = [
+            (0, PoisonProcessor.poison_offset),
+            (PoisonProcessor.poison_offset + 4096, 8 * 4096),
+        ]
+        wait_for(
+            lambda: _ranges(harness, "up-poison") == expected,
+            what="every chunk but the poison one",
+        )
+        wait_for(lambda: _dead_letters(harness) != [], what="the dead letter")
+    letters = _dead_letters(harness)
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter.topic == upload.chunk_topic(PoisonProcessor.poison_offset)
+    assert letter.payload == dict(upload.chunks)[PoisonProcessor.poison_offset]
+    assert letter.attempts == 3 and "boom" in letter.error
+    assert letter.first_at <= letter.last_at
+    assert processor.failures == 3
+
+
+def _dead_letters(harness: Harness) -> list[DeadLetter]:
+    with harness.sessions() as db:
+        return list(db.scalars(select(DeadLetter)))
+
+
+@pytest.fixture
+def pg_harness(pg_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[Harness]:
+    migrate(pg_url)
+    h = Harness(pg_url, tmp_path / "evidence")
+    h.register("dev-1", key)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def test_messages_are_not_dropped_while_the_database_is_away_and_are_processed_after(
+    mosquitto: MosquittoBroker, device: DevicePublisher, pg_harness: Harness, pg_url: str
+) -> None:
+    harness = pg_harness
+    fleet = DeviceMessages(harness.sessions, 90.0, harness.clock)
+    processor = CountingProcessor(
+        harness.sessions,
+        harness.store,
+        harness.settings,
+        harness.clock,
+        device_messages=fleet.handle,
+    )
+    schema = pg_url.rsplit("%3D", 1)[1]
+    admin = harness.engine
+    settings = consumer_settings(mosquitto, harness, ingest_max_attempts=2)
+    with ConsumerThread(settings, processor):
+        first = device.event()
+        wait_for(lambda: _event_ids(harness) == {first.event_id}, what="first event")
+        with admin.begin() as conn:  # the database goes away
+            conn.execute(text(f'ALTER SCHEMA "{schema}" RENAME TO "{schema}_away"'))
+        try:
+            later = [device.event() for _ in range(3)]
+            wait_for(lambda: processor.failures >= 3, what="failed attempts")
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f'ALTER SCHEMA "{schema}_away" RENAME TO "{schema}"'))
+        wait_for(
+            lambda: _event_ids(harness) == {first.event_id, *(e.event_id for e in later)},
+            what="the events held back while the database was away",
+        )
+    assert _dead_letters(harness) == []
+
+
+def _event_ids(harness: Harness) -> set[str]:
+    with harness.sessions() as db:
+        return set(db.scalars(select(DeviceEvent.event_id)))

@@ -137,6 +137,59 @@ def cmd_clips(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Make, list or revoke API tokens (``ingest_server.auth``); a token is printed once."""
+    from datetime import timedelta
+
+    from common.clock import utc_now
+    from ingest_server import auth
+
+    console, now = _console(), utc_now()
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            if args.token_command == "create":
+                expires = now + timedelta(days=args.expires_days) if args.expires_days else None
+                row, token = auth.create_token(
+                    session,
+                    auth.Role(args.role),
+                    now,
+                    name=args.name or "",
+                    institution_id=args.institution,
+                    lecturer_id=args.lecturer,
+                    expires_at=expires,
+                )
+                # The token alone on stdout (TOKEN=$(classcam-server token create ...)); the
+                # rest on stderr. It is not stored: this is the only time it is shown.
+                print(token)
+                print(f"token {row.id} ({row.role}, {row.name}) made; shown once", file=sys.stderr)
+            elif args.token_command == "revoke":
+                row = auth.revoke_token(session, args.token_id, now)
+                console.print(f"token {row.id} ({row.name}) revoked")
+            else:
+                table = Table(title="API tokens")
+                for column in ("id", "name", "role", "scope", "created", "expires", "revoked"):
+                    table.add_column(column, no_wrap=True)
+                for row in auth.list_tokens(session, now, include_inactive=args.all):
+                    table.add_row(
+                        str(row.id),
+                        row.name,
+                        row.role,
+                        row.institution_id or row.lecturer_id or "",
+                        f"{row.created_at:%Y-%m-%d %H:%M}",
+                        f"{row.expires_at:%Y-%m-%d %H:%M}" if row.expires_at else "",
+                        f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "",
+                    )
+                console.print(table)
+    except auth.TokenRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``classcam-server`` argument parser."""
     parser = argparse.ArgumentParser(prog="classcam-server", description=__doc__)
@@ -159,6 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)
+    token = sub.add_parser("token", help="make, list or revoke API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="make a token and print it (once)")
+    create.add_argument(
+        "--role", required=True, choices=["admin", "supervisor", "institution", "lecturer"]
+    )
+    create.add_argument("--institution", help="the institution's id (role institution)")
+    create.add_argument("--lecturer", help="the lecturer's id (role lecturer)")
+    create.add_argument("--name", help="who or what holds it (shown in lists and the audit)")
+    create.add_argument("--expires-days", type=float, help="valid this many days (default: ever)")
+    listing = token_sub.add_parser("list", help="tokens that still let someone in")
+    listing.add_argument("--all", action="store_true", help="revoked and expired ones too")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id", type=int)
+    audit_parser = sub.add_parser("audit", help="the evidence audit log")
+    audit_sub = audit_parser.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first bad row")
     return parser
 
 
@@ -168,6 +238,7 @@ COMMANDS = {
     "run": cmd_run,
     "clips": cmd_clips,
     "import": cmd_import,
+    "token": cmd_token,
 }
 
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import FastAPI
 
 from ingest_server.api import photos, views
-from ingest_server.api.deps import ApiContext
+from ingest_server.api.deps import ApiContext, token_is_valid
+from ingest_server.api.guard import BodyGuard
+
+# Room for the multipart framing and the form fields around the largest photo allowed.
+FORM_ALLOWANCE = 1024 * 1024
 
 
 def create_app(context: ApiContext) -> FastAPI:
-    """The API bound to a running server's context."""
+    """The API bound to a running server's context. Every route needs a bearer token
+    (``api.deps``); a body is refused before it is read without one, or past the cap."""
     app = FastAPI(
         title="classcam", version="1", docs_url="/api/docs", openapi_url="/api/openapi.json"
     )
     app.state.context = context
     app.include_router(photos.router, prefix="/api/v1")
     app.include_router(views.router, prefix="/api/v1")
+    app.add_middleware(
+        BodyGuard,
+        token_is_valid=partial(token_is_valid, context),
+        max_body_bytes=context.settings.max_photo_bytes + FORM_ALLOWANCE,
+    )
     return app

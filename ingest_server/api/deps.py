@@ -1,6 +1,21 @@
 """Route dependencies (DESIGN.md §3, as the FastAPI template's ``api/deps.py``): the running
-server's context, a database session, the lecturer behind a token. Routers import this module;
-the app imports the routers; nothing imports back."""
+server's context, a database session, the caller behind a bearer token and what that caller
+may see. Routers import this module; the app imports the routers; nothing imports back.
+
+Who may do what (roles in ``ingest_server.auth``):
+
+| route | admin | supervisor | institution | lecturer |
+|---|---|---|---|---|
+| ``GET /sessions``, ``GET /sessions/{id}`` | all | all | its classrooms' | own |
+| ``POST /sessions/{id}/open``, ``/close`` | all | 403 | its classrooms' | own |
+| ``POST /sessions/{id}/photos/{kind}`` | 403 | 403 | 403 | own |
+| ``GET /devices`` | all | all | in its classrooms | 403 |
+| ``GET /feed`` | all | all | 403 | 403 |
+
+A photo is the lecturer's own testimony, so only the lecturer of the session uploads it. The
+feed is the supervision backend's integration stream; an institution reads its sessions
+instead. Lists are filtered in the query, so a scoped caller never pages through others' rows.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +23,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
-from sqlalchemy import select
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import ColumnElement, false, select, true
 from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
 from common.commands import Command
+from ingest_server.auth import Caller, Role, bearer_token, resolve_token
 from ingest_server.db import SessionFactory, reader_factory
-from ingest_server.models import Lecturer
+from ingest_server.models import Classroom, ClassSession, Device
 from ingest_server.settings import Settings
-from ingest_server.setup_import import token_sha256
 from ingest_server.store import EvidenceStore
+
+__all__ = ["ApiContext", "Caller", "Role", "get_caller", "get_context", "get_db"]
 
 
 @dataclass
@@ -47,18 +65,84 @@ def get_db(context: Annotated[ApiContext, Depends(get_context)]) -> Iterator[Ses
         yield db
 
 
-def get_lecturer(
-    db: Annotated[Session, Depends(get_db)], authorization: Annotated[str | None, Header()] = None
-) -> Lecturer:
-    """The lecturer whose app token is in ``Authorization: Bearer …``."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(
-            401,
-            "missing lecturer token (Authorization: Bearer …)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    lecturer = db.scalar(select(Lecturer).where(Lecturer.token_sha256 == token_sha256(token)))
-    if lecturer is None:
-        raise HTTPException(401, "unknown lecturer token", headers={"WWW-Authenticate": "Bearer"})
-    return lecturer
+# Declared in the OpenAPI document as the ``bearer`` security scheme of every route using it.
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    description="An API token (`classcam-server token create`) or a lecturer's app token.",
+    auto_error=False,
+)
+
+UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
+
+
+def token_is_valid(context: ApiContext, token: str) -> bool:
+    """Whether ``token`` lets anyone in now (the body guard asks before reading a body)."""
+    with reader_factory(context.session_factory)() as db:
+        return resolve_token(db, token, context.clock.now()) is not None
+
+
+def get_caller(
+    db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """The caller behind ``Authorization: Bearer …``: 401 without a token that lets anyone in."""
+    token = bearer_token(f"Bearer {credentials.credentials}" if credentials else None)
+    if token is None:
+        raise HTTPException(401, "missing token (Authorization: Bearer …)", UNAUTHENTICATED)
+    caller = resolve_token(db, token, context.clock.now())
+    if caller is None:
+        raise HTTPException(401, "unknown, expired or revoked token", UNAUTHENTICATED)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def require(*roles: Role) -> Callable[[Caller], Caller]:
+    """A dependency admitting only ``roles`` (403 for any other valid token)."""
+
+    def admitted(caller: CallerDep) -> Caller:
+        if caller.role not in roles:
+            raise HTTPException(403, f"the {caller.role} role may not do this")
+        return caller
+
+    return admitted
+
+
+def _institution_classrooms(institution_id: str | None) -> ColumnElement[bool]:
+    return Classroom.institution_id == institution_id
+
+
+def session_scope(caller: Caller) -> ColumnElement[bool]:
+    """The sessions ``caller`` may read, as a WHERE clause on ``ClassSession``."""
+    if caller.reads_everything:
+        return true()
+    if caller.role == Role.INSTITUTION:
+        rooms = select(Classroom.id).where(_institution_classrooms(caller.institution_id))
+        return ClassSession.classroom_id.in_(rooms)
+    if caller.role == Role.LECTURER:
+        return ClassSession.lecturer_id == caller.lecturer_id
+    return false()
+
+
+def device_scope(caller: Caller) -> ColumnElement[bool]:
+    """The devices ``caller`` may read, as a WHERE clause on ``Device``."""
+    if caller.reads_everything:
+        return true()
+    if caller.role == Role.INSTITUTION:
+        rooms = select(Classroom.id).where(_institution_classrooms(caller.institution_id))
+        return Device.classroom_id.in_(rooms)
+    return false()
+
+
+def visible_session(db: Session, caller: Caller, session_id: str) -> ClassSession:
+    """The session if ``caller`` may read it; 404 if there is none, 403 if it is not theirs."""
+    row = db.scalar(
+        select(ClassSession).where(ClassSession.id == session_id, session_scope(caller))
+    )
+    if row is not None:
+        return row
+    if db.get(ClassSession, session_id) is None:
+        raise HTTPException(404, f"no session {session_id}")
+    raise HTTPException(403, f"session {session_id} is not in the scope of this token")

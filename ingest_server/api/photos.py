@@ -6,12 +6,20 @@ from datetime import datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
-from ingest_server.models import ClassSession, Lecturer, Photo
+from ingest_server.api.deps import (
+    ApiContext,
+    Caller,
+    Role,
+    get_context,
+    get_db,
+    require,
+    visible_session,
+)
+from ingest_server.models import ID_LENGTH, ClassSession, Photo
 from ingest_server.photos import PhotoRejected, PhotoRejectReason, read_photo
 from ingest_server.rules.photo_match import PhotoKind
 
@@ -26,23 +34,21 @@ EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "HEIC": ".heic"}
 
 @router.post("/sessions/{session_id}/photos/{kind}", status_code=201)
 def upload_photo(
-    session_id: str,
+    session_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH)],
     kind: PhotoKind,
     context: Annotated[ApiContext, Depends(get_context)],
     db: Annotated[Session, Depends(get_db)],
-    lecturer: Annotated[Lecturer, Depends(get_lecturer)],
+    caller: Annotated[Caller, Depends(require(Role.LECTURER))],
     file: Annotated[UploadFile, File(description="the photo, JPEG or PNG")],
     taken_at: Annotated[datetime | None, Form()] = None,
     lat: Annotated[float | None, Form()] = None,
     lon: Annotated[float | None, Form()] = None,
     datum: Annotated[str | None, Form(description="wgs84, gcj02 or bd09")] = None,
 ) -> dict[str, object]:
-    """Take the opening or closing photo of a session from its lecturer's app."""
-    session = db.get(ClassSession, session_id)
-    if session is None:
-        raise HTTPException(404, f"no session {session_id}")
-    if session.lecturer_id != lecturer.id:
-        raise HTTPException(403, f"session {session_id} is not taught by {lecturer.id}")
+    """Take the opening or closing photo of a session from its lecturer's app (only the
+    lecturer who teaches it: a photo is their own testimony)."""
+    session = visible_session(db, caller, session_id)
+    lecturer_id = session.lecturer_id
     settings = context.settings
     # A plain function (FastAPI runs it in a worker thread): Pillow, fsync and the verdict are
     # blocking work that must not stall the event loop the ingest consumer shares.
@@ -83,7 +89,7 @@ def upload_photo(
             return _photo_body(photo, relative)
         photo = Photo(
             session_id=session_id,
-            lecturer_id=lecturer.id,
+            lecturer_id=lecturer_id,
             kind=kind.value,
             sha256=facts.sha256,
             phash=facts.phash,

@@ -8,20 +8,33 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from pydantic import AfterValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.clock import to_utc
 from common.commands import Command, CommandType
-from ingest_server.api.deps import ApiContext, get_context, get_db, get_lecturer
+from ingest_server.api.deps import (
+    ApiContext,
+    Caller,
+    CallerDep,
+    Role,
+    device_scope,
+    get_context,
+    get_db,
+    require,
+    session_scope,
+    visible_session,
+)
 from ingest_server.facts import session_camera, stated_offsets, window_evidence
 from ingest_server.models import (
+    ID_LENGTH,
     ClassSession,
     Clip,
     Device,
     DeviceHealth,
     FeedEvent,
-    Lecturer,
     Photo,
     SessionWindow,
 )
@@ -121,19 +134,34 @@ def session_view(db: Session, row: ClassSession, lang: str, now: datetime) -> di
     }
 
 
+SessionId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH)]
+Lang = Annotated[str | None, Query(max_length=64)]
+AcceptLanguage = Annotated[str | None, Header(max_length=1024)]
+
+
+def _representable_utc(value: datetime | None) -> datetime | None:
+    # 0001-01-01T00:00+05:00 is a valid ISO time that is not one in UTC: 422, not a 500.
+    try:
+        return to_utc(value) if value is not None else None
+    except OverflowError as exc:
+        raise ValueError("outside the range of UTC datetimes") from exc
+
+
+UtcBound = Annotated[datetime | None, AfterValidator(_representable_utc)]
+
+
 @router.get("/sessions/{session_id}", tags=["sessions"])
 def get_session(
-    session_id: str,
+    session_id: SessionId,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
-    accept_language: Annotated[str | None, Header()] = None,
-    lang: str | None = None,
+    caller: CallerDep,
+    accept_language: AcceptLanguage = None,
+    lang: Lang = None,
 ) -> dict[str, Any]:
     """One session with its verdict and reasons (zh-CN by default; ``Accept-Language`` or
-    ``?lang=en`` switch)."""
-    row = db.get(ClassSession, session_id)
-    if row is None:
-        raise HTTPException(404, f"no session {session_id}")
+    ``?lang=en`` switch). Only a session the caller may read (``api.deps``)."""
+    row = visible_session(db, caller, session_id)
     return session_view(db, row, pick_language(lang or accept_language), context.clock.now())
 
 
@@ -141,15 +169,21 @@ def get_session(
 def list_sessions(
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
-    start: datetime | None = None,
-    end: datetime | None = None,
-    verdict: str | None = None,
+    caller: CallerDep,
+    start: UtcBound = None,
+    end: UtcBound = None,
+    verdict: Annotated[str | None, Query(max_length=16)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    accept_language: Annotated[str | None, Header()] = None,
-    lang: str | None = None,
+    accept_language: AcceptLanguage = None,
+    lang: Lang = None,
 ) -> list[dict[str, Any]]:
-    """Sessions by scheduled start, newest first."""
-    query = select(ClassSession).order_by(ClassSession.scheduled_start.desc()).limit(limit)
+    """Sessions by scheduled start, newest first: those the caller may read."""
+    query = (
+        select(ClassSession)
+        .where(session_scope(caller))
+        .order_by(ClassSession.scheduled_start.desc())
+        .limit(limit)
+    )
     if start:
         query = query.where(ClassSession.scheduled_start >= start)
     if end:
@@ -171,21 +205,18 @@ def _command_id(action: str, session_id: str, now: datetime) -> str:
 
 @router.post("/sessions/{session_id}/{action}", tags=["sessions"], status_code=202)
 def open_or_close(
-    session_id: str,
-    action: str,
+    session_id: SessionId,
+    action: Annotated[str, Path(max_length=16)],
     context: Annotated[ApiContext, Depends(get_context)],
     db: Annotated[Session, Depends(get_db)],
-    lecturer: Annotated[Lecturer, Depends(get_lecturer)],
+    caller: Annotated[Caller, Depends(require(Role.ADMIN, Role.INSTITUTION, Role.LECTURER))],
 ) -> dict[str, str]:
-    """The lecturer opens or closes the session explicitly; the command reaches the camera
-    through its persistent MQTT session even if it is offline right now."""
+    """The lecturer (or the institution owning the classroom, or an admin) opens or closes
+    the session explicitly; the command reaches the camera through its persistent MQTT session
+    even if it is offline right now."""
     if action not in ("open", "close"):
         raise HTTPException(404, "action is open or close")
-    row = db.get(ClassSession, session_id)
-    if row is None:
-        raise HTTPException(404, f"no session {session_id}")
-    if row.lecturer_id != lecturer.id:
-        raise HTTPException(403, f"session {session_id} is not taught by {lecturer.id}")
+    row = visible_session(db, caller, session_id)
     device_id = session_camera(db, row)
     if device_id is None or context.send_command is None:
         raise HTTPException(409, "no camera can be reached for this classroom")
@@ -211,13 +242,17 @@ def open_or_close(
 
 @router.get("/devices", tags=["fleet"])
 def list_devices(
-    db: Annotated[Session, Depends(get_db)], context: Annotated[ApiContext, Depends(get_context)]
+    db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
+    caller: Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR, Role.INSTITUTION))],
 ) -> list[dict[str, Any]]:
-    """Every device: online or not (retained status and heartbeat timeout), latest health."""
+    """Every device the caller may see (an institution: those in its classrooms): online or
+    not (retained status and heartbeat timeout), latest health."""
     out = []
     timeout = context.settings.heartbeat_timeout_s
     now = context.clock.now()
-    for device in db.scalars(select(Device).order_by(Device.device_id)):
+    devices = select(Device).where(device_scope(caller)).order_by(Device.device_id)
+    for device in db.scalars(devices):
         health = db.get(DeviceHealth, device.device_id)
         beat = json.loads(health.heartbeat) if health and health.heartbeat else None
         last = health.last_heartbeat_at if health else None
@@ -242,6 +277,7 @@ def list_devices(
 @router.get("/feed", tags=["feed"])
 def read_feed(
     db: Annotated[Session, Depends(get_db)],
+    caller: Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR))],
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from api_clients import authorize
 from fastapi.testclient import TestClient
 from rows import stored_clip, stored_upload
 
@@ -160,6 +161,7 @@ def test_windows_are_secret_until_the_session_is_over(
             )
         )
     )
+    authorize(client)
     # Walk through the class minute by minute: nothing names a window before the end.
     seen: list[Command] = []
     while clock.now() < T0 + timedelta(hours=2, minutes=30):
@@ -217,6 +219,7 @@ def test_presence_from_status_heartbeats_and_their_timeout(world: dict[str, Any]
             )
         )
     )
+    authorize(client)
     assert client.get("/api/v1/devices").json()[0]["online"] is False
     fleet.handle(UpTopic("cam-1", UpKind.HEARTBEAT), _heartbeat(clock, 1))
     assert client.get("/api/v1/devices").json()[0]["online"] is True
@@ -688,6 +691,7 @@ def test_query_parameters_out_of_bounds_are_422_not_500(world: dict[str, Any], q
         ),
         raise_server_exceptions=False,
     )
+    authorize(client)
     assert client.get(query).status_code == 422
 
 

@@ -3,21 +3,51 @@
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-29
+
+``api_tokens`` keeps the SHA-256 of each bearer token of the HTTP API (never the token), its
+role (admin, supervisor, institution, lecturer), the institution or lecturer it is scoped to,
+and when it expires or was revoked (``ingest_server.auth``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+UTC = sa.DateTime(timezone=True)
+
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("token_sha256", sa.String(length=64), nullable=False),
+        sa.Column("institution_id", sa.String(length=64), nullable=True),
+        sa.Column("lecturer_id", sa.String(length=64), nullable=True),
+        sa.Column("created_at", UTC, nullable=False),
+        sa.Column("expires_at", UTC, nullable=True),
+        sa.Column("revoked_at", UTC, nullable=True),
+        sa.ForeignKeyConstraint(
+            ["institution_id"],
+            ["institutions.id"],
+            name=op.f("fk_api_tokens_institution_id_institutions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["lecturer_id"], ["lecturers.id"], name=op.f("fk_api_tokens_lecturer_id_lecturers")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
+        sa.UniqueConstraint("token_sha256", name=op.f("uq_api_tokens_token_sha256")),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("api_tokens")

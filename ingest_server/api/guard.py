@@ -1,0 +1,111 @@
+"""The body guard: a request with a body is let in only with a token that lets someone in, and
+only up to a size cap, decided before the body is read.
+
+Pure ASGI (not Starlette's ``BaseHTTPMiddleware``, which would buffer the body): the
+credentials are checked on the headers alone and a refusal is sent without one ``receive()``, so
+the server reads no more than the socket buffers hold (uvicorn stops reading a connection whose
+app is not receiving). A declared ``Content-Length`` over the cap is refused at once; a chunked
+body is counted as it streams and cut at the cap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import anyio.to_thread
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest_server.auth import bearer_token
+
+
+async def _reply(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    # The unread body stays on the socket: the connection cannot be reused.
+    raw.append((b"connection", b"close"))
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+
+
+class BodyGuard:
+    """Refuse a body before reading it: 401 without a valid token, 413 over ``max_body_bytes``.
+
+    ``token_is_valid`` is called in a worker thread (it reads the database).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, token_is_valid: Callable[[str], bool], max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.token_is_valid = token_is_valid
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not _has_body(headers):
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(headers.get("authorization"))
+        if token is None or not await anyio.to_thread.run_sync(self.token_is_valid, token):
+            await _reply(
+                send,
+                401,
+                "a request with a body needs a valid token (Authorization: Bearer …)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+            return
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await _reply(send, 400, "Content-Length is not a number", {})
+                return
+            if int(declared) > self.max_body_bytes:
+                await _reply(send, 413, self._too_large(), {})
+                return
+        await self._capped(scope, receive, send)
+
+    def _too_large(self) -> str:
+        return f"request body over {self.max_body_bytes} bytes"
+
+    async def _capped(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app counting the body as it streams: past the cap the app sees the client
+        go away and the caller gets 413 (if the app has not begun its own answer)."""
+        received = 0
+        cut = False
+        app_answered = False
+        guard_answered = False  # then whatever the app says afterwards is dropped
+
+        async def counted_receive() -> Message:
+            nonlocal received, cut, guard_answered
+            if cut:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    cut = True
+                    if not app_answered:
+                        guard_answered = True
+                        await _reply(send, 413, self._too_large(), {})
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal app_answered
+            if guard_answered:
+                return
+            if message["type"] == "http.response.start":
+                app_answered = True
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)

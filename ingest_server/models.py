@@ -406,3 +406,23 @@ class DeadLetter(Base):
     first_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API with its role (``ingest_server.auth``). Only the token's
+    SHA-256 is kept: the token itself is shown once, when it is made."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # The institution role sees only its own classrooms; the lecturer role its own sessions.
+    institution_id: Mapped[str | None] = mapped_column(
+        String(ID_LENGTH), ForeignKey("institutions.id")
+    )
+    lecturer_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("lecturers.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -30,6 +30,7 @@ TABLES = {
     "presence_changes",
     "feed_events",
     "dead_letters",
+    "api_tokens",
 }
 
 

@@ -146,6 +146,8 @@ class RejectReason(StrEnum):
     STORAGE_ERROR = "storage_error"
     DEVICE_DISABLED = "device_disabled"
     SERVER_BUSY = "server_busy"
+    TOO_MANY_UPLOADS = "too_many_uploads"  # the device holds too many uploads open at once
+    UPLOAD_EXPIRED = "upload_expired"  # no chunk for too long: send init again to restart
 
 
 # Refusals that can pass (a camera installed before it was registered, a device re-enabled, a
@@ -157,6 +159,8 @@ RETRYABLE_REJECTIONS = frozenset(
         RejectReason.DEVICE_DISABLED,
         RejectReason.SERVER_BUSY,
         RejectReason.STORAGE_ERROR,
+        RejectReason.TOO_MANY_UPLOADS,
+        RejectReason.UPLOAD_EXPIRED,
     }
 )
 

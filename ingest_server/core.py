@@ -21,6 +21,7 @@ from ingest_server.ingest import IngestProcessor
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
+from ingest_server.uploads.reaper import UploadReaper
 from ingest_server.verdicts import VerdictKeeper
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,19 @@ class ServerCore:
             self.fleet,
             self.verdicts.recompute,
             self.clock,
-            on_tick=self.checker.wake,
+            on_tick=self._tick,
         )
+        # Uploads nobody finishes are reaped from the scheduler's tick, off the ingest thread.
+        self.reaper = UploadReaper(self.session_factory, self.store, settings, self.clock)
         # Checks left pending by a crash or a stop run now.
         self.checker.wake()
+
+    def _tick(self) -> None:
+        self.checker.wake()
+        try:
+            self.reaper.maybe_run()
+        except Exception:  # the next pass tries again; scheduling must go on
+            log.exception("reaping stale uploads failed")
 
     def sessions_changed(self, session_ids: set[str]) -> None:
         # Verdicts are recomputed on the scheduler's next tick, off the ingest thread.

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from common.clock import Clock, SystemClock
 from common.signing import load_public_key_b64
 from common.topics import validate_id
-from ingest_server.models import Clip, Device, Rejection
+from ingest_server.models import Clip, Device, RejectionCount
 
 
 class DeviceExists(ValueError):
@@ -84,6 +84,11 @@ def list_clips(session: Session, device_id: str | None = None, limit: int = 100)
 
 
 def rejection_counts(session: Session) -> dict[str, int]:
-    """How many rejections of each reason the log holds."""
-    rows = session.execute(select(Rejection.reason, func.count()).group_by(Rejection.reason))
+    """How many messages were refused for each reason, ever (exact counters; the
+    ``rejections`` table keeps only a sample)."""
+    rows = session.execute(
+        select(RejectionCount.reason, func.sum(RejectionCount.count)).group_by(
+            RejectionCount.reason
+        )
+    )
     return {reason: int(count) for reason, count in rows}

@@ -17,6 +17,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from common import topics
@@ -35,9 +36,10 @@ from common.schemas import (
 from common.signing import SignedManifest, parse_signed_manifest
 from ingest_server.db import SessionFactory
 from ingest_server.errors import ChunkRefused, Refusal, StoreError, UploadRejected
-from ingest_server.models import Clip, ClipCheck, Device, Rejection, Upload, UploadState
+from ingest_server.models import Clip, ClipCheck, Device, Upload, UploadState
 from ingest_server.settings import Settings
-from ingest_server.store import Store, clip_path
+from ingest_server.store import Store, clip_path, staging_key
+from ingest_server.uploads.rejections import RejectionLog
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,7 @@ class Outgoing:
 
 UploadKey = tuple[str, str]  # (device id, upload id): an upload id is its device's own name
 
-
-def staging_key(device_id: str, upload_id: str) -> str:
-    """The staging file's name for a device's upload: two devices never share one."""
-    return hashlib.sha256(f"{device_id}/{upload_id}".encode()).hexdigest()[:48]
+__all__ = ["IngestProcessor", "Outgoing", "staging_key"]
 
 
 @dataclass
@@ -142,7 +141,7 @@ class IngestProcessor:
         settings: Settings,
         clock: Clock | None = None,
         *,
-        device_messages: Callable[[topics.UpTopic, bytes], None] | None = None,
+        device_messages: Callable[[topics.UpTopic, bytes], list[Outgoing] | None] | None = None,
         on_clip_stored: Callable[[int], object] | None = None,
     ) -> None:
         # Status, heartbeat and event messages go to ``device_messages``; ``on_clip_stored``
@@ -158,7 +157,9 @@ class IngestProcessor:
         self._uploads: dict[UploadKey, _Upload] = {}
         # Uploads that reached a final state recently: late chunks need no database lookup.
         self._finished: OrderedDict[UploadKey, _Final] = OrderedDict()
-        self._rejections: list[Rejection] = []
+        self._rejections = RejectionLog(
+            settings.rejection_sample_per_reason, settings.rejection_sample_max
+        )
         # Chunk complaints wait for the next flush; one per (device, upload, reason) suffices.
         self._deferred: dict[tuple[str, str, str], _Reply] = {}
 
@@ -181,7 +182,8 @@ class IngestProcessor:
         if up.upload_id is None:
             # Status, heartbeat and event messages belong to other handlers.
             if self.device_messages is not None:
-                self.device_messages(up, payload)
+                # Event acks, sent only after the event's transaction committed.
+                return list(self.device_messages(up, payload) or [])
             else:
                 self.stats[f"ignored_{up.kind.value}"] += 1
             return []
@@ -270,6 +272,7 @@ class IngestProcessor:
         with self.session_factory() as session:
             existing = session.get(Upload, (upload_id, up.device_id))
         if existing is None:
+            self._check_open_uploads(up.device_id, upload_id)
             existing = self._create_upload(signed, payload)
         if existing is not None:
             return self._reinit(existing, signed, up)
@@ -284,6 +287,22 @@ class IngestProcessor:
         return _Reply(
             up.device_id, upload_id, AckState.MISSING, AckReplyTo.INIT, missing=[(0, manifest.size)]
         )
+
+    def _check_open_uploads(self, device_id: str, upload_id: str) -> None:
+        """Refuse a new upload (for now) to a device that holds too many open already."""
+        limit = self.settings.max_open_uploads_per_device
+        with self.session_factory() as session:
+            open_uploads = session.scalar(
+                select(func.count())
+                .select_from(Upload)
+                .where(Upload.device_id == device_id, Upload.state == UploadState.RECEIVING.value)
+            )
+        if (open_uploads or 0) >= limit:
+            raise UploadRejected(
+                RejectReason.TOO_MANY_UPLOADS,
+                upload_id,
+                f"device {device_id} has {open_uploads} uploads open (at most {limit})",
+            )
 
     def _parse_manifest(self, upload_id: str, payload: bytes) -> SignedManifest:
         try:
@@ -342,6 +361,8 @@ class IngestProcessor:
             )
         self.stats["reinits"] += 1
         state = UploadState(row.state)
+        if state is UploadState.EXPIRED:
+            return self._restart(row, up)
         if state is UploadState.COMPLETE:
             return _Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.INIT)
         if state is UploadState.REJECTED:
@@ -356,6 +377,35 @@ class IngestProcessor:
             )
         self._load(up.device_id, upload_id, fresh=True)
         return _Reply(up.device_id, upload_id, AckState.MISSING, AckReplyTo.INIT)
+
+    def _restart(self, row: Upload, up: topics.UpTopic) -> _Reply:
+        """An expired upload announced again: stage it afresh, every byte missing."""
+        upload_id = row.upload_id
+        self._check_open_uploads(up.device_id, upload_id)
+        key = staging_key(up.device_id, upload_id)
+        # Our descriptor may still point at the file the reaper deleted.
+        self.store.discard(key)
+        self.store.prepare(key, row.size)
+        with self.session_factory.begin() as session:
+            current = session.get(Upload, (upload_id, up.device_id), with_for_update=True)
+            if current is not None and current.state == UploadState.EXPIRED.value:
+                current.state = UploadState.RECEIVING.value
+                current.ranges = []
+                current.updated_at = self.clock.now()
+        self._finished.pop((up.device_id, upload_id), None)
+        self._uploads.pop((up.device_id, upload_id), None)
+        self.stats["uploads_restarted"] += 1
+        log.info("expired upload %s of %s started again", upload_id, up.device_id)
+        upload = self._load(up.device_id, upload_id, fresh=True)
+        if not isinstance(upload, _Upload):  # another worker finished it meanwhile
+            return _Reply(up.device_id, upload_id, AckState.MISSING, AckReplyTo.INIT)
+        return _Reply(
+            up.device_id,
+            upload_id,
+            AckState.MISSING,
+            AckReplyTo.INIT,
+            missing=missing_ranges(upload.received, upload.manifest.size),
+        )
 
     # ---------------------------------------------------------------- chunks
 
@@ -382,6 +432,7 @@ class IngestProcessor:
             if upload.state is UploadState.REJECTED:
                 reason = RejectReason(upload.reject_reason or RejectReason.UNKNOWN_UPLOAD)
                 raise UploadRejected(reason, upload_id, "this upload was rejected")
+            # Complete: a late copy. Expired: its fin will say so, once, not every chunk.
             self.stats["late_chunks"] += 1
             return
         manifest = upload.manifest
@@ -449,6 +500,12 @@ class IngestProcessor:
             )
         if isinstance(upload, _Final) and upload.state is UploadState.COMPLETE:
             return _Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.FIN)
+        if isinstance(upload, _Final) and upload.state is UploadState.EXPIRED:
+            raise UploadRejected(
+                RejectReason.UPLOAD_EXPIRED,
+                upload_id,
+                "no chunk for too long: its bytes were dropped; send init to start again",
+            )
         if isinstance(upload, _Final):
             reason = RejectReason(upload.reject_reason) if upload.reject_reason else None
             return _Reply(
@@ -629,13 +686,13 @@ class IngestProcessor:
                 row.chunks_duplicate += upload.duplicate_chunks
                 row.updated_at = now
                 merged[upload.key] = ranges
-            session.add_all(self._rejections)
+            self._rejections.write(session)
+        self._rejections.clear()
         for upload in dirty:
             upload.received = merged.get(upload.key, upload.received)
             upload.pending = []
             upload.new_chunks = 0
             upload.duplicate_chunks = 0
-        self._rejections = []
         self.stats["flushes"] += 1
 
     # ---------------------------------------------------------------- cache
@@ -653,6 +710,10 @@ class IngestProcessor:
             row = session.get(Upload, (upload_id, device_id))
         if row is None:
             return None
+        if row.state == UploadState.EXPIRED.value:
+            # Not final: an init may start it again (here or on another worker).
+            self._uploads.pop(key, None)
+            return _Final(upload_id, row.device_id, UploadState.EXPIRED)
         if row.state != UploadState.RECEIVING.value:
             final = _Final(upload_id, row.device_id, UploadState(row.state), row.reject_reason)
             self._finish(final)
@@ -696,14 +757,12 @@ class IngestProcessor:
             refusal.upload_id,
             refusal.detail,
         )
-        self._rejections.append(
-            Rejection(
-                at=self.clock.now(),
-                device_id=device_id,
-                upload_id=refusal.upload_id,
-                reason=refusal.reason.value,
-                detail=_short(refusal.detail),
-            )
+        self._rejections.add(
+            self.clock.now(),
+            device_id,
+            refusal.upload_id,
+            refusal.reason.value,
+            _short(refusal.detail),
         )
 
     def _refusal_reply(self, refusal: Refusal, up: topics.UpTopic, reply_to: AckReplyTo) -> _Reply:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -65,6 +66,9 @@ class UploadState(StrEnum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
     REJECTED = "rejected"
+    # No chunk for ``upload_stale_after_s``: its staged bytes were dropped; an init of the
+    # same manifest starts it again from nothing.
+    EXPIRED = "expired"
 
 
 class Device(Base):
@@ -158,9 +162,12 @@ class Clip(Base):
 
 
 class Rejection(Base):
-    """A durable, countable log of every refused message (device and upload may be unknown)."""
+    """A bounded sample of refused messages (the latest few per reason, ``RejectionCount``
+    holds the exact counts); device and upload may be unknown."""
 
     __tablename__ = "rejections"
+    # Pruning keeps the newest rows of a reason: walk them by (reason, id).
+    __table_args__ = (Index("ix_rejections_reason_id", "reason", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
@@ -168,6 +175,19 @@ class Rejection(Base):
     upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class RejectionCount(Base):
+    """How many messages of a device were refused for a reason, exactly, however many; an
+    unknown device counts under ``""``."""
+
+    __tablename__ = "rejection_counts"
+
+    device_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 # -- Who teaches what, where and when (issue: sessions, windows, photos, verdicts) -------------

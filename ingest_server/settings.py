@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     # Group commit: flush (fsync + DB) at least this often while messages keep coming.
     flush_every_messages: int = Field(default=256, gt=0)
     flush_interval_s: float = Field(default=0.2, gt=0)
+    # Bounded uploads: an upload with no chunk this long is reaped (staged bytes dropped,
+    # marked expired) by a pass every upload_reap_interval_s; a device may hold this many
+    # uploads open at once; refusals keep exact counters plus the latest few rows per reason.
+    upload_stale_after_s: float = Field(default=2 * 24 * 3600.0, gt=0)
+    upload_reap_interval_s: float = Field(default=600.0, gt=0)
+    max_open_uploads_per_device: int = Field(default=32, ge=1)
+    rejection_sample_per_reason: int = Field(default=100, ge=1)
+    rejection_sample_max: int = Field(default=2000, ge=1)
     # At most this many QoS 1 messages handed to us and not yet acknowledged (MQTT 5
     # ReceiveMaximum); each is acknowledged only after the commit that made it durable.
     mqtt_max_inflight: int = Field(default=256, ge=1, le=65535)

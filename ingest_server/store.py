@@ -25,6 +25,11 @@ READ_BLOCK = 1024 * 1024
 EXTENSIONS = {"video/mp4": ".mp4", "image/jpeg": ".jpg"}
 
 
+def staging_key(device_id: str, upload_id: str) -> str:
+    """The staging file's name for a device's upload: two devices never share one."""
+    return hashlib.sha256(f"{device_id}/{upload_id}".encode()).hexdigest()[:48]
+
+
 def clip_path(
     device_id: str, upload_id: str, cut_start: datetime, content_type: str = "video/mp4"
 ) -> str:
@@ -57,6 +62,13 @@ class Store(Protocol):
 
     def discard(self, upload_id: str) -> None:
         """Forget the staging file of ``upload_id``."""
+
+    def drop_staging(self, upload_id: str) -> bool:
+        """Delete the staging file of ``upload_id`` from any thread (the reaper's); return
+        whether there was one. Its writer notices when the upload is next loaded."""
+
+    def staging_older_than(self, cutoff: datetime) -> list[str]:
+        """Staging files (their upload ids) last written before ``cutoff``."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -264,6 +276,31 @@ class EvidenceStore:
         self._close(upload_id)
         self._new_names.discard(upload_id)
         self.staging_path(upload_id).unlink(missing_ok=True)
+
+    def drop_staging(self, upload_id: str) -> bool:
+        # The path only: open descriptors belong to the ingest thread, which closes its own
+        # (``discard``) before it stages that upload again.
+        try:
+            self.staging_path(upload_id).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot delete staging file of {upload_id}: {exc}") from exc
+        return True
+
+    def staging_older_than(self, cutoff: datetime) -> list[str]:
+        limit = cutoff.timestamp()
+        names: list[str] = []
+        with os.scandir(self.staging) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".part"):
+                    continue
+                try:
+                    if entry.stat().st_mtime < limit:
+                        names.append(entry.name.removesuffix(".part"))
+                except FileNotFoundError:
+                    continue
+        return names
 
     def close(self) -> None:
         """Close every open staging file (their data stays where it is)."""

@@ -17,6 +17,7 @@ TABLES = {
     "uploads",
     "clips",
     "rejections",
+    "rejection_counts",
     "institutions",
     "classrooms",
     "lecturers",

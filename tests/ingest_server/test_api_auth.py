@@ -474,3 +474,25 @@ def test_a_chunked_body_is_cut_at_the_cap(world: World, live_server: int):
     )
     assert status == 413
     assert cap <= sent < cap + 16 * MIB
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"taken_at": "0001-01-01T00:00:00+05:00"},
+        {"taken_at": "9999-12-31T23:59:59-05:00"},
+        {"lat": "nan", "lon": "121.4"},
+        {"lat": "31.2", "lon": "inf"},
+        {"lat": "1e308", "lon": "1e308"},
+        {"datum": "x" * 5000},
+        {"taken_at": "2026-11-25T02:00:00+08:00", "lat": "91", "lon": "121.4"},
+    ],
+)
+def test_photo_form_fields_out_of_range_are_4xx_never_500(world: World, form: dict[str, str]):
+    client = world.client("app-a", raise_server_exceptions=False)
+    response = client.post(
+        "/api/v1/sessions/sa/photos/opening",
+        files={"file": ("a.jpg", _photo(), "image/jpeg")},
+        data=form,
+    )
+    assert response.status_code < 500, response.text

@@ -44,6 +44,8 @@ class Heartbeat(Message):
     session_id: SafeId | None = None
     spool_bytes: int = Field(ge=0)
     outbox_pending: int = Field(ge=0)
+    # Clips whose attempt budget is spent: kept, tried slowly (edge_agent.outbox).
+    outbox_parked: int = Field(default=0, ge=0)
     disk_free_bytes: int = Field(ge=0)
     disk_total_bytes: int = Field(ge=0)
     storage_low: bool = False

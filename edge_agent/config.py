@@ -148,6 +148,11 @@ class UploadConfig(Section):
     # jittered wait that doubles from retry_min_s up to retry_max_s.
     retry_min_s: float = Field(30.0, gt=0)
     retry_max_s: float = Field(3600.0, gt=0)
+    # Attempts a clip gets (any that ends without complete: no answer, a refusal that can
+    # pass, a fin that makes no progress) before it is parked: kept, tried every
+    # parked_retry_s, and reported in the heartbeat, so one clip never holds up the rest.
+    max_attempts: int = Field(10, ge=1)
+    parked_retry_s: float = Field(6 * 3600.0, gt=0)
 
 
 class HeartbeatConfig(Section):

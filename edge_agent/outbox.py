@@ -7,6 +7,11 @@ cut never loses an entry the agent already reported.
 A refusal that can pass (``unknown_device`` and the like) leaves the clip pending with a next
 attempt time and a count of such refusals, both in the index: a restart neither resets the
 backoff nor forgets the clip, and clips not waiting are sent meanwhile.
+
+Every attempt is counted in the index before it starts (so a clip that crashes the agent is
+charged too), and clips are taken least recently tried first. A clip whose attempts keep
+failing is *parked* once its budget is spent: still pending, its file kept, tried again at a
+slow cadence (evidence not acknowledged ``complete`` is never deleted).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class OutboxItem:
     created_at: datetime
     refusals: int = 0  # refusals that can pass, in a row
     next_attempt_at: datetime | None = None  # device clock; None: now
+    attempts: int = 0  # attempts started (each counted before it sends anything)
+    parked: bool = False  # attempt budget spent: tried again only at the slow cadence
+    last_attempt_at: datetime | None = None
 
 
 _SCHEMA = """
@@ -57,18 +65,24 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     refusals INTEGER NOT NULL DEFAULT 0,
-    next_attempt_us INTEGER
+    next_attempt_us INTEGER,
+    last_attempt_us INTEGER,
+    parked INTEGER NOT NULL DEFAULT 0
 )
 """
 # Columns added since the first outbox: an existing database gets them in place.
 _ADDED_COLUMNS = {
     "refusals": "INTEGER NOT NULL DEFAULT 0",
     "next_attempt_us": "INTEGER",
+    "last_attempt_us": "INTEGER",
+    "parked": "INTEGER NOT NULL DEFAULT 0",
 }
 _COLUMNS = (
     "upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason, created_at,"
-    " refusals, next_attempt_us"
+    " refusals, next_attempt_us, attempts, parked, last_attempt_us"
 )
+# Round robin: clips never tried first (oldest first), then the least recently tried.
+_TURN_ORDER = "ORDER BY last_attempt_us IS NOT NULL, last_attempt_us, created_at, upload_id"
 
 
 def _to_us(value: datetime) -> int:
@@ -157,15 +171,19 @@ class Outbox:
         ).fetchall()
         return [self._item(r) for r in rows]
 
-    def due(self, max_wait: timedelta) -> list[OutboxItem]:
-        """Pending uploads to try now, oldest first: those not waiting for a retry, those whose
-        retry time has come, and those told to wait longer than ``max_wait`` from now (the
-        wall clock stepped back since: a wait that long is not what was meant)."""
+    def due(self, max_wait: timedelta, parked_wait: timedelta | None = None) -> list[OutboxItem]:
+        """Pending uploads to try now, in turn (never tried first, then least recently tried):
+        those not waiting for a retry, those whose retry time has come, and those told to wait
+        longer than ``max_wait`` (``parked_wait`` for parked ones) from now (the wall clock
+        stepped back since: a wait that long is not what was meant)."""
         now = self.clock.now()
+        longest = now + max_wait
+        longest_parked = now + (parked_wait if parked_wait is not None else max_wait)
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM outbox WHERE state = ? AND (next_attempt_us IS NULL"
-            " OR next_attempt_us <= ? OR next_attempt_us > ?) ORDER BY created_at, upload_id",
-            (OutboxState.PENDING.value, _to_us(now), _to_us(now + max_wait)),
+            " OR next_attempt_us <= ? OR (parked = 0 AND next_attempt_us > ?)"
+            f" OR (parked != 0 AND next_attempt_us > ?)) {_TURN_ORDER}",
+            (OutboxState.PENDING.value, _to_us(now), _to_us(longest), _to_us(longest_parked)),
         ).fetchall()
         return [self._item(r) for r in rows]
 
@@ -194,6 +212,50 @@ class Outbox:
         )
         return at
 
+    def attempt_failed(
+        self,
+        upload_id: str,
+        reason: str,
+        delay: timedelta,
+        *,
+        max_attempts: int,
+        parked_delay: timedelta,
+        refused: bool = False,
+        progressed: bool = False,
+    ) -> datetime:
+        """An attempt at ``upload_id`` ended without ``complete``: try again after ``delay``,
+        or, once ``max_attempts`` attempts are spent (and this one made no progress), park it
+        and try again after ``parked_delay``. ``refused``: a refusal that can pass, also
+        counted as such. Return when the next attempt is due."""
+        item = self.get(upload_id)
+        if item is None or item.state is not OutboxState.PENDING:
+            return self.clock.now()
+        park = item.parked or (item.attempts >= max_attempts and not progressed)
+        at = self.clock.now() + (parked_delay if park else delay)
+        self._db.execute(
+            "UPDATE outbox SET refusals = refusals + ?, next_attempt_us = ?, reason = ?,"
+            " parked = ?, updated_at = ? WHERE upload_id = ? AND state = ?",
+            (
+                1 if refused else 0,
+                _to_us(at),
+                reason,
+                1 if park else 0,
+                self.clock.now().isoformat(),
+                upload_id,
+                OutboxState.PENDING.value,
+            ),
+        )
+        return at
+
+    def count_parked(self) -> int:
+        """Pending uploads whose attempt budget is spent (the heartbeat reports them)."""
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM outbox WHERE state = ? AND parked != 0",
+                (OutboxState.PENDING.value,),
+            ).fetchone()[0]
+        )
+
     def count(self, state: OutboxState = OutboxState.PENDING) -> int:
         return int(
             self._db.execute(
@@ -201,11 +263,17 @@ class Outbox:
             ).fetchone()[0]
         )
 
-    def note_attempt(self, upload_id: str) -> None:
+    def note_attempt(self, upload_id: str) -> int:
+        """Count an attempt before it sends anything (durably: an attempt that crashes the
+        agent is charged too); return the attempts so far."""
+        now = self.clock.now()
         self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, updated_at = ? WHERE upload_id = ?",
-            (self.clock.now().isoformat(), upload_id),
+            "UPDATE outbox SET attempts = attempts + 1, last_attempt_us = ?, updated_at = ?"
+            " WHERE upload_id = ?",
+            (_to_us(now), now.isoformat(), upload_id),
         )
+        item = self.get(upload_id)
+        return item.attempts if item is not None else 0
 
     def mark_complete(self, upload_id: str) -> None:
         """The server holds the clip: record that, then free the file."""
@@ -243,4 +311,7 @@ class Outbox:
             created_at=datetime.fromisoformat(row[8]),
             refusals=row[9],
             next_attempt_at=_from_us(row[10]) if row[10] is not None else None,
+            attempts=row[11],
+            parked=bool(row[12]),
+            last_attempt_at=_from_us(row[13]) if row[13] is not None else None,
         )

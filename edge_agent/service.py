@@ -344,6 +344,7 @@ class AgentService:
             session_id=self.open.session_id if self.open else None,
             spool_bytes=sum(self.spool.recording_sizes().values()),
             outbox_pending=self.outbox.count(),
+            outbox_parked=self.outbox.count_parked(),
             disk_free_bytes=free,
             disk_total_bytes=total,
             storage_low=self.storage_low,

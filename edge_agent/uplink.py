@@ -10,10 +10,12 @@ upload of one clip is a conversation with the server:
 3. ``fin`` → ``complete`` (the clip is verified, stored and recorded: delete it), ``missing``
    (send those ranges again, then ``fin`` again) or ``rejected`` (keep it, stop trying).
 
-A lost link or a silent server only costs a timeout: the next round starts again from ``init``.
-A refusal that can pass (``RETRYABLE_REJECTIONS``: a camera not registered yet, a server busy)
-is not ``rejected``: the clip waits in the outbox for a later attempt, with capped, jittered
-exponential backoff, while the other clips go on.
+Each pass over the outbox gives every clip due one bounded attempt, least recently tried
+first. An attempt that ends without ``complete`` (a silent server, a broken link, a refusal that
+can pass — ``RETRYABLE_REJECTIONS`` — or a ``fin`` answered with no fewer missing bytes than
+before) is charged to that clip, which waits in the outbox with capped, jittered exponential
+backoff kept on disk while the other clips go on. After ``max_attempts`` the clip is parked:
+kept, tried every ``parked_retry_s``, reported in the heartbeat.
 """
 
 from __future__ import annotations
@@ -247,6 +249,8 @@ class UploadStats:
     completed: int = 0
     rejected: int = 0
     deferred: int = 0
+    failed_attempts: int = 0  # attempts that ended without a final state
+    parked: int = 0  # clips that spent their attempt budget (this run)
 
 
 class Uploader:
@@ -323,82 +327,119 @@ class Uploader:
         return None
 
     def upload(self, item: OutboxItem, stop: threading.Event | None = None) -> AckState | None:
-        """Take one clip to a final state; ``None`` if stopped, if the link stayed down, or if
-        the server refused it for now (the clip then waits in the outbox for its retry)."""
+        """One bounded attempt at a clip: its final state, or ``None`` if stopped or if the
+        attempt failed (the clip then waits in the outbox for its next turn)."""
         stop = stop or threading.Event()
         with self._lock:
             self._acks[item.upload_id] = queue.Queue()
         try:
-            return self._upload(item, stop)
+            return self._attempt(item, stop)
         finally:
             with self._lock:
                 self._acks.pop(item.upload_id, None)
 
-    def _upload(self, item: OutboxItem, stop: threading.Event) -> AckState | None:
+    def _attempt(self, item: OutboxItem, stop: threading.Event) -> AckState | None:
         device = self.link.device_id
-        backoff = 1.0
-        while not stop.is_set():
-            if not self.link.wait_connected(timeout=1.0):
-                continue
-            try:
-                self.outbox.note_attempt(item.upload_id)
-                sent = self.clock.monotonic()
-                self.link.publish(topics.file_init(device, item.upload_id), item.manifest_payload)
-                self.stats.inits += 1
-                ack = self._wait_ack(item.upload_id, AckReplyTo.INIT, sent)
-                while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
-                    self._send_ranges(item, ack.missing, stop)
-                    fin = Fin(upload_id=item.upload_id, size=item.size, sha256=item.sha256)
-                    sent = self.clock.monotonic()
-                    self.link.publish(topics.file_fin(device, item.upload_id), fin.to_bytes())
-                    self.stats.fins += 1
-                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN, sent)
-            except LinkDown:
-                log.info("link down during upload %s; will resume", item.upload_id)
-                ack = None
-            if ack is None:
-                if stop.is_set():
+        attempts = self.outbox.note_attempt(item.upload_id)
+        progressed = False
+        try:
+            sent = self.clock.monotonic()
+            self.link.publish(topics.file_init(device, item.upload_id), item.manifest_payload)
+            self.stats.inits += 1
+            ack = self._wait_ack(item.upload_id, AckReplyTo.INIT, sent)
+            missing = item.size + 1  # more than any answer can say
+            while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
+                now_missing = sum(end - start for start, end in ack.missing)
+                if now_missing >= missing:
+                    # The server got every byte we had for those ranges and still cannot
+                    # finish (a hash that never matches, a store that fails): try later.
+                    self._failed(item, attempts, "no_progress", progressed=progressed)
                     return None
-                # Silent server or broken link: resume from init after a jittered pause.
-                self.clock.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, 60.0)
-                continue
-            if ack.state == AckState.COMPLETE:
-                self.outbox.mark_complete(item.upload_id)
-                self.stats.completed += 1
-                if self.on_complete is not None:
-                    self.on_complete(item.upload_id)
-                log.info("upload %s complete (%d bytes)", item.upload_id, item.size)
-                return AckState.COMPLETE
-            if ack.state == AckState.REJECTED and ack.reason in RETRYABLE_REJECTIONS:
-                self._defer(item, ack)
-                return None
-            if ack.state == AckState.REJECTED:
-                reason = ack.reason.value if ack.reason else "rejected"
-                self.outbox.mark_rejected(item.upload_id, reason)
-                self.stats.rejected += 1
-                log.error("upload %s rejected: %s %s", item.upload_id, reason, ack.detail or "")
-                return AckState.REJECTED
+                progressed = progressed or missing <= item.size
+                missing = now_missing
+                self._send_ranges(item, ack.missing, stop)
+                fin = Fin(upload_id=item.upload_id, size=item.size, sha256=item.sha256)
+                sent = self.clock.monotonic()
+                self.link.publish(topics.file_fin(device, item.upload_id), fin.to_bytes())
+                self.stats.fins += 1
+                ack = self._wait_ack(item.upload_id, AckReplyTo.FIN, sent)
+        except LinkDown:
+            log.info("link down during upload %s; will resume", item.upload_id)
+            ack = None
+        if stop.is_set():
+            return None
+        if ack is None:
+            self._failed(item, attempts, "no_answer", progressed=progressed)
+            return None
+        if ack.state == AckState.COMPLETE:
+            self.outbox.mark_complete(item.upload_id)
+            self.stats.completed += 1
+            if self.on_complete is not None:
+                self.on_complete(item.upload_id)
+            log.info("upload %s complete (%d bytes)", item.upload_id, item.size)
+            return AckState.COMPLETE
+        if ack.state == AckState.REJECTED and ack.reason in RETRYABLE_REJECTIONS:
+            assert ack.reason is not None
+            self.stats.deferred += 1
+            detail = f"{ack.reason.value} {ack.detail or ''}".strip()
+            self._failed(item, attempts, ack.reason.value, detail=detail, refused=True)
+            return None
+        if ack.state == AckState.REJECTED:
+            reason = ack.reason.value if ack.reason else "rejected"
+            self.outbox.mark_rejected(item.upload_id, reason)
+            self.stats.rejected += 1
+            log.error("upload %s rejected: %s %s", item.upload_id, reason, ack.detail or "")
+            return AckState.REJECTED
+        self._failed(item, attempts, "no_answer", progressed=progressed)
         return None
 
-    def _defer(self, item: OutboxItem, ack: Ack) -> None:
-        assert ack.reason is not None
+    def _failed(
+        self,
+        item: OutboxItem,
+        attempts: int,
+        reason: str,
+        *,
+        detail: str | None = None,
+        refused: bool = False,
+        progressed: bool = False,
+    ) -> None:
+        """Charge a failed attempt to the clip: it waits for its next turn, or is parked."""
         current = self.outbox.get(item.upload_id) or item
-        delay = refusal_backoff(
-            current.refusals + 1,
-            self.config.retry_min_s,
-            self.config.retry_max_s,
-            random.uniform(0.5, 1.0),
-        )
-        at = self.outbox.defer(item.upload_id, ack.reason.value, timedelta(seconds=delay))
-        self.stats.deferred += 1
-        log.warning(
-            "upload %s refused for now (%s %s); next attempt at %s",
+        # A refusal backs off by refusals in a row; other failures by attempts spent. An
+        # attempt that got bytes across was cut short, not refused: come back soon.
+        count = current.refusals + 1 if refused else (1 if progressed else attempts)
+        jitter = random.uniform(0.5, 1.0)
+        delay = refusal_backoff(count, self.config.retry_min_s, self.config.retry_max_s, jitter)
+        at = self.outbox.attempt_failed(
             item.upload_id,
-            ack.reason.value,
-            ack.detail or "",
-            at.isoformat(),
+            reason,
+            timedelta(seconds=delay),
+            max_attempts=self.config.max_attempts,
+            parked_delay=timedelta(seconds=self.config.parked_retry_s * jitter),
+            refused=refused,
+            progressed=progressed,
         )
+        self.stats.failed_attempts += 1
+        self.link.counters["upload_attempt_failed"] += 1
+        parked = self.outbox.get(item.upload_id)
+        if parked is not None and parked.parked and not current.parked:
+            self.stats.parked += 1
+            self.link.counters["upload_parked"] += 1
+            log.error(
+                "upload %s parked after %d attempts (%s); kept, next try at %s",
+                item.upload_id,
+                attempts,
+                detail or reason,
+                at.isoformat(),
+            )
+        else:
+            log.warning(
+                "upload %s attempt %d failed (%s); next attempt at %s",
+                item.upload_id,
+                attempts,
+                detail or reason,
+                at.isoformat(),
+            )
 
     def _send_ranges(
         self, item: OutboxItem, ranges: list[tuple[int, int]], stop: threading.Event
@@ -435,12 +476,18 @@ class Uploader:
             raise LinkDown("broker did not acknowledge a chunk in time")
 
     def drain(self, stop: threading.Event | None = None) -> int:
-        """Upload everything due now (a clip waiting for its retry is passed over, not waited
-        for); return how many reached a final state."""
+        """Give every clip due now one attempt, in turn (a clip waiting for its retry is passed
+        over, not waited for); return how many reached a final state."""
         stop = stop or threading.Event()
         done = 0
-        for item in self.outbox.due(timedelta(seconds=self.config.retry_max_s)):
-            if stop.is_set():
+        due = self.outbox.due(
+            timedelta(seconds=self.config.retry_max_s),
+            timedelta(seconds=self.config.parked_retry_s),
+        )
+        for item in due:
+            # Only the link going away stops a pass: nothing can be tried without it, and
+            # charging the clips for it would park them all during an outage.
+            if stop.is_set() or not self.link.wait_connected(timeout=1.0):
                 break
             try:
                 state = self.upload(item, stop)

@@ -1,0 +1,156 @@
+"""One clip the server cannot finish holds up no other (issue 8, finding 8).
+
+The uploader takes pending clips in turn, each attempt bounded: an attempt that ends without
+``complete`` (no answer, a refusal that can pass, a fin that makes no progress) is charged to
+that clip, which waits with backoff kept on disk while the others go on. A clip that spent its
+budget is parked: kept on disk, tried again slowly, counted in the heartbeat."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from agent_harness import Operator, field_device
+
+from common.clock import VirtualClock
+from edge_agent.clips import enqueue_snapshot
+from edge_agent.outbox import Outbox, OutboxState
+from edge_agent.service import AgentService
+from simulators.broker import MosquittoBroker
+from simulators.harness import ServerProcess
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _snapshot(service: AgentService, shade: int) -> str:
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), shade, np.uint8))
+    assert ok
+    item = enqueue_snapshot(
+        service.outbox,
+        service.key,
+        jpeg.tobytes(),
+        service.clock.now(),
+        width=64,
+        height=48,
+        device_id=service.config.device_id,
+        chunk_size=service.config.upload.chunk_size,
+        clock=service.clock,
+    )
+    time.sleep(0.002)  # distinct created_at
+    return item.upload_id
+
+
+def _clip_ids(server: ServerProcess) -> set[str]:
+    with sqlite3.connect(server.db_url.removeprefix("sqlite:///")) as db:
+        return {row[0] for row in db.execute("SELECT upload_id FROM clips")}
+
+
+def _corrupt(path: Path) -> None:
+    """The clip's bytes change after it was signed (a bad sector): no hash will ever match."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_clip_the_server_cannot_finish_does_not_block_the_clips_after_it(
+    tmp_path: Path, mosquitto: MosquittoBroker, server: ServerProcess, operator: Operator
+):
+    _, config = field_device(
+        tmp_path,
+        mosquitto,
+        server,
+        "cam-budget-1",
+        settings={
+            "upload": {
+                "ack_timeout_s": 2.0,
+                "retry_min_s": 0.2,
+                "retry_max_s": 0.5,
+                "max_attempts": 3,
+                "parked_retry_s": 3600.0,
+            }
+        },
+    )
+    service = AgentService(config)
+    broken = _snapshot(service, 40)
+    second, third = _snapshot(service, 120), _snapshot(service, 200)
+    item = service.outbox.get(broken)
+    assert item is not None
+    _corrupt(item.path)
+    service.start()
+    try:
+        _wait(lambda: {second, third} <= _clip_ids(server), 30, "the later clips on the server")
+        for upload_id in (second, third):
+            done = service.outbox.get(upload_id)
+            assert done is not None and done.state == OutboxState.COMPLETE
+        # The broken one spends its budget and is parked, never deleted nor marked rejected.
+        parked = _wait(
+            lambda: (i := service.outbox.get(broken)) and i.parked and i,
+            30,
+            "the broken clip parked",
+        )
+        assert parked.state == OutboxState.PENDING and parked.path.exists()
+        assert parked.attempts == 3
+        assert parked.next_attempt_at is not None
+        assert parked.next_attempt_at - service.clock.now() > timedelta(minutes=20)
+        assert broken not in _clip_ids(server)
+        heartbeat = service.heartbeat()
+        assert heartbeat.outbox_parked == 1 and heartbeat.outbox_pending == 1
+        assert service.uploader.stats.failed_attempts >= 3
+    finally:
+        service.stop()
+    # A restart neither forgets the budget spent nor the slow cadence.
+    reopened = Outbox(config.outbox_dir)
+    try:
+        again = reopened.get(broken)
+        assert again is not None and again.parked and again.attempts == 3
+        assert reopened.due(timedelta(seconds=0.5), timedelta(hours=2)) == []
+    finally:
+        reopened.close()
+
+
+def test_due_clips_are_taken_least_recently_tried_first(tmp_path: Path):
+    clock = VirtualClock(datetime(2026, 3, 3, 9, tzinfo=UTC))
+    outbox = Outbox(tmp_path, clock)
+    for name in ("a", "b", "c"):
+        outbox.enqueue(name, tmp_path / f"{name}.mp4", b"{}", size=1, chunk_size=1024, sha256="0")
+        clock.advance(1)
+    wait = timedelta(hours=1)
+    assert [i.upload_id for i in outbox.due(wait)] == ["a", "b", "c"]
+    outbox.note_attempt("a")
+    outbox.attempt_failed(
+        "a", "no_answer", timedelta(seconds=5), max_attempts=2, parked_delay=timedelta(hours=6)
+    )
+    clock.advance(10)
+    # "a" is due again, but the clips never tried go before it.
+    assert [i.upload_id for i in outbox.due(wait)] == ["b", "c", "a"]
+    outbox.note_attempt("b")
+    outbox.attempt_failed(
+        "b", "no_answer", timedelta(seconds=1), max_attempts=2, parked_delay=timedelta(hours=6)
+    )
+    clock.advance(5)
+    assert [i.upload_id for i in outbox.due(wait)] == ["c", "a", "b"]
+    # The second failure of "a" spends its budget: parked for the slow cadence.
+    outbox.note_attempt("a")
+    at = outbox.attempt_failed(
+        "a", "no_answer", timedelta(seconds=5), max_attempts=2, parked_delay=timedelta(hours=6)
+    )
+    item = outbox.get("a")
+    assert item is not None and item.parked and item.attempts == 2
+    assert at == clock.now() + timedelta(hours=6)
+    assert outbox.count_parked() == 1 and outbox.count() == 3
+    assert [i.upload_id for i in outbox.due(timedelta(days=1))] == ["c", "b"]
+    outbox.close()

@@ -58,15 +58,18 @@ CredentialPath = Annotated[Path, AfterValidator(_credential_path)]
 
 class BrokerConfig(Section):
     host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
+    # The broker's TLS listener (firmware_config/mosquitto.conf.template).
+    port: int = Field(8883, ge=1, le=65535)
     protocol: Literal["5", "3.1.1"] = "5"
     password_file: CredentialPath = Path("broker-password")
     # Carrier NATs drop idle TCP flows after a few minutes: stay well under that.
     keepalive_s: int = Field(60, ge=10, le=600)
     # Long enough that acks and commands wait through a day (or two) offline.
     session_expiry_s: int = Field(172_800, ge=0)
-    tls: bool = False
-    ca_file: Path | None = None
+    # TLS on: the broker's certificate must chain to ca_file (unset: the system's CAs) and
+    # name ``host``; paho refuses anything else before a password is sent.
+    tls: bool = True
+    ca_file: CredentialPath | None = None
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(120.0, gt=0)
 

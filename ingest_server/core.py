@@ -14,11 +14,11 @@ from common.clock import Clock, SystemClock
 from ingest_server.api.app import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.clip_checks import ClipChecker
-from ingest_server.consumer import IngestConsumer, make_client
+from ingest_server.consumer import IngestConsumer
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
-from ingest_server.scheduler import Scheduler
+from ingest_server.scheduler import Scheduler, make_scheduler_client
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
 from ingest_server.uploads.reaper import UploadReaper
@@ -109,9 +109,8 @@ async def run_server(settings: Settings, stop: asyncio.Event) -> None:
     """Ingest, schedule and serve the API until ``stop`` is set."""
     core = ServerCore(settings)
     consumer = IngestConsumer(settings, core.processor)
-    sched_settings = settings.model_copy(
-        update={"mqtt_client_id": f"{settings.mqtt_client_id}-sched"[:64]}
-    )
+    # Heartbeat timeouts wait until the backlog at the broker is drained.
+    core.fleet.caught_up = consumer.caught_up
     api: _EmbeddedServer | None = None
     if settings.api_port:
         api = _EmbeddedServer(
@@ -133,7 +132,8 @@ async def run_server(settings: Settings, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(consumer.run(stop), name="ingest")
             group.create_task(
-                core.scheduler.run(lambda: make_client(sched_settings), stop), name="scheduler"
+                core.scheduler.run(lambda: make_scheduler_client(settings), stop),
+                name="scheduler",
             )
             if api is not None:
                 group.create_task(api.serve(), name="api")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,30 @@ from ingest_server.sessions import bind_camera
 from ingest_server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def make_scheduler_client(settings: Settings) -> aiomqtt.Client:
+    """The scheduler's own broker connection, on its own account (``classcam-scheduler``).
+
+    The broker binds client id to username, so it cannot share the ingest consumer's login.
+    It only publishes: a clean session, nothing to queue for it while it is away."""
+    v5 = settings.mqtt_protocol == "5"
+    tls_context: ssl.SSLContext | None = None
+    if settings.mqtt_tls:
+        # Verifies the broker's chain against the CA and its name against mqtt_host.
+        tls_context = ssl.create_default_context(
+            cafile=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
+        )
+    return aiomqtt.Client(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        username=settings.mqtt_scheduler_username,
+        password=settings.mqtt_scheduler_secret(),
+        identifier=settings.mqtt_scheduler_username,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        keepalive=settings.mqtt_keepalive_s,
+        tls_context=tls_context,
+    )
 
 
 @dataclass(frozen=True, slots=True)

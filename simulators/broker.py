@@ -15,11 +15,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest_server.broker_config import BrokerPaths, render_broker_config
+from ingest_server.settings import SCHEDULER_USER, SERVER_USER
+from ingest_server.tls_certs import make_broker_certificates
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "firmware_config"
-SERVER_USER = "classcam-server"
+# The operator console (simulators/operator.py) watches devices beside a running server, so it
+# needs a login (and so a client id) of its own. Test-only: its ACL lines are added to the test
+# broker's copy of the shipped ACL, never to the shipped file.
+OPERATOR_USER = "classcam-operator"
+OPERATOR_ACL = f"""
+# Test-only account added by simulators/broker.py (not in firmware_config/mosquitto.acl).
+user {OPERATOR_USER}
+topic read classcam/v1/up/#
+topic write classcam/v1/down/#
+"""
+# Accounts every local broker has: the server's two connections and the operator console.
+SERVICE_USERS = (SERVER_USER, SCHEDULER_USER, OPERATOR_USER)
 
 
 def free_port() -> int:
@@ -83,8 +99,9 @@ class LocalBroker:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.accounts = accounts or BrokerAccounts()
-        if SERVER_USER not in self.accounts.passwords:
-            self.accounts.add(SERVER_USER)
+        for user in SERVICE_USERS:
+            if user not in self.accounts.passwords:
+                self.accounts.add(user)
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -135,11 +152,25 @@ class MosquittoBroker(LocalBroker):
         accounts: BrokerAccounts | None = None,
         port: int | None = None,
         binary: str | None = None,
+        tls_hosts: tuple[str, ...] = ("localhost",),
+        tls_ips: tuple[str, ...] = ("127.0.0.1",),
+        edit_config: Callable[[str], str] | None = None,
     ) -> None:
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             raise FileNotFoundError("mosquitto is not installed (make test installs it with apt)")
         super().__init__(workdir, accounts, port, "classcam-mosquitto-")
+        # Devices dial the TLS listener; the server and the test clients the plain one.
+        self.tls_port = free_port()
+        self.tls_hosts = list(tls_hosts)
+        self.tls_ips = list(tls_ips)
+        # Benchmarks compare settings by editing the rendered shipped config.
+        self.edit_config = edit_config
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA devices trust for this broker's TLS listener (made at the first start)."""
+        return self.workdir / "tls" / "ca.crt"
 
     def add_account(self, username: str, password: str | None = None) -> str:
         """Add a broker account; takes effect at the next (re)start or ``reload()``."""
@@ -165,20 +196,30 @@ class MosquittoBroker(LocalBroker):
         data_dir = self.workdir / "data"
         data_dir.mkdir(exist_ok=True)
         acl = self.workdir / "acl"
-        shutil.copyfile(CONFIG_DIR / "mosquitto.acl", acl)
-        template = (CONFIG_DIR / "mosquitto.conf.template").read_text()
-        # As root Mosquitto drops to user `mosquitto`, which cannot read a test's private files.
-        user = getpass.getuser()
-        config = template.format(
-            port=self.port,
-            bind=self.host,
-            data_dir=data_dir,
-            password_file=self._write_passwords(),
-            acl_file=acl,
-            log_file=self.log_file,
-            run_user_line=f"user {user}",
-            run_user=user,
+        acl.write_text((CONFIG_DIR / "mosquitto.acl").read_text() + OPERATOR_ACL)
+        tls_dir = self.workdir / "tls"
+        if not (tls_dir / "server.crt").exists():
+            make_broker_certificates(tls_dir, self.tls_hosts, self.tls_ips)
+        config = render_broker_config(
+            BrokerPaths(
+                port=self.port,
+                bind=self.host,
+                tls_port=self.tls_port,
+                tls_bind=self.host,
+                cafile=tls_dir / "ca.crt",
+                certfile=tls_dir / "server.crt",
+                keyfile=tls_dir / "server.key",
+                data_dir=data_dir,
+                password_file=self._write_passwords(),
+                acl_file=acl,
+                log_file=self.log_file,
+                # As root Mosquitto drops to user `mosquitto`, which cannot read a test's
+                # private files.
+                run_user=getpass.getuser(),
+            )
         )
+        if self.edit_config is not None:
+            config = self.edit_config(config)
         path = self.workdir / "mosquitto.conf"
         path.write_text(config)
         return path
@@ -192,6 +233,7 @@ class MosquittoBroker(LocalBroker):
         )
         try:
             wait_for_port(self.host, self.port)
+            wait_for_port(self.host, self.tls_port)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"mosquitto did not start: {self.tail_log()}") from None

@@ -18,11 +18,12 @@ from common.clock import utc_now
 from common.commands import Command, CommandType, Schedule, ScheduledSession
 from common.heartbeat import Heartbeat
 from common.schemas import Event, Status, decode
-from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.broker import OPERATOR_USER, MosquittoBroker
 
 
 class Operator:
-    """The server side of control, as a paho client on the server account."""
+    """The server side of control, as a paho client on an account of its own (a login is its
+    client id, so it cannot share the server's)."""
 
     def __init__(self, broker: MosquittoBroker) -> None:
         self.events: list[Event] = []
@@ -31,10 +32,10 @@ class Operator:
         self._changed = threading.Condition()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"operator-{uuid.uuid4().hex[:8]}",
+            client_id=OPERATOR_USER,
             protocol=mqtt.MQTTv5,
         )
-        self.client.username_pw_set(SERVER_USER, broker.accounts.passwords[SERVER_USER])
+        self.client.username_pw_set(OPERATOR_USER, broker.accounts.passwords[OPERATOR_USER])
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()

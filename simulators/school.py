@@ -184,7 +184,7 @@ def provision_quickly(
     broker.add_account(device_id, (device_dir / "broker-password").read_text().strip())
     overrides: dict[str, dict[str, object]] = {
         "": {"state_dir": str(device_dir / "state")},
-        "broker": {"port": broker.port, "protocol": "5"},
+        "broker": {"port": broker.port, "protocol": "5", "tls": False},
     }
     for section, values in (settings or {}).items():
         overrides.setdefault(section, {}).update(values)

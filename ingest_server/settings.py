@@ -22,6 +22,9 @@ from common.topics import SHARED_GROUP
 _SQLITE_PREFIX = re.compile(r"^sqlite(\+\w+)?:///")
 # The broker account firmware_config/mosquitto.acl grants up/# read and down/# write.
 SERVER_USER = "classcam-server"
+# The scheduler's own account (down/# write only): the broker binds client id to username, so
+# two connections on one account would keep disconnecting each other.
+SCHEDULER_USER = "classcam-scheduler"
 
 
 def _default_client_id() -> str:
@@ -58,6 +61,13 @@ class Settings(BaseSettings):
     mqtt_username: str = SERVER_USER
     mqtt_password: str | None = None
     mqtt_password_file: Path | None = None
+    mqtt_scheduler_username: str = SCHEDULER_USER
+    mqtt_scheduler_password: str | None = None
+    mqtt_scheduler_password_file: Path | None = None
+    # TLS to the broker, checked against this CA (None: the system's CAs) and the host name.
+    # Off by default: the server usually reaches the broker on loopback (devices use TLS).
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_client_id: str = Field(default_factory=_default_client_id)
     mqtt_keepalive_s: int = Field(default=60, ge=5)
@@ -139,6 +149,14 @@ class Settings(BaseSettings):
             return self.mqtt_password
         if self.mqtt_password_file:
             return self.mqtt_password_file.read_text().strip() or None
+        return None
+
+    def mqtt_scheduler_secret(self) -> str | None:
+        """The scheduler account's broker password, read like ``mqtt_secret``."""
+        if self.mqtt_scheduler_password:
+            return self.mqtt_scheduler_password
+        if self.mqtt_scheduler_password_file:
+            return self.mqtt_scheduler_password_file.read_text().strip() or None
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ingest_helpers import Harness, make_upload
 from common.schemas import AckState
 from common.signing import public_key_b64
 from ingest_server.cli import main
-from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.broker import SCHEDULER_USER, SERVER_USER, MosquittoBroker
 
 
 def test_migrate_register_and_list_clips(
@@ -65,6 +65,7 @@ def test_run_consumes_until_sigterm(mosquitto: MosquittoBroker, tmp_path: Path) 
         "CLASSCAM_DATA_DIR": str(tmp_path / "var"),
         "CLASSCAM_MQTT_PORT": str(mosquitto.port),
         "CLASSCAM_MQTT_PASSWORD": mosquitto.accounts.passwords[SERVER_USER],
+        "CLASSCAM_MQTT_SCHEDULER_PASSWORD": mosquitto.accounts.passwords[SCHEDULER_USER],
         "CLASSCAM_MQTT_CLIENT_ID": "ingest-cli-test",
     }
     proc = subprocess.Popen(

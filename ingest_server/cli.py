@@ -190,6 +190,53 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tls_init(settings: Settings, args: argparse.Namespace) -> int:
+    """A CA (kept when DIR has one) and a broker certificate naming --host/--ip."""
+    from ingest_server.tls_certs import make_broker_certificates
+
+    try:
+        files = make_broker_certificates(Path(args.out), args.host or [], args.ip or [])
+    except ValueError as exc:
+        _console().print(f"[red]{exc}[/red]")
+        return 2
+    _console().print(
+        f"CA {files.ca_cert} (give it to every device as broker.ca_file; keep {files.ca_key} "
+        f"offline)\nbroker certificate {files.server_cert}, key {files.server_key} (0600: "
+        "chown it to the broker's user)"
+    )
+    return 0
+
+
+def cmd_broker_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Write the shipped Mosquitto config for this machine's paths."""
+    from ingest_server.broker_config import BrokerPaths, render_broker_config
+
+    tls = Path(args.tls_dir)
+    text = render_broker_config(
+        BrokerPaths(
+            port=args.port,
+            bind=args.bind,
+            tls_port=args.tls_port,
+            tls_bind=args.tls_bind,
+            cafile=tls / "ca.crt",
+            certfile=tls / "server.crt",
+            keyfile=tls / "server.key",
+            data_dir=Path(args.broker_data_dir),
+            password_file=Path(args.password_file),
+            acl_file=Path(args.acl_file),
+            log_file=Path(args.log_file),
+            run_user=args.run_user,
+            memory_limit=args.memory_limit,
+        )
+    )
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        _console().print(f"broker config written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``classcam-server`` argument parser."""
     parser = argparse.ArgumentParser(prog="classcam-server", description=__doc__)
@@ -209,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="bulk setup from a JSON or CSV file")
     imp.add_argument("file")
     imp.add_argument("--kind", help="the CSV's section (default: the file's stem)")
+    tls = sub.add_parser("tls-init", help="make a CA and the broker's TLS certificate")
+    tls.add_argument("--out", required=True, help="directory for ca.crt/key, server.crt/key")
+    tls.add_argument("--host", action="append", help="broker DNS name (repeatable)")
+    tls.add_argument("--ip", action="append", help="broker IP address (repeatable)")
+    bc = sub.add_parser("broker-config", help="write the Mosquitto config (firmware_config)")
+    bc.add_argument("--out", default="-", help="file to write (default: stdout)")
+    bc.add_argument("--port", type=int, default=1883, help="plain listener, for the server")
+    bc.add_argument("--bind", default="127.0.0.1")
+    bc.add_argument("--tls-port", type=int, default=8883, help="TLS listener, for devices")
+    bc.add_argument("--tls-bind", default="0.0.0.0")
+    bc.add_argument("--tls-dir", default="/etc/mosquitto/classcam-tls")
+    bc.add_argument("--broker-data-dir", default="/var/lib/mosquitto")
+    bc.add_argument("--password-file", default="/etc/mosquitto/classcam.passwd")
+    bc.add_argument("--acl-file", default="/etc/mosquitto/classcam.acl")
+    bc.add_argument("--log-file", default="/var/log/mosquitto/mosquitto.log")
+    bc.add_argument("--run-user", default="mosquitto")
+    bc.add_argument("--memory-limit", type=int, default=3 * 1024**3)
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)
@@ -238,6 +302,8 @@ COMMANDS = {
     "run": cmd_run,
     "clips": cmd_clips,
     "import": cmd_import,
+    "tls-init": cmd_tls_init,
+    "broker-config": cmd_broker_config,
     "token": cmd_token,
 }
 

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from simulators.broker import SERVER_USER, BrokerAccounts, free_port, kill_process, stop_process
+from simulators.broker import (
+    SCHEDULER_USER,
+    SERVER_USER,
+    BrokerAccounts,
+    free_port,
+    kill_process,
+    stop_process,
+)
 
 
 class Broker(Protocol):
@@ -72,6 +79,8 @@ class ServerProcess:
                 "CLASSCAM_MQTT_PORT": str(self.broker.port),
                 "CLASSCAM_MQTT_USERNAME": SERVER_USER,
                 "CLASSCAM_MQTT_PASSWORD": self.broker.accounts.passwords[SERVER_USER],
+                "CLASSCAM_MQTT_SCHEDULER_USERNAME": SCHEDULER_USER,
+                "CLASSCAM_MQTT_SCHEDULER_PASSWORD": self.broker.accounts.passwords[SCHEDULER_USER],
                 "CLASSCAM_MQTT_PROTOCOL": self.protocol,
                 "CLASSCAM_SHARED_GROUP": self.shared_group or "",
                 "CLASSCAM_API_PORT": str(self.api_port),
@@ -212,7 +221,9 @@ def provision_device(
     broker.add_account(device_id, password)
     overrides: dict[str, dict[str, object]] = {
         "": {"state_dir": str(device_dir / "state")},
-        "broker": {"port": broker.port, "protocol": protocol},
+        # The plain loopback listener: tests put fault proxies on this port. TLS has its own
+        # tests (tests/common/test_broker_acl.py).
+        "broker": {"port": broker.port, "protocol": protocol, "tls": False},
     }
     for section, values in (settings or {}).items():
         overrides.setdefault(section, {}).update(values)

@@ -176,22 +176,24 @@ def record_device_event(db: Session, event: Event, received_at: datetime | None 
     if event.type == EventType.SESSION_STARTED:
         if session.device_id is None:
             session.device_id = event.device_id  # speaks_for: the classroom's camera
+        opened_before = session.opened_at
         if session.opened_at is None or at < session.opened_at:
             session.opened_at = at
             session.device_clock_offset_s = event.clock_offset_s
         if session.state == SessionState.SCHEDULED.value:
             session.state = SessionState.OPEN.value
             append_feed(db, "session_opened", session.id, {"at": at.isoformat()})
+        # Stops delivered before this start (reordered, redelivered) count now: whatever the
+        # order of delivery, a stop counts iff it is not before the session's first start.
+        if opened_before is None or at < opened_before:
+            for stop in _stops(db, session.id, since=at, before=opened_before):
+                _close(db, session, stop.at)
     elif event.type == EventType.SESSION_STOPPED:
-        if session.opened_at is None:
-            log.warning("session_stopped of %s, never started; ignored", session.id)
+        if session.opened_at is None or at < session.opened_at:
+            # Counted if and when an earlier start arrives.
+            log.warning("session_stopped of %s before any start; not counted yet", session.id)
             return touched
-        session.closed_at = at
-        session.state = SessionState.CLOSED.value
-        reported = reported_seconds(event.data.get("recorded_s"))
-        if reported is not None:
-            session.reported_recorded_s = reported
-        append_feed(db, "session_closed", session.id, {"at": at.isoformat()})
+        _close(db, session, at)
     if event.type in (
         EventType.SESSION_STARTED,
         EventType.SESSION_STOPPED,
@@ -199,6 +201,34 @@ def record_device_event(db: Session, event: Event, received_at: datetime | None 
     ):
         session.recorded_s = session_recorded_seconds(db, session.id)
     return touched
+
+
+def _stops(
+    db: Session, session_id: str, since: datetime, before: datetime | None = None
+) -> list[DeviceEvent]:
+    """The session's stored stops from ``since`` (and before ``before``), oldest first."""
+    query = select(DeviceEvent).where(
+        DeviceEvent.session_id == session_id,
+        DeviceEvent.type == EventType.SESSION_STOPPED.value,
+        DeviceEvent.at >= since,
+    )
+    if before is not None:
+        query = query.where(DeviceEvent.at < before)
+    return list(db.scalars(query.order_by(DeviceEvent.at, DeviceEvent.event_id)))
+
+
+def _close(db: Session, session: ClassSession, at: datetime) -> None:
+    """Count one stop: the session is closed at its latest stop, and the recorded seconds the
+    camera reported are those of its latest stop that reported a figure."""
+    if session.closed_at is None or at > session.closed_at:
+        session.closed_at = at
+    session.state = SessionState.CLOSED.value
+    for stop in reversed(_stops(db, session.id, since=session.opened_at or at)):
+        reported = reported_seconds(json.loads(stop.data or "{}").get("recorded_s"))
+        if reported is not None:
+            session.reported_recorded_s = reported
+            break
+    append_feed(db, "session_closed", session.id, {"at": at.isoformat()})
 
 
 def session_recorded_seconds(db: Session, session_id: str) -> float | None:

@@ -7,6 +7,7 @@ database; the body guard is measured against a real uvicorn server on a free por
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import select
@@ -150,6 +151,7 @@ def world(tmp_path: Path, sqlite_url: str) -> Iterator[World]:
     engine.dispose()
 
 
+@functools.cache
 def _photo() -> bytes:
     return make_photo(taken_at=T0 + timedelta(hours=1), lat=31.2304, lon=121.4737, scene_seed=1)
 

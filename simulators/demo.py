@@ -56,6 +56,22 @@ def _record_with_progress(device: Device, seconds: float, fast: bool) -> datetim
     return to_utc(datetime.fromisoformat(str(result["out"]).split()[0]))
 
 
+def _show_api(server: ServerProcess) -> None:
+    """The API answers nobody without a token; an admin token made by the CLI reads the fleet."""
+    import httpx
+
+    token = server.api_token("admin")
+    anonymous = httpx.get(f"{server.api_url}/devices", timeout=10)
+    devices = httpx.get(
+        f"{server.api_url}/devices", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    console.print(
+        f"API {server.api_url}: without a token GET /devices is {anonymous.status_code}; with "
+        f"an admin token (classcam-server token create --role admin) {devices.status_code}, "
+        f"{len(devices.json()) if devices.status_code == 200 else 0} device(s)"
+    )
+
+
 def run_demo(workdir: Path, seconds: float, fast: bool, keep: bool) -> int:
     if workdir.exists() and not keep:
         shutil.rmtree(workdir)
@@ -123,6 +139,7 @@ def run_demo(workdir: Path, seconds: float, fast: bool, keep: bool) -> int:
         console.print(table)
         # Plain lines too, for scripts and for terminals narrower than the table.
         print(f"clip: {path}\nsha256: {row[1]}")
+        _show_api(server)
         return 0 if actual == row[1] else 1
     finally:
         server.stop()

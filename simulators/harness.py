@@ -52,6 +52,7 @@ class ServerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     api_port: int = field(default_factory=free_port)
+    admin_token: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,18 @@ class ServerProcess:
                 f"classcam-server {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
             )
         return result
+
+    def api_token(self, role: str = "admin", *scope: str) -> str:
+        """A new API token from ``classcam-server token create --role ROLE [scope args]``."""
+        out = self.cli("token", "create", "--role", role, "--name", f"harness-{role}", *scope)
+        return [line for line in out.stdout.split() if line.startswith("cc_")][-1]
+
+    def api_headers(self) -> dict[str, str]:
+        """``Authorization`` with an admin token (made once per server): the API answers
+        nobody without one."""
+        if self.admin_token is None:
+            self.admin_token = self.api_token()
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def register_device(self, device_id: str, public_key: str) -> None:
         self.cli("register-device", "--device-id", device_id, "--public-key", public_key)

@@ -163,7 +163,7 @@ def forged_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             ).start()
         neighbour = _forger(devices["neighbour"], broker).start()
         live = real_clip(tmp, start, SESSION_S, seed=3, fps=5)  # next door, during the class
-        client = httpx.Client(base_url=server.api_url, timeout=10)
+        client = httpx.Client(base_url=server.api_url, timeout=10, headers=server.api_headers())
 
         sleep_until(start + timedelta(seconds=1))
         for case in FORGED:  # a forger says what a recording camera would

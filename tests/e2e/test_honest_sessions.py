@@ -170,7 +170,7 @@ def honest_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             agents.append(agent)
         for case in PROCESSES:
             processes[case] = devices[case].spawn("run", log_name="agent.log")
-        client = httpx.Client(base_url=server.api_url, timeout=30)
+        client = httpx.Client(base_url=server.api_url, timeout=30, headers=server.api_headers())
 
         # The day's timeline: photos, power cuts, photos.
         actions: list[tuple[datetime, str, str]] = [

@@ -135,7 +135,7 @@ def school_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             agent = AgentService(config, camera_factory=factory)
             agent.start()
             agents.append(agent)
-        client = httpx.Client(base_url=server.api_url, timeout=10)
+        client = httpx.Client(base_url=server.api_url, timeout=10, headers=server.api_headers())
         while utc_now() < start + timedelta(seconds=2):
             time.sleep(0.2)
         uploads: dict[str, list[int]] = {}

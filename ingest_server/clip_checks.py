@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from common.clock import Clock, SystemClock
 from common.schemas import ClipKind
+from ingest_server import audit
 from ingest_server.db import SessionFactory
 from ingest_server.models import Classroom, Clip, ClipCheck, Device
 from ingest_server.sessions import link_clip
@@ -30,6 +31,16 @@ from ingest_server.video_checks import SanityError, check_clip, reference_from_i
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 BATCH = 50
+
+
+def check_result(outcome: dict[str, object]) -> str:
+    """What a check found, in one word for the audit log: ``unreadable``, ``failed`` (black,
+    frozen, or the camera turned from its reference view) or ``passed``."""
+    if outcome.get("error"):
+        return "unreadable"
+    if outcome.get("black") or outcome.get("frozen") or outcome.get("moved"):
+        return "failed"
+    return "passed"
 
 
 class ClipChecker:
@@ -162,6 +173,14 @@ class ClipChecker:
                 setattr(row, name, value)
             row.attempts += 1
             row.checked_at = self.clock.now()
+            audit.record(
+                db,
+                audit.AuditAction.CLIP_CHECKED,
+                "clip",
+                str(clip_id),
+                "system:clip-checker",
+                {"result": check_result(outcome), **outcome},
+            )
         if session_id:
             self.on_sessions_changed({session_id})
 

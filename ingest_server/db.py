@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from ingest_server.audit import audit_arrivals
 from ingest_server.settings import absolute_sqlite_url
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -65,8 +66,11 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> SessionFactory:
-    """Sessions that keep loaded rows usable after commit (the processor reads them on)."""
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that keep loaded rows usable after commit (the processor reads them on), and
+    that write an audit row for each piece of evidence they store (``audit.audit_arrivals``)."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "after_flush", audit_arrivals)
+    return factory
 
 
 def reader_factory(factory: SessionFactory) -> SessionFactory:

@@ -411,6 +411,35 @@ class FeedEvent(Base):
     payload: Mapped[str] = mapped_column(Text)
 
 
+class AuditEntry(Base):
+    """One evidence action in the append-only, hash-chained audit log (``ingest_server.audit``):
+    ``hash`` covers every other field and ``prev_hash``, the previous row's ``hash``. The database
+    refuses UPDATE and DELETE (migration 0008's triggers)."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    action: Mapped[str] = mapped_column(String(32))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(200), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The audit log's last ``seq`` and ``hash`` (one row, ``id`` 1), moved forward in the
+    transaction of every append: a log whose tail was cut no longer reaches it."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
 class DeadLetter(Base):
     """A device message that kept failing while the database answered (a poison message): kept
     whole with its last error, so nothing acknowledged is silently dropped and it can be

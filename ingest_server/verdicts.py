@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
+from ingest_server import audit
 from ingest_server.db import SessionFactory
 from ingest_server.facts import FactReader
 from ingest_server.models import ClassSession
@@ -72,6 +73,18 @@ class VerdictKeeper:
         )
         if row.verdict == verdict.state.value and row.verdict_reasons == reasons:
             return
+        audit.record(
+            db,
+            audit.AuditAction.VERDICT_CHANGED,
+            "session",
+            session_id,
+            "system:verdict-keeper",
+            {
+                "from": row.verdict,
+                "to": verdict.state.value,
+                "reasons": [r.code.value for r in verdict.reasons],
+            },
+        )
         row.verdict, row.verdict_reasons = verdict.state.value, reasons
         row.verdict_at = self.clock.now()
         append_feed(db, "verdict_changed", session_id, verdict.to_dict())

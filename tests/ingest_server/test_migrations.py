@@ -30,6 +30,8 @@ TABLES = {
     "device_health",
     "presence_changes",
     "feed_events",
+    "audit_log",
+    "audit_head",
     "dead_letters",
     "api_tokens",
 }

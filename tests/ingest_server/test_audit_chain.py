@@ -1,0 +1,249 @@
+"""The audit log's chain (issue 8, Deliver 7): ``classcam-server audit verify`` passes an intact
+log and names the first bad row of one whose rows were edited, inserted or deleted, or whose
+tail was cut; the database refuses UPDATE and DELETE on its own. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from ingest_server import audit, cli
+from ingest_server.db import make_engine, make_session_factory, migrate
+from ingest_server.models import AuditEntry, AuditHead
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("pg_url")
+        migrate(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _write_chain(engine: Engine, transactions: int = 3) -> None:
+    factory = make_session_factory(engine)
+    for n in range(transactions):
+        with factory.begin() as db:
+            audit.record(db, "clip_stored", "clip", str(n), "device:cam-1", {"n": n})
+            audit.record(db, "viewed", "session", f"s{n}", "supervisor:王", {"route": "/x"})
+
+
+def verify_cli(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``classcam-server audit verify``: its exit status and what it printed."""
+    status = cli.main(["--data-dir", str(tmp_path), "--database-url", db_url, "audit", "verify"])
+    return status, capsys.readouterr().out
+
+
+def _tamper(engine: Engine, statements: Callable[[Connection], None]) -> None:
+    """Run ``statements`` as someone with the database's password would: triggers off first."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+            conn.execute(text("ALTER TABLE audit_head DISABLE TRIGGER USER"))
+        else:
+            for name in ("audit_log_no_update", "audit_log_no_delete", "audit_head_forward"):
+                conn.execute(text(f"DROP TRIGGER {name}"))
+        statements(conn)
+
+
+def _hash_of(conn: Connection, seq: int) -> str:
+    return str(conn.execute(text("SELECT hash FROM audit_log WHERE seq = :s"), {"s": seq}).scalar())
+
+
+def test_an_intact_chain_verifies(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 0, out
+    assert "intact: 6 rows, head seq 6" in out
+    with make_session_factory(engine)() as db:
+        rows = db.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+        head = db.get(AuditHead, 1)
+    assert [r.seq for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0].prev_hash == audit.GENESIS
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
+    assert head is not None and (head.seq, head.hash) == (6, rows[-1].hash)
+
+
+def test_an_empty_log_verifies(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert verify_cli(db_url, tmp_path, capsys)[0] == 0
+
+
+def test_a_rolled_back_transaction_leaves_no_row(engine: Engine) -> None:
+    factory = make_session_factory(engine)
+    with pytest.raises(RuntimeError), factory.begin() as db:
+        audit.record(db, "viewed", "session", "s", "anonymous")
+        raise RuntimeError("the request failed")
+    with factory() as db:
+        assert audit.verify(db).rows == 0
+
+
+def test_concurrent_appenders_make_one_chain(engine: Engine) -> None:
+    """Threads appending at once never fork the chain (the append lock, or SQLite's)."""
+    factory = make_session_factory(engine)
+
+    def append(n: int) -> None:
+        for i in range(10):
+            with factory.begin() as db:
+                audit.record(db, "viewed", "session", f"s{n}-{i}", f"t{n}")
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with factory() as db:
+        report = audit.verify(db)
+    assert report.ok and report.rows == 40, report
+
+
+def test_the_database_refuses_update_and_delete(engine: Engine) -> None:
+    _write_chain(engine, 1)
+    for statement in (
+        "UPDATE audit_log SET details = '{}' WHERE seq = 1",
+        "DELETE FROM audit_log WHERE seq = 2",
+        "UPDATE audit_head SET seq = 1",
+        "DELETE FROM audit_head",
+    ):
+        with (
+            pytest.raises(DBAPIError, match=r"append-only|only moves forward"),
+            engine.begin() as conn,
+        ):
+            conn.execute(text(statement))
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text("TRUNCATE audit_log"))
+    with make_session_factory(engine)() as db:
+        assert audit.verify(db).rows == 2
+
+
+def test_an_edited_row_is_found(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+    _tamper(
+        engine,
+        lambda c: c.execute(
+            text("UPDATE audit_log SET details = :d WHERE seq = 3"), {"d": '{"n":9}'}
+        ),
+    )
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1
+    assert "BROKEN at seq 3" in out and "edited" in out
+
+
+def test_an_edited_actor_with_its_hash_recomputed_breaks_the_next_row(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+
+    def forge(conn: Connection) -> None:
+        row = conn.execute(text("SELECT * FROM audit_log WHERE seq = 2")).mappings().one()
+        fields = (row["action"], row["subject_type"], row["subject_id"], "nobody", row["details"])
+        forged = audit.entry_hash(2, _at(conn, 2), *fields, row["prev_hash"])
+        conn.execute(
+            text("UPDATE audit_log SET actor = 'nobody', hash = :h WHERE seq = 2"), {"h": forged}
+        )
+
+    _tamper(engine, forge)
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1 and "BROKEN at seq 3" in out and "prev_hash" in out
+
+
+def _at(conn: Connection, seq: int) -> object:
+    with Session(bind=conn) as db:
+        row = db.get(AuditEntry, seq)
+        assert row is not None
+        return row.at
+
+
+def test_a_row_inserted_in_the_middle_is_found(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+
+    def insert(conn: Connection) -> None:
+        for seq in range(6, 2, -1):  # make room at seq 3
+            conn.execute(
+                text("UPDATE audit_log SET seq = :n WHERE seq = :s"), {"n": seq + 1, "s": seq}
+            )
+        prev = _hash_of(conn, 2)
+        at = _at(conn, 2)
+        fields = ("verdict_changed", "session", "s1", "system:verdict-keeper", '{"to":"verified"}')
+        digest = audit.entry_hash(3, at, *fields, prev)  # type: ignore[arg-type]
+        conn.execute(
+            text(
+                "INSERT INTO audit_log (seq, at, action, subject_type, subject_id, actor,"
+                " details, prev_hash, hash) VALUES (3, :at, :a, :t, :i, :w, :d, :p, :h)"
+            ),
+            dict(zip("atiwd", fields, strict=True), at=at, p=prev, h=digest),
+        )
+        conn.execute(text("UPDATE audit_head SET seq = 7, hash = :h"), {"h": _hash_of(conn, 7)})
+
+    _tamper(engine, insert)
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1
+    # The forged row itself chains onto row 2; the row it pushed down no longer fits.
+    assert "BROKEN at seq 4" in out, out
+
+
+def test_a_row_appended_behind_the_heads_back_is_found(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+
+    def append(conn: Connection) -> None:
+        prev, at = _hash_of(conn, 6), _at(conn, 6)
+        fields = ("exported", "session", "s1", "nobody", "{}")
+        digest = audit.entry_hash(7, at, *fields, prev)  # type: ignore[arg-type]
+        conn.execute(
+            text(
+                "INSERT INTO audit_log (seq, at, action, subject_type, subject_id, actor,"
+                " details, prev_hash, hash) VALUES (7, :at, :a, :t, :i, :w, :d, :p, :h)"
+            ),
+            dict(zip("atiwd", fields, strict=True), at=at, p=prev, h=digest),
+        )
+
+    _tamper(engine, append)
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1 and "BROKEN at seq 7" in out and "past the head" in out
+
+
+def test_a_row_deleted_from_the_middle_is_found(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+    _tamper(engine, lambda c: c.execute(text("DELETE FROM audit_log WHERE seq = 3")))
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1 and "BROKEN at seq 4" in out and "deleted" in out
+
+
+def test_rows_cut_from_the_tail_are_found(
+    engine: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_chain(engine)
+    _tamper(engine, lambda c: c.execute(text("DELETE FROM audit_log WHERE seq >= 5")))
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1
+    assert "BROKEN at seq 5" in out and "ends at seq 4 but its head is seq 6" in out

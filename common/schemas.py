@@ -228,6 +228,14 @@ class Event(Message):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class EventAck(Message):
+    """The server's word that the event ``event_id`` is stored (sent after its commit, again
+    for a repeat): only now may the device forget it."""
+
+    event_id: SafeId
+    server_time: AwareDatetime
+
+
 class StatusState(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"

@@ -80,6 +80,11 @@ def ack(device_id: str) -> str:
     return f"{DOWN}/{validate_id(device_id, 'device id')}/ack"
 
 
+def event_ack(device_id: str) -> str:
+    """The server's word that an event is stored (after commit): the device may forget it."""
+    return f"{DOWN}/{validate_id(device_id, 'device id')}/event_ack"
+
+
 def down_all(device_id: str) -> str:
     """What a device subscribes to: everything addressed to it."""
     return f"{DOWN}/{validate_id(device_id, 'device id')}/#"

@@ -224,7 +224,7 @@ class AgentState:
         )
         return str(row[0])
 
-    # -- events: durable until the broker has them -------------------------------------------
+    # -- events: durable until the server acknowledges them (event_ack) ---------------------
 
     def push_event(self, payload: bytes) -> int:
         cur = self._exec("INSERT INTO events (payload) VALUES (?)", (payload,))

@@ -36,6 +36,7 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common import topics
 from common.clock import SystemClock, utc_now
@@ -215,8 +216,15 @@ class IngestConsumer:
         self.connections += 1
         self._connected_at = time.monotonic()
         subscription = topics.up_all(self.settings.shared_group)
-        client.subscribe(subscription, qos=1)
-        log.info("connected; subscribing to %s as %s", subscription, self.settings.mqtt_client_id)
+        if self.settings.mqtt_protocol == "5":
+            # Retained statuses only for a new subscription: on a resumed session they are
+            # old news, and would arrive after the backlog that is newer than them.
+            options = SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
+            client.subscribe(subscription, options=options)
+        else:
+            client.subscribe(subscription, qos=1)
 
     def _on_subscribe(
         self,
@@ -229,6 +237,8 @@ class IngestConsumer:
         if all(not rc.is_failure for rc in reason_codes):
             self._connected_at = time.monotonic()
             self.connected.set()
+            subscription = topics.up_all(self.settings.shared_group)
+            log.info("subscribed to %s as %s", subscription, self.settings.mqtt_client_id)
         else:
             self.counters["subscribe_refused"] += 1
             log.error("broker refused the ingest subscription: %s", reason_codes)

@@ -3,10 +3,21 @@
 Runs on the ingest worker thread beside the upload processor. Presence comes from the retained
 status message (the broker publishes the will when a device drops) and from heartbeats; a device
 whose heartbeats stop for ``heartbeat_timeout_s`` is marked offline by ``sweep_timeouts``.
+
+Presence is stamped by when it happened, not when it was processed: after a server outage the
+backlog is drained in order and each change keeps its own time. A heartbeat counts at its device
+time less the offset it states, never later than its receipt (as ``sessions.server_time`` does
+for events); a status uses the offset of the device's last heartbeat; an offline from the will
+or a timeout is stamped at the last time the device was seen. Sweeps wait until the consumer
+has caught up with the broker (``caught_up``): before that, a silence may only be a backlog.
+
+Each stored event is acknowledged to its device (``event_ack``) after its transaction committed,
+and again for a repeat, so the device keeps an event until the server has it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -19,17 +30,51 @@ from common import topics
 from common.clock import Clock, SystemClock
 from common.errors import ProtocolError
 from common.heartbeat import Heartbeat
-from common.schemas import Event, Status, StatusState, decode
+from common.schemas import Event, EventAck, Status, StatusState, decode
 from ingest_server.db import SessionFactory
+from ingest_server.ingest import Outgoing
 from ingest_server.models import DeviceHealth, PresenceChange
 from ingest_server.sessions import append_feed, record_device_event
 
 log = logging.getLogger(__name__)
 
 
+def device_time_to_server(
+    device_at: datetime | None, offset_s: float | None, received_at: datetime
+) -> datetime:
+    """When something the device stamped ``device_at`` happened in server time: less the clock
+    offset it stated, never after ``received_at`` (a device clock cannot run ahead of us)."""
+    if device_at is None:
+        return received_at
+    try:
+        at = device_at - timedelta(seconds=offset_s or 0.0)
+    except OverflowError:
+        return received_at
+    return min(at, received_at)
+
+
+def _last_seen(row: DeviceHealth) -> datetime | None:
+    return max((t for t in (row.last_heartbeat_at, row.status_at) if t), default=None)
+
+
+def _last_offset(row: DeviceHealth) -> float | None:
+    """The clock offset the device stated in its last heartbeat."""
+    if not row.heartbeat:
+        return None
+    try:
+        value = json.loads(row.heartbeat).get("clock_offset_s")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
 class DeviceMessages:
     """Handles ``status``, ``heartbeat`` and ``event`` messages; tells who came back online
-    and which sessions changed, so requests can be re-sent and verdicts recomputed."""
+    and which sessions changed, so requests can be re-sent and verdicts recomputed.
+
+    ``caught_up``, when set (the ingest consumer's), says whether the backlog at the broker has
+    been drained; until it says so, ``sweep_timeouts`` marks nobody offline.
+    """
 
     def __init__(
         self,
@@ -38,37 +83,32 @@ class DeviceMessages:
         clock: Clock | None = None,
         on_sessions_changed: Callable[[set[str]], None] | None = None,
         on_online: Callable[[str], None] | None = None,
+        caught_up: Callable[[], bool] | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.heartbeat_timeout = timedelta(seconds=heartbeat_timeout_s)
         self.clock = clock or SystemClock()
         self.on_sessions_changed = on_sessions_changed
         self.on_online = on_online
+        self.caught_up = caught_up
         self.counters: Counter[str] = Counter()
 
-    def handle(self, up: topics.UpTopic, payload: bytes) -> None:
-        """One device message; a bad one is counted and logged, never raised."""
+    def handle(self, up: topics.UpTopic, payload: bytes) -> list[Outgoing]:
+        """One device message; return the event acks to publish (their effects committed). A
+        bad message is counted and logged, never raised; a database error is raised (the
+        consumer retries it)."""
         try:
             if up.kind is topics.UpKind.STATUS:
-                if not payload:
-                    return  # a cleared retained message
-                status = decode(Status, payload)
-                # Server time, not the device's ``at``: the will and the heartbeat timeout are
-                # server time, and outages are measured between the two kinds of change.
-                self._presence(
-                    up.device_id,
-                    status.state == StatusState.ONLINE,
-                    self.clock.now(),
-                    "status",
-                    device_at=status.at,
-                )
+                if payload:  # empty: a cleared retained message
+                    self._status(up.device_id, decode(Status, payload))
             elif up.kind is topics.UpKind.HEARTBEAT:
                 self._heartbeat(up.device_id, decode(Heartbeat, payload))
             elif up.kind is topics.UpKind.EVENT:
-                self._event(up.device_id, decode(Event, payload))
+                return self._event(up.device_id, decode(Event, payload))
         except ProtocolError as exc:
             self.counters[f"bad_{up.kind.value}"] += 1
             log.warning("bad %s from %s: %s", up.kind.value, up.device_id, exc)
+        return []
 
     def _health(self, db: Session, device_id: str) -> DeviceHealth:
         row = db.get(DeviceHealth, device_id)
@@ -77,72 +117,103 @@ class DeviceMessages:
             db.add(row)
         return row
 
-    def _presence(
+    def _status(self, device_id: str, status: Status) -> None:
+        online = status.state == StatusState.ONLINE
+        received = self.clock.now()
+        with self.session_factory.begin() as db:
+            row = self._health(db, device_id)
+            offset = _last_offset(row)
+            if status.at is not None and offset is not None:
+                # The device's own stamp, through the offset of its last heartbeat (with no
+                # estimate yet, its clock may be anything: then receipt is the best we know).
+                at = device_time_to_server(status.at, offset, received)
+            elif online:
+                at = received
+            else:
+                # The will: the broker noticed the device gone; it was last seen before.
+                at = _last_seen(row) or received
+            if row.status_at is not None:
+                at = max(at, row.status_at)  # presence never runs backwards
+            came_online = self._change(db, row, online, at, "status", status.at)
+        self.counters[f"status_{'online' if online else 'offline'}"] += 1
+        if came_online and self.on_online:
+            self.on_online(device_id)
+
+    def _change(
         self,
-        device_id: str,
+        db: Session,
+        row: DeviceHealth,
         online: bool,
         at: datetime,
         source: str,
         device_at: datetime | None = None,
-    ) -> None:
-        came_online = False
-        with self.session_factory.begin() as db:
-            row = self._health(db, device_id)
-            state = "online" if online else "offline"
-            if row.status != state:
-                db.add(PresenceChange(device_id=device_id, at=at, online=online, source=source))
-                append_feed(
-                    db,
-                    "device_" + state,
-                    None,
-                    {
-                        "device_id": device_id,
-                        "at": at.isoformat(),
-                        "source": source,
-                        "device_at": device_at.isoformat() if device_at else None,
-                    },
-                )
-                came_online = online
-            row.status, row.status_at = state, at
-        self.counters[f"status_{'online' if online else 'offline'}"] += 1
-        if came_online and self.on_online:
-            self.on_online(device_id)
+    ) -> bool:
+        """Record a presence change at ``at``; True when the device came online."""
+        state = "online" if online else "offline"
+        if row.status == state:
+            return False
+        db.add(PresenceChange(device_id=row.device_id, at=at, online=online, source=source))
+        append_feed(
+            db,
+            "device_" + state,
+            None,
+            {
+                "device_id": row.device_id,
+                "at": at.isoformat(),
+                "source": source,
+                "device_at": device_at.isoformat() if device_at else None,
+            },
+        )
+        row.status, row.status_at = state, at
+        return online
 
     def _heartbeat(self, device_id: str, beat: Heartbeat) -> None:
         if beat.device_id != device_id:
             self.counters["heartbeat_device_mismatch"] += 1
             return
-        now = self.clock.now()
+        at = device_time_to_server(beat.at, beat.clock_offset_s, self.clock.now())
+        came_online = False
         with self.session_factory.begin() as db:
             row = self._health(db, device_id)
-            row.last_heartbeat_at = now
-            row.heartbeat = beat.model_dump_json()
-            was_offline = row.status != "online"
+            if row.last_heartbeat_at is None or at >= row.last_heartbeat_at:
+                row.last_heartbeat_at = at
+                row.heartbeat = beat.model_dump_json()
+            # A heartbeat older than the last change (a late redelivery) changes nothing.
+            if row.status != "online" and (row.status_at is None or at > row.status_at):
+                came_online = self._change(db, row, True, at, "heartbeat", beat.at)
         self.counters["heartbeats"] += 1
-        if was_offline:
-            self._presence(device_id, True, now, "heartbeat")
+        if came_online and self.on_online:
+            self.on_online(device_id)
 
-    def _event(self, device_id: str, event: Event) -> None:
+    def _event(self, device_id: str, event: Event) -> list[Outgoing]:
         if event.device_id != device_id:
             self.counters["event_device_mismatch"] += 1
             log.warning("event from %s names device %s; ignored", device_id, event.device_id)
-            return
+            return []
         with self.session_factory.begin() as db:
             touched = record_device_event(db, event, self.clock.now())
+        # Committed (or already stored before: a repeat is acknowledged again).
         self.counters["events"] += 1
         if touched and self.on_sessions_changed:
             self.on_sessions_changed(touched)
+        ack = EventAck(event_id=event.event_id, server_time=self.clock.now())
+        self.counters["event_acks"] += 1
+        return [Outgoing(topics.event_ack(device_id), ack.to_bytes(), 1)]
 
     def sweep_timeouts(self) -> list[str]:
-        """Mark devices whose heartbeats stopped as offline; return them."""
+        """Mark devices whose heartbeats stopped as offline, at the last time each was seen;
+        return them. Does nothing until the consumer has caught up with the broker."""
+        if self.caught_up is not None and not self.caught_up():
+            self.counters["sweeps_deferred"] += 1
+            return []
         now = self.clock.now()
         gone: list[str] = []
-        with self.session_factory() as db:
+        with self.session_factory.begin() as db:
             rows = db.scalars(select(DeviceHealth).where(DeviceHealth.status == "online")).all()
             for row in rows:
-                last = max((t for t in (row.last_heartbeat_at, row.status_at) if t), default=None)
+                last = _last_seen(row)
                 if last is not None and now - last > self.heartbeat_timeout:
+                    self._change(db, row, False, last, "heartbeat_timeout")
                     gone.append(row.device_id)
-        for device_id in gone:
-            self._presence(device_id, False, now, "heartbeat_timeout")
+        self.counters["status_offline"] += len(gone)
         return gone

@@ -324,8 +324,12 @@ def test_presence_runs_on_server_time_whatever_the_device_clock_says(world: dict
     fleet.handle(up, behind.to_bytes())
     clock.advance(3600)
     with factory() as db:
-        intervals = offline_intervals(db, "cam-1", since - timedelta(seconds=1))
-    assert [(i.end - i.start).total_seconds() if i.end else None for i in intervals] == [60.0]
+        intervals = offline_intervals(
+            db, "cam-1", since - timedelta(seconds=world["settings"].heartbeat_timeout_s + 2)
+        )
+    # The timeout marks it offline from when it was last seen, not from when the sweep ran.
+    outage = world["settings"].heartbeat_timeout_s + 1 + 60
+    assert [(i.end - i.start).total_seconds() if i.end else None for i in intervals] == [outage]
 
 
 def test_every_window_of_a_session_with_a_long_id_has_its_own_cut_command(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from ingest_server.api import photos, views
 from ingest_server.api.deps import ApiContext, token_is_valid
@@ -14,6 +16,23 @@ from ingest_server.api.guard import BodyGuard
 FORM_ALLOWANCE = 1024 * 1024
 
 
+class Refusal(BaseModel):
+    """A refusal's body, from a route or from the body guard before it: ``detail`` says why
+    (a sentence, or for a refused photo its reason code and detail)."""
+
+    detail: Any
+
+
+def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Refusal} for code in codes}
+
+
+# What each router's routes may answer besides success and 422, declared in the OpenAPI
+# document so that clients (and the schemathesis suite) know every answer they can get.
+READ_AND_COMMAND_REFUSALS = _refusals(401, 403, 404, 409)
+PHOTO_REFUSALS = _refusals(400, 401, 403, 404, 413, 415)
+
+
 def create_app(context: ApiContext) -> FastAPI:
     """The API bound to a running server's context. Every route needs a bearer token
     (``api.deps``); a body is refused before it is read without one, or past the cap."""
@@ -21,8 +40,8 @@ def create_app(context: ApiContext) -> FastAPI:
         title="classcam", version="1", docs_url="/api/docs", openapi_url="/api/openapi.json"
     )
     app.state.context = context
-    app.include_router(photos.router, prefix="/api/v1")
-    app.include_router(views.router, prefix="/api/v1")
+    app.include_router(photos.router, prefix="/api/v1", responses=PHOTO_REFUSALS)
+    app.include_router(views.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.add_middleware(
         BodyGuard,
         token_is_valid=partial(token_is_valid, context),

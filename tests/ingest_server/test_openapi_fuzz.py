@@ -1,0 +1,266 @@
+"""schemathesis over the API's own OpenAPI document, in process (issue 8, item 9): every
+operation, with data that fits its schema and data that does not, against a real SQLite
+database holding an institution, a classroom camera with its heartbeat, a lecturer, a session
+that has happened (events, a clip, a photo, a verdict) and one still to come. No answer is a
+5xx, and every answer is one the document declares: its status code, content type, headers
+and body schema. Run as an admin, as a lecturer (the photo route is theirs), and with no token
+at all (401 from every route, before anything else is looked at)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from fuzz_budget import examples
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rows import stored_clip
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from sqlalchemy import select
+
+from common.clock import VirtualClock
+from common.schemas import Event, EventType
+from common.signing import generate_private_key, public_key_b64
+from ingest_server.api import create_app
+from ingest_server.api.deps import ApiContext
+from ingest_server.auth import Role, create_token
+from ingest_server.db import make_engine, make_session_factory
+from ingest_server.models import DeviceHealth, SessionWindow
+from ingest_server.sessions import record_device_event
+from ingest_server.settings import Settings
+from ingest_server.setup_import import import_rows, read_rows
+from ingest_server.store import EvidenceStore
+from ingest_server.verdicts import VerdictKeeper
+from simulators.phone import make_photo
+
+T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=4)  # the first session is over: its windows may be shown
+LECTURER_TOKEN = "lecturer-app-token-0123456789"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+def setup_doc(device_key: str) -> dict[str, Any]:
+    session = {"class_id": "cls", "classroom_id": "room", "lecturer_id": "lect", "duration_min": 90}
+    return {
+        "institutions": [{"id": "school", "name": "职业培训学校"}],
+        "classrooms": [
+            {
+                "id": "room",
+                "institution_id": "school",
+                "name": "101",
+                "lat": 31.2304,
+                "lon": 121.4737,
+                "datum": "wgs84",
+            }
+        ],
+        "devices": [{"device_id": "cam-1", "classroom_id": "room", "public_key": device_key}],
+        "lecturers": [
+            {"id": "lect", "institution_id": "school", "name": "王老师", "token": LECTURER_TOKEN}
+        ],
+        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
+        "sessions": [
+            {"id": "s-past", "start": (T0 + timedelta(hours=1)).isoformat(), **session},
+            {"id": "s-next", "start": (T0 + timedelta(days=2)).isoformat(), **session},
+        ],
+    }
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    admin_token: str
+    lecturer_token: str
+    recomputed: Counter[str]
+
+
+@pytest.fixture
+def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
+    """The API on a seeded database, its clock after the first session."""
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    doc = tmp_path / "setup.json"
+    doc.write_text(json.dumps(setup_doc(public_key_b64(generate_private_key()))))
+    clock = VirtualClock(start=NOW)
+    start = T0 + timedelta(hours=1)
+    with factory.begin() as db:
+        import_rows(db, read_rows(doc), settings)
+    with factory.begin() as db:
+        for n, (kind, at) in enumerate(
+            [
+                (EventType.SESSION_STARTED, start),
+                (EventType.SESSION_STOPPED, start + timedelta(minutes=90)),
+            ]
+        ):
+            event = Event(
+                event_id=f"e{n}",
+                device_id="cam-1",
+                type=kind,
+                at=at,
+                session_id="s-past",
+                data={"recorded_s": 5400.0},
+            )
+            record_device_event(db, event, NOW)
+        window = db.scalars(select(SessionWindow).where(SessionWindow.session_id == "s-past"))
+        first = next(iter(window))
+        stored_clip(
+            db,
+            "cam-1",
+            "up-1",
+            first.start - timedelta(seconds=2),
+            first.end + timedelta(seconds=2),
+            NOW,
+            cmd_id=first.cmd_id,
+            decoded=True,
+        )
+        db.add(
+            DeviceHealth(
+                device_id="cam-1",
+                status="online",
+                status_at=NOW,
+                last_heartbeat_at=NOW,
+                heartbeat=json.dumps({"device_id": "cam-1", "uptime_s": 12.5}),
+            )
+        )
+        _, admin_token = create_token(db, Role.ADMIN, NOW, name="fuzz-admin")
+    keeper = VerdictKeeper(factory, settings, clock)
+    recomputed: Counter[str] = Counter()
+
+    def recompute(ids: set[str]) -> None:
+        recomputed.update(ids)
+        keeper.recompute(ids)
+
+    context = ApiContext(
+        settings,
+        factory,
+        EvidenceStore(settings.evidence_dir),
+        recompute=recompute,
+        send_command=lambda device, command: None,
+        clock=clock,
+    )
+    app = create_app(context)
+    photo = make_photo(size=(320, 240), scene_seed=7, taken_at=start, lat=31.2304, lon=121.4737)
+    with TestClient(app) as client:
+        answer = client.post(
+            "/api/v1/sessions/s-past/photos/opening",
+            headers={"Authorization": f"Bearer {LECTURER_TOKEN}"},
+            files={"file": ("p.jpg", photo, "image/jpeg")},
+        )
+        assert answer.status_code == 201, answer.text
+        seeded = client.get(
+            "/api/v1/sessions/s-past", headers={"Authorization": f"Bearer {admin_token}"}
+        ).json()
+    # The seed is what the fuzz reads: a verdict, a shown window with its clip, a photo.
+    assert seeded["windows"] and seeded["windows"][0]["clip"] is not None
+    assert seeded["photos"] and seeded["verdict"]["reasons"]
+    try:
+        yield Api(app, admin_token, LECTURER_TOKEN, recomputed)
+    finally:
+        engine.dispose()
+
+
+def operations(app: FastAPI) -> list[Any]:
+    schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+# Path parameters that name what the database holds: without them nearly every case would ask
+# for a session that does not exist, and the fuzz would not reach past the 404.
+KNOWN_PATHS = {
+    "session_id": ["s-past", "s-next"],
+    "action": ["open", "close"],
+    "kind": ["opening", "closing"],
+}
+
+
+def cases(operation: Any, mode: GenerationMode) -> st.SearchStrategy[Any]:
+    """Cases for ``operation``: half free, half on the seeded rows."""
+    names = [p.name for p in operation.path_parameters]
+    known = [
+        operation.as_strategy(
+            generation_mode=mode,
+            path_parameters={n: KNOWN_PATHS[n][i % 2] for n in names if n in KNOWN_PATHS},
+        )
+        for i in range(2)
+    ]
+    free = operation.as_strategy(generation_mode=mode)
+    return st.one_of(free, *known) if names else free
+
+
+def fuzz(
+    app: FastAPI,
+    headers: dict[str, str],
+    mode: GenerationMode,
+    budget: int,
+    expect: Callable[[Any, Any], None] | None = None,
+) -> Counter[str]:
+    """Every operation, ``budget`` examples each; every check on every answer. Returns how many
+    answers of each ``METHOD path status`` were seen."""
+    seen: Counter[str] = Counter()
+    for operation in operations(app):
+
+        @settings(
+            max_examples=budget,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(case=cases(operation, mode))
+        def run(case: Any) -> None:
+            response = case.call(headers=headers)
+            seen[f"{case.operation.label} {response.status_code}"] += 1
+            case.validate_response(response, checks=CHECKS, headers=headers)
+            if expect is not None:
+                expect(case, response)
+
+        run()
+    return seen
+
+
+def test_no_5xx_and_every_answer_as_declared_for_an_admin(api: Api) -> None:
+    headers = {"Authorization": f"Bearer {api.admin_token}"}
+    seen = fuzz(api.app, headers, GenerationMode.POSITIVE, examples(25))
+    seen += fuzz(api.app, headers, GenerationMode.NEGATIVE, examples(15))
+    assert not [label for label in seen if label.endswith((" 500", " 502", " 503"))]
+    # The fuzz reached past authentication into every read route.
+    for label in ("GET /api/v1/sessions 200", "GET /api/v1/devices 200", "GET /api/v1/feed 200"):
+        assert seen[label] > 0, seen
+
+
+def test_no_5xx_and_every_answer_as_declared_for_a_lecturer(api: Api) -> None:
+    headers = {"Authorization": f"Bearer {api.lecturer_token}"}
+    seen = fuzz(api.app, headers, GenerationMode.POSITIVE, examples(25))
+    seen += fuzz(api.app, headers, GenerationMode.NEGATIVE, examples(15))
+    photo_route = "POST /api/v1/sessions/{session_id}/photos/{kind}"
+    assert any(label.startswith(photo_route) for label in seen), seen
+
+
+def test_without_a_token_every_route_answers_401(api: Api) -> None:
+    def unauthorized(case: Any, response: Any) -> None:
+        assert response.status_code == 401, (case.operation.label, response.status_code)
+
+    before = Counter(api.recomputed)
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        fuzz(api.app, {}, mode, examples(10), unauthorized)
+    assert api.recomputed == before, "no photo got in"

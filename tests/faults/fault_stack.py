@@ -470,6 +470,7 @@ class Driver:
         self.device_id = agent.device_id
         self.expectation = Expectation(agent.device_id, agent.config)
         self.session_id = f"s-{agent.device_id}"
+        self._last_resend = time.monotonic()
 
     def send(self, type_: CommandType, **fields: Any) -> Command:
         cmd = self.stack.wiretap.command(self.device_id, type_, **fields)
@@ -477,9 +478,13 @@ class Driver:
         self.stack.wiretap.send(self.device_id, cmd)
         return cmd
 
-    def resend_unanswered(self) -> None:
+    def resend_unanswered(self, every_s: float = 3.0) -> None:
         """What the server's scheduler does for a command a crashed broker lost: ask again,
-        same ``cmd_id`` (the agent answers a repeat with its first answer)."""
+        same ``cmd_id`` (the agent answers a repeat with its first answer), at most every
+        ``every_s``."""
+        if time.monotonic() - self._last_resend < every_s:
+            return
+        self._last_resend = time.monotonic()
         for cmd in self.expectation.commands:
             if not self.stack.wiretap.replies(cmd.cmd_id):
                 self.stack.wiretap.send(self.device_id, cmd)

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from common.clock import to_utc, utc_now
 from ingest_server.feed import defer_to_commit, register_commit_writer
@@ -205,6 +205,23 @@ def audit_arrivals(db: Session, flush_context: object) -> None:
                 f"device:{obj.device_id}",
                 {"reason": obj.reject_reason, "sha256": obj.sha256},
             )
+
+
+def api_actor(role: str, name: str, token_id: int | None) -> str:
+    """How an API caller is named in the log: role, name, and its token's id when it has one."""
+    return f"{role}:{name}" + (f"#token{token_id}" if token_id is not None else "")
+
+
+def record_views(
+    factory: sessionmaker[Session], actor: str, route: str, session_ids: list[str]
+) -> None:
+    """Record that ``actor`` was shown the evidence of these sessions through ``route``, in a
+    write transaction of its own (API requests read through sessions that must not write)."""
+    if not session_ids:
+        return
+    with factory.begin() as db:
+        for session_id in session_ids:
+            record(db, AuditAction.VIEWED, "session", session_id, actor, {"route": route})
 
 
 def record_export(

@@ -61,10 +61,12 @@ def lock_appends(db: Session) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _write_deferred(db: Session) -> None:
+    # The caller's own work first, so the lock is held for the appends alone; its flush may
+    # defer rows of its own (audit.audit_arrivals).
+    db.flush()
     pending: dict[str, list[Any]] | None = db.info.pop(_PENDING, None)
     if not pending:
         return
-    db.flush()  # the caller's own work first, so the lock is held for the appends alone
     lock_appends(db)
     for log_name, writer in _writers.items():
         items = pending.get(log_name)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from common.clock import to_utc
 from common.commands import Command, CommandType
+from ingest_server import audit, feed
 from ingest_server.api.deps import (
     ApiContext,
     Caller,
@@ -34,7 +35,6 @@ from ingest_server.models import (
     Clip,
     Device,
     DeviceHealth,
-    FeedEvent,
     Photo,
     SessionWindow,
 )
@@ -162,7 +162,10 @@ def get_session(
     """One session with its verdict and reasons (zh-CN by default; ``Accept-Language`` or
     ``?lang=en`` switch). Only a session the caller may read (``api.deps``)."""
     row = visible_session(db, caller, session_id)
-    return session_view(db, row, pick_language(lang or accept_language), context.clock.now())
+    view = session_view(db, row, pick_language(lang or accept_language), context.clock.now())
+    actor = audit.api_actor(caller.role, caller.name, caller.token_id)
+    audit.record_views(context.session_factory, actor, "GET /sessions/{id}", [row.id])
+    return view
 
 
 @router.get("/sessions", tags=["sessions"])
@@ -191,7 +194,10 @@ def list_sessions(
     if verdict:
         query = query.where(ClassSession.verdict == verdict)
     language, now = pick_language(lang or accept_language), context.clock.now()
-    return [session_view(db, row, language, now) for row in db.scalars(query)]
+    views = [session_view(db, row, language, now) for row in db.scalars(query)]
+    actor = audit.api_actor(caller.role, caller.name, caller.token_id)
+    audit.record_views(context.session_factory, actor, "GET /sessions", [v["id"] for v in views])
+    return views
 
 
 def _command_id(action: str, session_id: str, now: datetime) -> str:
@@ -282,18 +288,6 @@ def read_feed(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Events after cursor ``after``, oldest first; pass back ``next`` to continue. The feed
-    is append-only, so a reader that keeps its cursor never misses an event."""
-    rows = db.scalars(
-        select(FeedEvent).where(FeedEvent.seq > after).order_by(FeedEvent.seq).limit(limit)
-    ).all()
-    events = [
-        {
-            "seq": r.seq,
-            "at": r.at.isoformat(),
-            "kind": r.kind,
-            "session_id": r.session_id,
-            "payload": json.loads(r.payload),
-        }
-        for r in rows
-    ]
-    return {"events": events, "next": rows[-1].seq if rows else after}
+    is append-only and its ``seq`` follows commit order (``ingest_server.feed``), so a reader
+    that keeps its cursor never misses an event."""
+    return feed.read_page(db, after, limit).to_dict()

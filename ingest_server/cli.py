@@ -15,11 +15,17 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from ingest_server import crud
+from ingest_server.consumer import replay_dead_letters
 from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory, migrate
+from ingest_server.device_messages import DeviceMessages
+from ingest_server.ingest import IngestProcessor
+from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
+from ingest_server.store import EvidenceStore
 
 log = logging.getLogger("classcam.server")
 
@@ -256,6 +262,45 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    """List the messages ingest gave up on; ``--replay`` feeds them back through the
+    processor (events and presence included) and marks those that now pass."""
+    engine = make_engine(settings.database_url)
+    try:
+        factory = make_session_factory(engine)
+        if args.replay:
+            fleet = DeviceMessages(factory, settings.heartbeat_timeout_s)
+            processor = IngestProcessor(
+                factory,
+                EvidenceStore(settings.evidence_dir),
+                settings,
+                device_messages=fleet.handle,
+            )
+            replayed, failed = replay_dead_letters(processor, args.id or None)
+            _console().print(f"replayed {replayed}, still failing {failed}")
+            return 1 if failed else 0
+        with factory() as db:
+            query = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(args.limit)
+            letters = list(db.scalars(query))
+    finally:
+        engine.dispose()
+    table = Table(title="dead letters")
+    for column in ("id", "last (UTC)", "tries", "replayed", "topic", "bytes", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(
+            str(letter.id),
+            letter.last_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(letter.attempts),
+            letter.replayed_at.strftime("%Y-%m-%d %H:%M:%S") if letter.replayed_at else "",
+            letter.topic,
+            str(len(letter.payload)),
+            letter.error,
+        )
+    _console().print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``classcam-server`` argument parser."""
     parser = argparse.ArgumentParser(prog="classcam-server", description=__doc__)
@@ -292,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--log-file", default="/var/log/mosquitto/mosquitto.log")
     bc.add_argument("--run-user", default="mosquitto")
     bc.add_argument("--memory-limit", type=int, default=3 * 1024**3)
+    dead = sub.add_parser("dead-letters", help="messages ingest gave up on; --replay them")
+    dead.add_argument("--replay", action="store_true", help="feed them back through ingest")
+    dead.add_argument("--id", type=int, action="append", help="only this one (repeatable)")
+    dead.add_argument("--limit", type=int, default=50)
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)
@@ -320,6 +369,7 @@ COMMANDS = {
     "register-device": cmd_register_device,
     "run": cmd_run,
     "clips": cmd_clips,
+    "dead-letters": cmd_dead_letters,
     "import": cmd_import,
     "audit": cmd_audit,
     "tls-init": cmd_tls_init,

@@ -37,6 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy import select
 
 from common import topics
 from common.clock import SystemClock, utc_now
@@ -86,6 +87,40 @@ def make_client(settings: Settings) -> aiomqtt.Client:
         keepalive=settings.mqtt_keepalive_s,
         **kwargs,
     )
+
+
+def replay_dead_letters(
+    processor: IngestProcessor, letter_ids: list[int] | None = None
+) -> tuple[int, int]:
+    """Feed dead letters not yet replayed (or ``letter_ids``) back through ``processor``, each
+    flushed and marked replayed when it passes; return (replayed, still failing). Acks it
+    would send are not published (no broker here): a device that waits for one asks again."""
+    factory = processor.session_factory
+    with factory() as db:
+        query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None))
+        if letter_ids:
+            query = query.where(DeadLetter.id.in_(letter_ids))
+        letters = list(db.scalars(query.order_by(DeadLetter.id)))
+    replayed = failed = 0
+    for letter in letters:
+        try:
+            processor.handle(letter.topic, letter.payload)
+            processor.flush()
+        except Exception as exc:
+            failed += 1
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
+            log.warning("dead letter %d still fails: %s", letter.id, error)
+            with factory.begin() as db:
+                row = db.get(DeadLetter, letter.id)
+                if row is not None:
+                    row.attempts, row.error, row.last_at = row.attempts + 1, error, utc_now()
+            continue
+        with factory.begin() as db:
+            row = db.get(DeadLetter, letter.id)
+            if row is not None:
+                row.replayed_at = utc_now()
+        replayed += 1
+    return replayed, failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ bench: system-deps $(STAMP)
 	$(PY) bench/photo_reuse.py
 	$(PY) bench/photo_memory.py
 	$(PY) bench/frozen_margin.py
+	$(PY) bench/broker_persistence.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

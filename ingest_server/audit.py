@@ -10,6 +10,11 @@ Rows are appended in the caller's transaction and written at its commit under th
 the feed (``ingest_server.feed``), so their seq follows commit order and the chain has no forks.
 The database itself refuses UPDATE and DELETE of the log (migration 0008's triggers).
 
+What the chain cannot show on its own: someone who can drop those triggers may rewrite the whole
+chain from a row onwards, head included, or cut the tail and move the head back. ``audit
+verify`` prints the head's hash; written down outside the database (a daily report, a ticket),
+it shows either.
+
 Who records what:
 
 * arrivals (a clip stored, a photo received, an upload rejected) — the flush that writes the

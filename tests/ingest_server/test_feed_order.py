@@ -140,3 +140,18 @@ def test_reader_gets_every_event_once_in_order_on_postgresql(pg_engine: Engine, 
 def test_reader_gets_every_event_once_in_order_on_sqlite(sqlite_engine: Engine) -> None:
     # One writer at a time on SQLite: the holder cannot wait for later commits.
     _run(sqlite_engine, 7, hold_for_reader=False)
+
+
+def test_an_append_rolled_back_is_not_written_by_a_later_commit(sqlite_engine: Engine) -> None:
+    """Appends wait in the session until commit: a rollback must drop them, not hand them to
+    the session's next transaction."""
+    factory = make_session_factory(sqlite_engine)
+    with factory() as db:
+        db.begin()
+        append_feed(db, "test", None, {"n": "rolled back"})
+        db.rollback()
+        db.begin()
+        append_feed(db, "test", None, {"n": "kept"})
+        db.commit()
+        payloads = db.scalars(select(FeedEvent.payload)).all()
+    assert payloads == ['{"n": "kept"}']

@@ -64,21 +64,21 @@ class KillRun:
             rng = seeded(seed)
             phase = rng.choice(PHASES)
             # Footage recorded since the agent came back (it records again within ~0.5 s).
-            time.sleep(max(0.0, back + 3.0 - time.monotonic()))
+            time.sleep(max(0.0, back + 2.5 - time.monotonic()))
             if phase == "recording":
                 delay = rng.uniform(0.3, 1.5)
                 time.sleep(delay)
-                window = window_behind(now(), 2.0, lag_s=delay)
+                window = window_behind(now(), 1.5, lag_s=delay)
                 self._kill_and_restart("agent_sigkill_recording", seed, f"+{delay:.2f}s")
                 # Asked only now: the footage recorded before the kill must have survived.
                 driver.cut(*window)
             elif phase == "cutting":
                 delay = rng.uniform(0.0, 1.2)
-                driver.cut_behind()
+                driver.cut_behind(1.5)
                 time.sleep(delay)
                 self._kill_and_restart("agent_sigkill_cutting", seed, f"+{delay:.2f}s after cut")
             else:
-                cmd = driver.cut_behind()
+                cmd = driver.cut_behind(1.5)
                 driver.stack.wiretap.wait_for(
                     lambda cmd=cmd: driver.first_chunk_seen(cmd), 30, "the first chunk"
                 )

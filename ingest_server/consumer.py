@@ -50,6 +50,8 @@ from ingest_server.store import EvidenceStore
 log = logging.getLogger(__name__)
 
 MAX_ERROR_TEXT = 2000
+# Messages in a row that found the worker idle: the broker holds no backlog for us.
+CAUGHT_UP_WAITS = 32
 
 
 def backoff_delay(
@@ -155,6 +157,9 @@ class IngestConsumer:
         self._connected_at = time.monotonic()
         self._last_received = 0.0
         self._busy = False  # the worker holds messages not yet acknowledged
+        # Caught up since the (re)connect: sticky until the next one (see ``caught_up``).
+        self._drained = False
+        self._waits = 0  # messages in a row the worker had to wait for
         self._stopping = threading.Event()
         # Bounded: the broker sends at most mqtt_max_inflight unacknowledged QoS 1 messages.
         self._queue: queue.Queue[Inbound | object] = queue.Queue(
@@ -227,13 +232,24 @@ class IngestConsumer:
         return sum(self.counters[k] for k in kinds)
 
     def caught_up(self) -> bool:
-        """Whether what the broker held for us since the (re)connect has been handled: the
-        queue is empty, nothing is waiting for a commit, and nothing arrived for
-        ``ingest_quiet_s``. Until then our picture of the fleet is behind (sweeps wait)."""
-        if not self.connected.is_set() or self._busy or not self._queue.empty():
+        """Whether what the broker held for us since the (re)connect has been handled. Until
+        then our picture of the fleet is behind, and heartbeat-timeout sweeps wait.
+
+        A backlog keeps the queue full (the broker refills it as fast as we acknowledge), so
+        we are caught up once, with nothing waiting for a commit, the queue stayed empty for
+        ``ingest_quiet_s``, or the worker had to wait for each of the last
+        ``CAUGHT_UP_WAITS`` messages (a steady trickle never leaves a quiet gap). It holds
+        until the connection is lost."""
+        if not self.connected.is_set():
+            return False
+        if self._drained:
+            return True
+        if self._busy or not self._queue.empty():
             return False
         quiet_since = max(self._connected_at, self._last_received)
-        return time.monotonic() - quiet_since >= self.settings.ingest_quiet_s
+        if time.monotonic() - quiet_since >= self.settings.ingest_quiet_s:
+            self._drained = True
+        return self._drained
 
     def _on_connect(
         self,
@@ -249,6 +265,7 @@ class IngestConsumer:
             return
         self._connection += 1
         self.connections += 1
+        self._drained, self._waits = False, 0
         self._connected_at = time.monotonic()
         subscription = topics.up_all(self.settings.shared_group)
         if self.settings.mqtt_protocol == "5":
@@ -318,10 +335,14 @@ class IngestConsumer:
         settings = self.settings
         while True:
             wait = settings.flush_interval_s if pending else 0.5
+            waited = self._queue.empty() and not pending
             try:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
                 item = None
+            self._waits = self._waits + 1 if waited else 0
+            if self._waits >= CAUGHT_UP_WAITS and self.connected.is_set():
+                self._drained = True
             if item is _STOP:
                 break
             if isinstance(item, Inbound):

@@ -1,4 +1,5 @@
-"""The MQTT consumer end to end: a device on a real broker uploads a clip and hears complete."""
+"""The MQTT consumer end to end: a device on a real broker uploads a clip and hears complete;
+every message is acknowledged to the broker after its commit (see also test_consumer_durability)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,11 @@ def _run_upload(
         finally:
             device.close()
         assert consumer.consumer is not None and consumer.consumer.errors == 0
+    # Every message was acknowledged to the broker, each after the commit that made it
+    # durable (the last one by the flush on stop at the latest).
+    counters = consumer.consumer.counters
+    assert counters["acked"] == counters["received"] == len(upload.chunks) + 2
+    assert counters["flushes"] >= 1
     assert (ack.state, ack.upload_id) == (AckState.COMPLETE, "up-mqtt")
     stored = harness.store.root / "clips/dev-1/2026-03-02/up-mqtt.mp4"
     assert stored.read_bytes() == upload.data

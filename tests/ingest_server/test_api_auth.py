@@ -498,3 +498,27 @@ def test_photo_form_fields_out_of_range_are_4xx_never_500(world: World, form: di
         data=form,
     )
     assert response.status_code < 500, response.text
+
+
+def test_an_honest_upload_passes_the_guard_on_a_real_server(world: World, live_server: int):
+    import httpx
+
+    url = f"http://127.0.0.1:{live_server}/api/v1/sessions/sa/photos/opening"
+    files = {"file": ("a.jpg", _photo(), "image/jpeg")}
+    auth = {"Authorization": f"Bearer {world.tokens['app-a']}"}
+    assert httpx.post(url, files=files, headers=auth, timeout=30).status_code == 201
+    # Streamed without a length (chunked) it is counted, not refused.
+    chunked = httpx.post(
+        url, content=iter([_multipart()]), headers={**auth, **MULTIPART}, timeout=30
+    )
+    assert chunked.status_code in (200, 201), chunked.text
+
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def _multipart() -> bytes:
+    return (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + _photo() + b"\r\n--b--\r\n"
+    )

@@ -181,8 +181,9 @@ class IngestConsumer:
             manual_ack=True,
         )
         client.username_pw_set(settings.mqtt_username, settings.mqtt_secret())
-        if getattr(settings, "mqtt_tls", False):
-            ca_file = getattr(settings, "mqtt_ca_file", None)
+        if settings.mqtt_tls:
+            # Verifies the broker's chain against the CA and its name against mqtt_host.
+            ca_file = settings.mqtt_ca_file
             client.tls_set(ca_certs=str(ca_file) if ca_file else None)
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect

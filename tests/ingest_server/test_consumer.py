@@ -18,6 +18,7 @@ from common.schemas import Ack, AckReplyTo, AckState, decode
 from ingest_server.consumer import ConsumerThread, backoff_delay
 from ingest_server.models import Clip
 from ingest_server.settings import Settings
+from ingest_server.tls_certs import make_ca
 from simulators.broker import SERVER_USER, EmbeddedBroker, MosquittoBroker
 
 ACK_TIMEOUT = 10.0
@@ -181,3 +182,35 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     assert low[:3] == [0.25, 0.5, 1.0] and high[:3] == [0.5, 1.0, 2.0]
     assert backoff_delay(100, rng=lambda: 1.0) == 30.0
     assert all(lo < hi for lo, hi in zip(low, high, strict=True))
+
+
+def test_consumer_over_tls_verifies_the_broker_with_its_ca(
+    mosquitto: MosquittoBroker, harness: Harness, tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    mosquitto.add_account("dev-1")
+    upload = make_upload(tmp_path / "d", key, "dev-1", "up-tls", size=2 * 4096)
+    settings = _settings(mosquitto, harness, "5", "ingest").model_copy(
+        update={
+            "mqtt_port": mosquitto.tls_port,
+            "mqtt_tls": True,
+            "mqtt_ca_file": mosquitto.ca_file,
+        }
+    )
+    with ConsumerThread(settings, harness.processor) as consumer:
+        device = Device(mosquitto, "dev-1", mqtt.MQTTv5)  # the plain loopback listener
+        try:
+            device.publish(upload.init_topic(), upload.init_payload)
+            ack = device.wait_ack(AckReplyTo.INIT)
+        finally:
+            device.close()
+        assert consumer.consumer is not None and consumer.consumer.connections == 1
+    assert ack.state is AckState.MISSING
+    # A broker certificate from another CA is refused: no connection, nothing consumed.
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    make_ca(other, "someone else's CA")
+    refused = settings.model_copy(
+        update={"mqtt_ca_file": other / "ca.crt", "mqtt_client_id": "ingest-other-ca"}
+    )
+    with pytest.raises(RuntimeError, match="did not subscribe"):
+        ConsumerThread(refused, harness.processor).start(timeout=3.0)

@@ -24,6 +24,7 @@ from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.clip_checks import ClipChecker
+from ingest_server.db import migrate
 from ingest_server.models import AuditEntry
 from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
@@ -65,11 +66,18 @@ def _setup(device_key: str) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-@pytest.fixture
-def world(sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[Harness]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, key: Ed25519PrivateKey
+) -> Iterator[Harness]:
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("pg_url")
+        migrate(url)
     clock = VirtualClock(START + timedelta(minutes=5))
-    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
-    h = Harness(sqlite_url, tmp_path / "evidence", settings, clock)
+    settings = Settings(data_dir=tmp_path, database_url=url)
+    h = Harness(url, tmp_path / "evidence", settings, clock)
     setup = tmp_path / "setup.json"
     setup.write_text(json.dumps(_setup(public_key_b64(key))))
     with h.sessions.begin() as db:

@@ -250,6 +250,14 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
                     if stop.is_set():
                         break
                     state = uploader.upload(item, stop)
+                    # Asked for now: try again at once, until done or its budget is spent.
+                    while state is None and not stop.is_set():
+                        current = outbox.get(item.upload_id)
+                        if current is None or current.state is not OutboxState.PENDING:
+                            break
+                        if current.parked or current.refusals > item.refusals:
+                            break  # spent, or refused for now: the service tries later
+                        state = uploader.upload(current, stop)
                     log.info("upload %s: %s", item.upload_id, state)
                     progress.advance(task)
         else:

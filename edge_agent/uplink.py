@@ -340,6 +340,10 @@ class Uploader:
 
     def _attempt(self, item: OutboxItem, stop: threading.Event) -> AckState | None:
         device = self.link.device_id
+        # No link, no attempt: a clip is not charged for the broker being away.
+        while not self.link.wait_connected(timeout=1.0):
+            if stop.is_set():
+                return None
         attempts = self.outbox.note_attempt(item.upload_id)
         progressed = False
         try:

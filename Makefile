@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.classcam-installed
 
-.PHONY: demo test bench lint system-deps venv clean
+.PHONY: demo test bench fuzz lint system-deps venv clean
 
 # Debian's own Python with GStreamer's bindings: does it have element $1? (the RTSP camera
 # simulator runs under it, since the venv cannot import gi)
@@ -63,6 +63,19 @@ bench: system-deps $(STAMP)
 	$(PY) bench/photo_memory.py
 	$(PY) bench/frozen_margin.py
 	$(PY) bench/broker_persistence.py
+
+# The property and fuzz tests of the suite, run much longer: FUZZ_EXAMPLES examples per
+# property test (the suite runs 40-150), a quarter of that per API operation, mode and caller.
+FUZZ_EXAMPLES ?= 1000
+FUZZ_TESTS := tests/ingest_server/test_chunk_assembly_property.py \
+	tests/ingest_server/test_event_ledger_property.py \
+	tests/ingest_server/test_mqtt_fuzz_property.py \
+	tests/ingest_server/test_openapi_fuzz.py \
+	tests/edge_agent/test_commands_fuzz_property.py
+
+fuzz: system-deps $(STAMP)
+	CLASSCAM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest --timeout=7200 \
+	  --hypothesis-show-statistics --durations=0 $(FUZZ_TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

@@ -18,9 +18,10 @@ def fuzz_examples() -> int:
         return 0
 
 
-def examples(bounded: int) -> int:
-    """``bounded`` in the suite, ``CLASSCAM_FUZZ_EXAMPLES`` in a fuzz run."""
-    return fuzz_examples() or bounded
+def examples(bounded: int, share: float = 1.0) -> int:
+    """``bounded`` in the suite; in a fuzz run ``share`` of ``CLASSCAM_FUZZ_EXAMPLES`` (the API
+    fuzz, run for every operation, mode and caller, takes a smaller share), never fewer."""
+    return max(bounded, int(fuzz_examples() * share))
 
 
 def load_hypothesis_profile() -> None:

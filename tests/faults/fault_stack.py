@@ -14,6 +14,7 @@ Invariants (issue 8, item 8):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ class AgentProcess:
         self.config: AgentConfig = load_config(device.config_path)
         self.wiretap = wiretap
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = utc_now()
         self.kills = 0
 
     @property
@@ -151,6 +153,7 @@ class AgentProcess:
     def start(self, timeout: float = 30.0) -> None:
         """Spawn the agent; return once the broker has its ``online``."""
         since = time.monotonic()
+        self.started_at = utc_now()
         self.process = self.device.spawn("run")
         try:
             self.wiretap.wait_for(
@@ -264,7 +267,7 @@ class FaultStack:
 
     # -- what the server holds --------------------------------------------------------------
 
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> contextlib.closing[sqlite3.Connection]:
         return read_only(Path(self.server.db_url.removeprefix("sqlite:///")))
 
     def restart_server(self) -> None:
@@ -272,8 +275,9 @@ class FaultStack:
         self.server.start()
 
 
-def read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+def read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A read-only connection to an SQLite file another process writes, closed after use."""
+    return contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10))
 
 
 def integrity_problems(paths: Iterable[Path]) -> list[str]:
@@ -438,20 +442,8 @@ def settle(
         time.sleep(0.3)
 
 
-def window_behind(
-    now: datetime, length_s: float = 2.0, lag_s: float = 0.2
-) -> tuple[datetime, datetime]:
-    """A window of ``length_s`` that ended ``lag_s`` before ``now``."""
-    end = now - timedelta(seconds=lag_s)
-    return end - timedelta(seconds=length_s), end
-
-
 def seeded(seed: int) -> random.Random:
     return random.Random(seed)
-
-
-def now() -> datetime:
-    return utc_now()
 
 
 # -- the devices of each scenario, provisioned once for the suite -------------------------------
@@ -508,8 +500,31 @@ class Driver:
         self.answer(self.send(CommandType.CLOSE_SESSION, session_id=self.session_id))
 
     def cut_behind(self, length_s: float = 2.0) -> Command:
-        """Ask for the window of ``length_s`` that just ended."""
-        return self.cut(*window_behind(now(), length_s))
+        """Ask for the newest ``length_s`` the agent has recorded since it last started."""
+        return self.cut(*self.recorded_window(length_s))
+
+    def recorded_window(self, length_s: float, timeout: float = 30.0) -> tuple[datetime, datetime]:
+        """The newest window of ``length_s`` held in finished segments of the agent's spool
+        since it last started; waits for that much footage (a loaded box starts slowly)."""
+        index = self.agent.config.spool_dir / "index.sqlite3"
+        since_us = round(self.agent.started_at.timestamp() * 1_000_000)
+
+        def span() -> tuple[int, int] | None:
+            if not index.exists():
+                return None
+            with read_only(index) as db:
+                first, last = db.execute(
+                    "SELECT min(start_wall_us), max(end_wall_us) FROM segments"
+                    " WHERE start_wall_us >= ?",
+                    (since_us,),
+                ).fetchone()
+            if first is None or (last - first) / 1e6 < length_s + 0.2:
+                return None
+            return first, last
+
+        _, last = wait_until(span, timeout, f"{length_s} s recorded by {self.device_id}")
+        end = datetime.fromtimestamp(last / 1e6, UTC) - timedelta(seconds=0.1)
+        return end - timedelta(seconds=length_s), end
 
     def cut(self, start: datetime, end: datetime) -> Command:
         n = len(self.expectation.commands)

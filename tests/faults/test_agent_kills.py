@@ -20,10 +20,8 @@ from fault_stack import (
     Fault,
     FaultStack,
     invariant_problems,
-    now,
     seeded,
     settle,
-    window_behind,
 )
 
 pytestmark = pytest.mark.faults
@@ -59,26 +57,24 @@ class KillRun:
         self.agent.start()
         # The recording stays on the device until this many cuts are acknowledged.
         driver.open_session(windows=len(self.seeds))
-        back = time.monotonic()
         for seed in self.seeds:
             rng = seeded(seed)
             phase = rng.choice(PHASES)
-            # Footage recorded since the agent came back (it records again within ~0.5 s).
-            time.sleep(max(0.0, back + 2.5 - time.monotonic()))
+            # A window in segments finished since the agent (re)started: on disk, fsynced.
+            window = driver.recorded_window(1.5)
             if phase == "recording":
-                delay = rng.uniform(0.3, 1.5)
+                delay = rng.uniform(0.0, 1.5)
                 time.sleep(delay)
-                window = window_behind(now(), 1.5, lag_s=delay)
                 self._kill_and_restart("agent_sigkill_recording", seed, f"+{delay:.2f}s")
                 # Asked only now: the footage recorded before the kill must have survived.
                 driver.cut(*window)
             elif phase == "cutting":
-                delay = rng.uniform(0.0, 1.2)
-                driver.cut_behind(1.5)
+                delay = rng.uniform(0.0, 1.0)
+                driver.cut(*window)
                 time.sleep(delay)
                 self._kill_and_restart("agent_sigkill_cutting", seed, f"+{delay:.2f}s after cut")
             else:
-                cmd = driver.cut_behind(1.5)
+                cmd = driver.cut(*window)
                 driver.stack.wiretap.wait_for(
                     lambda cmd=cmd: driver.first_chunk_seen(cmd), 30, "the first chunk"
                 )
@@ -87,7 +83,6 @@ class KillRun:
                 self._kill_and_restart(
                     "agent_sigkill_uploading", seed, f"+{delay:.2f}s after the first chunk"
                 )
-            back = time.monotonic()
         driver.close_session()
 
 

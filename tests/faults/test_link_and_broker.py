@@ -63,7 +63,6 @@ def _finish(stack: FaultStack, driver: Driver, seeds: list[int], faults: list[Fa
 def test_link_cut_mid_upload_and_mid_event(stack: FaultStack, linked: Driver) -> None:
     seeds = [7_200 + k for k in range(LINK_CUTS)]
     faults: list[Fault] = []
-    time.sleep(2.5)  # footage to cut
     for seed in seeds:
         rng = seeded(seed)
         if rng.random() < 0.6:
@@ -89,7 +88,6 @@ def test_link_cut_mid_upload_and_mid_event(stack: FaultStack, linked: Driver) ->
 def test_broker_killed_and_restarted_mid_upload(stack: FaultStack, direct: Driver) -> None:
     seeds = [7_300 + k for k in range(BROKER_KILLS)]
     faults: list[Fault] = []
-    time.sleep(2.5)
     for seed in seeds:
         rng = seeded(seed)
         cmd = direct.cut_behind()

@@ -51,7 +51,6 @@ def test_server_killed_mid_ingest_and_mid_event(stack: FaultStack, drivers: list
     faults: list[Fault] = []
     seeds = [BASE_SEED + k for k in range(KILLS)]
     server_db = Path(stack.server.db_url.removeprefix("sqlite:///"))
-    time.sleep(2.5)  # footage to cut
     for k, seed in enumerate(seeds):
         rng = seeded(seed)
         driver = drivers[k % len(drivers)]

@@ -1,1 +1,3 @@
-"""The upload protocol's parts (DESIGN.md §3): refusals kept bounded, stale uploads reaped."""
+"""The upload protocol's parts (DESIGN.md §3), ordered by ``ingest_server.ingest``:
+``manifest`` (authentication, pure), ``ledger`` (byte ranges), ``commit`` (the assembled file
+and the clip), ``acks`` (what the device is told), ``rejections`` and ``reaper`` (bounds)."""

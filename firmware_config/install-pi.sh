@@ -1,11 +1,14 @@
 #!/bin/sh
 # Install the classcam edge agent on Raspberry Pi OS (bookworm or later), as root:
-#   sudo firmware_config/install-pi.sh cam-0001 broker.example.org
+#   sudo firmware_config/install-pi.sh cam-0001 broker.example.org ca.crt
+# ca.crt is the broker's CA (`classcam-server tls-init` on the server): the agent connects over
+# TLS only to a broker whose certificate it signed for broker.example.org.
 # Idempotent: re-running upgrades the code and keeps the device's identity.
 set -eu
 
 DEVICE_ID=${1:?usage: install-pi.sh DEVICE_ID BROKER_HOST}
-BROKER_HOST=${2:?usage: install-pi.sh DEVICE_ID BROKER_HOST}
+BROKER_HOST=${2:?usage: install-pi.sh DEVICE_ID BROKER_HOST CA_CERT}
+CA_CERT=${3:?usage: install-pi.sh DEVICE_ID BROKER_HOST CA_CERT}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=/opt/classcam
 ETC=/etc/classcam
@@ -40,6 +43,7 @@ if [ ! -f "$ETC/credentials/device-key.pem" ]; then
     echo "register the public key above on the server, and add the broker password" \
          "($ETC/credentials/broker-password) to the broker for user $DEVICE_ID"
 fi
+install -m 0644 "$CA_CERT" "$ETC/credentials/ca.crt"
 chown -R root:classcam "$ETC"
 chmod 0640 "$ETC/agent.toml"
 

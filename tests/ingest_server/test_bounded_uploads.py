@@ -263,3 +263,33 @@ def test_the_running_server_reaps_from_its_scheduler_tick(
         assert not staging.exists() and core.reaper.stats["uploads_expired"] == 1
     finally:
         core.close()
+
+
+def test_the_reaper_and_the_cap_on_postgresql(
+    pg_url: str, tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    migrate(pg_url)
+    harness = _bounded_harness(
+        pg_url, tmp_path, key, upload_stale_after_s=3600.0, max_open_uploads_per_device=2
+    )
+    reaper = UploadReaper(harness.sessions, harness.store, harness.settings, harness.clock)
+    device = tmp_path / "device"
+    try:
+        uploads = [
+            make_upload(device, key, "dev-1", f"pg-{i}", size=3000, chunk_size=1024)
+            for i in range(3)
+        ]
+        states = [harness.send(u.init_topic(), u.init_payload)[0].state for u in uploads]
+        assert states == [AckState.MISSING, AckState.MISSING, AckState.REJECTED]
+        harness.clock.advance(3601)
+        assert reaper.run().expired == 2
+        # Both places are free again; the expired one starts from nothing.
+        [ack] = harness.send(uploads[2].init_topic(), uploads[2].init_payload)
+        assert ack.state is AckState.MISSING
+        [ack] = harness.send(uploads[0].init_topic(), uploads[0].init_payload)
+        assert (ack.state, ack.missing) == (AckState.MISSING, [(0, 3000)])
+        harness.send_chunks(uploads[0])
+        [done] = harness.send(uploads[0].fin_topic(), uploads[0].fin_payload())
+        assert done.state is AckState.COMPLETE
+    finally:
+        harness.close()

@@ -240,6 +240,28 @@ def test_a_packet_over_max_packet_size_is_refused(
     assert server.topics() == ["classcam/v1/up/dev-1/event"]
 
 
+def test_a_device_away_keeps_more_queued_commands_than_mosquittos_default(
+    mosquitto: MosquittoBroker, clients: list[Watcher]
+):
+    """The queue limits are global in Mosquitto 2.0: what the server's account needs, a
+    device's gets too. 1,500 commands (the default limit is 1,000) all wait for it."""
+    mosquitto.add_account("dev-1")
+    device = _watch(clients, mosquitto, "dev-1")
+    device.subscribe("classcam/v1/down/dev-1/#")
+    device.close()
+    clients.remove(device)
+    scheduler = _watch(clients, mosquitto, SCHEDULER_USER)
+    infos = [
+        scheduler.client.publish("classcam/v1/down/dev-1/cmd", str(i).encode(), qos=1)
+        for i in range(1500)
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    back = _watch(clients, mosquitto, "dev-1")
+    wait_until(lambda: len(back.messages) >= 1500, 20, "the queued commands")
+    assert [int(p) for _, p in back.messages] == list(range(1500))
+
+
 # -- TLS: the agent's own link, configured the way provisioning does it ----------------------
 
 

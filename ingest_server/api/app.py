@@ -23,6 +23,26 @@ class Refusal(BaseModel):
     detail: Any
 
 
+class PhotoRefusalReason(BaseModel):
+    reason: str  # ingest_server.photos.PhotoRejectReason
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One field FastAPI could not validate (its own 422 body lists them)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class PhotoInvalid(BaseModel):
+    """A 422 of the photo route: fields that do not validate, or a photo refused for what it
+    shows or lacks (no time, no place, ...), with its reason code."""
+
+    detail: list[FieldError] | PhotoRefusalReason
+
+
 def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Refusal} for code in codes}
 
@@ -30,7 +50,9 @@ def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
 # What each router's routes may answer besides success and 422, declared in the OpenAPI
 # document so that clients (and the schemathesis suite) know every answer they can get.
 READ_AND_COMMAND_REFUSALS = _refusals(401, 403, 404, 409)
-PHOTO_REFUSALS = _refusals(400, 401, 403, 404, 413, 415)
+PHOTO_REFUSALS = _refusals(400, 401, 403, 404, 413, 415) | {
+    422: {"model": PhotoInvalid, "description": "Invalid fields, or the photo was refused"}
+}
 
 
 def create_app(context: ApiContext) -> FastAPI:

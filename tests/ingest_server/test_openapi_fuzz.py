@@ -322,3 +322,20 @@ def test_without_a_token_every_route_answers_401(api: Api) -> None:
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
         fuzz(api.app, {}, mode, examples(10, 0.25), unauthorized)
     assert api.recomputed == before, "no photo got in"
+
+
+def test_a_refused_photo_is_answered_as_declared(api: Api) -> None:
+    """Found by ``make fuzz``: a real photo refused for its content (no place: no EXIF GPS and
+    none from the app) was a 422 whose body matched none of the declared schemas."""
+    photo_route = next(op for op in operations(api.app) if op.label.endswith("/photos/{kind}"))
+    case = photo_route.Case(
+        path_parameters={"session_id": "s-past", "kind": "closing"},
+        body={"file": real_photos()[0]},
+        media_type="multipart/form-data",
+    )
+    headers = {"Authorization": f"Bearer {api.lecturer_token}"}
+    with get_client(api.app) as client:
+        response = case.call(session=client, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"]["reason"] == "no_place"
+    case.validate_response(response, checks=CHECKS, headers=headers)

@@ -487,10 +487,17 @@ class Driver:
             if not self.stack.wiretap.replies(cmd.cmd_id):
                 self.stack.wiretap.send(self.device_id, cmd)
 
-    def answer(self, cmd: Command, timeout: float = 20.0) -> Any:
-        return self.stack.wiretap.wait_for(
-            lambda: self.stack.wiretap.replies(cmd.cmd_id), timeout, f"answer to {cmd.cmd_id}"
-        )
+    def answer(self, cmd: Command, timeout: float = 30.0) -> Any:
+        """Wait for the agent's answer to ``cmd``, asking again while none comes (a broker
+        that crashed may have lost it, as the server's scheduler knows)."""
+
+        def answered() -> Any:
+            replies = self.stack.wiretap.replies(cmd.cmd_id)
+            if not replies:
+                self.resend_unanswered()
+            return replies
+
+        return wait_until(answered, timeout, f"answer to {cmd.cmd_id}")
 
     def open_session(self, windows: int) -> None:
         cmd = self.send(CommandType.OPEN_SESSION, session_id=self.session_id, windows=windows)

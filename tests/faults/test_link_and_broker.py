@@ -51,7 +51,7 @@ def direct(stack: FaultStack) -> Iterator[Driver]:
 
 
 def _finish(stack: FaultStack, driver: Driver, seeds: list[int], faults: list[Fault]) -> None:
-    driver.answer(driver.send(CommandType.CLOSE_SESSION, session_id=driver.session_id), 30)
+    driver.close_session()
     expectations = [driver.expectation]
     problems = settle(stack, expectations, timeout=60, resend=driver.resend_unanswered)
     problems = problems or invariant_problems(stack, expectations)

@@ -210,7 +210,8 @@ def test_every_event_of_a_device_with_a_long_id_has_its_own_event_id(
         closed = operator.send(device_id, CommandType.CLOSE_SESSION, session_id="long-id")
         operator.reply_to(closed.cmd_id)
         ids = [e.event_id for e in operator.events if e.device_id == device_id]
-        assert len(ids) == 2 and len(set(ids)) == 2, ids
+        # (An event is sent again until the server acknowledges it: count ids, not messages.)
+        assert len(set(ids)) == 2, ids
         # The server keeps one event per event_id: both must be there.
         with sqlite3.connect(server.db_url.removeprefix("sqlite:///")) as db:
             query = "SELECT type FROM device_events WHERE device_id = ?"

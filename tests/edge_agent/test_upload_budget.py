@@ -8,6 +8,7 @@ budget is parked: kept on disk, tried again slowly, counted in the heartbeat."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,10 +21,12 @@ from agent_harness import Operator, field_device
 
 from common.clock import VirtualClock
 from edge_agent.clips import enqueue_snapshot
+from edge_agent.config import load_config
 from edge_agent.outbox import Outbox, OutboxState
 from edge_agent.service import AgentService
+from edge_agent.uplink import MqttLink, Uploader
 from simulators.broker import MosquittoBroker
-from simulators.harness import ServerProcess
+from simulators.harness import ServerProcess, provision_device
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -154,3 +157,48 @@ def test_due_clips_are_taken_least_recently_tried_first(tmp_path: Path):
     assert outbox.count_parked() == 1 and outbox.count() == 3
     assert [i.upload_id for i in outbox.due(timedelta(days=1))] == ["c", "b"]
     outbox.close()
+
+
+def test_a_silent_server_costs_each_clip_one_attempt_in_turn(
+    tmp_path: Path, mosquitto: MosquittoBroker
+):
+    """No server answers (it is down, or cannot store): the first clip does not hold the
+    pass; every clip is tried once, charged, and waits for its backoff."""
+    device = provision_device(
+        tmp_path / "devices",
+        "cam-silent",
+        mosquitto,
+        settings={"upload": {"ack_timeout_s": 0.3, "retry_min_s": 60.0, "retry_max_s": 120.0}},
+    )
+    config = load_config(device.config_path)
+    outbox = Outbox(config.outbox_dir)
+    for name in ("s-1", "s-2", "s-3"):
+        path = outbox.file_path(name)
+        path.write_bytes(b"x" * 100)
+        outbox.enqueue(name, path, b"{}", size=100, chunk_size=1024, sha256="0" * 64)
+    link = MqttLink(config, config.broker_password())
+    uploader = Uploader(link, outbox, config.upload)
+    stop = threading.Event()
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        passing = threading.Thread(target=uploader.drain, args=(stop,), daemon=True)
+        passing.start()
+        passing.join(15)
+        assert not passing.is_alive(), "one silent upload held the whole pass"
+        items = [outbox.get(name) for name in ("s-1", "s-2", "s-3")]
+        assert all(i is not None and i.attempts == 1 for i in items)
+        assert all(
+            i is not None
+            and i.next_attempt_at is not None
+            and i.next_attempt_at - outbox.clock.now() > timedelta(seconds=25)
+            and i.reason == "no_answer"
+            and i.path.exists()
+            for i in items
+        )
+        assert uploader.stats.failed_attempts == 3
+        assert outbox.due(timedelta(seconds=120)) == []
+    finally:
+        stop.set()
+        link.stop()
+        outbox.close()

@@ -344,8 +344,8 @@ class IngestConsumer:
             self._waits = self._waits + 1 if waited else 0
             if self._waits >= CAUGHT_UP_WAITS and self.connected.is_set():
                 self._drained = True
-            if item is _STOP:
-                break
+            if item is _STOP or self._stopping.is_set():
+                break  # what is still queued is not acknowledged: the broker sends it again
             if isinstance(item, Inbound):
                 if item.connection != self._connection:
                     self.counters["stale"] += 1  # the broker sends it again on this connection

@@ -280,3 +280,29 @@ def test_messages_are_not_dropped_while_the_database_is_away_and_are_processed_a
 def _event_ids(harness: Harness) -> set[str]:
     with harness.sessions() as db:
         return set(db.scalars(select(DeviceEvent.event_id)))
+
+
+def test_a_steady_trickle_still_lets_the_consumer_say_it_has_caught_up(
+    mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
+) -> None:
+    """Heartbeat sweeps wait for ``caught_up``; a fleet whose messages never leave a quiet gap
+    must not hold them off for ever."""
+    fleet = DeviceMessages(harness.sessions, 90.0, harness.clock)
+    processor = IngestProcessor(
+        harness.sessions,
+        harness.store,
+        harness.settings,
+        harness.clock,
+        device_messages=fleet.handle,
+    )
+    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=60.0)
+    thread = ConsumerThread(settings, processor)
+    with thread:
+        consumer = thread.consumer
+        assert consumer is not None
+        assert not consumer.caught_up()  # no quiet gap yet, nothing seen
+        for _ in range(40):
+            device.event()  # waits for the broker's PUBACK: one at a time, a trickle
+            time.sleep(0.02)
+        wait_for(consumer.caught_up, what="caught up under a trickle")
+    assert not consumer.caught_up()  # disconnected: no longer

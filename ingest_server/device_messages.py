@@ -118,6 +118,11 @@ class DeviceMessages:
         return row
 
     def _status(self, device_id: str, status: Status) -> None:
+        if status.device_id != device_id:
+            # The topic names the broker login; a status about someone else is not its word.
+            self.counters["status_device_mismatch"] += 1
+            log.warning("status from %s names device %s; ignored", device_id, status.device_id)
+            return
         online = status.state == StatusState.ONLINE
         received = self.clock.now()
         with self.session_factory.begin() as db:

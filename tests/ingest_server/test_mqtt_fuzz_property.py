@@ -211,13 +211,19 @@ def messages(draw: st.DrawFn, world: World) -> tuple[str, bytes, bool]:
             # dev-2's own manifest on dev-2's topic is the one honest init here.
             honest = device == OTHER and claim == OTHER and signer == OTHER
             return topic, payload, not honest
-    how = draw(st.sampled_from(["hostile", "binary", "extra_key", "wrong_type", "json"]))
+    how = draw(
+        st.sampled_from(["hostile", "binary", "extra_key", "wrong_type", "json", "other_device"])
+    )
     if how == "hostile":
         return topic, draw(st.sampled_from(HOSTILE)), True
     if how == "binary":
         payload = draw(st.binary(max_size=256))
         # An empty status clears a retained message: valid.
         return topic, payload, not (kind == "status" and payload == b"")
+    if how == "other_device" and kind in ("status", "heartbeat", "event"):
+        # A valid payload naming another device than its topic (the broker login's) does.
+        claimed = draw(st.sampled_from([d for d in DEVICES if d != device]))
+        return topic, json.dumps(valid_payload(kind, claimed, upload_id)).encode(), True
     base = valid_payload(kind, device, upload_id)
     if how == "extra_key":
         # Every payload model forbids unknown fields.

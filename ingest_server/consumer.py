@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -66,29 +65,6 @@ def build_processor(settings: Settings) -> IngestProcessor:
     engine = make_engine(settings.database_url)
     store = EvidenceStore(settings.evidence_dir)
     return IngestProcessor(make_session_factory(engine), store, settings, SystemClock())
-
-
-def make_client(settings: Settings) -> aiomqtt.Client:
-    """An aiomqtt client on the server's account and settings (the scheduler's, before it had
-    its own); the ingest consumer itself uses paho with manual acknowledgement."""
-    v5 = settings.mqtt_protocol == "5"
-    kwargs: dict[str, Any] = {}
-    if v5:
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = settings.mqtt_session_expiry_s
-        kwargs.update(clean_start=False, properties=properties)
-    else:
-        kwargs.update(clean_session=False)
-    return aiomqtt.Client(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        username=settings.mqtt_username,
-        password=settings.mqtt_secret(),
-        identifier=settings.mqtt_client_id,
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        keepalive=settings.mqtt_keepalive_s,
-        **kwargs,
-    )
 
 
 def replay_dead_letters(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -306,3 +307,38 @@ def test_a_steady_trickle_still_lets_the_consumer_say_it_has_caught_up(
             time.sleep(0.02)
         wait_for(consumer.caught_up, what="caught up under a trickle")
     assert not consumer.caught_up()  # disconnected: no longer
+
+
+class HeldProcessor(IngestProcessor):
+    """Handles nothing until released, as a slow disk or database would."""
+
+    release = threading.Event()
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        self.release.wait(WAIT)
+        return super().handle(topic, payload)
+
+
+def test_at_most_mqtt_max_inflight_messages_are_handed_over_unacknowledged(
+    mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
+) -> None:
+    fleet = DeviceMessages(harness.sessions, 90.0, harness.clock)
+    processor = HeldProcessor(
+        harness.sessions,
+        harness.store,
+        harness.settings,
+        harness.clock,
+        device_messages=fleet.handle,
+    )
+    processor.release = threading.Event()
+    settings = consumer_settings(mosquitto, harness, mqtt_max_inflight=5)
+    with ConsumerThread(settings, processor) as thread:
+        consumer = thread.consumer
+        assert consumer is not None
+        sent = [device.event() for _ in range(30)]  # the broker takes them all
+        wait_for(lambda: consumer.counters["received"] >= 5, what="the first five")
+        time.sleep(0.5)  # room for the broker to overrun the bound, if it would
+        assert consumer.counters["received"] == 5  # MQTT 5 ReceiveMaximum holds the rest
+        processor.release.set()
+        wait_for(lambda: _event_ids(harness) == {e.event_id for e in sent}, what="all thirty")
+    assert consumer.counters["acked"] == 30

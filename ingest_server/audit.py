@@ -121,8 +121,14 @@ def record(
 
 def _write_audit(db: Session, items: list[_Pending]) -> None:
     # Under the append lock (feed.lock_appends). FOR UPDATE as well: under REPEATABLE READ a
-    # stale head fails the transaction instead of forking the chain.
-    head = db.scalar(select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update())
+    # stale head fails the transaction instead of forking the chain. populate_existing: a
+    # session that loaded the head in an earlier transaction keeps it (no expiry on commit).
+    head = db.scalar(
+        select(AuditHead)
+        .where(AuditHead.id == HEAD_ID)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if head is None:
         raise RuntimeError("audit_head is missing: the database was not migrated (0008)")
     seq, prev = head.seq, head.hash

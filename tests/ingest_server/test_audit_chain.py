@@ -247,3 +247,21 @@ def test_rows_cut_from_the_tail_are_found(
     status, out = verify_cli(db_url, tmp_path, capsys)
     assert status == 1
     assert "BROKEN at seq 5" in out and "ends at seq 4 but its head is seq 6" in out
+
+
+def test_a_session_reused_after_others_appended_reads_the_new_head(engine: Engine) -> None:
+    """Sessions keep loaded rows after commit (expire_on_commit=False): a session that loaded
+    the head before must not append after a stale one."""
+    factory = make_session_factory(engine)
+    with factory() as first, factory() as second:
+        held = []  # loaded in a transaction of their own, and kept alive
+        for db in (first, second):
+            with db.begin():
+                held.append(db.get(AuditHead, 1))
+        for db in (first, second, first, second):
+            with db.begin():
+                audit.record(db, "viewed", "session", "s", "t")
+        assert len(held) == 2
+    with factory() as db:
+        report = audit.verify(db)
+    assert report.ok and report.rows == 4, report

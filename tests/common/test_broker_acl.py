@@ -4,12 +4,14 @@ TLS verified by the agent, acknowledged messages kept across a kill -9."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -17,6 +19,8 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config import load_config
 from edge_agent.uplink import MqttLink
+from ingest_server.scheduler import make_scheduler_client
+from ingest_server.settings import Settings
 from ingest_server.tls_certs import make_broker_certificates
 from simulators.broker import SCHEDULER_USER, SERVER_USER, MosquittoBroker
 from simulators.harness import provision_device, set_toml_values
@@ -320,6 +324,39 @@ def test_the_agent_refuses_a_broker_certificate_for_another_host(tmp_path: Path)
         assert not _connects(_tls_link(tmp_path, broker, broker.ca_file, host="localhost"))
     finally:
         broker.stop()
+
+
+def _scheduler_publishes_over_tls(broker: MosquittoBroker, ca_file: Path) -> bool:
+    settings = Settings(
+        mqtt_host="127.0.0.1",
+        mqtt_port=broker.tls_port,
+        mqtt_tls=True,
+        mqtt_ca_file=ca_file,
+        mqtt_scheduler_password=broker.accounts.passwords[SCHEDULER_USER],
+    )
+
+    async def publish() -> bool:
+        try:
+            async with make_scheduler_client(settings) as client:
+                await client.publish("classcam/v1/down/dev-1/cmd", b"over tls", qos=1)
+                return True
+        except aiomqtt.MqttError:
+            return False
+
+    return asyncio.run(asyncio.wait_for(publish(), 15))
+
+
+def test_the_scheduler_reaches_the_broker_over_tls_only_with_its_ca(
+    tmp_path: Path, mosquitto: MosquittoBroker, clients: list[Watcher]
+):
+    mosquitto.add_account("dev-1")
+    device = _watch(clients, mosquitto, "dev-1")
+    device.subscribe("classcam/v1/down/dev-1/#")
+    other = make_broker_certificates(tmp_path / "other-ca", ["localhost"], ["127.0.0.1"])
+    assert not _scheduler_publishes_over_tls(mosquitto, other.ca_cert)
+    assert _scheduler_publishes_over_tls(mosquitto, mosquitto.ca_file)
+    wait_until(lambda: device.messages, what="the command sent over TLS")
+    assert device.messages == [("classcam/v1/down/dev-1/cmd", b"over tls")]
 
 
 # -- persistence ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ TLS verified by the agent, acknowledged messages kept across a kill -9."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from ingest_server.scheduler import make_scheduler_client
 from ingest_server.settings import Settings
 from ingest_server.tls_certs import make_broker_certificates
 from simulators.broker import SCHEDULER_USER, SERVER_USER, MosquittoBroker
-from simulators.harness import provision_device, set_toml_values
+from simulators.harness import ServerProcess, provision_device, set_toml_values
 
 SERVER_CLIENT_ID = "classcam-ingest-host"
 
@@ -196,6 +197,26 @@ def test_a_device_login_cannot_take_the_servers_client_id(
     wait_until(lambda: server.messages, what="a message for the server")
     assert server.disconnects == 0 and server.connected.is_set()
     assert "already connected, closing old connection" not in mosquitto.log_file.read_text()
+
+
+def test_the_running_server_is_not_kicked_by_a_device_using_its_client_id(
+    tmp_path: Path, mosquitto: MosquittoBroker, clients: list[Watcher]
+):
+    mosquitto.add_account("dev-1")
+    server = ServerProcess(tmp_path / "server", mosquitto)
+    server.start()
+    try:
+        found = re.search(r"subscribed to \S+ as (\S+)", server.log_file.read_text())
+        assert found, server.tail_log()
+        intruder = _watch(clients, mosquitto, "dev-1", found.group(1), clean_start=True)
+        assert intruder.connected.is_set()
+        log = mosquitto.log_file.read_text()
+        # The broker takes a client id over while it handles the CONNECT, before its CONNACK.
+        assert "as dev-1 (p5, c1" in log
+        assert "already connected, closing old connection" not in log
+        assert server.log_file.read_text().count("subscribed to") == 1
+    finally:
+        server.stop()
 
 
 def test_a_device_login_cannot_take_another_devices_session_and_queued_command(

@@ -6,6 +6,7 @@ the verdict keeper's reads) and append one feed event. Three ways to append:
 * ``unserialised`` — the old ``db.add(FeedEvent(...))``: fastest, and skips rows for readers;
 * ``at-commit`` — ``ingest_server.feed.append``: the row is written at commit under the advisory
   lock, so only the insert and the commit are serial;
+* ``+audit row`` — ``at-commit`` plus one hash-chained audit row (``ingest_server.audit``);
 * ``at-append`` — the naive fix: take the lock when appending, hold it through the other work.
 
 Prints appends per second for each and the ratio to unserialised.
@@ -24,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from common.clock import utc_now
-from ingest_server import feed
+from ingest_server import audit, feed
 from ingest_server.db import make_engine, make_session_factory, migrate
 from ingest_server.models import FeedEvent
 
@@ -37,6 +38,11 @@ def unserialised(db: Session, n: int) -> None:
 
 def at_commit(db: Session, n: int) -> None:
     feed.append(db, "bench", None, {"n": n})
+
+
+def with_audit(db: Session, n: int) -> None:
+    feed.append(db, "bench", None, {"n": n})
+    audit.record(db, "viewed", "session", f"s{n}", "bench")
 
 
 def at_append(db: Session, n: int) -> None:
@@ -88,6 +94,7 @@ def main() -> None:
         modes: dict[str, Append] = {
             "unserialised": unserialised,
             "at-commit": at_commit,
+            "+audit row": with_audit,
             "at-append": at_append,
         }
         best: dict[str, float] = dict.fromkeys(modes, 0.0)

@@ -72,7 +72,20 @@ class FaultLedger:
     """Every fault injected in this run, and whether the invariants held after it."""
 
     faults: list[Fault] = field(default_factory=list)
+    # What the invariants were checked on, by key: windows (device, cmd or upload id) and
+    # events (event id); a key once bad stays bad.
+    windows: dict[str, bool] = field(default_factory=dict)
+    events: dict[str, str] = field(default_factory=dict)  # "ok", "lost" or "duplicated"
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def checked_window(self, key: str, ok: bool) -> None:
+        with self._lock:
+            self.windows[key] = self.windows.get(key, True) and ok
+
+    def checked_event(self, event_id: str, verdict: str) -> None:
+        with self._lock:
+            if self.events.get(event_id, "ok") == "ok":
+                self.events[event_id] = verdict
 
     def inject(self, kind: str, seed: int, detail: str = "") -> Fault:
         fault = Fault(kind, seed, detail)
@@ -91,6 +104,13 @@ class FaultLedger:
         total = len(self.faults)
         ok = sum(f.survived for f in self.faults)
         lines = [f"faults injected: {total}, survived: {ok}, not survived: {total - ok}"]
+        verdicts = Counter(self.events.values())
+        good = sum(self.windows.values())
+        lines.append(
+            f"windows checked: {len(self.windows)}, stored once with the agent's sha256: {good};"
+            f" events checked: {len(self.events)}, lost: {verdicts['lost']},"
+            f" duplicated: {verdicts['duplicated']}"
+        )
         for kind, faults in sorted(by_kind.items()):
             good = sum(f.survived for f in faults)
             lines.append(f"  {kind:<28} {len(faults):>4} injected, {good:>4} survived")
@@ -352,10 +372,13 @@ def invariant_problems(
                     (exp.device_id, cmd.cmd_id),
                 ).fetchall()
                 state, agent_sha = outbox.get(upload_id, (None, None))
+                before = len(problems)
                 if len(rows) > 1:
                     problems.append(f"{cmd.cmd_id}: stored {len(rows)} times")
                 if not rows:
                     problems.append(f"{cmd.cmd_id}: no clip (agent outbox: {state})")
+                    if deep:
+                        LEDGER.checked_window(f"{exp.device_id}/{cmd.cmd_id}", False)
                     continue
                 stored_id, sha, rel = rows[0]
                 if stored_id != upload_id:
@@ -369,6 +392,7 @@ def invariant_problems(
                     problems.append(f"{cmd.cmd_id}: evidence file {rel} missing")
                 elif hashlib.sha256(file.read_bytes()).hexdigest() != sha:
                     problems.append(f"{cmd.cmd_id}: evidence file does not hash to {sha}")
+                LEDGER.checked_window(f"{exp.device_id}/{cmd.cmd_id}", len(problems) == before)
             # Nothing the agent was told was durable is lost.
             for upload_id, (state, sha) in outbox.items():
                 if state != "complete":
@@ -400,6 +424,11 @@ def invariant_problems(
                     f"{exp.device_id}: {len(lost)} event(s) the broker had are not "
                     f"in device_events: {lost[:8]}"
                 )
+            if deep:
+                for event in stack.wiretap.events_of(exp.device_id):
+                    n = stored.get(event.event_id, 0)
+                    verdict = "ok" if n == 1 else ("lost" if n == 0 else "duplicated")
+                    LEDGER.checked_event(event.event_id, verdict)
             answered = {
                 r[0]
                 for r in db.execute(
@@ -537,7 +566,7 @@ class Driver:
         n = len(self.expectation.commands)
         return self.send(
             CommandType.CUT,
-            cmd_id=f"cut-{self.device_id}-{n}",
+            cmd_id=f"cut-{self.session_id.removeprefix('s-')}-{n}",  # unique per run
             session_id=self.session_id,
             start=start,
             end=end,

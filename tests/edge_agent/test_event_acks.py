@@ -232,3 +232,17 @@ def test_a_late_or_unknown_ack_changes_nothing(
         server.disconnect()
         server.loop_stop()
     assert len(state.pending_events()) == 1
+
+
+def test_events_in_flight_are_sent_again_after_a_reconnect(
+    mosquitto: MosquittoBroker, agent: tuple[EventQueue, AgentState, MqttLink]
+) -> None:
+    events, state, link = agent
+    events.ack_timeout_s = 3600.0  # only the reconnect can bring it out again
+    events.emit(EventType.ERROR, data={"what": "in flight"})
+    wait_for(lambda: events.outstanding == 1, "the event sent")
+    connects = link.counters["connects"]
+    mosquitto.restart()
+    wait_for(lambda: link.counters["connects"] > connects, "the reconnect")
+    wait_for(lambda: link.counters["events_resent"] == 1, "the event sent again")
+    assert len(state.pending_events()) == 1  # still kept: no server has acknowledged it

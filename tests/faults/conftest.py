@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fault_stack import ALL_DEVICES, LEDGER, LINKED_DEVICES, FaultStack
+from fault_ledger import LEDGER
+from fault_stack import ALL_DEVICES, LINKED_DEVICES, FaultStack
 
 
 @pytest.fixture(scope="session")

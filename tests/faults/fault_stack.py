@@ -1,37 +1,26 @@
-"""The fault suite's shared parts: a stack of real processes (Mosquitto, ``classcam-server run``,
-``classcam-agent run`` devices with a synthetic camera), a wiretap on the broker, the ledger of
-injected faults, and the invariants checked after each scenario.
-
-Invariants (issue 8, item 8):
-- every requested window is stored exactly once, with the sha256 of the agent's manifest (the
-  clip row, the evidence file and the agent's outbox agree);
-- every event applied exactly once: ``device_events`` unique per ``event_id``, none missing of
-  those the agent let go of (seen at the broker), every command answered;
-- nothing the agent was told was durable is lost (an upload the agent marked ``complete`` is a
-  clip; its event queue drains);
-- ``PRAGMA integrity_check`` is ``ok`` on the server's database and the agent's SQLite files.
+"""The fault suite's stack of real processes: Mosquitto with a wiretap account, one
+``classcam-server run``, ``classcam-agent run`` devices with a synthetic camera (killed and
+restarted by the tests), and a driver that sends a device its commands as the server would.
+The invariants live in ``fault_checks.py``, the count of faults in ``fault_ledger.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from fault_checks import Expectation, read_only, wait_until
 
 from common.clock import utc_now
 from common.commands import Command, CommandType
@@ -54,88 +43,6 @@ PACED_UPLOAD = {
     "retry_max_s": 4.0,
 }
 QUICK_RECONNECT = {"reconnect_min_s": 1.0, "reconnect_max_s": 2.0}
-
-
-# -- the ledger -------------------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    kind: str
-    seed: int
-    detail: str
-    survived: bool = False
-
-
-@dataclass
-class FaultLedger:
-    """Every fault injected in this run, and whether the invariants held after it."""
-
-    faults: list[Fault] = field(default_factory=list)
-    # What the invariants were checked on, by key: windows (device, cmd or upload id) and
-    # events (event id); a key once bad stays bad.
-    windows: dict[str, bool] = field(default_factory=dict)
-    events: dict[str, str] = field(default_factory=dict)  # "ok", "lost" or "duplicated"
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def checked_window(self, key: str, ok: bool) -> None:
-        with self._lock:
-            self.windows[key] = self.windows.get(key, True) and ok
-
-    def checked_event(self, event_id: str, verdict: str) -> None:
-        with self._lock:
-            if self.events.get(event_id, "ok") == "ok":
-                self.events[event_id] = verdict
-
-    def inject(self, kind: str, seed: int, detail: str = "") -> Fault:
-        fault = Fault(kind, seed, detail)
-        with self._lock:
-            self.faults.append(fault)
-        return fault
-
-    def survived(self, faults: Iterable[Fault]) -> None:
-        for fault in faults:
-            fault.survived = True
-
-    def summary_lines(self) -> list[str]:
-        by_kind: dict[str, list[Fault]] = {}
-        for fault in self.faults:
-            by_kind.setdefault(fault.kind, []).append(fault)
-        total = len(self.faults)
-        ok = sum(f.survived for f in self.faults)
-        lines = [f"faults injected: {total}, survived: {ok}, not survived: {total - ok}"]
-        verdicts = Counter(self.events.values())
-        good = sum(self.windows.values())
-        lines.append(
-            f"windows checked: {len(self.windows)}, stored once with the agent's sha256: {good};"
-            f" events checked: {len(self.events)}, lost: {verdicts['lost']},"
-            f" duplicated: {verdicts['duplicated']}"
-        )
-        for kind, faults in sorted(by_kind.items()):
-            good = sum(f.survived for f in faults)
-            lines.append(f"  {kind:<28} {len(faults):>4} injected, {good:>4} survived")
-        lost = [f for f in self.faults if not f.survived]
-        for fault in lost[:20]:
-            lines.append(f"  NOT SURVIVED: {fault.kind} seed={fault.seed} {fault.detail}")
-        return lines
-
-
-LEDGER = FaultLedger()
-
-
-# -- waiting ----------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until truthy; ``AssertionError`` naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the stack --------------------------------------------------------------------------------
@@ -293,182 +200,6 @@ class FaultStack:
     def restart_server(self) -> None:
         self.server.kill()
         self.server.start()
-
-
-def read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
-    """A read-only connection to an SQLite file another process writes, closed after use."""
-    return contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10))
-
-
-def integrity_problems(paths: Iterable[Path]) -> list[str]:
-    """``PRAGMA integrity_check`` of each SQLite file that exists; what is not ``ok``."""
-    problems = []
-    for path in paths:
-        if not path.exists():
-            continue
-        with read_only(path) as db:
-            result = [r[0] for r in db.execute("PRAGMA integrity_check")]
-        if result != ["ok"]:
-            problems.append(f"{path}: {result[:5]}")
-    return problems
-
-
-def agent_db_paths(config: AgentConfig) -> list[Path]:
-    return [
-        config.state_dir / "agent.sqlite3",
-        config.outbox_dir / "outbox.sqlite3",
-        config.spool_dir / "index.sqlite3",
-    ]
-
-
-# -- the invariants ---------------------------------------------------------------------------
-
-
-@dataclass
-class Expectation:
-    """What one device was asked for in a scenario: its commands, and which of them cut."""
-
-    device_id: str
-    config: AgentConfig
-    commands: list[Command] = field(default_factory=list)
-
-    @property
-    def cuts(self) -> list[Command]:
-        return [c for c in self.commands if c.type == CommandType.CUT]
-
-
-def _outbox_rows(config: AgentConfig) -> dict[str, tuple[str, str]]:
-    """upload id -> (state, sha256) as the agent's outbox has it."""
-    path = config.outbox_dir / "outbox.sqlite3"
-    if not path.exists():
-        return {}
-    with read_only(path) as db:
-        return {
-            r[0]: (r[1], r[2]) for r in db.execute("SELECT upload_id, state, sha256 FROM outbox")
-        }
-
-
-def _pending_events(config: AgentConfig) -> int:
-    path = config.state_dir / "agent.sqlite3"
-    if not path.exists():
-        return 0
-    with read_only(path) as db:
-        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
-
-
-def invariant_problems(
-    stack: FaultStack, expectations: list[Expectation], *, deep: bool = True
-) -> list[str]:
-    """Every broken invariant, named; empty when all hold. ``deep`` also hashes the evidence
-    files and runs ``PRAGMA integrity_check`` (too slow to poll)."""
-    problems: list[str] = []
-    with stack.db() as db:
-        for exp in expectations:
-            outbox = _outbox_rows(exp.config)
-            for cmd in exp.cuts:
-                upload_id = upload_id_for(exp.device_id, cmd.cmd_id)
-                rows = db.execute(
-                    "SELECT upload_id, sha256, path FROM clips WHERE device_id = ? AND cmd_id = ?",
-                    (exp.device_id, cmd.cmd_id),
-                ).fetchall()
-                state, agent_sha = outbox.get(upload_id, (None, None))
-                before = len(problems)
-                if len(rows) > 1:
-                    problems.append(f"{cmd.cmd_id}: stored {len(rows)} times")
-                if not rows:
-                    problems.append(f"{cmd.cmd_id}: no clip (agent outbox: {state})")
-                    if deep:
-                        LEDGER.checked_window(f"{exp.device_id}/{cmd.cmd_id}", False)
-                    continue
-                stored_id, sha, rel = rows[0]
-                if stored_id != upload_id:
-                    problems.append(f"{cmd.cmd_id}: stored as {stored_id}, cut as {upload_id}")
-                if agent_sha != sha:
-                    problems.append(f"{cmd.cmd_id}: server sha {sha} != agent {agent_sha}")
-                file = stack.server.evidence_dir / rel
-                if not deep:
-                    continue
-                if not file.exists():
-                    problems.append(f"{cmd.cmd_id}: evidence file {rel} missing")
-                elif hashlib.sha256(file.read_bytes()).hexdigest() != sha:
-                    problems.append(f"{cmd.cmd_id}: evidence file does not hash to {sha}")
-                LEDGER.checked_window(f"{exp.device_id}/{cmd.cmd_id}", len(problems) == before)
-            # Nothing the agent was told was durable is lost.
-            for upload_id, (state, sha) in outbox.items():
-                if state != "complete":
-                    problems.append(f"{exp.device_id}: upload {upload_id} still {state}")
-                    continue
-                row = db.execute(
-                    "SELECT sha256 FROM clips WHERE device_id = ? AND upload_id = ?",
-                    (exp.device_id, upload_id),
-                ).fetchone()
-                if row is None or row[0] != sha:
-                    problems.append(f"{upload_id}: acked complete to the agent, not stored")
-            # Events: once each, none lost, every command answered.
-            stored = Counter(
-                r[0]
-                for r in db.execute(
-                    "SELECT event_id FROM device_events WHERE device_id = ?", (exp.device_id,)
-                )
-            )
-            dup = [e for e, n in stored.items() if n > 1]
-            if dup:
-                problems.append(f"{exp.device_id}: events stored twice: {dup[:5]}")
-            lost = [
-                f"{e.type.value}/{e.cmd_id}"
-                for e in stack.wiretap.events_of(exp.device_id)
-                if e.event_id not in stored
-            ]
-            if lost:
-                problems.append(
-                    f"{exp.device_id}: {len(lost)} event(s) the broker had are not "
-                    f"in device_events: {lost[:8]}"
-                )
-            if deep:
-                for event in stack.wiretap.events_of(exp.device_id):
-                    n = stored.get(event.event_id, 0)
-                    verdict = "ok" if n == 1 else ("lost" if n == 0 else "duplicated")
-                    LEDGER.checked_event(event.event_id, verdict)
-            answered = {
-                r[0]
-                for r in db.execute(
-                    "SELECT DISTINCT cmd_id FROM device_events WHERE device_id = ?",
-                    (exp.device_id,),
-                )
-            }
-            unanswered = [c.cmd_id for c in exp.commands if c.cmd_id not in answered]
-            if unanswered:
-                problems.append(f"{exp.device_id}: commands without an answer: {unanswered}")
-            pending = _pending_events(exp.config)
-            if pending:
-                problems.append(f"{exp.device_id}: {pending} event(s) never delivered")
-    if not deep:
-        return problems
-    problems += integrity_problems([Path(stack.server.db_url.removeprefix("sqlite:///"))])
-    for exp in expectations:
-        problems += integrity_problems(agent_db_paths(exp.config))
-    return problems
-
-
-def settle(
-    stack: FaultStack,
-    expectations: list[Expectation],
-    timeout: float,
-    resend: Callable[[], None] | None = None,
-) -> list[str]:
-    """Wait until every invariant holds (or ``timeout``); return what still does not."""
-    deadline = time.monotonic() + timeout
-    last_resend = time.monotonic()
-    while True:
-        problems = invariant_problems(stack, expectations, deep=False)
-        if not problems:
-            return invariant_problems(stack, expectations)
-        if time.monotonic() > deadline:
-            return problems
-        if resend is not None and time.monotonic() - last_resend > 4:
-            resend()
-            last_resend = time.monotonic()
-        time.sleep(0.3)
 
 
 def seeded(seed: int) -> random.Random:

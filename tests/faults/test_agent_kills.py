@@ -13,16 +13,9 @@ import threading
 import time
 
 import pytest
-from fault_stack import (
-    KILL_DEVICES,
-    LEDGER,
-    Driver,
-    Fault,
-    FaultStack,
-    invariant_problems,
-    seeded,
-    settle,
-)
+from fault_checks import invariant_problems, settle
+from fault_ledger import LEDGER, Fault
+from fault_stack import KILL_DEVICES, Driver, FaultStack, seeded
 
 pytestmark = pytest.mark.faults
 

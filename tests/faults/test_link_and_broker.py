@@ -9,18 +9,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fault_stack import (
-    BROKER_DEVICE,
-    LEDGER,
-    LINK_DEVICE,
-    Driver,
-    Fault,
-    FaultStack,
-    invariant_problems,
-    seeded,
-    settle,
-    wait_until,
-)
+from fault_checks import invariant_problems, settle, wait_until
+from fault_ledger import LEDGER, Fault
+from fault_stack import BROKER_DEVICE, LINK_DEVICE, Driver, FaultStack, seeded
 
 from common.commands import CommandType
 

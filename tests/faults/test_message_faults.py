@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fault_stack import LEDGER, MESSAGE_DEVICE, FaultStack, integrity_problems, wait_until
+from fault_checks import integrity_problems, wait_until
+from fault_ledger import LEDGER
+from fault_stack import MESSAGE_DEVICE, FaultStack
 
 from common.clock import to_utc
 from common.commands import CommandType

@@ -14,17 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_stack import (
-    LEDGER,
-    SERVER_DEVICES,
-    Driver,
-    Fault,
-    FaultStack,
-    integrity_problems,
-    invariant_problems,
-    seeded,
-    settle,
-)
+from fault_checks import integrity_problems, invariant_problems, settle
+from fault_ledger import LEDGER, Fault
+from fault_stack import SERVER_DEVICES, Driver, FaultStack, seeded
 
 from common.commands import CommandType
 

@@ -253,6 +253,11 @@ class UploadStats:
     parked: int = 0  # clips that spent their attempt budget (this run)
 
 
+def _gap(ack: Ack) -> int:
+    """How many bytes the server says it still lacks."""
+    return sum(end - start for start, end in ack.missing)
+
+
 class Uploader:
     """Drives outbox clips through init → chunks → fin until ``complete`` or ``rejected``."""
 
@@ -312,6 +317,10 @@ class Uploader:
                 ack, received = waiting.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
+            if sent is not None and received < sent and ack.state == AckState.MISSING:
+                # The answer to an earlier (or duplicated) init or fin, queued before we
+                # asked: it says nothing about what the server holds now.
+                continue
             if ack.reply_to == answer_to or ack.state == AckState.REJECTED:
                 # An answer queued before we asked is stale: it times nothing.
                 if self.on_exchange is not None and sent is not None and received >= sent:
@@ -353,7 +362,7 @@ class Uploader:
             ack = self._wait_ack(item.upload_id, AckReplyTo.INIT, sent)
             missing = item.size + 1  # more than any answer can say
             while ack is not None and ack.state == AckState.MISSING and not stop.is_set():
-                now_missing = sum(end - start for start, end in ack.missing)
+                now_missing = _gap(ack)
                 if now_missing >= missing:
                     # The server got every byte we had for those ranges and still cannot
                     # finish (a hash that never matches, a store that fails): try later.
@@ -367,6 +376,10 @@ class Uploader:
                 self.link.publish(topics.file_fin(device, item.upload_id), fin.to_bytes())
                 self.stats.fins += 1
                 ack = self._wait_ack(item.upload_id, AckReplyTo.FIN, sent)
+                if ack is not None and ack.state == AckState.MISSING and _gap(ack) >= missing:
+                    # Perhaps the answer to a duplicated earlier fin, still in flight when
+                    # this one left; the answer to this one may follow.
+                    ack = self._wait_ack(item.upload_id, AckReplyTo.FIN, sent) or ack
         except LinkDown:
             log.info("link down during upload %s; will resume", item.upload_id)
             ack = None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from common.schemas import Message, SafeId
+from common.schemas import MAX_CLOCK_OFFSET_S, Message, SafeId
+
+# No float a device sends may be NaN or infinite (JSON has neither; Python's parser takes them):
+# one reaching date arithmetic raised out of the handler and stalled the ingest worker.
+_FINITE = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModemHealth(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _FINITE
     model: str | None = None
     rssi_dbm: int | None = None
     rsrp_dbm: int | None = None
@@ -25,7 +29,7 @@ class ModemHealth(BaseModel):
 class GnssPosition(BaseModel):
     """A GNSS fix, WGS-84 as every GNSS receiver reports."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _FINITE
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
     datum: str = "wgs84"
@@ -35,6 +39,7 @@ class GnssPosition(BaseModel):
 
 
 class Heartbeat(Message):
+    model_config = _FINITE
     device_id: SafeId
     at: AwareDatetime  # the device clock, so the server sees skew
     seq: int = Field(ge=0)
@@ -50,7 +55,10 @@ class Heartbeat(Message):
     disk_total_bytes: int = Field(ge=0)
     storage_low: bool = False
     cpu_temp_c: float | None = None
-    clock_offset_s: float | None = None  # device minus server clock, as estimated
+    # Device minus server clock, as estimated; bounded like an event's (it moves presence).
+    clock_offset_s: float | None = Field(
+        default=None, ge=-MAX_CLOCK_OFFSET_S, le=MAX_CLOCK_OFFSET_S
+    )
     clock_source: str | None = None  # what the estimate rests on: system, server, modem
     clock_synced: bool | None = None  # the kernel's word on the system clock (NTP/chrony)
     bytes_sent_today: int = Field(ge=0)

@@ -12,10 +12,12 @@ and group-commits with ``processor.flush`` when the queue runs dry or every
 ``flush_every_messages`` / ``flush_interval_s``. In flight at once: at most
 ``mqtt_max_inflight`` (MQTT 5 ``ReceiveMaximum``; Mosquitto's ``max_inflight_messages`` on 3.1.1).
 
-A message whose handling raises is retried with backoff. One that still fails after
-``ingest_max_attempts`` while the database answers (a poison message) is written to
-``dead_letters`` in a committed transaction and then acknowledged; if even that write fails the
-database is down, so nothing is acknowledged and the message is tried again until it passes.
+A message whose handling raises a database or storage error (``RETRYABLE_ERRORS``) is retried
+with backoff. One that still fails after ``ingest_max_attempts`` while the database answers, or
+one that raises anything else (a bug, or input no retry will change), is a poison message: it is
+written to ``dead_letters`` in a committed transaction at once and then acknowledged, so it never
+holds the single worker (and every other device's messages) in backoff. If even that write fails
+the database is down, so nothing is acknowledged and the message is tried again until it passes.
 """
 
 from __future__ import annotations
@@ -37,10 +39,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from common import topics
 from common.clock import SystemClock, utc_now
+from ingest_server import audit
 from ingest_server.db import make_engine, make_session_factory
+from ingest_server.errors import StoreError
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
@@ -51,6 +57,9 @@ log = logging.getLogger(__name__)
 MAX_ERROR_TEXT = 2000
 # Messages in a row that found the worker idle: the broker holds no backlog for us.
 CAUGHT_UP_WAITS = 32
+# What may pass if tried again: the database or the evidence store away or busy. Anything else
+# a message raises is the message's (or a bug's) and is dead-lettered on the first attempt.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeout, StoreError, OSError)
 
 
 def backoff_delay(
@@ -64,7 +73,8 @@ def build_processor(settings: Settings) -> IngestProcessor:
     """A processor on the settings' database and evidence store, with the system clock."""
     engine = make_engine(settings.database_url)
     store = EvidenceStore(settings.evidence_dir)
-    return IngestProcessor(make_session_factory(engine), store, settings, SystemClock())
+    sessions = make_session_factory(engine, audit.load_key(settings.audit_key_file))
+    return IngestProcessor(sessions, store, settings, SystemClock())
 
 
 def replay_dead_letters(
@@ -119,7 +129,8 @@ class IngestConsumer:
     """Runs ``processor`` on every message of ``up/#``; acknowledges each after its commit.
 
     ``counters``: ``received``, ``handled``, ``acked``, ``flushes``, ``handle_failed``,
-    ``flush_failed``, ``dead_lettered``, ``dead_letter_failed``, ``stale`` (received on a
+    ``retries`` (backoffs before handling again), ``flush_failed``, ``dead_lettered``,
+    ``dead_letter_failed``, ``stale`` (received on a
     connection since lost: the broker sends it again), ``dropped_qos0`` (queue full).
     """
 
@@ -132,6 +143,9 @@ class IngestConsumer:
         self._connection = 0
         self._connected_at = time.monotonic()
         self._last_received = 0.0
+        # When the worker last acknowledged a batch: the broker sends more of a backlog only
+        # after our acks, so quiet is measured from here as well as from the last receipt.
+        self._last_acked = 0.0
         self._busy = False  # the worker holds messages not yet acknowledged
         # Caught up since the (re)connect: sticky until the next one (see ``caught_up``).
         self._drained = False
@@ -214,16 +228,18 @@ class IngestConsumer:
 
         A backlog keeps the queue full (the broker refills it as fast as we acknowledge), so
         we are caught up once, with nothing waiting for a commit, the queue stayed empty for
-        ``ingest_quiet_s``, or the worker had to wait for each of the last
-        ``CAUGHT_UP_WAITS`` messages (a steady trickle never leaves a quiet gap). It holds
-        until the connection is lost."""
+        ``ingest_quiet_s`` since the last message was received and the last batch was
+        acknowledged (a batch that took longer than that to handle says nothing about what the
+        broker still holds: it sends the next only after our acks), or the worker had to wait
+        for each of the last ``CAUGHT_UP_WAITS`` messages (a steady trickle never leaves a
+        quiet gap). It holds until the connection is lost."""
         if not self.connected.is_set():
             return False
         if self._drained:
             return True
         if self._busy or not self._queue.empty():
             return False
-        quiet_since = max(self._connected_at, self._last_received)
+        quiet_since = max(self._connected_at, self._last_received, self._last_acked)
         if time.monotonic() - quiet_since >= self.settings.ingest_quiet_s:
             self._drained = True
         return self._drained
@@ -375,13 +391,15 @@ class IngestConsumer:
                     error,
                     exc_info=total == 1,
                 )
-                if attempts >= settings.ingest_max_attempts:
+                retryable = isinstance(exc, RETRYABLE_ERRORS)
+                if not retryable or attempts >= settings.ingest_max_attempts:
                     if self._dead_letter(item, error, total, first_at):
                         return []
                     attempts = 0  # the database is away: it needs a fair run once back
             else:
                 self.counters["handled"] += 1
                 return out
+            self.counters["retries"] += 1
             delay = backoff_delay(
                 total - 1, settings.ingest_retry_base_s, settings.ingest_retry_cap_s
             )
@@ -440,6 +458,7 @@ class IngestConsumer:
                 continue
             self._client.ack(item.mid, item.qos)
             self.counters["acked"] += 1
+        self._last_acked = time.monotonic()
 
     def _publish(self, out: list[Outgoing]) -> None:
         for message in out:

@@ -4,12 +4,17 @@ Runs on the ingest worker thread beside the upload processor. Presence comes fro
 status message (the broker publishes the will when a device drops) and from heartbeats; a device
 whose heartbeats stop for ``heartbeat_timeout_s`` is marked offline by ``sweep_timeouts``.
 
-Presence is stamped by when it happened, not when it was processed: after a server outage the
-backlog is drained in order and each change keeps its own time. A heartbeat counts at its device
-time less the offset it states, never later than its receipt (as ``sessions.server_time`` does
-for events); a status uses the offset of the device's last heartbeat; an offline from the will
-or a timeout is stamped at the last time the device was seen. Sweeps wait until the consumer
-has caught up with the broker (``caught_up``): before that, a silence may only be a backlog.
+Presence is stamped by when it happened, not when it was processed. While the consumer is live
+(caught up with the broker, ``caught_up``), a device coming online is stamped at receipt: the
+message is happening now, and a device's own clock must not let it claim it came back earlier
+than it did (a stated offset would otherwise hide an outage). Only a message drained from a
+backlog after a server outage needs the device's word: a heartbeat counts at its device time less
+the offset it states (a status through the offset of the device's last heartbeat), never later
+than its receipt (as ``sessions.server_time`` does for events), never before the device's last
+presence change, nor before the receipt of an offline we heard while live (kept in memory: it
+does not survive a server restart). An offline from the will or a timeout is stamped at the last
+time the device was seen. Sweeps wait until the consumer has caught up: before that, a silence
+may only be a backlog.
 
 Each stored event is acknowledged to its device (``event_ack``) after its transaction committed,
 and again for a repeat, so the device keeps an event until the server has it.
@@ -48,7 +53,7 @@ def device_time_to_server(
         return received_at
     try:
         at = device_at - timedelta(seconds=offset_s or 0.0)
-    except OverflowError:
+    except (OverflowError, ValueError):  # out of range, or not a number (NaN)
         return received_at
     return min(at, received_at)
 
@@ -92,6 +97,17 @@ class DeviceMessages:
         self.on_online = on_online
         self.caught_up = caught_up
         self.counters: Counter[str] = Counter()
+        # Receipt time of each device's last offline heard while live: a floor for presence
+        # drained from a later backlog (the device can only have come back after it).
+        self._offline_heard: dict[str, datetime] = {}
+
+    def _live(self) -> bool:
+        """Whether the messages handled now are happening now (no backlog being drained)."""
+        return self.caught_up is None or self.caught_up()
+
+    def _backlog_floor(self, device_id: str, at: datetime) -> datetime:
+        heard = self._offline_heard.get(device_id)
+        return at if heard is None else max(at, heard)
 
     def handle(self, up: topics.UpTopic, payload: bytes) -> list[Outgoing]:
         """One device message; return the event acks to publish (their effects committed). A
@@ -105,7 +121,9 @@ class DeviceMessages:
                 self._heartbeat(up.device_id, decode(Heartbeat, payload))
             elif up.kind is topics.UpKind.EVENT:
                 return self._event(up.device_id, decode(Event, payload))
-        except ProtocolError as exc:
+        except (ProtocolError, ValueError) as exc:
+            # ValueError: a value that passed validation but not date arithmetic; the message's
+            # fault, so counted like a malformed one rather than retried by the consumer.
             self.counters[f"bad_{up.kind.value}"] += 1
             log.warning("bad %s from %s: %s", up.kind.value, up.device_id, exc)
         return []
@@ -125,10 +143,13 @@ class DeviceMessages:
             return
         online = status.state == StatusState.ONLINE
         received = self.clock.now()
+        live = self._live()
         with self.session_factory.begin() as db:
             row = self._health(db, device_id)
             offset = _last_offset(row)
-            if status.at is not None and offset is not None:
+            if online and live:
+                at = received  # it is back now, whatever its clock says
+            elif status.at is not None and offset is not None:
                 # The device's own stamp, through the offset of its last heartbeat (with no
                 # estimate yet, its clock may be anything: then receipt is the best we know).
                 at = device_time_to_server(status.at, offset, received)
@@ -137,9 +158,13 @@ class DeviceMessages:
             else:
                 # The will: the broker noticed the device gone; it was last seen before.
                 at = _last_seen(row) or received
+            if online and not live:
+                at = self._backlog_floor(device_id, at)
             if row.status_at is not None:
                 at = max(at, row.status_at)  # presence never runs backwards
             came_online = self._change(db, row, online, at, "status", status.at)
+        if not online and live:
+            self._offline_heard[device_id] = received
         self.counters[f"status_{'online' if online else 'offline'}"] += 1
         if came_online and self.on_online:
             self.on_online(device_id)
@@ -176,7 +201,12 @@ class DeviceMessages:
         if beat.device_id != device_id:
             self.counters["heartbeat_device_mismatch"] += 1
             return
-        at = device_time_to_server(beat.at, beat.clock_offset_s, self.clock.now())
+        received = self.clock.now()
+        if self._live():
+            at = received  # happening now: the device's clock cannot move it back
+        else:
+            at = device_time_to_server(beat.at, beat.clock_offset_s, received)
+            at = self._backlog_floor(device_id, at)
         came_online = False
         with self.session_factory.begin() as db:
             row = self._health(db, device_id)
@@ -220,5 +250,7 @@ class DeviceMessages:
                 if last is not None and now - last > self.heartbeat_timeout:
                     self._change(db, row, False, last, "heartbeat_timeout")
                     gone.append(row.device_id)
+        for device_id in gone:
+            self._offline_heard[device_id] = now
         self.counters["status_offline"] += len(gone)
         return gone

@@ -9,6 +9,7 @@ everything is processed once it is back.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import Harness, make_upload
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from common import topics
 from common.clock import utc_now
@@ -206,7 +208,7 @@ def test_a_poison_message_lands_in_dead_letters_and_later_ones_are_processed(
     processor = PoisonProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
     upload = make_upload(tmp_path / "d", key, "dev-1", "up-poison", size=8 * 4096)
     settings = consumer_settings(mosquitto, harness, ingest_max_attempts=3)
-    with ConsumerThread(settings, processor):
+    with ConsumerThread(settings, processor) as thread:
         device.publish(upload.init_topic(), upload.init_payload)
         for offset, data in upload.chunks:
             device.publish(upload.chunk_topic(offset), data)
@@ -219,13 +221,44 @@ def test_a_poison_message_lands_in_dead_letters_and_later_ones_are_processed(
             what="every chunk but the poison one",
         )
         wait_for(lambda: _dead_letters(harness) != [], what="the dead letter")
+        assert thread.consumer is not None
+        # Not a database error: retrying cannot help, and backoff on the single worker would
+        # hold every other device's messages; kept on the first attempt.
+        assert thread.consumer.counters["retries"] == 0
     letters = _dead_letters(harness)
     assert len(letters) == 1
     letter = letters[0]
     assert letter.topic == upload.chunk_topic(PoisonProcessor.poison_offset)
     assert letter.payload == dict(upload.chunks)[PoisonProcessor.poison_offset]
-    assert letter.attempts == 3 and "boom" in letter.error
+    assert letter.attempts == 1 and "boom" in letter.error
     assert letter.first_at <= letter.last_at
+    assert processor.failures == 1
+
+
+class LockedProcessor(IngestProcessor):
+    """Finds the database locked on every delivery of one event topic's message."""
+
+    failures = 0
+
+    def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
+        if b"locked-for-ever" in payload:
+            self.failures += 1
+            raise OperationalError("UPDATE ...", {}, sqlite3.OperationalError("database is locked"))
+        return super().handle(topic, payload)
+
+
+def test_a_database_error_is_retried_with_backoff_before_it_is_dead_lettered(
+    mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
+) -> None:
+    processor = LockedProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
+    settings = consumer_settings(mosquitto, harness, ingest_max_attempts=3)
+    with ConsumerThread(settings, processor) as thread:
+        device.publish(topics.event("dev-1"), b'{"note": "locked-for-ever"}')
+        wait_for(lambda: _dead_letters(harness) != [], what="the dead letter")
+        assert thread.consumer is not None
+        assert thread.consumer.counters["retries"] == 2
+    (letter,) = _dead_letters(harness)
+    assert letter.attempts == 3 and "database is locked" in letter.error
     assert processor.failures == 3
 
 

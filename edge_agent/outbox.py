@@ -11,7 +11,11 @@ backoff nor forgets the clip, and clips not waiting are sent meanwhile.
 Every attempt is counted in the index before it starts (so a clip that crashes the agent is
 charged too), and clips are taken least recently tried first. A clip whose attempts keep
 failing is *parked* once its budget is spent: still pending, its file kept, tried again at a
-slow cadence (evidence not acknowledged ``complete`` is never deleted).
+slow cadence (evidence not acknowledged ``complete`` is never deleted). Parking is for clips
+that are stuck, not for clips that are slow: an attempt that made progress (the server holds more
+of the clip than it ever did before) unparks the clip and gives it a fresh budget; and when any
+clip completes (the server is evidently back), parked clips are due at once, their budget kept,
+so one that fails again without progress goes straight back to the slow cadence.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class OutboxItem:
     attempts: int = 0  # attempts started (each counted before it sends anything)
     parked: bool = False  # attempt budget spent: tried again only at the slow cadence
     last_attempt_at: datetime | None = None
+    least_missing: int | None = None  # fewest bytes the server ever said it still lacked
 
 
 _SCHEMA = """
@@ -67,7 +72,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     refusals INTEGER NOT NULL DEFAULT 0,
     next_attempt_us INTEGER,
     last_attempt_us INTEGER,
-    parked INTEGER NOT NULL DEFAULT 0
+    parked INTEGER NOT NULL DEFAULT 0,
+    least_missing INTEGER
 )
 """
 # Columns added since the first outbox: an existing database gets them in place.
@@ -76,10 +82,11 @@ _ADDED_COLUMNS = {
     "next_attempt_us": "INTEGER",
     "last_attempt_us": "INTEGER",
     "parked": "INTEGER NOT NULL DEFAULT 0",
+    "least_missing": "INTEGER",
 }
 _COLUMNS = (
     "upload_id, path, manifest_payload, size, chunk_size, sha256, state, reason, created_at,"
-    " refusals, next_attempt_us, attempts, parked, last_attempt_us"
+    " refusals, next_attempt_us, attempts, parked, last_attempt_us, least_missing"
 )
 # Round robin: clips never tried first (oldest first), then the least recently tried.
 _TURN_ORDER = "ORDER BY last_attempt_us IS NOT NULL, last_attempt_us, created_at, upload_id"
@@ -225,27 +232,43 @@ class Outbox:
     ) -> datetime:
         """An attempt at ``upload_id`` ended without ``complete``: try again after ``delay``,
         or, once ``max_attempts`` attempts are spent (and this one made no progress), park it
-        and try again after ``parked_delay``. ``refused``: a refusal that can pass, also
-        counted as such. Return when the next attempt is due."""
+        and try again after ``parked_delay``. An attempt that made progress unparks the clip
+        and resets its budget (it is slow, not stuck). ``refused``: a refusal that can pass,
+        also counted as such. Return when the next attempt is due."""
         item = self.get(upload_id)
         if item is None or item.state is not OutboxState.PENDING:
             return self.clock.now()
-        park = item.parked or (item.attempts >= max_attempts and not progressed)
+        park = not progressed and (item.parked or item.attempts >= max_attempts)
         at = self.clock.now() + (parked_delay if park else delay)
         self._db.execute(
             "UPDATE outbox SET refusals = refusals + ?, next_attempt_us = ?, reason = ?,"
-            " parked = ?, updated_at = ? WHERE upload_id = ? AND state = ?",
+            " parked = ?, attempts = CASE WHEN ? THEN 0 ELSE attempts END, updated_at = ?"
+            " WHERE upload_id = ? AND state = ?",
             (
                 1 if refused else 0,
                 _to_us(at),
                 reason,
                 1 if park else 0,
+                progressed,
                 self.clock.now().isoformat(),
                 upload_id,
                 OutboxState.PENDING.value,
             ),
         )
         return at
+
+    def note_missing(self, upload_id: str, missing: int) -> bool:
+        """The server says it still lacks ``missing`` bytes of ``upload_id``: record it, and
+        return whether that is fewer than it ever said before (bytes got across since, in this
+        attempt or an earlier one cut short). Only a new low counts, so a server that keeps
+        losing what it had cannot pass for progress for ever."""
+        cursor = self._db.execute(
+            "UPDATE outbox SET least_missing = ? WHERE upload_id = ? AND state = ?"
+            " AND (least_missing IS NULL OR least_missing > ?)",
+            (missing, upload_id, OutboxState.PENDING.value, missing),
+        )
+        item = self.get(upload_id)
+        return cursor.rowcount > 0 and item is not None and missing < item.size
 
     def count_parked(self) -> int:
         """Pending uploads whose attempt budget is spent (the heartbeat reports them)."""
@@ -276,11 +299,17 @@ class Outbox:
         return item.attempts if item is not None else 0
 
     def mark_complete(self, upload_id: str) -> None:
-        """The server holds the clip: record that, then free the file."""
+        """The server holds the clip: record that, then free the file. The server is evidently
+        up and storing, so parked clips are due at once (their budget kept: one that fails
+        again without progress goes straight back to the slow cadence)."""
         item = self.get(upload_id)
         if item is None:
             return
         self._set_state(upload_id, OutboxState.COMPLETE, None)
+        self._db.execute(
+            "UPDATE outbox SET next_attempt_us = ? WHERE state = ? AND parked != 0",
+            (_to_us(self.clock.now()), OutboxState.PENDING.value),
+        )
         item.path.unlink(missing_ok=True)
         fsync_dir(item.path.parent)
 
@@ -314,4 +343,5 @@ class Outbox:
             attempts=row[11],
             parked=bool(row[12]),
             last_attempt_at=_from_us(row[13]) if row[13] is not None else None,
+            least_missing=row[14],
         )

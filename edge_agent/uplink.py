@@ -15,7 +15,9 @@ first. An attempt that ends without ``complete`` (a silent server, a broken link
 can pass — ``RETRYABLE_REJECTIONS`` — or a ``fin`` answered with no fewer missing bytes than
 before) is charged to that clip, which waits in the outbox with capped, jittered exponential
 backoff kept on disk while the other clips go on. After ``max_attempts`` the clip is parked:
-kept, tried every ``parked_retry_s``, reported in the heartbeat.
+kept, tried every ``parked_retry_s``, reported in the heartbeat. An attempt that made progress
+(the server lacks fewer bytes than it ever said) unparks the clip with a fresh budget, and a clip
+completing makes the parked ones due at once (``Outbox.attempt_failed``, ``mark_complete``).
 """
 
 from __future__ import annotations
@@ -368,7 +370,10 @@ class Uploader:
                     # finish (a hash that never matches, a store that fails): try later.
                     self._failed(item, attempts, "no_progress", progressed=progressed)
                     return None
-                progressed = progressed or missing <= item.size
+                # Fewer bytes missing than the server ever said: bytes got across, in this
+                # attempt or in one cut short before it (a flaky link): the clip is moving.
+                new_low = self.outbox.note_missing(item.upload_id, now_missing)
+                progressed = progressed or new_low or missing <= item.size
                 missing = now_missing
                 self._send_ranges(item, ack.missing, stop)
                 fin = Fin(upload_id=item.upload_id, size=item.size, sha256=item.sha256)

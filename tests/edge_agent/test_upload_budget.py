@@ -97,8 +97,14 @@ def test_a_clip_the_server_cannot_finish_does_not_block_the_clips_after_it(
     try:
         _wait(lambda: {second, third} <= _clip_ids(server), 30, "the later clips on the server")
         for upload_id in (second, third):
-            done = service.outbox.get(upload_id)
-            assert done is not None and done.state == OutboxState.COMPLETE
+            # The server stores the clip before its ``complete`` reaches the agent.
+            _wait(
+                lambda u=upload_id: (
+                    (d := service.outbox.get(u)) and d.state == OutboxState.COMPLETE
+                ),
+                10,
+                "the complete ack",
+            )
         # The broken one spends its budget and is parked, never deleted nor marked rejected.
         parked = _wait(
             lambda: (i := service.outbox.get(broken)) and i.parked and i,
@@ -202,3 +208,86 @@ def test_a_silent_server_costs_each_clip_one_attempt_in_turn(
         stop.set()
         link.stop()
         outbox.close()
+
+
+def _parked(outbox: Outbox, clock: VirtualClock, name: str, *, attempts: int = 2) -> None:
+    """Spend the budget of ``name`` with attempts no server answered (it was down)."""
+    for _ in range(attempts):
+        outbox.note_attempt(name)
+        outbox.attempt_failed(
+            name,
+            "no_answer",
+            timedelta(seconds=30),
+            max_attempts=attempts,
+            parked_delay=timedelta(hours=6),
+        )
+        clock.advance(60)
+    item = outbox.get(name)
+    assert item is not None and item.parked
+
+
+def test_an_attempt_that_moves_bytes_unparks_the_clip_with_a_fresh_budget(tmp_path: Path):
+    """A clip parked while the server was down, then tried on a flaky link: every attempt that
+    gets bytes across (the server lacks fewer than it ever said) is progress, not failure."""
+    clock = VirtualClock(datetime(2026, 3, 3, 9, tzinfo=UTC))
+    outbox = Outbox(tmp_path, clock)
+    outbox.enqueue("big", tmp_path / "big.mp4", b"{}", size=1000, chunk_size=100, sha256="0")
+    _parked(outbox, clock, "big")
+    clock.advance(6 * 3600)
+    assert [i.upload_id for i in outbox.due(timedelta(hours=1), timedelta(hours=6))] == ["big"]
+    # The server is back; the init is answered (all 1000 bytes missing), the link breaks
+    # after 400 bytes; the next attempt's init says 600 are missing: a new low.
+    outbox.note_attempt("big")
+    assert not outbox.note_missing("big", 1000)
+    outbox.attempt_failed(
+        "big", "no_answer", timedelta(seconds=30), max_attempts=2, parked_delay=timedelta(hours=6)
+    )
+    outbox.note_attempt("big")
+    assert outbox.note_missing("big", 600)
+    at = outbox.attempt_failed(
+        "big",
+        "no_answer",
+        timedelta(seconds=30),
+        max_attempts=2,
+        parked_delay=timedelta(hours=6),
+        progressed=True,
+    )
+    item = outbox.get("big")
+    assert item is not None and not item.parked and item.attempts == 0
+    assert at == clock.now() + timedelta(seconds=30)
+    assert outbox.count_parked() == 0
+    # Only a new low counts: the same gap again, or a larger one, is no progress.
+    assert not outbox.note_missing("big", 600)
+    assert not outbox.note_missing("big", 900)
+    assert outbox.note_missing("big", 100)
+    outbox.close()
+
+
+def test_a_clip_completing_makes_the_parked_clips_due_at_once_budget_kept(tmp_path: Path):
+    """Every clip was parked during a server outage; a clip completing shows the server is
+    back: the parked ones are tried now, not in six hours. Their budget is kept, so one that
+    still fails without progress goes straight back to the slow cadence."""
+    clock = VirtualClock(datetime(2026, 3, 3, 9, tzinfo=UTC))
+    outbox = Outbox(tmp_path, clock)
+    for name in ("p1", "p2", "new"):
+        path = tmp_path / f"{name}.mp4"
+        path.write_bytes(b"x")
+        outbox.enqueue(name, path, b"{}", size=1, chunk_size=1024, sha256="0")
+        clock.advance(1)
+    _parked(outbox, clock, "p1")
+    _parked(outbox, clock, "p2")
+    assert [i.upload_id for i in outbox.due(timedelta(hours=1), timedelta(hours=6))] == ["new"]
+    outbox.note_attempt("new")
+    outbox.mark_complete("new")
+    due = outbox.due(timedelta(hours=1), timedelta(hours=6))
+    assert sorted(i.upload_id for i in due) == ["p1", "p2"]
+    # p1 is tried and fails again without progress: parked again at once, 6 h.
+    outbox.note_attempt("p1")
+    at = outbox.attempt_failed(
+        "p1", "no_answer", timedelta(seconds=30), max_attempts=2, parked_delay=timedelta(hours=6)
+    )
+    assert at == clock.now() + timedelta(hours=6)
+    item = outbox.get("p1")
+    assert item is not None and item.parked and item.attempts == 3
+    assert [i.upload_id for i in outbox.due(timedelta(hours=1), timedelta(hours=6))] == ["p2"]
+    outbox.close()

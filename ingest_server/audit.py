@@ -2,18 +2,28 @@
 
 Each row says what happened (``action``) to what (``subject_type``, ``subject_id``), who did it
 (``actor``: ``device:…``, ``lecturer:…``, ``system:…``, or an API caller), when, and the details
-as JSON. Its ``hash`` is the SHA-256 of the canonical JSON of those fields and ``prev_hash``, the
-hash of the row before it; ``audit_head`` keeps the last seq and hash. ``verify`` walks the chain
-and names the first row that was edited, inserted or deleted, or a tail that was cut.
+as JSON. Its ``hash`` is the HMAC-SHA256, keyed by the audit key, of the canonical JSON of those
+fields and ``prev_hash``, the hash of the row before it; ``audit_head`` keeps the last seq and
+hash. ``verify`` walks the chain and names the first row that was edited, inserted or deleted, or
+a tail that was cut.
+
+The key (``Settings.audit_key_file``, by default ``data_dir/audit.key``: 32 random bytes made
+on first use, mode 0600, never logged) lives outside the database, so write access to the
+database alone cannot add a row that verifies: a plain SHA-256 or a wrongly keyed row is found
+like an edited one, even with the head moved forward to it. Every process that appends (ingest,
+scheduler and clip checker, verdict keeper, API, CLI) reads the same file through its settings
+and hands it to ``db.make_session_factory``, whose sessions carry it (``Session.info``). Keep
+the key off the database host and back it up apart from the database: without it the log can
+no longer be verified, and whoever holds it and the database can rewrite the chain.
 
 Rows are appended in the caller's transaction and written at its commit under the same lock as
 the feed (``ingest_server.feed``), so their seq follows commit order and the chain has no forks.
 The database itself refuses UPDATE and DELETE of the log (migration 0008's triggers).
 
-What the chain cannot show on its own: someone who can drop those triggers may rewrite the whole
-chain from a row onwards, head included, or cut the tail and move the head back. ``audit
-verify`` prints the head's hash; written down outside the database (a daily report, a ticket),
-it shows either.
+What the chain cannot show on its own: someone who holds the key and can drop those triggers may
+rewrite the whole chain from a row onwards, head included, or cut the tail and move the head
+back. ``audit verify`` prints the head's hash; written down outside the database (a daily
+report, a ticket), it shows either, key or no key.
 
 Who records what:
 
@@ -27,11 +37,16 @@ Who records what:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
+import os
+import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import inspect, select
@@ -43,6 +58,77 @@ from ingest_server.models import AuditEntry, AuditHead, Clip, Photo, Upload, Upl
 
 GENESIS = "0" * 64
 HEAD_ID = 1
+KEY_BYTES = 32
+# Where a session keeps its factory's key (``db.make_session_factory``).
+KEY_INFO = "classcam_audit_key"
+# Most session ids one ``viewed`` row of a list names (the rest are counted and hashed).
+MAX_VIEWED_IDS = 50
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    """The secret the rows' HMACs are keyed with. Its repr hides it; ``key_id`` names it."""
+
+    secret: bytes = field(repr=False)
+
+    @property
+    def key_id(self) -> str:
+        """A public name for the key (shown by ``audit verify``; tells nothing of it)."""
+        return hmac.new(self.secret, b"classcam audit key id", hashlib.sha256).hexdigest()[:16]
+
+
+class AuditKeyError(RuntimeError):
+    """The key file is missing (and may not be made here) or is not a key."""
+
+
+def load_key(path: Path, *, create: bool = True) -> AuditKey:
+    """The audit key in ``path``; with ``create`` and no file there, 32 random bytes are written
+    there first (mode 0600, fsynced; made whole under a temporary name and linked in, so two
+    processes starting at once end up with the same key)."""
+    if not path.exists():
+        if not create:
+            raise AuditKeyError(f"no audit key at {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            temporary.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        log.info("made a new audit key at %s", path)
+    if path.stat().st_mode & 0o077:
+        log.warning("the audit key %s is readable by others than its owner (chmod 600)", path)
+    secret = path.read_bytes()
+    if len(secret) < KEY_BYTES:
+        raise AuditKeyError(f"{path} holds {len(secret)} bytes; an audit key has {KEY_BYTES}")
+    return AuditKey(secret)
+
+
+# Sessions from factories made without a key (tests, scripts) write with this one: random per
+# process, so such rows never verify against a real key, rather than being forgeable.
+_EPHEMERAL_KEY = AuditKey(secrets.token_bytes(KEY_BYTES))
+
+
+def session_key(db: Session) -> AuditKey:
+    """The key ``db``'s factory was given, or this process's throwaway key if none was."""
+    key = db.info.get(KEY_INFO)
+    if isinstance(key, AuditKey):
+        return key
+    return _EPHEMERAL_KEY
 
 
 class AuditAction(StrEnum):
@@ -71,6 +157,7 @@ def canonical_json(value: object) -> str:
 
 
 def entry_hash(
+    key: AuditKey,
     seq: int,
     at: datetime,
     action: str,
@@ -80,7 +167,7 @@ def entry_hash(
     details: str,
     prev_hash: str,
 ) -> str:
-    """The SHA-256 (hex) of a row's fields and the previous row's hash."""
+    """The HMAC-SHA256 (hex), keyed by ``key``, of a row's fields and the previous row's hash."""
     fields = {
         "seq": seq,
         "at": to_utc(at).isoformat(),
@@ -91,7 +178,7 @@ def entry_hash(
         "details": details,
         "prev_hash": prev_hash,
     }
-    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+    return hmac.new(key.secret, canonical_json(fields).encode(), hashlib.sha256).hexdigest()
 
 
 def record(
@@ -131,10 +218,11 @@ def _write_audit(db: Session, items: list[_Pending]) -> None:
     )
     if head is None:
         raise RuntimeError("audit_head is missing: the database was not migrated (0008)")
-    seq, prev = head.seq, head.hash
+    seq, prev, key = head.seq, head.hash, session_key(db)
     for item in items:
         seq += 1
         digest = entry_hash(
+            key,
             seq,
             item.at,
             item.action,
@@ -223,16 +311,36 @@ def api_actor(role: str, name: str, token_id: int | None) -> str:
     return f"{role}:{name}" + (f"#token{token_id}" if token_id is not None else "")
 
 
-def record_views(
-    factory: sessionmaker[Session], actor: str, route: str, session_ids: list[str]
+def record_view(factory: sessionmaker[Session], actor: str, route: str, session_id: str) -> None:
+    """Record that ``actor`` was shown one session's evidence through ``route``, in a write
+    transaction of its own (API requests read through sessions that must not write)."""
+    with factory.begin() as db:
+        record(db, AuditAction.VIEWED, "session", session_id, actor, {"route": route})
+
+
+def record_list_view(
+    factory: sessionmaker[Session],
+    actor: str,
+    route: str,
+    query: dict[str, Any],
+    session_ids: list[str],
 ) -> None:
-    """Record that ``actor`` was shown the evidence of these sessions through ``route``, in a
-    write transaction of its own (API requests read through sessions that must not write)."""
+    """Record that ``actor`` was shown a list of sessions: one row per request, whatever its
+    length (a read must not cost a write per row under the append lock). It keeps the query,
+    how many were shown, the first ``MAX_VIEWED_IDS`` ids and the SHA-256 of all of them (one
+    per line), so a copy of the list can be matched to it. Nothing is recorded for an empty
+    list."""
     if not session_ids:
         return
+    details = {
+        "route": route,
+        "query": {name: value for name, value in query.items() if value is not None},
+        "shown": len(session_ids),
+        "ids": session_ids[:MAX_VIEWED_IDS],
+        "ids_sha256": hashlib.sha256("\n".join(session_ids).encode()).hexdigest(),
+    }
     with factory.begin() as db:
-        for session_id in session_ids:
-            record(db, AuditAction.VIEWED, "session", session_id, actor, {"route": route})
+        record(db, AuditAction.VIEWED, "sessions", route, actor, details)
 
 
 def record_export(
@@ -255,12 +363,14 @@ def record_export(
 
 @dataclass(frozen=True)
 class ChainReport:
-    """What ``verify`` found: ``ok``, rows checked, the head, and the first bad row if any."""
+    """What ``verify`` found: ``ok``, rows checked, the head, the key's id, and the first bad
+    row if any."""
 
     ok: bool
     rows: int
     head_seq: int
     head_hash: str
+    key_id: str
     bad_seq: int | None = None
     problem: str | None = None
 
@@ -271,13 +381,15 @@ def _rows(db: Session) -> Iterator[AuditEntry]:
     )
 
 
-def verify(db: Session) -> ChainReport:
-    """Walk the chain from its first row to its head; stop at the first row that does not fit."""
+def verify(db: Session, key: AuditKey | None = None) -> ChainReport:
+    """Walk the chain from its first row to its head with ``key`` (by default the session's);
+    stop at the first row that does not fit."""
+    key = key or session_key(db)
     head = db.get(AuditHead, HEAD_ID)
     head_seq, head_hash = (head.seq, head.hash) if head else (-1, "")
 
     def bad(seq: int | None, problem: str, rows: int) -> ChainReport:
-        return ChainReport(False, rows, head_seq, head_hash, seq, problem)
+        return ChainReport(False, rows, head_seq, head_hash, key.key_id, seq, problem)
 
     if head is None:
         return bad(None, "audit_head is missing", 0)
@@ -289,8 +401,13 @@ def verify(db: Session) -> ChainReport:
         if row.prev_hash != prev:
             return bad(row.seq, "prev_hash is not the previous row's hash", rows)
         fields = (row.action, row.subject_type, row.subject_id, row.actor, row.details)
-        if entry_hash(row.seq, row.at, *fields, row.prev_hash) != row.hash:
-            return bad(row.seq, "hash does not match the row: edited", rows)
+        if not hmac.compare_digest(
+            entry_hash(key, row.seq, row.at, *fields, row.prev_hash), row.hash
+        ):
+            problem = "hash does not match the row: edited, forged without the key"
+            if rows == 0:
+                problem += ", or the whole log was written with another key"
+            return bad(row.seq, problem, rows)
         if row.seq > head_seq:
             return bad(row.seq, f"row past the head (seq {head_seq}): appended outside", rows)
         prev, expected, rows = row.hash, expected + 1, rows + 1
@@ -301,4 +418,4 @@ def verify(db: Session) -> ChainReport:
             "rows cut from the tail (or the head was edited)",
             rows,
         )
-    return ChainReport(True, rows, head_seq, head_hash)
+    return ChainReport(True, rows, head_seq, head_hash, key.key_id)

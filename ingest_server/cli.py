@@ -15,12 +15,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
-from ingest_server import crud
+from ingest_server import audit, crud
 from ingest_server.consumer import replay_dead_letters
 from ingest_server.core import run_server
-from ingest_server.db import make_engine, make_session_factory, migrate
+from ingest_server.db import SessionFactory, make_engine, make_session_factory, migrate
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeadLetter
@@ -44,6 +44,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
+def _writer_sessions(settings: Settings, engine: Engine) -> SessionFactory:
+    # Every session that may append to the audit log carries the server's audit key.
+    return make_session_factory(engine, audit.load_key(settings.audit_key_file))
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     _console().print(f"database at {settings.describe()['database']} is up to date")
@@ -59,7 +64,7 @@ def cmd_register_device(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     engine = make_engine(settings.database_url)
     try:
-        with make_session_factory(engine).begin() as session:
+        with _writer_sessions(settings, engine).begin() as session:
             crud.register_device(session, args.device_id, key, args.classroom_id, args.replace)
     except (ValueError, crud.DeviceExists, crud.ClassroomHasCamera) as exc:
         _console().print(f"[red]{exc}[/red]")
@@ -96,7 +101,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url)
     try:
         rows = read_rows(Path(args.file), args.kind)
-        with make_session_factory(engine).begin() as session:
+        with _writer_sessions(settings, engine).begin() as session:
             counts = import_rows(session, rows, settings)
     except ImportFailed as exc:
         table = Table(title=f"{args.file}: nothing imported", title_style="bold red")
@@ -154,7 +159,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        with make_session_factory(engine).begin() as session:
+        with _writer_sessions(settings, engine).begin() as session:
             if args.token_command == "create":
                 expires = now + timedelta(days=args.expires_days) if args.expires_days else None
                 row, token = auth.create_token(
@@ -244,21 +249,32 @@ def cmd_broker_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    """``audit verify``: walk the audit log's hash chain to its head; 1 at the first bad row."""
-    from ingest_server import audit
-
+    """``audit verify``: walk the audit log's hash chain to its head with the audit key (the
+    settings' file, or ``--key-file``); 1 at the first bad row, 2 without a key."""
+    try:
+        key = audit.load_key(Path(args.key_file or settings.audit_key_file), create=False)
+    except audit.AuditKeyError as exc:
+        print(f"audit log not verified: {exc}")
+        return 2
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine)() as session:
-            report = audit.verify(session)
+            report = audit.verify(session, key)
     finally:
         engine.dispose()
     if not report.ok:
         where = f"seq {report.bad_seq}" if report.bad_seq is not None else "its head"
-        print(f"audit log BROKEN at {where}: {report.problem}; {report.rows} rows fine before it")
+        print(
+            f"audit log BROKEN at {where}: {report.problem}; {report.rows} rows fine before it"
+            f" (key {report.key_id})"
+        )
         return 1
-    # The head hash, written down elsewhere, also tells a chain rewritten from the start.
-    print(f"audit log intact: {report.rows} rows, head seq {report.head_seq} {report.head_hash}")
+    # The head hash, written down elsewhere, also tells a chain rewritten from the start by
+    # someone who holds the key.
+    print(
+        f"audit log intact: {report.rows} rows, head seq {report.head_seq} {report.head_hash}"
+        f" (key {report.key_id})"
+    )
     return 0
 
 
@@ -267,7 +283,7 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     processor (events and presence included) and marks those that now pass."""
     engine = make_engine(settings.database_url)
     try:
-        factory = make_session_factory(engine)
+        factory = _writer_sessions(settings, engine)
         if args.replay:
             fleet = DeviceMessages(factory, settings.heartbeat_timeout_s)
             processor = IngestProcessor(
@@ -360,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("token_id", type=int)
     audit_parser = sub.add_parser("audit", help="the evidence audit log")
     audit_sub = audit_parser.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first bad row")
+    verify = audit_sub.add_parser(
+        "verify", help="check the hash chain; exit 1 at the first bad row"
+    )
+    verify.add_argument("--key-file", help="the audit key (default: the settings' audit_key_file)")
     return parser
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from common.clock import Clock, SystemClock
+from ingest_server import audit
 from ingest_server.api.app import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.clip_checks import ClipChecker
@@ -34,7 +35,9 @@ class ServerCore:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.engine = make_engine(settings.database_url)
-        self.session_factory = make_session_factory(self.engine)
+        self.session_factory = make_session_factory(
+            self.engine, audit.load_key(settings.audit_key_file)
+        )
         self.store = EvidenceStore(settings.evidence_dir)
         self.verdicts = VerdictKeeper(self.session_factory, settings, self.clock)
         self.fleet = DeviceMessages(

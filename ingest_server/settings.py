@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         default_factory=lambda data: f"sqlite:///{data['data_dir'] / 'classcam.db'}"
     )
     evidence_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "evidence")
+    # The audit log's HMAC key (ingest_server.audit): made on first use; keep it off the
+    # database host and back it up apart from the database.
+    audit_key_file: Path = Field(default_factory=lambda data: data["data_dir"] / "audit.key")
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
@@ -128,7 +131,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
-    @field_validator("data_dir", "evidence_dir", mode="after")
+    @field_validator("data_dir", "evidence_dir", "audit_key_file", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -164,7 +164,7 @@ def get_session(
     row = visible_session(db, caller, session_id)
     view = session_view(db, row, pick_language(lang or accept_language), context.clock.now())
     actor = audit.api_actor(caller.role, caller.name, caller.token_id)
-    audit.record_views(context.session_factory, actor, "GET /sessions/{id}", [row.id])
+    audit.record_view(context.session_factory, actor, "GET /sessions/{id}", row.id)
     return view
 
 
@@ -196,7 +196,14 @@ def list_sessions(
     language, now = pick_language(lang or accept_language), context.clock.now()
     views = [session_view(db, row, language, now) for row in db.scalars(query)]
     actor = audit.api_actor(caller.role, caller.name, caller.token_id)
-    audit.record_views(context.session_factory, actor, "GET /sessions", [v["id"] for v in views])
+    # One row per request, not per session shown (a list is up to 500 of them).
+    audit.record_list_view(
+        context.session_factory,
+        actor,
+        "GET /sessions",
+        {"start": start, "end": end, "verdict": verdict, "limit": limit},
+        [v["id"] for v in views],
+    )
     return views
 
 

@@ -15,7 +15,7 @@ from common.chunks import digest_file
 from common.clock import VirtualClock
 from common.schemas import Ack, Fin, Manifest, decode
 from common.signing import public_key_b64, sign_manifest
-from ingest_server import crud
+from ingest_server import audit, crud
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.settings import Settings
@@ -104,9 +104,12 @@ class Harness:
         clock: VirtualClock | None = None,
     ) -> None:
         self.engine: Engine = make_engine(database_url)
-        self.sessions = make_session_factory(self.engine)
-        self.store = EvidenceStore(evidence)
         self.settings = settings or Settings(data_dir=evidence.parent, database_url=database_url)
+        # Keyed as the server's own sessions are, so ``audit verify`` on data_dir passes.
+        self.sessions = make_session_factory(
+            self.engine, audit.load_key(self.settings.audit_key_file)
+        )
+        self.store = EvidenceStore(evidence)
         self.clock = clock or VirtualClock(START + timedelta(minutes=5))
         self.processor = IngestProcessor(self.sessions, self.store, self.settings, self.clock)
 

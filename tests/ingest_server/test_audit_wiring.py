@@ -24,6 +24,8 @@ from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.clip_checks import ClipChecker
+from ingest_server.consumer import build_processor
+from ingest_server.core import ServerCore
 from ingest_server.db import migrate
 from ingest_server.models import AuditEntry
 from ingest_server.settings import Settings
@@ -166,10 +168,13 @@ def test_a_flow_through_production_code_is_audited_end_to_end(
     assert photo_row.actor == "lecturer:lect"
     assert json.loads(photo_row.details)["sha256"] == posted.json()["sha256"]
     views = by_action["viewed"]
-    assert [(v.subject_id, v.actor, json.loads(v.details)["route"]) for v in views] == [
-        ("sess-1", supervisor, "GET /sessions/{id}"),
-        ("sess-1", supervisor, "GET /sessions"),
+    assert [(v.subject_type, v.subject_id, v.actor) for v in views] == [
+        ("session", "sess-1", supervisor),
+        ("sessions", "GET /sessions", supervisor),
     ]
+    assert json.loads(views[0].details) == {"route": "GET /sessions/{id}"}
+    listed = json.loads(views[1].details)
+    assert (listed["ids"], listed["shown"], listed["query"]) == (["sess-1"], 1, {"limit": 100})
     [exported] = by_action["exported"]
     assert json.loads(exported.details) == {"bytes": 12, "format": "pdf", "sha256": digest}
     # Each action in the order it happened.
@@ -182,3 +187,65 @@ def test_a_flow_through_production_code_is_audited_end_to_end(
     out = capsys.readouterr().out
     assert status == 0, out
     assert f"intact: {len(entries)} rows" in out
+
+
+def test_a_list_of_many_sessions_is_one_viewed_row(world: Harness, tmp_path: Path) -> None:
+    """A read must not cost one audit write per row shown under the append lock."""
+    h = world
+    setup = _setup(json.loads((tmp_path / "setup.json").read_text())["devices"][0]["public_key"])
+    first = setup["sessions"][0]
+    setup["sessions"] += [
+        {**first, "id": f"more-{n:03}", "start": (START + timedelta(hours=n + 1)).isoformat()}
+        for n in range(120)
+    ]
+    (tmp_path / "more.json").write_text(json.dumps(setup))
+    with h.sessions.begin() as db:
+        import_rows(db, read_rows(tmp_path / "more.json"), h.settings)
+        _, token = create_token(db, Role.SUPERVISOR, h.clock.now(), name="bureau")
+    context = ApiContext(h.settings, h.sessions, h.store, lambda ids: None, clock=h.clock)
+    client = TestClient(create_app(context))
+    before = len(_entries(h))
+    listed = client.get(
+        "/api/v1/sessions", params={"limit": 500}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert listed.status_code == 200 and len(listed.json()) == 121
+    new = _entries(h)[before:]
+    assert [(e.action, e.subject_type) for e in new] == [("viewed", "sessions")]
+    details = json.loads(new[0].details)
+    assert details["shown"] == 121 and len(details["ids"]) == audit.MAX_VIEWED_IDS
+    assert details["ids"] == [s["id"] for s in listed.json()][: audit.MAX_VIEWED_IDS]
+
+
+def test_every_part_of_the_server_appends_with_the_settings_key(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ingest, clip checks, verdicts, scheduler, reaper and API share one factory keyed by the
+    settings' key file (made on first start, owner-only); the CLI's writers and the
+    stand-alone consumer use the same file, and ``audit verify`` passes what they wrote."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=sqlite_url)
+    core = ServerCore(settings)
+    try:
+        key = audit.load_key(settings.audit_key_file, create=False)
+        assert oct(settings.audit_key_file.stat().st_mode & 0o777) == "0o600"
+        factories = [
+            core.session_factory,
+            core.processor.session_factory,
+            core.checker.session_factory,
+            core.verdicts.session_factory,
+            core.scheduler.session_factory,
+            core.reaper.session_factory,
+            core.api_context().session_factory,
+            build_processor(settings).session_factory,
+        ]
+        for factory in factories:
+            with factory() as db:
+                assert audit.session_key(db) == key
+        for n, factory in enumerate(factories):
+            with factory.begin() as db:
+                audit.record(db, "viewed", "session", f"s{n}", "system:test")
+    finally:
+        core.close()
+    argv = ["--data-dir", str(settings.data_dir), "--database-url", sqlite_url]
+    assert cli.main([*argv, "token", "create", "--role", "admin", "--name", "ops"]) == 0
+    assert cli.main([*argv, "audit", "verify"]) == 0
+    assert f"intact: {len(factories)} rows" in capsys.readouterr().out

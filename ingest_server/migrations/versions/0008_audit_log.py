@@ -4,11 +4,13 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-29
 
-``audit_log`` holds one row per evidence action, each hashed over its fields and the previous
-row's hash; ``audit_head`` (one row) holds the last seq and hash, so a log cut short is told
-from a complete one. Triggers make the log append-only in the database itself: UPDATE, DELETE
-(and TRUNCATE on PostgreSQL) of ``audit_log`` fail, and the head may only move forward. Someone
-who can drop triggers can still edit rows; ``classcam-server audit verify`` then finds them.
+``audit_log`` holds one row per evidence action, each with an HMAC-SHA256 over its fields and
+the previous row's hash, keyed by a secret kept outside the database (``audit_key_file``), so
+rows appended with database access alone do not verify; ``audit_head`` (one row) holds the last
+seq and hash, so a log cut short is told from a complete one. Triggers make the log append-only
+in the database itself: UPDATE, DELETE (and TRUNCATE on PostgreSQL) of ``audit_log`` fail, and
+the head may only move forward. Someone who can drop triggers can still edit rows;
+``classcam-server audit verify`` then finds them.
 """
 
 from __future__ import annotations

@@ -185,6 +185,34 @@ def test_a_device_cannot_read_another_devices_commands(
     assert thief.messages == [("classcam/v1/down/dev-1/cmd", b"for dev-1")]
 
 
+def test_the_scheduler_login_cannot_forge_upload_or_event_acks(
+    mosquitto: MosquittoBroker, clients: list[Watcher]
+):
+    """Stolen scheduler credentials must not forge a ``complete`` (the agent would delete a
+    clip the server never stored) nor an event ack: the scheduler writes only commands and
+    timetables, the ingest consumer alone answers uploads and events."""
+    mosquitto.add_account("dev-1")
+    device = _watch(clients, mosquitto, "dev-1")
+    device.subscribe("classcam/v1/down/dev-1/#")
+    scheduler = _watch(clients, mosquitto, SCHEDULER_USER)
+    for suffix in ("ack", "event_ack", "other"):
+        scheduler.publish(f"classcam/v1/down/dev-1/{suffix}", b"forged")
+    scheduler.publish("classcam/v1/down/dev-1/cmd", b"command")
+    scheduler.publish("classcam/v1/down/dev-1/schedule", b"timetable")
+    server = _watch(clients, mosquitto, SERVER_USER, SERVER_CLIENT_ID)
+    server.publish("classcam/v1/down/dev-1/ack", b"real ack")
+    server.publish("classcam/v1/down/dev-1/event_ack", b"real event ack")
+    # The broker routed every scheduler publish (each acknowledged) before the server's: a
+    # forged one would reach the device before the server's last message.
+    wait_until(lambda: ("classcam/v1/down/dev-1/event_ack", b"real event ack") in device.messages)
+    assert device.messages == [
+        ("classcam/v1/down/dev-1/cmd", b"command"),
+        ("classcam/v1/down/dev-1/schedule", b"timetable"),
+        ("classcam/v1/down/dev-1/ack", b"real ack"),
+        ("classcam/v1/down/dev-1/event_ack", b"real event ack"),
+    ]
+
+
 def test_a_device_login_cannot_take_the_servers_client_id(
     mosquitto: MosquittoBroker, clients: list[Watcher]
 ):

@@ -401,9 +401,8 @@ def verify(db: Session, key: AuditKey | None = None) -> ChainReport:
         if row.prev_hash != prev:
             return bad(row.seq, "prev_hash is not the previous row's hash", rows)
         fields = (row.action, row.subject_type, row.subject_id, row.actor, row.details)
-        if not hmac.compare_digest(
-            entry_hash(key, row.seq, row.at, *fields, row.prev_hash), row.hash
-        ):
+        digest = entry_hash(key, row.seq, row.at, *fields, row.prev_hash)
+        if not hmac.compare_digest(digest.encode(), row.hash.encode()):
             problem = "hash does not match the row: edited, forged without the key"
             if rows == 0:
                 problem += ", or the whole log was written with another key"

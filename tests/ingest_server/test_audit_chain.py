@@ -417,3 +417,16 @@ def test_the_views_of_a_list_are_one_row(factory: SessionFactory) -> None:
     assert (row.action, row.subject_type, details["shown"]) == ("viewed", "sessions", 500)
     assert details["ids"] == ids[: audit.MAX_VIEWED_IDS] and details["query"] == {"limit": 500}
     assert details["ids_sha256"] == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def test_a_hash_replaced_by_any_text_is_reported_not_raised(
+    engine: Engine,
+    factory: SessionFactory,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _write_chain(factory)
+    _tamper(engine, lambda c: c.execute(text("UPDATE audit_log SET hash = 'é' WHERE seq = 6")))
+    status, out = verify_cli(db_url, tmp_path, capsys)
+    assert status == 1 and "BROKEN at seq 6" in out, out

@@ -14,6 +14,7 @@ from enum import StrEnum
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -462,6 +463,16 @@ class ApiToken(Base):
     SHA-256 is kept: the token itself is shown once, when it is made."""
 
     __tablename__ = "api_tokens"
+    # Each role with exactly the scope it needs: a scoped role without its scope id would
+    # compile to ``IS NULL`` in the scoping query (as migration 0007).
+    __table_args__ = (
+        CheckConstraint(
+            "(role IN ('admin', 'supervisor') AND institution_id IS NULL AND lecturer_id IS NULL)"
+            " OR (role = 'institution' AND institution_id IS NOT NULL AND lecturer_id IS NULL)"
+            " OR (role = 'lecturer' AND lecturer_id IS NOT NULL AND institution_id IS NULL)",
+            name="scope_matches_role",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from ingest_server.api import photos, views
-from ingest_server.api.deps import ApiContext, token_is_valid
+from ingest_server.api.deps import BODY_ROLES, ApiContext, token_role
 from ingest_server.api.guard import BodyGuard
 
 # Room for the multipart framing and the form fields around the largest photo allowed.
@@ -66,7 +66,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(views.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.add_middleware(
         BodyGuard,
-        token_is_valid=partial(token_is_valid, context),
+        token_role=partial(token_role, context),
+        body_roles=BODY_ROLES,
         max_body_bytes=context.settings.max_photo_bytes + FORM_ALLOWANCE,
     )
     return app

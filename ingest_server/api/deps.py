@@ -19,6 +19,7 @@ instead. Lists are filtered in the query, so a scoped caller never pages through
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -75,10 +76,19 @@ bearer_scheme = HTTPBearer(
 UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
 
 
-def token_is_valid(context: ApiContext, token: str) -> bool:
-    """Whether ``token`` lets anyone in now (the body guard asks before reading a body)."""
+# Routes whose body only some roles may send, for the body guard to refuse on the headers
+# (FastAPI reads a multipart form before the route's ``require`` runs): (method, path, roles).
+PHOTO_UPLOADERS = frozenset({Role.LECTURER})
+BODY_ROLES: tuple[tuple[str, re.Pattern[str], frozenset[Role]], ...] = (
+    ("POST", re.compile(r"/api/v1/sessions/[^/]+/photos/[^/]+/?"), PHOTO_UPLOADERS),
+)
+
+
+def token_role(context: ApiContext, token: str) -> Role | None:
+    """The role ``token`` lets in now, or None (the body guard asks before reading a body)."""
     with reader_factory(context.session_factory)() as db:
-        return resolve_token(db, token, context.clock.now()) is not None
+        caller = resolve_token(db, token, context.clock.now())
+        return caller.role if caller is not None else None
 
 
 def get_caller(
@@ -111,7 +121,8 @@ def require(*roles: Role) -> Callable[[Caller], Caller]:
 
 
 def _institution_classrooms(institution_id: str | None) -> ColumnElement[bool]:
-    return Classroom.institution_id == institution_id
+    # None would compile to ``IS NULL``: a token without its institution sees nothing.
+    return false() if institution_id is None else Classroom.institution_id == institution_id
 
 
 def session_scope(caller: Caller) -> ColumnElement[bool]:
@@ -119,9 +130,11 @@ def session_scope(caller: Caller) -> ColumnElement[bool]:
     if caller.reads_everything:
         return true()
     if caller.role == Role.INSTITUTION:
+        if caller.institution_id is None:
+            return false()
         rooms = select(Classroom.id).where(_institution_classrooms(caller.institution_id))
         return ClassSession.classroom_id.in_(rooms)
-    if caller.role == Role.LECTURER:
+    if caller.role == Role.LECTURER and caller.lecturer_id is not None:
         return ClassSession.lecturer_id == caller.lecturer_id
     return false()
 
@@ -131,6 +144,8 @@ def device_scope(caller: Caller) -> ColumnElement[bool]:
     if caller.reads_everything:
         return true()
     if caller.role == Role.INSTITUTION:
+        if caller.institution_id is None:
+            return false()
         rooms = select(Classroom.id).where(_institution_classrooms(caller.institution_id))
         return Device.classroom_id.in_(rooms)
     return false()

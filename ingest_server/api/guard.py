@@ -1,5 +1,6 @@
-"""The body guard: a request with a body is let in only with a token that lets someone in, and
-only up to a size cap, decided before the body is read.
+"""The body guard: a request with a body is let in only with a token that lets someone in, whose
+role may send that body (only a lecturer uploads photos), and only up to a size cap, decided
+before the body is read.
 
 Pure ASGI (not Starlette's ``BaseHTTPMiddleware``, which would buffer the body): the
 credentials are checked on the headers alone and a refusal is sent without one ``receive()``, so
@@ -11,13 +12,17 @@ body is counted as it streams and cut at the cap.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest_server.auth import bearer_token
+from ingest_server.auth import Role, bearer_token
+
+# (method, path pattern, the roles that may send a body there).
+BodyRoles = Sequence[tuple[str, re.Pattern[str], frozenset[Role]]]
 
 
 async def _reply(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
@@ -35,17 +40,31 @@ def _has_body(headers: Headers) -> bool:
 
 
 class BodyGuard:
-    """Refuse a body before reading it: 401 without a valid token, 413 over ``max_body_bytes``.
+    """Refuse a body before reading it: 401 without a valid token, 403 from a role that may
+    never send a body to that route (``body_roles``), 413 over ``max_body_bytes``.
 
-    ``token_is_valid`` is called in a worker thread (it reads the database).
+    ``token_role`` (the role a token lets in, None if none) is called in a worker thread (it
+    reads the database).
     """
 
     def __init__(
-        self, app: ASGIApp, *, token_is_valid: Callable[[str], bool], max_body_bytes: int
+        self,
+        app: ASGIApp,
+        *,
+        token_role: Callable[[str], Role | None],
+        max_body_bytes: int,
+        body_roles: BodyRoles = (),
     ) -> None:
         self.app = app
-        self.token_is_valid = token_is_valid
+        self.token_role = token_role
         self.max_body_bytes = max_body_bytes
+        self.body_roles = body_roles
+
+    def _roles_for(self, method: str, path: str) -> frozenset[Role] | None:
+        for rule_method, pattern, roles in self.body_roles:
+            if method == rule_method and pattern.fullmatch(path):
+                return roles
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,13 +75,18 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         token = bearer_token(headers.get("authorization"))
-        if token is None or not await anyio.to_thread.run_sync(self.token_is_valid, token):
+        role = None if token is None else await anyio.to_thread.run_sync(self.token_role, token)
+        if role is None:
             await _reply(
                 send,
                 401,
                 "a request with a body needs a valid token (Authorization: Bearer …)",
                 {"WWW-Authenticate": "Bearer"},
             )
+            return
+        allowed = self._roles_for(scope["method"], scope["path"])
+        if allowed is not None and role not in allowed:
+            await _reply(send, 403, f"the {role} role may not do this", {})
             return
         declared = headers.get("content-length")
         if declared is not None:

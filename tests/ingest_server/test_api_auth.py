@@ -21,18 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import False_
 
 from common.clock import VirtualClock
 from common.commands import Command
 from common.signing import generate_private_key, public_key_b64
 from ingest_server.api import create_app
-from ingest_server.api.deps import ApiContext
-from ingest_server.auth import Role, create_token, hash_token, revoke_token
+from ingest_server.api.deps import ApiContext, device_scope, session_scope
+from ingest_server.auth import Caller, Role, TokenRefused, create_token, hash_token, revoke_token
 from ingest_server.db import make_engine, make_session_factory
-from ingest_server.models import DeviceHealth, FeedEvent
+from ingest_server.models import ApiToken, ClassSession, Device, DeviceHealth, FeedEvent
 from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import EvidenceStore
@@ -301,6 +304,47 @@ def test_tokens_are_stored_hashed_and_are_high_entropy(world: World):
     assert hash_token("x") == hashlib.sha256(b"x").hexdigest()
 
 
+@pytest.mark.parametrize(
+    "role,scope",
+    [
+        (Role.INSTITUTION, {}),
+        (Role.LECTURER, {}),
+        (Role.INSTITUTION, {"lecturer_id": "lect-a"}),
+        (Role.ADMIN, {"institution_id": "school-a"}),
+        (Role.SUPERVISOR, {"lecturer_id": "lect-a"}),
+    ],
+)
+def test_the_database_refuses_a_token_without_the_scope_its_role_needs(
+    world: World, role: Role, scope: dict[str, str]
+):
+    """``create_token`` refuses these; a row written some other way is refused too (CHECK in
+    migration 0007), so no scoped token can reach the routes with a NULL scope."""
+    with pytest.raises(IntegrityError), world.context.session_factory.begin() as db:
+        db.add(
+            ApiToken(
+                name="unscoped",
+                role=role.value,
+                token_sha256=hash_token(f"unscoped-{role}-{sorted(scope)}"),
+                created_at=T0,
+                **scope,
+            )
+        )
+    with pytest.raises(TokenRefused), world.context.session_factory.begin() as db:
+        create_token(db, role, T0, **scope)
+
+
+@pytest.mark.parametrize("role", [Role.INSTITUTION, Role.LECTURER])
+def test_a_scoped_caller_without_its_scope_sees_nothing(world: World, role: Role):
+    """A scope id of None compiles to ``false``, never to ``IS NULL`` (which would match
+    unscoped rows)."""
+    caller = Caller(role=role, token_id=None, name="unscoped")
+    assert isinstance(session_scope(caller), False_)
+    assert isinstance(device_scope(caller), False_)
+    with world.context.session_factory() as db:
+        assert db.scalars(sa.select(ClassSession).where(session_scope(caller))).all() == []
+        assert db.scalars(sa.select(Device).where(device_scope(caller))).all() == []
+
+
 def test_openapi_declares_the_bearer_scheme_on_every_route(world: World):
     spec = world.client().get("/api/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearer"] == {
@@ -476,6 +520,33 @@ def test_a_chunked_body_is_cut_at_the_cap(world: World, live_server: int):
     )
     assert status == 413
     assert cap <= sent < cap + 16 * MIB
+
+
+@pytest.mark.parametrize("who", ["admin", "supervisor", "inst-a"])
+def test_a_photo_from_a_role_that_never_uploads_photos_is_refused_before_it_is_read(
+    world: World, live_server: int, who: str
+):
+    """Only the lecturer role uploads photos: any other valid token is answered 403 on the
+    headers, not after the server has read (and FastAPI parsed) a 16 MiB form."""
+    size = world.settings.max_photo_bytes
+    status, sent = _send_until_answered(live_server, _head(world.tokens[who], size), size)
+    print(f"403 for {who} after {sent / MIB:.2f} MiB of a {size / MIB:.0f} MiB body")
+    assert status == 403
+    assert sent < size // 4
+
+
+def test_the_guard_refuses_photos_by_role_only_on_the_photo_route(world: World):
+    """A supervisor's body elsewhere (open/close take none, but a body is not refused for its
+    role there) reaches the route, whose own dependency answers."""
+    client = world.client("supervisor", raise_server_exceptions=False)
+    response = client.post("/api/v1/sessions/sa/open", content=b"{}")
+    assert response.status_code == 403
+    assert "supervisor" in response.json()["detail"]
+    photo = client.post(
+        "/api/v1/sessions/sa/photos/opening", files={"file": ("a.jpg", _photo(), "image/jpeg")}
+    )
+    assert photo.status_code == 403
+    assert photo.headers["connection"] == "close"  # the guard's answer, body unread
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ Create Date: 2026-11-29
 
 ``api_tokens`` keeps the SHA-256 of each bearer token of the HTTP API (never the token), its
 role (admin, supervisor, institution, lecturer), the institution or lecturer it is scoped to,
-and when it expires or was revoked (``ingest_server.auth``).
+and when it expires or was revoked (``ingest_server.auth``). A CHECK keeps each role to
+exactly the scope it needs: an institution or lecturer token always has its scope id.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 UTC = sa.DateTime(timezone=True)
+# Each role with exactly the scope it needs (the same CHECK as ``models.ApiToken``).
+SCOPE_MATCHES_ROLE = (
+    "(role IN ('admin', 'supervisor') AND institution_id IS NULL AND lecturer_id IS NULL)"
+    " OR (role = 'institution' AND institution_id IS NOT NULL AND lecturer_id IS NULL)"
+    " OR (role = 'lecturer' AND lecturer_id IS NOT NULL AND institution_id IS NULL)"
+)
 
 
 def upgrade() -> None:
@@ -46,6 +53,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("token_sha256", name=op.f("uq_api_tokens_token_sha256")),
+        # A scoped role without its scope would compile to ``IS NULL`` in the scoping query.
+        sa.CheckConstraint(SCOPE_MATCHES_ROLE, name=op.f("ck_api_tokens_scope_matches_role")),
     )
 
 

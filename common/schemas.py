@@ -228,12 +228,41 @@ class Event(Message):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+MAX_REFUSAL_TEXT = 200
+
+
 class EventAck(Message):
     """The server's word that the event ``event_id`` is stored (sent after its commit, again
-    for a repeat): only now may the device forget it."""
+    for a repeat): only now may the device forget it.
+
+    With ``refused`` set, the server will never store it (it cannot read it as an event, it
+    names another device, or its type is newer than the server): the device sets it aside
+    instead of sending it again for ever. Left out of the JSON when unset, so an agent that
+    predates it still reads every ordinary ack."""
 
     event_id: SafeId
     server_time: AwareDatetime
+    refused: str | None = Field(default=None, max_length=MAX_REFUSAL_TEXT)
+
+    def to_bytes(self) -> bytes:
+        """The payload as compact UTF-8 JSON, without ``refused`` when unset."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def event_id_of(payload: bytes) -> str | None:
+    """The ``event_id`` an event payload names, read without validating the rest (an event the
+    reader cannot decode still has an id to answer by); ``None`` when none can be read."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    value = data.get("event_id") if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return validate_id(value)
+    except ValueError:
+        return None
 
 
 class StatusState(StrEnum):

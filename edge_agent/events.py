@@ -8,7 +8,9 @@ until the server's ``event_ack`` names its id (sent after the server's commit). 
 ``max_outstanding`` events are in flight, oldest first; one not acknowledged within
 ``ack_timeout_s`` (doubling per try, capped) is sent again, and so is every one in flight after
 a reconnect. The server keeps one event per id, so a repeat costs nothing; a late or unknown ack
-is ignored.
+is ignored. An ack that says the server refused the event (it cannot read it, or its type is
+newer than the server) sets the event aside in the state database, never sent again, so it
+cannot hold up the events after it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from common import topics
 from common.clock import Clock
 from common.errors import ProtocolError
-from common.schemas import Event, EventAck, EventType, decode
+from common.schemas import Event, EventAck, EventType, decode, event_id_of
 from edge_agent.state import AgentState
 from edge_agent.timesync import ClockOffset
 from edge_agent.uplink import LinkDown, MqttLink
@@ -68,7 +70,8 @@ class EventQueue:
         self.max_outstanding = max_outstanding
         self.ready = threading.Event()  # set when there may be something to send
         self._in_flight: dict[int, _InFlight] = {}  # by state seq; only the sender touches it
-        self._acks: queue.SimpleQueue[str] = queue.SimpleQueue()  # from paho's thread
+        # (event id, refusal or None) from paho's thread
+        self._acks: queue.SimpleQueue[tuple[str, str | None]] = queue.SimpleQueue()
         self._connects = -1
         link.on("event_ack", self._on_ack)
 
@@ -141,23 +144,28 @@ class EventQueue:
             self.link.counters["bad_event_ack"] += 1
             log.warning("bad event ack: %s", exc)
             return
-        self._acks.put(ack.event_id)
+        self._acks.put((ack.event_id, ack.refused))
         self.ready.set()
 
     def _apply_acks(self) -> None:
         """Forget the events the server acknowledged; a late or unknown ack changes nothing."""
         while True:
             try:
-                event_id = self._acks.get_nowait()
+                event_id, refused = self._acks.get_nowait()
             except queue.Empty:
                 return
             seqs = [seq for seq, sent in self._in_flight.items() if sent.event_id == event_id]
             if not seqs:
                 self.link.counters["event_ack_unknown"] += 1
             for seq in seqs:
-                self.state.event_delivered(seq)
+                if refused is None:
+                    self.state.event_delivered(seq)
+                    self.link.counters["events_acked"] += 1
+                else:
+                    self.state.event_refused(seq, refused)
+                    self.link.counters["events_refused"] += 1
+                    log.warning("server refused event %s: %s; set aside", event_id, refused)
                 del self._in_flight[seq]
-                self.link.counters["events_acked"] += 1
 
     def deliver(self) -> None:
         """Apply the server's acks, then send what is due, oldest first: at most
@@ -197,4 +205,6 @@ def _event_id(payload: bytes) -> str:
     try:
         return decode(Event, payload).event_id
     except ProtocolError:
-        return ""  # never acknowledged: sent again after each timeout, like any other
+        # Not an event this agent can read (stored by another version): the server answers
+        # by the id it names, if any; with none, never acknowledged, sent again like any other.
+        return event_id_of(payload) or ""

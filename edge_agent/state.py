@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events_refused (
+    seq INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS traffic (
     period TEXT PRIMARY KEY,
     bytes INTEGER NOT NULL
@@ -238,6 +243,28 @@ class AgentState:
 
     def event_delivered(self, seq: int) -> None:
         self._exec("DELETE FROM events WHERE seq = ?", (seq,))
+
+    def event_refused(self, seq: int, reason: str) -> None:
+        """Set an event the server will never store aside: kept, with the server's reason,
+        and no longer sent (it would hold up every later event)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO events_refused (seq, payload, reason)"
+                    " SELECT seq, payload, ? FROM events WHERE seq = ?",
+                    (reason, seq),
+                )
+                self._db.execute("DELETE FROM events WHERE seq = ?", (seq,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def refused_events(self) -> list[tuple[int, bytes, str]]:
+        """Events the server refused, oldest first: (seq, payload, reason)."""
+        rows = self._exec("SELECT seq, payload, reason FROM events_refused ORDER BY seq")
+        return [(int(r[0]), bytes(r[1]), str(r[2])) for r in rows.fetchall()]
 
     # -- traffic counters ----------------------------------------------------------------------
 

@@ -35,7 +35,15 @@ from common import topics
 from common.clock import Clock, SystemClock
 from common.errors import ProtocolError
 from common.heartbeat import Heartbeat
-from common.schemas import Event, EventAck, Status, StatusState, decode
+from common.schemas import (
+    MAX_REFUSAL_TEXT,
+    Event,
+    EventAck,
+    Status,
+    StatusState,
+    decode,
+    event_id_of,
+)
 from ingest_server.db import SessionFactory
 from ingest_server.ingest import Outgoing
 from ingest_server.models import DeviceHealth, PresenceChange
@@ -120,7 +128,7 @@ class DeviceMessages:
             elif up.kind is topics.UpKind.HEARTBEAT:
                 self._heartbeat(up.device_id, decode(Heartbeat, payload))
             elif up.kind is topics.UpKind.EVENT:
-                return self._event(up.device_id, decode(Event, payload))
+                return self._event_payload(up.device_id, payload)
         except (ProtocolError, ValueError) as exc:
             # ValueError: a value that passed validation but not date arithmetic; the message's
             # fault, so counted like a malformed one rather than retried by the consumer.
@@ -220,11 +228,37 @@ class DeviceMessages:
         if came_online and self.on_online:
             self.on_online(device_id)
 
-    def _event(self, device_id: str, event: Event) -> list[Outgoing]:
+    def _event_payload(self, device_id: str, payload: bytes) -> list[Outgoing]:
+        """An event, or the refusal of one that can never be stored: answered all the same, so
+        the device sets it aside rather than sending it for ever ahead of later events."""
+        try:
+            event = decode(Event, payload)
+        except ProtocolError as exc:
+            self.counters["bad_event"] += 1
+            log.warning("bad event from %s: %s", device_id, exc)
+            return self._refuse(device_id, event_id_of(payload), str(exc))
         if event.device_id != device_id:
             self.counters["event_device_mismatch"] += 1
-            log.warning("event from %s names device %s; ignored", device_id, event.device_id)
+            log.warning("event from %s names device %s; refused", device_id, event.device_id)
+            return self._refuse(device_id, event.event_id, "names another device")
+        try:
+            return self._event(device_id, event)
+        except ValueError as exc:  # its values passed validation, not date arithmetic
+            self.counters["bad_event"] += 1
+            log.warning("bad event %s from %s: %s", event.event_id, device_id, exc)
+            return self._refuse(device_id, event.event_id, f"invalid: {exc}")
+
+    def _refuse(self, device_id: str, event_id: str | None, reason: str) -> list[Outgoing]:
+        """A refused ack, only to the login that sent the event and only when it names an id."""
+        if event_id is None:
             return []
+        ack = EventAck(
+            event_id=event_id, server_time=self.clock.now(), refused=reason[:MAX_REFUSAL_TEXT]
+        )
+        self.counters["event_refusals"] += 1
+        return [Outgoing(topics.event_ack(device_id), ack.to_bytes(), 1)]
+
+    def _event(self, device_id: str, event: Event) -> list[Outgoing]:
         with self.session_factory.begin() as db:
             touched = record_device_event(db, event, self.clock.now())
         # Committed (or already stored before: a repeat is acknowledged again).

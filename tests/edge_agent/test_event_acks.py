@@ -246,3 +246,54 @@ def test_events_in_flight_are_sent_again_after_a_reconnect(
     wait_for(lambda: link.counters["connects"] > connects, "the reconnect")
     wait_for(lambda: link.counters["events_resent"] == 1, "the event sent again")
     assert len(state.pending_events()) == 1  # still kept: no server has acknowledged it
+
+
+def _refused_payloads(count: int) -> list[bytes]:
+    """Events a server will never store, each with an id it can read: a type from a newer
+    agent, one naming another device, one missing its time."""
+    at = utc_now().isoformat()
+    out: list[bytes] = []
+    for n in range(count):
+        event: dict[str, Any] = {
+            "event_id": f"refused-{n:02d}",
+            "device_id": DEVICE,
+            "type": "error",
+            "at": at,
+        }
+        if n % 3 == 0:
+            event["type"] = "from_a_newer_agent"
+        elif n % 3 == 1:
+            event["device_id"] = "cam-someone-else"
+        else:
+            del event["at"]
+        out.append(json.dumps(event).encode())
+    return out
+
+
+def test_events_the_server_refuses_are_set_aside_and_later_events_flow(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    agent: tuple[EventQueue, AgentState, MqttLink],
+) -> None:
+    """20 events the server refuses, more than the 16 the agent keeps in flight, then a good
+    one: before, the refused ones were never acknowledged and held it back for ever."""
+    events, state, link = agent
+    server = Server(tmp_path, mosquitto)
+    server.start()
+    try:
+        refused = _refused_payloads(20)
+        for payload in refused:
+            events.send_again(payload)  # as stored by the agent's queue
+        good = events.emit(EventType.ERROR, data={"what": "after the refused ones"})
+        wait_for(lambda: len(server.events(EventType.ERROR)) == 1, "the good event stored")
+        wait_for(lambda: state.pending_events() == [], "every event answered")
+    finally:
+        server.stop()
+    (stored,) = server.events(EventType.ERROR)
+    assert stored.event_id == json.loads(good)["event_id"]
+    assert link.counters["events_refused"] == 20
+    assert link.counters["events_acked"] == 1
+    kept = state.refused_events()
+    assert [payload for _, payload, _ in kept] == refused  # kept, in order, with the reason
+    assert all(reason for _, _, reason in kept)
+    assert server.fleet.counters["event_refusals"] == 20

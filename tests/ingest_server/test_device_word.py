@@ -173,7 +173,7 @@ def test_nan_heartbeats_do_not_hold_up_the_next_event(
     assert fleet.counters["bad_status"] == 2
     with harness.sessions() as db:
         assert list(db.scalars(select(DeadLetter))) == []
-    assert elapsed < 2.0, elapsed
+    assert elapsed < 5.0, elapsed  # milliseconds normally; before, seconds per message
 
 
 def _event_ids(harness: Harness) -> set[str]:
@@ -270,7 +270,7 @@ def test_in_a_backlog_a_claimed_time_is_never_before_an_offline_heard_live(
 class SlowProcessor(IngestProcessor):
     """Takes its time over each message, as a batch of commits on a slow disk does."""
 
-    seconds = 0.25
+    seconds = 0.35
 
     def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
         time.sleep(self.seconds)
@@ -281,9 +281,9 @@ def test_caught_up_waits_for_quiet_after_a_slow_batch_is_acknowledged(
     mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
 ) -> None:
     """The broker holds a backlog of 4 for the consumer's persistent session; handling them
-    takes 1 s, longer than the quiet time. Right after their acks the broker may still hold
+    takes 1.4 s, longer than the quiet time. Right after their acks the broker may still hold
     more (it sends the next window only after our acks): not yet caught up."""
-    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=0.5)
+    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=1.0)
     ConsumerThread(
         settings, IngestProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
     ).start().stop()

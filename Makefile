@@ -63,6 +63,8 @@ bench: system-deps $(STAMP)
 	$(PY) bench/photo_memory.py
 	$(PY) bench/frozen_margin.py
 	$(PY) bench/broker_persistence.py
+	$(PY) bench/consumer_ack.py
+	$(PY) bench/feed_append.py
 
 # The property and fuzz tests of the suite, run much longer: FUZZ_EXAMPLES examples per
 # property test (the suite runs 40-150), a quarter of that per API operation, mode and caller.

@@ -17,15 +17,18 @@ from typing import Any
 
 import cv2
 import numpy as np
+import paho.mqtt.client as mqtt
 from agent_harness import Operator, field_device
 
+from common import topics
 from common.clock import VirtualClock
+from common.schemas import Ack, AckReplyTo, AckState
 from edge_agent.clips import enqueue_snapshot
 from edge_agent.config import load_config
 from edge_agent.outbox import Outbox, OutboxState
 from edge_agent.service import AgentService
 from edge_agent.uplink import MqttLink, Uploader
-from simulators.broker import MosquittoBroker
+from simulators.broker import OPERATOR_USER, MosquittoBroker
 from simulators.harness import ServerProcess, provision_device
 
 
@@ -96,15 +99,13 @@ def test_a_clip_the_server_cannot_finish_does_not_block_the_clips_after_it(
     service.start()
     try:
         _wait(lambda: {second, third} <= _clip_ids(server), 30, "the later clips on the server")
-        for upload_id in (second, third):
-            # The server stores the clip before its ``complete`` reaches the agent.
-            _wait(
-                lambda u=upload_id: (
-                    (d := service.outbox.get(u)) and d.state == OutboxState.COMPLETE
-                ),
-                10,
-                "the complete ack",
-            )
+
+        def completed() -> bool:
+            # The server stores a clip before its ``complete`` reaches the agent.
+            done = [service.outbox.get(u) for u in (second, third)]
+            return all(d is not None and d.state == OutboxState.COMPLETE for d in done)
+
+        _wait(completed, 10, "the complete acks")
         # The broken one spends its budget and is parked, never deleted nor marked rejected.
         parked = _wait(
             lambda: (i := service.outbox.get(broken)) and i.parked and i,
@@ -291,3 +292,83 @@ def test_a_clip_completing_makes_the_parked_clips_due_at_once_budget_kept(tmp_pa
     assert item is not None and item.parked and item.attempts == 3
     assert [i.upload_id for i in outbox.due(timedelta(hours=1), timedelta(hours=6))] == ["p2"]
     outbox.close()
+
+
+class _FlakyServer:
+    """Stands in for the ingest server on a real broker: each ``init`` is answered with fewer
+    bytes missing (the chunks of the attempt before got through), no ``fin`` is answered (the
+    link drops before the answer comes back), and the ``init`` after ``complete_after`` finds
+    the clip whole."""
+
+    def __init__(self, broker: MosquittoBroker, device_id: str, size: int, step: int) -> None:
+        self.size, self.step, self.inits = size, step, 0
+        self.complete_after = size // step
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=OPERATOR_USER)
+        self.client.username_pw_set(OPERATOR_USER, broker.accounts.passwords[OPERATOR_USER])
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(f"classcam/v1/up/{device_id}/file/+/init", qos=1)
+        self.device_id = device_id
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        upload_id = msg.topic.split("/")[-2]
+        held = min(self.inits * self.step, self.size)
+        self.inits += 1
+        ack = Ack(
+            upload_id=upload_id,
+            state=AckState.COMPLETE if held >= self.size else AckState.MISSING,
+            reply_to=AckReplyTo.INIT,
+            missing=[] if held >= self.size else [(held, self.size)],
+            server_time=datetime.now(UTC),
+        )
+        client.publish(topics.ack(self.device_id), ack.to_bytes(), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_a_large_clip_on_a_flaky_link_is_never_parked_while_it_moves(
+    tmp_path: Path, mosquitto: MosquittoBroker
+):
+    """Every attempt is cut short (no answer to its fin), yet each gets bytes across: with a
+    budget of two attempts the clip must not be parked for six hours after its second."""
+    device = provision_device(
+        tmp_path / "devices",
+        "cam-flaky",
+        mosquitto,
+        settings={
+            "upload": {
+                "ack_timeout_s": 0.3,
+                "retry_min_s": 0.05,
+                "retry_max_s": 0.1,
+                "max_attempts": 2,
+                "parked_retry_s": 3600.0,
+            }
+        },
+    )
+    config = load_config(device.config_path)
+    outbox = Outbox(config.outbox_dir)
+    path = outbox.file_path("big-1")
+    path.write_bytes(b"x" * 1000)
+    outbox.enqueue("big-1", path, b"{}", size=1000, chunk_size=100, sha256="0" * 64)
+    server = _FlakyServer(mosquitto, "cam-flaky", size=1000, step=200)
+    link = MqttLink(config, config.broker_password())
+    uploader = Uploader(link, outbox, config.upload)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        deadline = time.monotonic() + 30
+        while (item := outbox.get("big-1")) is not None and item.state == OutboxState.PENDING:
+            assert not item.parked, f"parked after {item.attempts} attempts that moved bytes"
+            assert time.monotonic() < deadline, "the clip never completed"
+            uploader.drain()
+            time.sleep(0.02)
+        assert item is not None and item.state == OutboxState.COMPLETE
+        assert server.inits == 6 and uploader.stats.parked == 0
+        assert uploader.stats.failed_attempts == 5
+    finally:
+        server.close()
+        link.stop()
+        outbox.close()

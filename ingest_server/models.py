@@ -486,3 +486,21 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class DeviceCommand(Base):
+    """A command the API accepted for a device (open/close), kept until the device answers
+    with an event naming its ``cmd_id``: the scheduler sends it, and again every
+    ``command_resend_s`` while unanswered, until ``expires_at``."""
+
+    __tablename__ = "device_commands"
+
+    cmd_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import aiomqtt
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from common import topics
@@ -33,6 +33,8 @@ from ingest_server.models import (
     ClassSession,
     Clip,
     Device,
+    DeviceCommand,
+    DeviceEvent,
     DeviceHealth,
     SessionState,
     SessionWindow,
@@ -113,9 +115,23 @@ class Scheduler:
             self._dirty |= session_ids
 
     def send_command(self, device_id: str, command: Command) -> None:
-        """Queue a command for a device (the API's open/close)."""
-        with self._lock:
-            self._manual.append(Outbound(topics.cmd(device_id), command.to_bytes()))
+        """Keep a command for a device (the API's open/close) in ``device_commands``, in a
+        write transaction of its own that has committed when this returns: ticks send it, and
+        again every ``command_resend_s``, until the device answers or ``command_ttl_s`` has
+        passed since it was issued. A repeat is harmless: the agent answers a cmd_id it has
+        seen with its first answer."""
+        with self.session_factory.begin() as db:
+            db.add(
+                DeviceCommand(
+                    cmd_id=command.cmd_id,
+                    device_id=device_id,
+                    type=command.type.value,
+                    payload=command.to_bytes().decode(),
+                    created_at=self.clock.now(),
+                    expires_at=command.issued_at + timedelta(seconds=self.settings.command_ttl_s),
+                    sends=0,
+                )
+            )
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -134,6 +150,7 @@ class Scheduler:
             with self.session_factory.begin() as db:
                 self._bind_begun(db)
                 out.extend(self._timetables_due(db))
+                out.extend(self._commands_due(db))
                 out.extend(self._window_requests(db, back))
         except Exception:
             # A database blip must not lose what we were told: try again on the next tick.
@@ -208,6 +225,41 @@ class Scheduler:
             out.append(
                 Outbound(topics.schedule(device.device_id), schedule.to_bytes(), retain=True)
             )
+        return out
+
+    def _commands_due(self, db: Session) -> list[Outbound]:
+        """Kept commands never sent, or unanswered ``command_resend_s`` after their last send,
+        and not expired; marked as sent in the transaction that read them. A command is
+        answered once its own device's event naming its cmd_id is stored."""
+        now = self.clock.now()
+        rows = db.scalars(
+            select(DeviceCommand)
+            .where(
+                DeviceCommand.answered_at.is_(None),
+                DeviceCommand.expires_at > now,
+                or_(
+                    DeviceCommand.last_sent_at.is_(None),
+                    DeviceCommand.last_sent_at
+                    <= now - timedelta(seconds=self.settings.command_resend_s),
+                ),
+            )
+            .order_by(DeviceCommand.created_at)
+        ).all()
+        out: list[Outbound] = []
+        for row in rows:
+            answered = db.scalar(
+                select(DeviceEvent.id)
+                .where(DeviceEvent.cmd_id == row.cmd_id, DeviceEvent.device_id == row.device_id)
+                .limit(1)
+            )
+            if answered is not None:
+                row.answered_at = now
+                continue
+            out.append(Outbound(topics.cmd(row.device_id), row.payload.encode()))
+            row.last_sent_at = now
+            row.sends += 1
+            if row.sends > 1:
+                log.info("sent %s to %s again (send %d)", row.cmd_id, row.device_id, row.sends)
         return out
 
     def _window_count(self, db: Session, session_id: str) -> int:

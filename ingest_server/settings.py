@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     max_photo_bytes: int = Field(default=15 * 1024 * 1024, gt=0)
     timetable_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     scheduler_interval_s: float = Field(default=1.0, gt=0)
+    # An open/close the API accepted is sent again this often until its device answers, and
+    # not at all once this old (an open or close much later would be wrong).
+    command_resend_s: float = Field(default=60.0, gt=0)
+    command_ttl_s: float = Field(default=15 * 60.0, gt=0)
     timezone: str = "Asia/Shanghai"
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)

@@ -34,6 +34,7 @@ TABLES = {
     "audit_head",
     "dead_letters",
     "api_tokens",
+    "device_commands",
 }
 
 

@@ -20,10 +20,11 @@ from common.schemas import MAX_CHUNK_SIZE
 from common.topics import SHARED_GROUP
 
 _SQLITE_PREFIX = re.compile(r"^sqlite(\+\w+)?:///")
-# The broker account firmware_config/mosquitto.acl grants up/# read and down/# write.
+# The broker account firmware_config/mosquitto.acl grants up/# read and down/+/ack and
+# down/+/event_ack write.
 SERVER_USER = "classcam-server"
-# The scheduler's own account (down/# write only): the broker binds client id to username, so
-# two connections on one account would keep disconnecting each other.
+# The scheduler's own account (down/+/cmd and down/+/schedule write only): the broker binds
+# client id to username, so two connections on one account would keep disconnecting each other.
 SCHEDULER_USER = "classcam-scheduler"
 
 

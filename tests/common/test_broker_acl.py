@@ -213,6 +213,26 @@ def test_the_scheduler_login_cannot_forge_upload_or_event_acks(
     ]
 
 
+def test_the_server_login_cannot_forge_commands_or_timetables(
+    mosquitto: MosquittoBroker, clients: list[Watcher]
+):
+    """The ingest consumer answers uploads and events and nothing else: stolen consumer
+    credentials must not open or close a session, order a cut, or rewrite a timetable."""
+    mosquitto.add_account("dev-1")
+    device = _watch(clients, mosquitto, "dev-1")
+    device.subscribe("classcam/v1/down/dev-1/#")
+    server = _watch(clients, mosquitto, SERVER_USER, SERVER_CLIENT_ID)
+    for suffix in ("cmd", "schedule", "other"):
+        server.publish(f"classcam/v1/down/dev-1/{suffix}", b"forged")
+    server.publish("classcam/v1/down/dev-1/ack", b"real ack")
+    server.publish("classcam/v1/down/dev-1/event_ack", b"real event ack")
+    wait_until(lambda: ("classcam/v1/down/dev-1/event_ack", b"real event ack") in device.messages)
+    assert device.messages == [
+        ("classcam/v1/down/dev-1/ack", b"real ack"),
+        ("classcam/v1/down/dev-1/event_ack", b"real event ack"),
+    ]
+
+
 def test_a_device_login_cannot_take_the_servers_client_id(
     mosquitto: MosquittoBroker, clients: list[Watcher]
 ):

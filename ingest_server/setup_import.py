@@ -10,7 +10,6 @@ Rows are upserted by id, so a corrected file can be imported again.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from common.clock import to_utc, utc_now
 from common.geo import Datum
 from common.schemas import SafeId
 from common.signing import load_public_key_b64
+from ingest_server.auth import hash_token
 from ingest_server.models import (
     Classroom,
     ClassSession,
@@ -115,10 +115,6 @@ class ImportFailed(Exception):
     def __init__(self, errors: list[RowError]) -> None:
         super().__init__(f"{len(errors)} error(s); nothing imported")
         self.errors = errors
-
-
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def read_rows(path: Path, kind: str | None = None) -> dict[str, list[tuple[int, dict[str, Any]]]]:
@@ -359,7 +355,7 @@ def import_rows(
                 id=r.id,
                 institution_id=r.institution_id,
                 name=r.name,
-                token_sha256=token_sha256(r.token),
+                token_sha256=hash_token(r.token),
             )
         )
         counts["lecturers"] += 1

@@ -26,7 +26,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import ColumnElement, false, select, true
+from sqlalchemy import ColumnElement, Select, false, select, true
 from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
@@ -120,19 +120,20 @@ def require(*roles: Role) -> Callable[[Caller], Caller]:
     return admitted
 
 
-def _institution_classrooms(institution_id: str | None) -> ColumnElement[bool]:
-    # None would compile to ``IS NULL``: a token without its institution sees nothing.
-    return false() if institution_id is None else Classroom.institution_id == institution_id
+def _own_classrooms(caller: Caller) -> Select[str] | None:
+    """The classrooms of an institution caller; None for any other (or one without its
+    institution, which must never compile to ``IS NULL`` and see unscoped rows)."""
+    if caller.role != Role.INSTITUTION or caller.institution_id is None:
+        return None
+    return select(Classroom.id).where(Classroom.institution_id == caller.institution_id)
 
 
 def session_scope(caller: Caller) -> ColumnElement[bool]:
     """The sessions ``caller`` may read, as a WHERE clause on ``ClassSession``."""
     if caller.reads_everything:
         return true()
-    if caller.role == Role.INSTITUTION:
-        if caller.institution_id is None:
-            return false()
-        rooms = select(Classroom.id).where(_institution_classrooms(caller.institution_id))
+    rooms = _own_classrooms(caller)
+    if rooms is not None:
         return ClassSession.classroom_id.in_(rooms)
     if caller.role == Role.LECTURER and caller.lecturer_id is not None:
         return ClassSession.lecturer_id == caller.lecturer_id
@@ -143,12 +144,8 @@ def device_scope(caller: Caller) -> ColumnElement[bool]:
     """The devices ``caller`` may read, as a WHERE clause on ``Device``."""
     if caller.reads_everything:
         return true()
-    if caller.role == Role.INSTITUTION:
-        if caller.institution_id is None:
-            return false()
-        rooms = select(Classroom.id).where(_institution_classrooms(caller.institution_id))
-        return Device.classroom_id.in_(rooms)
-    return false()
+    rooms = _own_classrooms(caller)
+    return false() if rooms is None else Device.classroom_id.in_(rooms)
 
 
 def visible_session(db: Session, caller: Caller, session_id: str) -> ClassSession:

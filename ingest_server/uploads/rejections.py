@@ -95,30 +95,23 @@ def _upsert_count(
         "last_at": last,
     }
     dialect = session.get_bind().dialect.name
+    # Both dialects spell ON CONFLICT DO UPDATE the same way; only their insert() differs.
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        pg = postgresql.insert(RejectionCount).values(**values)
-        session.execute(
-            pg.on_conflict_do_update(
-                index_elements=["device_id", "reason"],
-                set_={
-                    "count": RejectionCount.count + pg.excluded.count,
-                    "last_at": pg.excluded.last_at,
-                },
-            )
-        )
+        stmt = postgresql.insert(RejectionCount).values(**values)
     elif dialect == "sqlite":
-        lite = sqlite.insert(RejectionCount).values(**values)
-        session.execute(
-            lite.on_conflict_do_update(
-                index_elements=["device_id", "reason"],
-                set_={
-                    "count": RejectionCount.count + lite.excluded.count,
-                    "last_at": lite.excluded.last_at,
-                },
-            )
-        )
+        stmt = sqlite.insert(RejectionCount).values(**values)
     else:  # pragma: no cover - the two backends we run on are above
         raise NotImplementedError(f"no upsert for {dialect}")
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["device_id", "reason"],
+            set_={
+                "count": RejectionCount.count + stmt.excluded.count,
+                "last_at": stmt.excluded.last_at,
+            },
+        )
+    )
 
 
 def _keep_newest(session: Session, keep: int, where: ColumnElement[bool] | None) -> None:

@@ -126,11 +126,3 @@ def _keep_newest(session: Session, keep: int, where: ColumnElement[bool] | None)
     if where is not None:
         doomed = doomed.where(where)
     session.execute(doomed)
-
-
-def counts_by_device(session: Session) -> dict[tuple[str, str], int]:
-    """Every refusal ever counted, by (device, reason); an unknown device is ``""``."""
-    rows = session.execute(
-        select(RejectionCount.device_id, RejectionCount.reason, RejectionCount.count)
-    )
-    return {(device, reason): int(count) for device, reason, count in rows}

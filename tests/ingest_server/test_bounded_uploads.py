@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import START, Harness, make_upload
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from common import topics
 from common.clock import VirtualClock
@@ -19,11 +20,18 @@ from common.signing import public_key_b64
 from ingest_server import crud
 from ingest_server.core import ServerCore
 from ingest_server.db import migrate
-from ingest_server.models import Clip, Rejection, Upload
+from ingest_server.models import Clip, Rejection, RejectionCount, Upload
 from ingest_server.settings import Settings
 from ingest_server.store import staging_key
 from ingest_server.uploads.reaper import UploadReaper
-from ingest_server.uploads.rejections import counts_by_device
+
+
+def counts_by_device(session: Session) -> dict[tuple[str, str], int]:
+    """Every refusal ever counted, by (device, reason); an unknown device is ``""``."""
+    rows = session.execute(
+        select(RejectionCount.device_id, RejectionCount.reason, RejectionCount.count)
+    )
+    return {(device, reason): int(count) for device, reason, count in rows}
 
 
 def _rejection_rows(harness: Harness) -> int:

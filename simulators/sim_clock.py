@@ -1,0 +1,159 @@
+"""One accelerated clock shared by every process of a replay (server, agents, phones, modems).
+
+The replay's conductor owns a small JSON file: where simulated time stood (``base_elapsed``
+seconds after ``wall0``) at a moment of the machine's monotonic clock (``base_real``, which every
+process on one machine shares), and how fast it runs since (``speed``). Each process reads it
+through a ``SharedClock``, a ``common.clock.Clock`` like the system clock, so the server and the
+agents run their production code paths on simulated time. The conductor may change the speed or
+jump ahead (a night with nothing to do); it rewrites the file atomically and readers notice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from common.clock import to_utc
+
+# A sleep on the shared clock waits at least this long in real time: at high speeds a loop
+# that sleeps 0.1 simulated seconds would otherwise spin.
+MIN_REAL_SLEEP_S = 0.004
+# Longest real wait between looks at the file while sleeping (the speed may change meanwhile).
+MAX_REAL_SLICE_S = 0.05
+
+
+class _State:
+    __slots__ = ("base_elapsed", "base_real", "mono0", "speed", "wall0")
+
+    def __init__(
+        self, wall0: datetime, mono0: float, base_real: float, base_elapsed: float, speed: float
+    ) -> None:
+        self.wall0, self.mono0 = wall0, mono0
+        self.base_real, self.base_elapsed, self.speed = base_real, base_elapsed, speed
+
+    def elapsed(self, real: float) -> float:
+        return self.base_elapsed + max(0.0, real - self.base_real) * self.speed
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "wall0": self.wall0.isoformat(),
+                "mono0": self.mono0,
+                "base_real": self.base_real,
+                "base_elapsed": self.base_elapsed,
+                "speed": self.speed,
+            }
+        )
+
+    @classmethod
+    def load(cls, text: str) -> _State:
+        raw = json.loads(text)
+        return cls(
+            to_utc(datetime.fromisoformat(raw["wall0"])),
+            float(raw["mono0"]),
+            float(raw["base_real"]),
+            float(raw["base_elapsed"]),
+            float(raw["speed"]),
+        )
+
+
+class SharedClock:
+    """Simulated time read from the conductor's file; ``skew_s`` puts this reader's wall clock
+    that far ahead (a device whose clock is wrong). Never goes backwards within a process."""
+
+    def __init__(self, path: Path, skew_s: float = 0.0) -> None:
+        self.path = Path(path)
+        self.skew = timedelta(seconds=skew_s)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._state: _State | None = None
+        self._last = 0.0
+        self._refresh()
+
+    def _refresh(self) -> _State:
+        st = os.stat(self.path)
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp != self._stamp or self._state is None:
+            self._state = _State.load(self.path.read_text())
+            self._stamp = stamp
+        return self._state
+
+    def _elapsed(self) -> tuple[_State, float]:
+        with self._lock:
+            state = self._refresh()
+            self._last = max(self._last, state.elapsed(time.monotonic()))
+            return state, self._last
+
+    @property
+    def speed(self) -> float:
+        with self._lock:
+            return self._refresh().speed
+
+    def now(self) -> datetime:
+        state, elapsed = self._elapsed()
+        return state.wall0 + timedelta(seconds=elapsed) + self.skew
+
+    def monotonic(self) -> float:
+        state, elapsed = self._elapsed()
+        return state.mono0 + elapsed
+
+    def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        target = self._elapsed()[1] + seconds
+        while True:
+            state, elapsed = self._elapsed()
+            left = target - elapsed
+            if left <= 0:
+                return
+            real = left / state.speed
+            time.sleep(min(max(real, MIN_REAL_SLEEP_S), MAX_REAL_SLICE_S))
+
+
+class ClockConductor(SharedClock):
+    """Creates the shared clock at ``start`` running ``speed`` times real time, and steers it."""
+
+    def __init__(self, path: Path, start: datetime, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(path, _State(to_utc(start), 1000.0, time.monotonic(), 0.0, speed))
+        super().__init__(path)
+
+    @staticmethod
+    def _write(path: Path, state: _State) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(state.dump())
+        os.replace(tmp, path)
+
+    def _rebase(self, speed: float, jump_s: float = 0.0) -> None:
+        with self._lock:
+            state = self._refresh()
+            real = time.monotonic()
+            elapsed = max(self._last, state.elapsed(real)) + jump_s
+            self._write(self.path, _State(state.wall0, state.mono0, real, elapsed, speed))
+            self._stamp = None
+            self._refresh()
+
+    def set_speed(self, speed: float) -> None:
+        """From now on, simulated time runs ``speed`` times real time."""
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._rebase(speed)
+
+    def jump(self, seconds: float) -> None:
+        """Move simulated time ``seconds`` ahead at once (nothing happens in between)."""
+        if seconds < 0:
+            raise ValueError("the clock cannot go back")
+        self._rebase(self.speed, seconds)
+
+    def jump_to(self, at: datetime) -> None:
+        """Move simulated time ahead to ``at`` (no-op when it is already past)."""
+        ahead = (to_utc(at) - self.now()).total_seconds()
+        if ahead > 0:
+            self.jump(ahead)

@@ -52,8 +52,8 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.clock import to_utc, utc_now
-from ingest_server.feed import defer_to_commit, register_commit_writer
+from common.clock import to_utc
+from ingest_server.feed import defer_to_commit, register_commit_writer, session_clock
 from ingest_server.models import AuditEntry, AuditHead, Clip, Photo, Upload, UploadState
 
 GENESIS = "0" * 64
@@ -196,7 +196,7 @@ def record(
         db,
         "audit",
         _Pending(
-            at=utc_now(),
+            at=session_clock(db).now(),
             action=str(action),
             subject_type=subject_type,
             subject_id=subject_id[:200],

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, select
 
+from common.clock import Clock, SystemClock
 from ingest_server import audit, crud
 from ingest_server.consumer import replay_dead_letters
 from ingest_server.core import run_server
@@ -76,6 +77,12 @@ def cmd_register_device(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    return serve_until_signalled(settings, SystemClock())
+
+
+def serve_until_signalled(settings: Settings, clock: Clock) -> int:
+    """What ``run`` does, on ``clock``: migrate, then ingest, schedule and serve the API until
+    SIGTERM or SIGINT (``simulators.sim_server`` passes a replay's simulated clock)."""
     migrate(settings.database_url)
     # Logged, not printed: under systemd stderr reaches the journal unbuffered.
     for what, where in settings.describe().items():
@@ -86,7 +93,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_server(settings, stop)
+        await run_server(settings, stop, clock)
 
     asyncio.run(serve())
     return 0

@@ -43,7 +43,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from common import topics
-from common.clock import SystemClock, utc_now
+from common.clock import SystemClock
 from ingest_server import audit
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.errors import StoreError
@@ -101,12 +101,13 @@ def replay_dead_letters(
             with factory.begin() as db:
                 row = db.get(DeadLetter, letter.id)
                 if row is not None:
-                    row.attempts, row.error, row.last_at = row.attempts + 1, error, utc_now()
+                    row.attempts, row.error = row.attempts + 1, error
+                    row.last_at = processor.clock.now()
             continue
         with factory.begin() as db:
             row = db.get(DeadLetter, letter.id)
             if row is not None:
-                row.replayed_at = utc_now()
+                row.replayed_at = processor.clock.now()
         replayed += 1
     return replayed, failed
 
@@ -373,7 +374,7 @@ class IngestConsumer:
         """``processor.handle`` with retries; ``[]`` once dead-lettered; ``None`` if stopping
         before it could be handled or kept."""
         settings = self.settings
-        first_at = utc_now()
+        first_at = self.processor.clock.now()
         attempts = 0  # in a row while the database answered
         total = 0
         while True:
@@ -417,7 +418,7 @@ class IngestConsumer:
                         error=error,
                         attempts=attempts,
                         first_at=first_at,
-                        last_at=utc_now(),
+                        last_at=self.processor.clock.now(),
                     )
                 )
         except Exception as exc:

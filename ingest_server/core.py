@@ -36,7 +36,7 @@ class ServerCore:
         self.clock = clock or SystemClock()
         self.engine = make_engine(settings.database_url)
         self.session_factory = make_session_factory(
-            self.engine, audit.load_key(settings.audit_key_file)
+            self.engine, audit.load_key(settings.audit_key_file), self.clock
         )
         self.store = EvidenceStore(settings.evidence_dir)
         self.verdicts = VerdictKeeper(self.session_factory, settings, self.clock)
@@ -92,6 +92,7 @@ class ServerCore:
             self.store,
             recompute=self.verdicts.recompute,
             send_command=self.scheduler.send_command,
+            clock=self.clock,
         )
 
     def close(self) -> None:
@@ -108,9 +109,10 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def run_server(settings: Settings, stop: asyncio.Event) -> None:
-    """Ingest, schedule and serve the API until ``stop`` is set."""
-    core = ServerCore(settings)
+async def run_server(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+    """Ingest, schedule and serve the API until ``stop`` is set, on ``clock`` (the system
+    clock unless given: a replay passes its shared simulated clock)."""
+    core = ServerCore(settings, clock)
     consumer = IngestConsumer(settings, core.processor)
     # Heartbeat timeouts wait until the backlog at the broker is drained.
     core.fleet.caught_up = consumer.caught_up

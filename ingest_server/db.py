@@ -17,7 +17,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.clock import Clock
 from ingest_server.audit import KEY_INFO, AuditKey, audit_arrivals
+from ingest_server.feed import CLOCK_INFO
 from ingest_server.settings import absolute_sqlite_url
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -65,12 +67,18 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def make_session_factory(engine: Engine, audit_key: AuditKey | None = None) -> SessionFactory:
+def make_session_factory(
+    engine: Engine, audit_key: AuditKey | None = None, clock: Clock | None = None
+) -> SessionFactory:
     """Sessions that keep loaded rows usable after commit (the processor reads them on), and
     that write an audit row for each piece of evidence they store (``audit.audit_arrivals``),
     keyed by ``audit_key`` (``audit.load_key(settings.audit_key_file)``; every process that
-    appends must pass it: without it rows get a throwaway key and ``audit verify`` fails)."""
-    info = {KEY_INFO: audit_key} if audit_key is not None else {}
+    appends must pass it: without it rows get a throwaway key and ``audit verify`` fails).
+    ``clock`` stamps the feed, the audit log and session changes (``feed.session_clock``;
+    the system clock when not given)."""
+    info: dict[str, object] = {KEY_INFO: audit_key} if audit_key is not None else {}
+    if clock is not None:
+        info[CLOCK_INFO] = clock
     factory = sessionmaker(engine, expire_on_commit=False, info=info)
     event.listen(factory, "after_flush", audit_arrivals)
     return factory

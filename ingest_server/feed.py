@@ -26,12 +26,24 @@ from typing import Any
 from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
-from common.clock import utc_now
+from common.clock import Clock, SystemClock
 from ingest_server.models import FeedEvent
 
 # pg_advisory_xact_lock key of the ordered logs (feed and audit): "classcam" in ASCII.
 APPEND_LOCK_KEY = 0x636C61737363616D
 _PENDING = "classcam_commit_appends"
+# Where a session keeps its factory's clock (``db.make_session_factory``).
+CLOCK_INFO = "classcam_clock"
+_SYSTEM_CLOCK = SystemClock()
+
+
+def session_clock(db: Session) -> Clock:
+    """The clock ``db``'s factory was given (the server's: simulated in a replay), else the
+    system clock. Rows stamped deep inside a transaction (feed, audit, session changes) take
+    their time from here, so one server runs on one clock."""
+    clock = db.info.get(CLOCK_INFO)
+    return clock if clock is not None else _SYSTEM_CLOCK
+
 
 # Writers of the ordered logs, by name, run at commit in registration order under the lock.
 CommitWriter = Callable[[Session, list[Any]], None]
@@ -94,7 +106,7 @@ def append(db: Session, kind: str, session_id: str | None, payload: dict[str, ob
         db,
         "feed",
         FeedEvent(
-            at=utc_now(),
+            at=session_clock(db).now(),
             kind=kind,
             session_id=session_id,
             payload=json.dumps(payload, ensure_ascii=False, default=str),

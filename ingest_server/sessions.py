@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.clock import utc_now
 from common.schemas import Event, EventType
 from ingest_server import feed
 from ingest_server.facts import installed_camera, recording_events, reported_seconds
+from ingest_server.feed import session_clock
 from ingest_server.models import (
     ClassSession,
     Clip,
@@ -60,7 +60,9 @@ def create_session(
             verdict_reasons="[]",
         )
         db.add(row)
-    elif row.state != SessionState.SCHEDULED.value or row.scheduled_start <= utc_now():
+    elif (
+        row.state != SessionState.SCHEDULED.value or row.scheduled_start <= session_clock(db).now()
+    ):
         # A session under way or past keeps its windows: redrawing would let the school
         # fish for convenient minutes.
         return row
@@ -123,13 +125,13 @@ def record_device_event(db: Session, event: Event, received_at: datetime | None 
     """Keep a device's event and apply it to its session; return the sessions it touched.
 
     Times are stored in server time (``server_time``), beside the device's own and its offset;
-    ``received_at`` is when the server received it (now, unless given).
+    ``received_at`` is when the server received it (now on ``db``'s clock, unless given).
     Only the camera of a session's classroom may speak for it; a stop of a session whose start
     was never reported changes nothing.
     """
     if db.scalar(select(DeviceEvent.id).where(DeviceEvent.event_id == event.event_id)):
         return set()  # a redelivery
-    received_at = received_at or utc_now()
+    received_at = received_at or session_clock(db).now()
     classroom_id = db.scalar(select(Device.classroom_id).where(Device.device_id == event.device_id))
     named = [db.get(ClassSession, event.session_id)] if event.session_id else []
     if event.cmd_id and event.cmd_id.startswith("cut-"):
@@ -166,7 +168,7 @@ def record_device_event(db: Session, event: Event, received_at: datetime | None 
                 window.failed_reason = None
             elif event.type == EventType.CUT_FAILED:
                 window.failed_reason = str(event.data.get("reason") or "cut_failed")[:32]
-                window.failed_at = utc_now()
+                window.failed_at = received_at
             touched.add(window.session_id)
     session = db.get(ClassSession, event.session_id) if event.session_id else None
     if session is None:

@@ -1,0 +1,460 @@
+"""Scenario files: a replayed day of classes, as ops staff write it (docs/scenarios.md).
+
+``load_scenario(path)`` reads a YAML file into a ``Scenario`` or raises ``ScenarioError``, a list
+of problems that each name the file, the line and the field (``sessions[3].expect.verdict``),
+never a traceback. The models here say what each section may contain (``extra="forbid"``
+everywhere, so a misspelt field is an error); ``simulators.scenario_checks`` checks what one
+section says about another (references, one device per classroom, times inside sessions);
+``simulators.scenario_yaml`` reads YAML with the line of every key and item.
+
+The helpers on ``Scenario`` answer what the replay planner (``simulators.behaviours``) asks:
+when a session starts and ends in UTC, which device films a classroom, the shape of its link.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
+
+from common.geo import Datum
+from common.schemas import SafeId
+from ingest_server.rules.reasons import ReasonCode
+from simulators import fake_modem
+from simulators.plan import LinkShape
+from simulators.scenario_behaviours import (
+    BEHAVIOUR_MODELS,
+    HHMM_PATTERN,
+    Behaviour,
+    CameraMoved,
+    CameraUnplugged,
+    ClockSkew,
+    ClosingBeforeOpening,
+    ClosingPhotoMissing,
+    DoubleBooked,
+    EndsEarly,
+    ForgedClips,
+    FrozenPicture,
+    Honest,
+    LensCovered,
+    PhotoElsewhere,
+    PhotoReused,
+    PowerCut,
+    Strict,
+    ThinUplink,
+    UplinkDown,
+)
+from simulators.scenario_checks import cross_check, describe_error
+from simulators.scenario_yaml import Marks, NoMarks, read_yaml
+
+__all__ = [
+    "BEHAVIOUR_MODELS",
+    "BUILTIN_LINKS",
+    "MODEM_PROFILES",
+    "Behaviour",
+    "CameraMoved",
+    "CameraUnplugged",
+    "Classroom",
+    "ClockSkew",
+    "ClosingBeforeOpening",
+    "ClosingPhotoMissing",
+    "Device",
+    "DoubleBooked",
+    "EndsEarly",
+    "Expect",
+    "ForgedClips",
+    "FrozenPicture",
+    "Honest",
+    "Institution",
+    "Lecturer",
+    "LensCovered",
+    "LinkProfile",
+    "Location",
+    "PhotoElsewhere",
+    "PhotoReused",
+    "PowerCut",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioProblem",
+    "SchoolClass",
+    "Session",
+    "ThinUplink",
+    "UplinkDown",
+    "load_scenario",
+    "parse_scenario",
+]
+
+Loc = tuple[str | int, ...]
+B = TypeVar("B", bound=Strict)
+
+MODEM_PROFILES: dict[str, fake_modem.FakeProfile] = {
+    "quectel_ec25": fake_modem.QUECTEL_EC25,
+    "simcom_sim7600": fake_modem.SIMCOM_SIM7600,
+}
+
+
+class Location(Strict):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    datum: Datum = Datum.WGS84
+
+
+class Institution(Strict):
+    id: SafeId
+    name: str = Field(min_length=1)
+
+
+class Classroom(Strict):
+    id: SafeId
+    institution: SafeId
+    name: str = Field(min_length=1)
+    location: Location
+    radius_m: float = Field(default=100.0, gt=0, le=5000)
+
+
+class LinkProfile(Strict):
+    """A 4G link: ``rate_kbit`` each way (0: unlimited), ``loss_pct`` of segments lost,
+    ``latency_ms`` one way."""
+
+    rate_kbit: float = Field(default=0.0, ge=0)
+    loss_pct: float = Field(default=0.0, ge=0, lt=100)
+    latency_ms: float = Field(default=0.0, ge=0)
+
+    def shape(self) -> LinkShape:
+        return LinkShape(self.rate_kbit, self.loss_pct, self.latency_ms)
+
+
+BUILTIN_LINKS: dict[str, LinkProfile] = {
+    "lan": LinkProfile(),
+    "4g": LinkProfile(rate_kbit=2000, loss_pct=0, latency_ms=60),
+    "4g_thin": LinkProfile(rate_kbit=256, loss_pct=1, latency_ms=250),
+}
+
+
+def _link_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "name"
+    return "inline" if isinstance(value, dict | LinkProfile) else None
+
+
+# A profile name or an inline profile; the tags never reach error messages (``_clean_loc``).
+LinkRef = Annotated[
+    Annotated[str, Tag("name")] | Annotated[LinkProfile, Tag("inline")],
+    Discriminator(
+        _link_form,
+        custom_error_type="link",
+        custom_error_message="must be a link profile name (lan, 4g, 4g_thin or one of links:)"
+        " or an inline {rate_kbit, loss_pct, latency_ms}",
+    ),
+]
+
+
+class Device(Strict):
+    """The one camera of ``classroom``. Every camera is simulated; ``camera`` says what it
+    stands for. ``link`` names a profile (built-in or the scenario's ``links``) or is inline."""
+
+    id: SafeId
+    classroom: SafeId
+    camera: Literal["synthetic", "usb", "rtsp", "csi"] = "synthetic"
+    link: LinkRef = "lan"
+    modem: str = "quectel_ec25"
+    scene: int | None = Field(default=None, ge=0)
+    clock_skew_s: float = Field(default=0.0, ge=-86400, le=86400)
+
+    @field_validator("modem")
+    @classmethod
+    def _known_modem(cls, value: str) -> str:
+        if value not in MODEM_PROFILES:
+            raise ValueError(f"must be one of {', '.join(MODEM_PROFILES)} (got {value!r})")
+        return value
+
+
+class Lecturer(Strict):
+    id: SafeId
+    institution: SafeId
+    name: str = Field(min_length=1)
+
+
+class SchoolClass(Strict):
+    """A training class (``classes:`` in the file; ``class`` is a Python keyword)."""
+
+    id: SafeId
+    institution: SafeId
+    name: str = Field(min_length=1)
+
+
+class Expect(Strict):
+    """The verdict the session must end with and the exact set of its reason codes."""
+
+    verdict: Literal["verified", "rejected", "pending"]
+    reasons: list[ReasonCode] = Field(default_factory=list)
+
+
+_ISO_WITH_OFFSET = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)$"
+)
+
+
+class Session(Strict):
+    id: SafeId
+    class_: SafeId = Field(alias="class")
+    classroom: SafeId
+    lecturer: SafeId
+    # Local "HH:MM" on the scenario's date (+ ``day``), or an ISO-8601 datetime with offset.
+    start: str
+    day: int = Field(default=0, ge=0, le=366)
+    duration_min: float = Field(gt=0, le=24 * 60)
+    behaviours: list[Behaviour] = Field(default_factory=list)
+    expect: Expect
+
+    @field_validator("start")
+    @classmethod
+    def _start_format(cls, value: str) -> str:
+        if re.match(HHMM_PATTERN, value) or _ISO_WITH_OFFSET.match(value):
+            return value
+        raise ValueError(
+            f"must be a local time HH:MM or an ISO-8601 datetime with offset (got {value!r})"
+        )
+
+    def all_behaviours(self) -> tuple[Behaviour, ...]:
+        """The behaviours, ``honest`` when none is listed."""
+        return tuple(self.behaviours) or (Honest(),)
+
+    def of_kind(self, kind: type[B]) -> list[B]:
+        """This session's behaviours of one kind, in file order (``of_kind(UplinkDown)``)."""
+        return [b for b in self.behaviours if isinstance(b, kind)]
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    date: dt.date
+    timezone: str = "Asia/Shanghai"
+    speed: float = Field(default=60.0, gt=0, le=100_000)
+    server: dict[str, Any] = Field(default_factory=dict)
+    links: dict[str, LinkProfile] = Field(default_factory=dict)
+    institutions: list[Institution] = Field(min_length=1)
+    classrooms: list[Classroom] = Field(min_length=1)
+    devices: list[Device] = Field(min_length=1)
+    lecturers: list[Lecturer] = Field(min_length=1)
+    classes: list[SchoolClass] = Field(min_length=1)
+    sessions: list[Session] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. Asia/Shanghai)") from None
+        return value
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def session(self, session_id: str) -> Session:
+        return _by_id(self.sessions, session_id, "session")
+
+    def classroom(self, classroom_id: str) -> Classroom:
+        return _by_id(self.classrooms, classroom_id, "classroom")
+
+    def device(self, device_id: str) -> Device:
+        return _by_id(self.devices, device_id, "device")
+
+    def lecturer(self, lecturer_id: str) -> Lecturer:
+        return _by_id(self.lecturers, lecturer_id, "lecturer")
+
+    def device_of(self, classroom_id: str) -> Device:
+        """The device installed in ``classroom_id`` (there is exactly one)."""
+        for device in self.devices:
+            if device.classroom == classroom_id:
+                return device
+        raise KeyError(f"no device in classroom {classroom_id!r}")
+
+    def session_device(self, session: Session) -> Device:
+        return self.device_of(session.classroom)
+
+    # --- time ------------------------------------------------------------------------------
+
+    def session_start(self, session: Session) -> dt.datetime:
+        """The scheduled start, aware UTC."""
+        if re.match(HHMM_PATTERN, session.start):
+            hour, minute = map(int, session.start.split(":"))
+            day = self.date + dt.timedelta(days=session.day)
+            local = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=self.zone)
+            return local.astimezone(dt.UTC)
+        moment = dt.datetime.fromisoformat(session.start.replace("Z", "+00:00"))
+        return (moment + dt.timedelta(days=session.day)).astimezone(dt.UTC)
+
+    def session_end(self, session: Session) -> dt.datetime:
+        """The scheduled end (start + duration), aware UTC."""
+        return self.session_start(session) + dt.timedelta(minutes=session.duration_min)
+
+    def minutes_into(self, session: Session, minutes: float) -> dt.datetime:
+        """``minutes`` after the session's scheduled start, aware UTC."""
+        return self.session_start(session) + dt.timedelta(minutes=minutes)
+
+    def next_local_time(self, after: dt.datetime, hhmm: str) -> dt.datetime:
+        """The first moment strictly after ``after`` when the local clock shows ``hhmm``
+        (``uplink_down.until``), aware UTC."""
+        hour, minute = map(int, hhmm.split(":"))
+        local = after.astimezone(self.zone)
+        candidate = dt.datetime.combine(local.date(), dt.time(hour, minute), tzinfo=self.zone)
+        while candidate <= local:
+            candidate = dt.datetime.combine(
+                candidate.date() + dt.timedelta(days=1), dt.time(hour, minute), tzinfo=self.zone
+            )
+        return candidate.astimezone(dt.UTC)
+
+    # --- devices ---------------------------------------------------------------------------
+
+    def link_profile(self, device: Device) -> LinkProfile:
+        """The device's link: inline, the scenario's ``links`` or a built-in profile."""
+        if isinstance(device.link, LinkProfile):
+            return device.link
+        return {**BUILTIN_LINKS, **self.links}[device.link]
+
+    def link_shape(self, device: Device) -> LinkShape:
+        return self.link_profile(device).shape()
+
+    def scene_of(self, device: Device) -> int:
+        """The classroom picture the device films: its ``scene``, else one per classroom
+        (1 for the first classroom of the file, 2 for the second...)."""
+        if device.scene is not None:
+            return device.scene
+        return 1 + [c.id for c in self.classrooms].index(device.classroom)
+
+    def unused_scene(self) -> int:
+        """A scene no device films (where a moved camera looks, unless told)."""
+        return 1 + max(self.scene_of(d) for d in self.devices)
+
+    def server_env(self) -> dict[str, str]:
+        """``server:`` as ``CLASSCAM_*`` environment variables for the replay's server."""
+        return {f"CLASSCAM_{key.upper()}": _env_value(value) for key, value in self.server.items()}
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+T = TypeVar("T", Institution, Classroom, Device, Lecturer, SchoolClass, Session)
+
+
+def _by_id(items: Sequence[T], wanted: str, what: str) -> T:
+    for item in items:
+        if item.id == wanted:
+            return item
+    raise KeyError(f"no {what} {wanted!r}")
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioProblem:
+    """One thing wrong with a scenario file: where (file, line, column, field) and what."""
+
+    file: str
+    line: int | None
+    column: int | None
+    field: str  # "sessions[3].behaviours[1].photo_elsewhere.metres"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be replayed; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: Sequence[ScenarioProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+def field_path(loc: Loc) -> str:
+    """``("sessions", 3, "expect", "verdict")`` → ``sessions[3].expect.verdict``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
+    """Validate already-read data (fields, then cross-references); errors without lines."""
+    return _validate(data, source, NoMarks())
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file; ``ScenarioError`` names the line and field of every
+    problem (YAML syntax, duplicate keys, fields, references)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(
+            [ScenarioProblem(source, None, None, "", f"cannot read: {exc}")]
+        ) from None
+    data, marks, unreadable = read_yaml(text, source)
+    if unreadable:
+        raise ScenarioError(
+            [
+                ScenarioProblem(source, p.line, p.column, field_path(p.loc), p.message)
+                for p in unreadable
+            ]
+        )
+    return _validate(data, source, marks)
+
+
+def _validate(data: Any, source: str, marks: Marks) -> Scenario:
+    def problem(loc: Loc, message: str) -> ScenarioProblem:
+        line, column = marks.position(loc)
+        return ScenarioProblem(source, line, column, field_path(loc), message)
+
+    if not isinstance(data, Mapping):
+        raise ScenarioError(
+            [problem((), "a scenario is a mapping with name, date, classrooms, sessions...")]
+        )
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            problem(_clean_loc(tuple(err["loc"])), describe_error(err, Scenario))
+            for err in exc.errors()
+        ]
+        raise ScenarioError(_sorted(problems)) from None
+    problems = [problem(loc, message) for loc, message in cross_check(scenario)]
+    if problems:
+        raise ScenarioError(_sorted(problems))
+    return scenario
+
+
+def _clean_loc(loc: Loc) -> Loc:
+    """Without the tag of ``link``'s union (``devices.0.link.inline.rate_kbit``)."""
+    parts = list(loc)
+    for i in range(len(parts) - 1):
+        if parts[i] == "link" and parts[i + 1] in ("name", "inline"):
+            del parts[i + 1]
+            break
+    return tuple(parts)
+
+
+def _sorted(problems: list[ScenarioProblem]) -> list[ScenarioProblem]:
+    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0, p.field))

@@ -1,0 +1,182 @@
+"""Reading a scenario's YAML with the line of every key and list item, so an error found later
+(by pydantic or a cross-check, as a location like ``("sessions", 3, "expect", "verdict")``) can
+point at the line that says it.
+
+Two YAML 1.1 surprises are turned off, because scenario files are full of clock times: ``8:30``
+would be the sexagesimal integer 510 and ``2026-11-30`` a date object; here both stay text, and
+the models parse them. A key given twice in one mapping is an error (YAML keeps the last one
+silently, so half of a session could vanish unnoticed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Loc = tuple[str | int, ...]
+Position = tuple[int | None, int | None]  # 1-based line and column
+
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_DROPPED = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+
+
+class ScenarioLoader(yaml.SafeLoader):
+    """SafeLoader without sexagesimal numbers and timestamps."""
+
+    yaml_implicit_resolvers = {  # noqa: RUF012 (PyYAML's own class attribute)
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in _DROPPED]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+@dataclass(frozen=True, slots=True)
+class YamlProblem:
+    """A problem found while reading: at ``loc`` (a key path, ``()`` for the file) or at an
+    explicit position (a syntax error has no key path)."""
+
+    loc: Loc
+    line: int | None
+    column: int | None
+    message: str
+
+
+class Marks(Protocol):
+    def position(self, loc: Loc) -> Position:
+        """The line and column that best show ``loc``: its own key or item, else its nearest
+        enclosing one that exists in the file."""
+        ...
+
+
+class NoMarks:
+    """For data that did not come from a file."""
+
+    def position(self, loc: Loc) -> Position:
+        return None, None
+
+
+@dataclass
+class NodeMarks:
+    """Where each key path of a document is written."""
+
+    positions: dict[Loc, Position] = field(default_factory=dict)
+
+    def position(self, loc: Loc) -> Position:
+        for end in range(len(loc), 0, -1):
+            found = self.positions.get(loc[:end])
+            if found is not None:
+                return found
+        return self.positions.get((), (None, None))
+
+    def record(self, node: Node, loc: Loc = ()) -> None:
+        if loc in self.positions:  # an alias walked again, or a cycle
+            return
+        self.positions[loc] = _at(node)
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode):
+                    continue
+                key_loc = (*loc, _key(key_node))
+                self.record(value_node, key_loc)
+                # A scalar value is shown where it is written; a block (mapping, list) by its key.
+                if not isinstance(value_node, ScalarNode):
+                    self.positions[key_loc] = _at(key_node)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                self.record(item, (*loc, index))
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, NodeMarks, list[YamlProblem]]:
+    """The document in ``text``, where its keys are, and what stops it being read (a syntax
+    error, several documents, a duplicate key): when that list is not empty the data is None."""
+    loader = ScenarioLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, NodeMarks(), [YamlProblem((), 1, None, "the file is empty")]
+        duplicates = duplicate_keys(node)
+        if duplicates:
+            return None, NodeMarks(), duplicates
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        message = " ".join(part for part in (exc.context, exc.problem) if part)
+        return None, NodeMarks(), [YamlProblem((), line, column, f"YAML: {message}")]
+    except yaml.YAMLError as exc:
+        return None, NodeMarks(), [YamlProblem((), None, None, f"YAML: {exc}")]
+    finally:
+        loader.dispose()
+    marks = NodeMarks()
+    marks.record(node)  # after construction: merge keys (<<) are flattened into the mappings
+    return data, marks, []
+
+
+def duplicate_keys(node: Node) -> list[YamlProblem]:
+    """Every key written twice in one mapping, anywhere in the tree (``<<`` merges aside)."""
+    problems: list[YamlProblem] = []
+    seen_nodes: set[int] = set()
+
+    def walk(current: Node, loc: Loc) -> None:
+        if id(current) in seen_nodes:
+            return
+        seen_nodes.add(id(current))
+        if isinstance(current, MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in current.value:
+                if (
+                    not isinstance(key_node, ScalarNode)
+                    or key_node.tag == "tag:yaml.org,2002:merge"
+                ):
+                    continue
+                key = _key(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    problems.append(
+                        YamlProblem(
+                            (*loc, key),
+                            line,
+                            key_node.start_mark.column + 1,
+                            f"duplicate key (also at line {first_line[key]});"
+                            " YAML would silently keep only the last",
+                        )
+                    )
+                else:
+                    first_line[key] = line
+                walk(value_node, (*loc, key))
+        elif isinstance(current, SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, (*loc, index))
+
+    walk(node, ())
+    return problems
+
+
+def _key(node: ScalarNode) -> str:
+    return str(node.value)
+
+
+def _at(node: Node) -> Position:
+    return node.start_mark.line + 1, node.start_mark.column + 1

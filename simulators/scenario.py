@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -51,7 +50,14 @@ from simulators.scenario_behaviours import (
     UplinkDown,
 )
 from simulators.scenario_checks import cross_check, describe_error
-from simulators.scenario_yaml import Marks, NoMarks, read_yaml
+from simulators.scenario_yaml import (
+    Marks,
+    NoMarks,
+    ScenarioError,
+    ScenarioProblem,
+    field_path,
+    read_yaml,
+)
 
 __all__ = [
     "BEHAVIOUR_MODELS",
@@ -358,42 +364,6 @@ def _by_id(items: Sequence[T], wanted: str, what: str) -> T:
     raise KeyError(f"no {what} {wanted!r}")
 
 
-# --- errors ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ScenarioProblem:
-    """One thing wrong with a scenario file: where (file, line, column, field) and what."""
-
-    file: str
-    line: int | None
-    column: int | None
-    field: str  # "sessions[3].behaviours[1].photo_elsewhere.metres"; "" for the whole file
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
-
-
-class ScenarioError(Exception):
-    """A scenario file that cannot be replayed; ``problems`` lists every reason found."""
-
-    def __init__(self, problems: Sequence[ScenarioProblem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(map(str, self.problems)))
-
-
-def field_path(loc: Loc) -> str:
-    """``("sessions", 3, "expect", "verdict")`` → ``sessions[3].expect.verdict``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
 # --- loading --------------------------------------------------------------------------------
 
 
@@ -412,14 +382,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(
             [ScenarioProblem(source, None, None, "", f"cannot read: {exc}")]
         ) from None
-    data, marks, unreadable = read_yaml(text, source)
-    if unreadable:
-        raise ScenarioError(
-            [
-                ScenarioProblem(source, p.line, p.column, field_path(p.loc), p.message)
-                for p in unreadable
-            ]
-        )
+    data, marks = read_yaml(text, source)
     return _validate(data, source, marks)
 
 
@@ -435,10 +398,10 @@ def _validate(data: Any, source: str, marks: Marks) -> Scenario:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            problem(_clean_loc(tuple(err["loc"])), describe_error(err, Scenario))
-            for err in exc.errors()
-        ]
+        errors = exc.errors()
+        for err in errors:
+            err["loc"] = _clean_loc(tuple(err["loc"]))
+        problems = [problem(tuple(err["loc"]), describe_error(err, Scenario)) for err in errors]
         raise ScenarioError(_sorted(problems)) from None
     problems = [problem(loc, message) for loc, message in cross_check(scenario)]
     if problems:

@@ -353,6 +353,9 @@ def describe_error(error: ErrorDetails, root: type[BaseModel] | None = None) -> 
         hint = f"; did you mean {close[0]!r}?" if close else ""
         what = "reason code" if set(options) == {c.value for c in ReasonCode} else "value"
         return f"not a known {what}{got}{hint}"
+    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
+        whole = "a whole number" if kind.startswith("int") else "a number"
+        return f"must be {whole}{got}"
     message = error["msg"].removeprefix("Value error, ")
     if message.startswith("Input should be"):
         message = "must be" + message.removeprefix("Input should be")
@@ -367,7 +370,8 @@ def _fields_at(root: type[BaseModel], loc: Loc) -> list[str]:
         current = _step(current, part)
         if current is None:
             return []
-    if inspect.isclass(current) and issubclass(current, BaseModel):
+    current = _model_in(current)
+    if current is not None:
         behaviour = current in BEHAVIOUR_MODELS.values()
         return [
             info.alias or name
@@ -375,6 +379,18 @@ def _fields_at(root: type[BaseModel], loc: Loc) -> list[str]:
             if not (behaviour and name == "name")  # the discriminator is the mapping's key
         ]
     return []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation holds: itself, or the one model of a union (``link``)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        models = [m for m in map(_model_in, get_args(annotation)) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
 
 
 def _step(annotation: Any, part: str | int) -> Any:

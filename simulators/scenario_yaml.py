@@ -11,6 +11,7 @@ silently, so half of a session could vanish unnoticed).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,14 +53,36 @@ ScenarioLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+
 
 
 @dataclass(frozen=True, slots=True)
-class YamlProblem:
-    """A problem found while reading: at ``loc`` (a key path, ``()`` for the file) or at an
-    explicit position (a syntax error has no key path)."""
+class ScenarioProblem:
+    """One thing wrong with a scenario file: where (file, line, column, field) and what."""
 
-    loc: Loc
+    file: str
     line: int | None
     column: int | None
+    field: str  # "sessions[3].behaviours[1].photo_elsewhere.metres"; "" for the whole file
     message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be replayed; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: Sequence[ScenarioProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+def field_path(loc: Loc) -> str:
+    """``("sessions", 3, "expect", "verdict")`` → ``sessions[3].expect.verdict``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 class Marks(Protocol):
@@ -107,36 +130,46 @@ class NodeMarks:
                 self.record(item, (*loc, index))
 
 
-def read_yaml(text: str, source: str) -> tuple[Any, NodeMarks, list[YamlProblem]]:
-    """The document in ``text``, where its keys are, and what stops it being read (a syntax
-    error, several documents, a duplicate key): when that list is not empty the data is None."""
+def read_yaml(text: str, source: str) -> tuple[Any, NodeMarks]:
+    """The document in ``text`` and where its keys are written; ``ScenarioError`` when it
+    cannot be read (a syntax error, several documents, an empty file, a duplicate key)."""
     loader = ScenarioLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            return None, NodeMarks(), [YamlProblem((), 1, None, "the file is empty")]
+            raise ScenarioError([ScenarioProblem(source, 1, None, "", "the file is empty")])
         duplicates = duplicate_keys(node)
         if duplicates:
-            return None, NodeMarks(), duplicates
+            raise ScenarioError(
+                [
+                    ScenarioProblem(source, line, column, field_path(loc), message)
+                    for loc, line, column, message in duplicates
+                ]
+            )
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         column = mark.column + 1 if mark else None
         message = " ".join(part for part in (exc.context, exc.problem) if part)
-        return None, NodeMarks(), [YamlProblem((), line, column, f"YAML: {message}")]
+        if "block" in message or "indentation" in message:
+            message += " (check the indentation above this line)"
+        raise ScenarioError(
+            [ScenarioProblem(source, line, column, "", f"YAML: {message}")]
+        ) from None
     except yaml.YAMLError as exc:
-        return None, NodeMarks(), [YamlProblem((), None, None, f"YAML: {exc}")]
+        raise ScenarioError([ScenarioProblem(source, None, None, "", f"YAML: {exc}")]) from None
     finally:
         loader.dispose()
     marks = NodeMarks()
     marks.record(node)  # after construction: merge keys (<<) are flattened into the mappings
-    return data, marks, []
+    return data, marks
 
 
-def duplicate_keys(node: Node) -> list[YamlProblem]:
-    """Every key written twice in one mapping, anywhere in the tree (``<<`` merges aside)."""
-    problems: list[YamlProblem] = []
+def duplicate_keys(node: Node) -> list[tuple[Loc, int, int, str]]:
+    """Every key written twice in one mapping, anywhere in the tree (``<<`` merges aside):
+    its key path, line, column and what to say."""
+    problems: list[tuple[Loc, int, int, str]] = []
     seen_nodes: set[int] = set()
 
     def walk(current: Node, loc: Loc) -> None:
@@ -155,7 +188,7 @@ def duplicate_keys(node: Node) -> list[YamlProblem]:
                 line = key_node.start_mark.line + 1
                 if key in first_line:
                     problems.append(
-                        YamlProblem(
+                        (
                             (*loc, key),
                             line,
                             key_node.start_mark.column + 1,

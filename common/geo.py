@@ -175,3 +175,24 @@ def haversine_m(a: Coordinate, b: Coordinate) -> float:
 def distance_m(a: Coordinate, b: Coordinate) -> float:
     """The distance classcam uses everywhere (geofences, matching): ``haversine_m``."""
     return haversine_m(a, b)
+
+
+def destination(origin: Coordinate, distance_m: float, bearing_deg: float) -> Coordinate:
+    """The WGS-84 point ``distance_m`` from ``origin`` towards ``bearing_deg`` (0 north, 90 east).
+
+    The direct problem on the same mean-radius sphere as ``haversine_m``, so the distance
+    measured back is ``distance_m`` to a millimetre: a simulated phone "500 m east of the
+    classroom" is 500 m away by the server's own yardstick. ``origin`` may be in any datum.
+    """
+    start = to_wgs84(origin)
+    delta = distance_m / EARTH_MEAN_RADIUS_M
+    theta = math.radians(bearing_deg)
+    phi1, lam1 = math.radians(start.lat), math.radians(start.lon)
+    sin_phi2 = math.sin(phi1) * math.cos(delta) + math.cos(phi1) * math.sin(delta) * math.cos(theta)
+    phi2 = math.asin(max(-1.0, min(1.0, sin_phi2)))
+    lam2 = lam1 + math.atan2(
+        math.sin(theta) * math.sin(delta) * math.cos(phi1),
+        math.cos(delta) - math.sin(phi1) * sin_phi2,
+    )
+    lon = (math.degrees(lam2) + 540.0) % 360.0 - 180.0
+    return Coordinate(math.degrees(phi2), lon, Datum.WGS84)

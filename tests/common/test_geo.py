@@ -12,6 +12,7 @@ from common.geo import (
     Datum,
     bd09_to_gcj02,
     convert,
+    destination,
     distance_m,
     gcj02_to_bd09,
     gcj02_to_wgs84,
@@ -272,3 +273,22 @@ def test_haversine_zero_and_antipodes():
     assert haversine_m(c(10.0, 20.0), c(10.0, 20.0)) == 0.0
     half = math.pi * 6371008.8
     assert haversine_m(c(0.0, 0.0), c(0.0, 180.0)) == pytest.approx(half)
+
+
+@pytest.mark.parametrize("bearing", [0.0, 45.0, 90.0, 180.0, 271.5])
+@pytest.mark.parametrize("metres", [0.0, 30.0, 500.0, 12_000.0])
+def test_destination_is_that_far_by_the_servers_yardstick(metres, bearing):
+    room = c(31.2304, 121.4737)
+    there = destination(room, metres, bearing)
+    assert there.datum == WGS
+    assert haversine_m(room, there) == pytest.approx(metres, abs=1e-3)
+
+
+def test_destination_goes_the_right_way_and_starts_from_wgs84():
+    room = c(31.2304, 121.4737)
+    assert destination(room, 1000, 0).lat > room.lat  # north
+    east = destination(room, 1000, 90)
+    assert east.lon > room.lon and east.lat == pytest.approx(room.lat, abs=1e-4)
+    # A GCJ-02 origin is converted first: the result is measured from the true place.
+    room_gcj = wgs84_to_gcj02(room)
+    assert haversine_m(room, destination(room_gcj, 200, 90)) == pytest.approx(200, abs=0.5)

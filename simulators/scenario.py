@@ -219,6 +219,14 @@ class Session(Strict):
     behaviours: list[Behaviour] = Field(default_factory=list)
     expect: Expect
 
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_from_datetime(cls, value: Any) -> Any:
+        # Data read by a plain YAML loader (parse_scenario) carries ISO starts as datetimes.
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            return value.isoformat()
+        return value
+
     @field_validator("start")
     @classmethod
     def _start_format(cls, value: str) -> str:

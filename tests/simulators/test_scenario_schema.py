@@ -1,0 +1,444 @@
+"""Scenario files: a valid one loads with the right UTC times; every kind of mistake is an error
+naming its line and field, never a traceback; every shipped scenario loads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from simulators.check_scenarios import main as check_main
+from simulators.plan import LinkShape
+from simulators.scenario import (
+    DoubleBooked,
+    EndsEarly,
+    ForgedClips,
+    Honest,
+    PhotoElsewhere,
+    ScenarioError,
+    UplinkDown,
+    load_scenario,
+    parse_scenario,
+)
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+VALID = """\
+name: 一个上午 / A morning in two classrooms
+date: 2026-11-30
+speed: 120
+server:
+  clip_grace_s: 86400
+links:
+  rural: {rate_kbit: 256, loss_pct: 2, latency_ms: 300}
+institutions: [{id: school-1, name: 上海职业技能培训学校}]
+classrooms:
+  - {id: room-101, institution: school-1, name: 教室 101,
+     location: {lat: 31.2304, lon: 121.4737, datum: wgs84}, radius_m: 100}
+  - {id: room-102, institution: school-1, name: 教室 102,
+     location: {lat: 31.2290, lon: 121.4810, datum: gcj02}}
+devices:
+  - {id: cam-101, classroom: room-101, camera: synthetic, link: 4g, modem: quectel_ec25}
+  - {id: cam-102, classroom: room-102, camera: rtsp, link: rural, scene: 7}
+lecturers: [{id: lect-wang, institution: school-1, name: 王老师}]
+classes: [{id: welding-1, institution: school-1, name: 焊工初级}]
+sessions:
+  - id: s-101-am
+    class: welding-1
+    classroom: room-101
+    lecturer: lect-wang
+    start: 8:30
+    duration_min: 90
+    behaviours:
+      - honest
+    expect:
+      verdict: verified
+      reasons: []
+  - id: s-102-am
+    class: welding-1
+    classroom: room-102
+    lecturer: lect-wang
+    start: "10:00"
+    duration_min: 90
+    behaviours:
+      - uplink_down: {at_min: 10, until: "07:30"}
+      - double_booked: {with_session: s-101-am}
+      - ends_early: {after_min: 40}
+    expect:
+      verdict: rejected
+      reasons: [short_duration, lecturer_double_booked, camera_offline]
+  - id: s-101-next
+    class: welding-1
+    classroom: room-101
+    lecturer: lect-wang
+    start: 2026-12-01T13:00:00+08:00
+    duration_min: 45
+    behaviours:
+      - photo_elsewhere: {photo: closing, metres: 400, datum: gcj02}
+      - forged_clips: {source: another_classroom, classroom: room-102}
+    expect:
+      verdict: rejected
+      reasons: [photo_out_of_range]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "morning.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def line_of(text: str, snippet: str) -> int:
+    """The 1-based line where ``snippet`` starts in ``text``."""
+    assert text.count(snippet) == 1, f"{snippet!r} is not unique in the scenario"
+    return text[: text.index(snippet)].count("\n") + 1
+
+
+def test_a_valid_scenario_loads_with_utc_times(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, VALID))
+
+    first, second, third = scenario.sessions
+    # Asia/Shanghai is the default zone: 08:30 local is 00:30 UTC; ISO starts keep their offset.
+    assert scenario.session_start(first) == datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
+    assert scenario.session_end(first) == datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+    assert scenario.session_start(second) == datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+    assert scenario.session_start(third) == datetime(2026, 12, 1, 5, 0, tzinfo=UTC)
+    assert scenario.minutes_into(second, 10) == datetime(2026, 11, 30, 2, 10, tzinfo=UTC)
+    # uplink_down until 07:30: the next morning, local time.
+    (down,) = second.of_kind(UplinkDown)
+    back = scenario.next_local_time(scenario.minutes_into(second, down.at_min), down.until or "")
+    assert back == datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+
+    assert first.all_behaviours() == (Honest(),)
+    assert second.of_kind(EndsEarly) == [EndsEarly(after_min=40)]
+    assert second.of_kind(DoubleBooked)[0].with_session == "s-101-am"
+    assert third.of_kind(PhotoElsewhere)[0].datum == "gcj02"
+    assert third.of_kind(ForgedClips)[0].classroom == "room-102"
+    assert second.class_ == "welding-1"
+    assert second.expect.reasons[1] == "lecturer_double_booked"
+
+    assert scenario.device_of("room-102").id == "cam-102"
+    assert scenario.link_shape(scenario.device("cam-101")) == LinkShape(2000, 0, 60)
+    assert scenario.link_shape(scenario.device("cam-102")) == LinkShape(256, 2, 300)
+    assert [scenario.scene_of(d) for d in scenario.devices] == [1, 7]
+    assert scenario.unused_scene() == 8
+    assert scenario.server_env() == {"CLASSCAM_CLIP_GRACE_S": "86400"}
+    assert scenario.speed == 120 and scenario.timezone == "Asia/Shanghai"
+
+
+def test_day_and_timezone_move_a_local_start(tmp_path: Path) -> None:
+    text = (
+        VALID.replace("speed: 120", "speed: 120\ntimezone: Asia/Urumqi")
+        .replace("      - double_booked: {with_session: s-101-am}\n", "")
+        .replace('    start: "10:00"\n', '    start: "10:00"\n    day: 2\n')
+    )
+    scenario = load_scenario(write(tmp_path, text))
+    # Asia/Urumqi is UTC+6; day 2 is 2026-12-02.
+    first, second, _ = scenario.sessions
+    assert scenario.session_start(first) == datetime(2026, 11, 30, 2, 30, tzinfo=UTC)
+    assert scenario.session_start(second) == datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+
+
+# (what, text replaced, replacement, where the error must point, field, words of the message)
+MISTAKES = [
+    (
+        "a misspelt verdict",
+        "verdict: verified",
+        "verdict: verifyed",
+        "verdict: verifyed",
+        "sessions[0].expect.verdict",
+        "must be one of verified, rejected, pending (got 'verifyed')",
+    ),
+    (
+        "bad YAML",
+        "      - honest\n",
+        "      - honest\n     - x: [\n",
+        "     - x: [",
+        "",
+        "YAML:",
+    ),
+    (
+        "an unknown field",
+        "    duration_min: 90\n    behaviours:\n      - honest",
+        "    duration_min: 90\n    behaviors:\n      - honest",
+        "behaviors:",
+        "sessions[0].behaviors",
+        "did you mean 'behaviours'?",
+    ),
+    (
+        "an unknown field in a behaviour",
+        "photo: closing, metres: 400",
+        "photo: closing, meters: 400",
+        "- photo_elsewhere:",
+        "sessions[2].behaviours[0].photo_elsewhere.meters",
+        "did you mean 'metres'?",
+    ),
+    (
+        "a wrong type",
+        "duration_min: 45",
+        "duration_min: three quarters",
+        "duration_min: three quarters",
+        "sessions[2].duration_min",
+        "must be a number (got 'three quarters')",
+    ),
+    (
+        "a wrong type in a behaviour",
+        "metres: 400",
+        "metres: far",
+        "- photo_elsewhere:",
+        "sessions[2].behaviours[0].photo_elsewhere.metres",
+        "must be a number (got 'far')",
+    ),
+    (
+        "an unknown behaviour",
+        "      - honest\n",
+        "      - honset\n",
+        "- honset",
+        "sessions[0].behaviours[0]",
+        "unknown behaviour 'honset'; did you mean 'honest'?",
+    ),
+    (
+        "a behaviour without its parameters",
+        "      - honest\n",
+        "      - ends_early\n",
+        "- ends_early\n",
+        "sessions[0].behaviours[0].ends_early.after_min",
+        "required",
+    ),
+    (
+        "a bad reason code",
+        "[short_duration, lecturer_double_booked",
+        "[short_duraton, lecturer_double_booked",
+        "reasons: [short_duraton",
+        "sessions[1].expect.reasons[0]",
+        "did you mean 'short_duration'?",
+    ),
+    (
+        "a reason the verdict contradicts",
+        "verdict: verified\n      reasons: []",
+        "verdict: verified\n      reasons: [clip_missing]",
+        "reasons: [clip_missing]",
+        "sessions[0].expect.reasons",
+        "verified allows only warnings",
+    ),
+    (
+        "a dangling reference",
+        "with_session: s-101-am}",
+        "with_session: s-101-pm}",
+        "- double_booked:",
+        "sessions[1].behaviours[1].double_booked.with_session",
+        "no session 's-101-pm'",
+    ),
+    (
+        "a session in a classroom that does not exist",
+        "classroom: room-102\n    lecturer",
+        "classroom: room-103\n    lecturer",
+        "classroom: room-103",
+        "sessions[1].classroom",
+        "no classroom 'room-103'",
+    ),
+    (
+        "forged clips from a classroom that does not exist",
+        "classroom: room-102}",
+        "classroom: room-999}",
+        "- forged_clips:",
+        "sessions[2].behaviours[1].forged_clips.classroom",
+        "no classroom 'room-999'",
+    ),
+    (
+        "a duplicate id",
+        "{id: cam-102,",
+        "{id: cam-101,",
+        "{id: cam-101, classroom: room-102",
+        "devices[1].id",
+        "duplicate id 'cam-101'",
+    ),
+    (
+        "two devices in one classroom",
+        "classroom: room-102, camera: rtsp",
+        "classroom: room-101, camera: rtsp",
+        "classroom: room-101, camera: rtsp",
+        "devices[1].classroom",
+        "already has device 'cam-101'",
+    ),
+    (
+        "a duplicate key",
+        "    start: 8:30\n",
+        "    start: 8:30\n    start: 9:30\n",
+        "start: 9:30",
+        "sessions[0].start",
+        "duplicate key (also at line",
+    ),
+    (
+        "a server key that does not exist",
+        "clip_grace_s: 86400",
+        "clip_grace: 86400",
+        "clip_grace: 86400",
+        "server.clip_grace",
+        "did you mean 'clip_grace_s'?",
+    ),
+    (
+        "a server value out of range",
+        "clip_grace_s: 86400",
+        "clip_grace_s: -1",
+        "clip_grace_s: -1",
+        "server.clip_grace_s",
+        "greater than or equal to 0",
+    ),
+    (
+        "a behaviour timed after its session",
+        "after_min: 40",
+        "after_min: 400",
+        "- ends_early:",
+        "sessions[1].behaviours[2].ends_early.after_min",
+        "must be inside the session",
+    ),
+    (
+        "a link profile that does not exist",
+        "link: rural",
+        "link: rual",
+        "link: rual",
+        "devices[1].link",
+        "no link profile 'rual'",
+    ),
+    (
+        "an unknown time zone",
+        "speed: 120",
+        "speed: 120\ntimezone: Asia/Beijing",
+        "timezone: Asia/Beijing",
+        "timezone",
+        "unknown time zone",
+    ),
+    (
+        "a lecturer in two classrooms at once",
+        'start: "10:00"',
+        'start: "09:00"',
+        'start: "09:00"',
+        "sessions[1].start",
+        "lecturer 'lect-wang' would be in two classrooms at once",
+    ),
+    (
+        "a required field left out",
+        "    duration_min: 45\n",
+        "",
+        "  - id: s-101-next",
+        "sessions[2].duration_min",
+        "required",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "marker", "field", "words"),
+    [pytest.param(*case[1:], id=case[0]) for case in MISTAKES],
+)
+def test_a_mistake_names_its_line_and_field(
+    tmp_path: Path, old: str, new: str, marker: str, field: str, words: str
+) -> None:
+    assert VALID.count(old) == 1
+    text = VALID.replace(old, new)
+    path = write(tmp_path, text)
+
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+
+    line = line_of(text, marker)
+    matching = [
+        p
+        for p in caught.value.problems
+        if p.line == line and p.field == field and words in p.message
+    ]
+    assert matching, f"wanted line {line}, {field}: {words}; got:\n{caught.value}"
+    where = f"{path}:{line}: {field}: " if field else f"{path}:{line}: "
+    assert f"{where}{matching[0].message}" in str(caught.value).splitlines()
+
+
+def test_the_error_reads_file_line_field_message(tmp_path: Path) -> None:
+    text = VALID.replace("verdict: verified", "verdict: verifyed")
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert str(caught.value) == (
+        f"{path}:{line_of(text, 'verdict: verifyed')}: sessions[0].expect.verdict:"
+        " must be one of verified, rejected, pending (got 'verifyed')"
+    )
+
+
+def test_every_problem_of_a_file_is_listed(tmp_path: Path) -> None:
+    text = VALID.replace("verdict: verified", "verdict: verifyed").replace(
+        "metres: 400", "metres: -4"
+    )
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, text))
+    fields = [p.field for p in caught.value.problems]
+    assert fields == [
+        "sessions[0].expect.verdict",
+        "sessions[2].behaviours[0].photo_elsewhere.metres",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param("", "the file is empty", id="empty"),
+        pytest.param("- just\n- a list\n", "a scenario is a mapping", id="not-a-mapping"),
+        pytest.param("name: a\n---\nname: b\n", "YAML:", id="two-documents"),
+    ],
+)
+def test_files_that_are_not_scenarios(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, text))
+    assert words in str(caught.value)
+
+
+def test_a_missing_file_is_a_scenario_error(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read"):
+        load_scenario(tmp_path / "nowhere.yaml")
+
+
+def test_anchors_and_merge_keys_keep_lines(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "  - id: s-101-next\n    class: welding-1\n    classroom: room-101\n",
+        "  - id: s-101-next\n    <<: &booking {class: welding-1, classroom: room-101}\n",
+    )
+    assert load_scenario(write(tmp_path, text)).sessions[2].classroom == "room-101"
+    broken = text.replace("metres: 400", "metres: -1")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, broken))
+    assert caught.value.problems[0].line == line_of(broken, "- photo_elsewhere:")
+
+
+def test_parse_scenario_checks_data_without_lines() -> None:
+    import yaml
+
+    data = yaml.safe_load(VALID.replace("start: 8:30", 'start: "08:30"'))
+    assert parse_scenario(data).sessions[0].start == "08:30"
+    data["sessions"][0]["classroom"] = "room-9"
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(data, "inline")
+    assert str(caught.value).startswith("inline: sessions[0].classroom: no classroom 'room-9'")
+
+
+def test_check_command_summarises_or_lists_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path, VALID)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("link: rural", "link: rual"), encoding="utf-8")
+
+    assert check_main([str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "3 sessions" in out and "ends_early ×1" in out and "honest ×1" in out
+
+    assert check_main([str(good), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:{line_of(VALID, 'link: rural')}: devices[1].link: no link profile 'rual'" in out
+
+
+@pytest.mark.parametrize(
+    "path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.name if isinstance(p, Path) else p
+)
+def test_every_shipped_scenario_loads(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.sessions

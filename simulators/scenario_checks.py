@@ -25,6 +25,7 @@ from simulators.scenario_behaviours import (
     BEHAVIOUR_MODELS,
     CameraMoved,
     CameraUnplugged,
+    ClockSkew,
     ClosingPhotoMissing,
     DoubleBooked,
     EndsEarly,
@@ -61,6 +62,7 @@ def cross_check(scenario: Scenario) -> list[Finding]:
         *_devices(scenario),
         *_server(scenario),
         *_overlaps(scenario),
+        *_one_clock_one_owner(scenario),
         *(
             finding
             for index, session in enumerate(scenario.sessions)
@@ -205,6 +207,30 @@ def _when(start: datetime, end: datetime, scenario: Scenario) -> str:
     return f"{start.astimezone(zone):%Y-%m-%d %H:%M}-{end.astimezone(zone):%H:%M}"
 
 
+def _one_clock_one_owner(scenario: Scenario) -> Iterator[Finding]:
+    """A device has one clock and one owner for the whole replay: every session in its
+    classroom that says ``clock_skew`` or ``forged_clips`` must say the same."""
+    first: dict[tuple[str, str], tuple[object, str]] = {}
+    for index, session in enumerate(scenario.sessions):
+        for number, behaviour in enumerate(session.behaviours):
+            if isinstance(behaviour, ClockSkew):
+                said: object = behaviour.seconds
+            elif isinstance(behaviour, ForgedClips):
+                said = (behaviour.source, behaviour.classroom)
+            else:
+                continue
+            key = (session.classroom, behaviour.name)
+            earlier = first.setdefault(key, (said, session.id))
+            if earlier[0] != said:
+                yield (
+                    ("sessions", index, "behaviours", number, behaviour.name),
+                    (
+                        f"session {earlier[1]!r} in the same classroom says otherwise; a device"
+                        f" has one {behaviour.name} for the whole replay"
+                    ),
+                )
+
+
 def _behaviours(scenario: Scenario, index: int, session: Session) -> Iterator[Finding]:
     here: Loc = ("sessions", index, "behaviours")
     sessions = {s.id: s for s in scenario.sessions}
@@ -238,6 +264,21 @@ def _behaviours(scenario: Scenario, index: int, session: Session) -> Iterator[Fi
                 )
             elif behaviour.photo == "closing" and source.of_kind(ClosingPhotoMissing):
                 yield (*at, "from_session"), f"session {source.id!r} has no closing photo to reuse"
+            elif any(r.photo == behaviour.photo for r in source.of_kind(PhotoReused)):
+                yield (
+                    (*at, "from_session"),
+                    (
+                        f"session {source.id!r}'s {behaviour.photo} photo is itself reused;"
+                        " reuse an original"
+                    ),
+                )
+            elif behaviour.photo == "closing" and (
+                scenario.session_end(source) >= scenario.session_end(session)
+            ):
+                yield (
+                    (*at, "from_session"),
+                    (f"session {source.id!r} ends later: its closing photo does not exist yet"),
+                )
         if isinstance(behaviour, DoubleBooked):
             other = sessions.get(behaviour.with_session)
             if other is None:

@@ -247,6 +247,23 @@ MISTAKES = [
         "no classroom 'room-999'",
     ),
     (
+        "one device, two owners",
+        "      - photo_elsewhere:",
+        "      - forged_clips: {source: another_day}\n      - photo_elsewhere:",
+        "- forged_clips: {source: another_classroom",
+        "sessions[2].behaviours[2].forged_clips",
+        "a device has one forged_clips for the whole replay",
+    ),
+    (
+        "a photo reused before it exists",
+        "      - ends_early: {after_min: 40}\n",
+        "      - ends_early: {after_min: 40}\n"
+        "      - photo_reused: {photo: opening, from_session: s-101-next}\n",
+        "- photo_reused:",
+        "sessions[1].behaviours[3].photo_reused.from_session",
+        "starts later: its photo does not exist yet",
+    ),
+    (
         "a duplicate id",
         "{id: cam-102,",
         "{id: cam-101,",

@@ -22,7 +22,8 @@ from simulators.scenario import (
     parse_scenario,
 )
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "scenarios"
 
 VALID = """\
 name: 一个上午 / A morning in two classrooms
@@ -459,3 +460,10 @@ def test_check_command_summarises_or_lists_problems(
 def test_every_shipped_scenario_loads(path: Path) -> None:
     scenario = load_scenario(path)
     assert scenario.sessions
+
+
+def test_the_example_in_the_docs_loads(tmp_path: Path) -> None:
+    docs = (REPO / "docs" / "scenarios.md").read_text(encoding="utf-8")
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    scenario = load_scenario(write(tmp_path, example))
+    assert [s.expect.verdict for s in scenario.sessions] == ["verified", "rejected"]

@@ -14,7 +14,7 @@ import tempfile
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
@@ -24,6 +24,11 @@ from common.clock import Clock, SystemClock, VirtualClock, to_utc
 from common.schemas import ClipKind
 from common.signing import generate_private_key, load_private_key, private_key_pem, public_key_b64
 from edge_agent.config import AgentConfig, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from edge_agent.camera import CameraSource
+    from edge_agent.cameras import EncodedCamera
+    from edge_agent.recording import CameraFactory
 
 console = Console(stderr=True)
 log = logging.getLogger("classcam.agent")
@@ -171,16 +176,24 @@ def cmd_cut(args: argparse.Namespace, config: AgentConfig) -> int:
 def cmd_reference(args: argparse.Namespace, config: AgentConfig) -> int:
     """At installation: a still of the classroom view, queued for upload as the reference the
     server compares later clips with (to tell a camera turned away or swapped)."""
-    import cv2
-
-    from edge_agent.cameras import EncodedCamera, open_camera
-    from edge_agent.clips import enqueue_snapshot
-    from edge_agent.outbox import Outbox
+    from edge_agent.cameras import open_camera
 
     clock = SystemClock()
     camera = open_camera(
         config.camera, clock=clock, device_id=config.device_id, recording=config.recording
     )
+    return queue_reference(config, camera, clock)
+
+
+def queue_reference(config: AgentConfig, camera: CameraSource | EncodedCamera, clock: Clock) -> int:
+    """What ``reference`` does with ``camera`` on ``clock`` (``simulators.sim_agent`` passes a
+    replay's camera and shared clock): one still, queued as the installation's reference."""
+    import cv2
+
+    from edge_agent.cameras import EncodedCamera
+    from edge_agent.clips import enqueue_snapshot
+    from edge_agent.outbox import Outbox
+
     if isinstance(camera, EncodedCamera):
         console.print(
             "[red]this camera gives no stills on its own; take the reference with "
@@ -274,10 +287,21 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
 
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     """The device's service: sessions, commands, uploads, events, heartbeats, until SIGTERM."""
+    return run_service(config, clock=SystemClock())
+
+
+def run_service(
+    config: AgentConfig, *, clock: Clock, camera_factory: CameraFactory | None = None
+) -> int:
+    """What ``run`` does, on ``clock``, with the modem on the same clock and the configured
+    camera unless ``camera_factory`` is given (``simulators.sim_agent`` passes a replay's
+    shared clock and planned camera)."""
     from edge_agent.service import AgentService
 
     stop = _stop_on_signals()
-    service = AgentService(config, modem=_modem(config))
+    service = AgentService(
+        config, clock=clock, camera_factory=camera_factory, modem=_modem(config, clock)
+    )
     service.start()
     console.print(f"agent {config.device_id} running; state in {config.state_dir}")
     try:
@@ -287,7 +311,7 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     return 0
 
 
-def _modem(config: AgentConfig) -> Any:
+def _modem(config: AgentConfig, clock: Clock) -> Any:
     """The 4G modem driver when the box has one configured."""
     if not config.modem.port:
         return None
@@ -296,7 +320,7 @@ def _modem(config: AgentConfig) -> Any:
     modem = SerialModem(
         config.modem.port,
         baudrate=config.modem.baudrate,
-        clock=SystemClock(),
+        clock=clock,
         command_timeout=config.modem.command_timeout_s,
         family=config.modem.family,
     )

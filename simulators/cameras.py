@@ -33,8 +33,11 @@ class CoveredCamera:
         if wait > 0:
             self.clock.sleep(wait)
         self._next += 1.0 / self.fps
-        noise = self._rng.integers(0, 6, (self.height, self.width, 3), dtype=np.uint8)
-        return Frame(image=noise, wall=self.clock.now(), mono=self.clock.monotonic())
+        return Frame(image=self.draw(), wall=self.clock.now(), mono=self.clock.monotonic())
+
+    def draw(self) -> np.ndarray:
+        """One near-black frame: sensor noise of a few levels, nothing else (BGR uint8)."""
+        return self._rng.integers(0, 6, (self.height, self.width, 3), dtype=np.uint8)
 
     def close(self) -> None:
         self._next = None

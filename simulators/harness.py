@@ -52,6 +52,8 @@ class ServerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     api_port: int = field(default_factory=free_port)
+    # What ``start`` runs: ``simulators.sim_server`` runs it on a replay's shared clock.
+    run_module: str = "ingest_server.cli"
     admin_token: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -131,7 +133,7 @@ class ServerProcess:
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [*_python_cmd("ingest_server.cli"), "run"],
+                [*_python_cmd(self.run_module), "run"],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -190,12 +192,18 @@ class Device:
         return result
 
     def spawn(
-        self, *args: str, log_name: str = "agent.log", env: dict[str, str] | None = None
+        self,
+        *args: str,
+        log_name: str = "agent.log",
+        env: dict[str, str] | None = None,
+        module: str = "edge_agent.cli",
     ) -> subprocess.Popen[bytes]:
-        """Start a ``classcam-agent`` subcommand in the background, logging beside its state."""
+        """Start a ``classcam-agent`` subcommand in the background, logging beside its state
+        (``module``: another entry point taking the same arguments, e.g. ``simulators.sim_agent``
+        on a replay's clock)."""
         log = (self.root / log_name).open("ab")
         return subprocess.Popen(
-            [*_python_cmd("edge_agent.cli"), args[0], "--config", str(self.config_path), *args[1:]],
+            [*_python_cmd(module), args[0], "--config", str(self.config_path), *args[1:]],
             env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,134 @@
+"""The replay's shared clock: another process reading the file agrees with the conductor, sees
+its speed changes and jumps, applies its own skew, never goes back, and sleeps simulated time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from simulators.sim_clock import ClockConductor, SharedClock
+
+T0 = datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
+
+# A reader in another process: one line in, its clock's reading out.
+READER = """
+import sys
+from pathlib import Path
+from simulators.sim_clock import SharedClock
+clock = SharedClock(Path(sys.argv[1]), skew_s=float(sys.argv[2]))
+for _ in sys.stdin:
+    print(clock.now().isoformat(), clock.monotonic(), clock.speed, flush=True)
+"""
+
+
+class Reader:
+    """A child process reading the shared clock when asked."""
+
+    def __init__(self, path: Path, skew_s: float = 0.0) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", READER, str(path), str(skew_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def read(self) -> tuple[datetime, float, float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        wall, mono, speed = self.process.stdout.readline().split()
+        return datetime.fromisoformat(wall), float(mono), float(speed)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(5)
+
+
+@pytest.fixture
+def conductor(tmp_path: Path) -> ClockConductor:
+    return ClockConductor(tmp_path / "clock.json", T0, speed=100.0)
+
+
+@pytest.fixture
+def reader(conductor: ClockConductor) -> Iterator[Reader]:
+    child = Reader(conductor.path)
+    try:
+        yield child
+    finally:
+        child.close()
+
+
+def test_a_child_reads_the_conductors_time(conductor: ClockConductor, reader: Reader) -> None:
+    before = conductor.now()
+    child_now, child_mono, speed = reader.read()
+    after = conductor.now()
+    # One machine, one monotonic clock: the child's reading falls between the two.
+    assert before <= child_now <= after
+    assert speed == 100.0
+    assert (after - before).total_seconds() < 100  # simulated seconds: under a real second
+    offset = conductor.monotonic() - (conductor.now() - T0).total_seconds()
+    assert child_mono - offset == pytest.approx((child_now - T0).total_seconds(), abs=0.5)
+
+
+def test_the_child_sees_a_speed_change_and_a_jump(
+    conductor: ClockConductor, reader: Reader
+) -> None:
+    first, _, _ = reader.read()
+    conductor.set_speed(2.0)
+    slow, _, speed = reader.read()
+    assert speed == 2.0
+    conductor.jump(3600)
+    before = conductor.now()
+    jumped, _, _ = reader.read()
+    assert jumped >= before >= slow + timedelta(hours=1)
+    # At 2x nothing but the jump moved it more than a few seconds.
+    assert (jumped - before).total_seconds() < 2
+    conductor.jump_to(T0)  # in the past: no-op, time never goes back
+    assert reader.read()[0] >= jumped >= first
+
+
+def test_a_skewed_reader_is_off_by_its_skew(conductor: ClockConductor) -> None:
+    child = Reader(conductor.path, skew_s=-90.0)
+    try:
+        before = conductor.now()
+        behind, _, _ = child.read()
+        after = conductor.now()
+    finally:
+        child.close()
+    assert before - timedelta(seconds=90) <= behind <= after - timedelta(seconds=90)
+
+
+def test_a_reader_never_goes_back_when_the_file_is_rewritten_behind_it(
+    conductor: ClockConductor,
+) -> None:
+    clock = SharedClock(conductor.path)
+    conductor.jump(600)
+    ahead = clock.now()
+    state = json.loads(conductor.path.read_text())
+    state["base_elapsed"] = 0.0  # a conductor that lost the jump
+    rewritten = conductor.path.with_name("rewritten.json")
+    rewritten.write_text(json.dumps(state))
+    os.replace(rewritten, conductor.path)
+    assert SharedClock(conductor.path).now() < ahead  # a fresh reader is behind
+    later = clock.now()
+    assert later >= ahead
+    assert clock.monotonic() >= conductor.monotonic() - 1
+
+
+def test_sleep_returns_once_the_simulated_time_has_passed(conductor: ClockConductor) -> None:
+    clock = SharedClock(conductor.path)
+    conductor.set_speed(500.0)
+    before, real = clock.now(), time.monotonic()
+    clock.sleep(60)
+    waited = time.monotonic() - real
+    assert clock.now() - before >= timedelta(seconds=60)
+    assert 0.1 <= waited < 0.5  # 60 simulated seconds at 500x: 0.12 s

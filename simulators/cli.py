@@ -10,13 +10,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: classcam-sim demo [--seconds N] [--fast] [--workdir DIR]\n\n"
-            "  demo   the evidence path end to end on this machine (what `make demo` runs)"
+            "  demo   the evidence path end to end on this machine (what `make demo` runs)\n"
+            "  check SCENARIO...\n"
+            "         check scenario files (every problem with its line and field), replay nothing"
         )
         return 0 if argv else 2
     if argv[0] == "demo":
         from simulators.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[0] == "check":
+        from simulators.check_scenarios import main as check_main
+
+        return check_main(argv[1:])
     print(f"classcam-sim: unknown command {argv[0]!r}", file=sys.stderr)
     return 2
 

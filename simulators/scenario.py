@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from common.geo import Datum
 from common.schemas import SafeId
@@ -236,6 +244,14 @@ class Session(Strict):
             f"must be a local time HH:MM or an ISO-8601 datetime with offset (got {value!r})"
         )
 
+    @model_validator(mode="after")
+    def _day_with_local_start(self) -> Session:
+        if self.day and not re.match(HHMM_PATTERN, self.start):
+            raise PydanticCustomError(
+                "day_with_iso", "day counts only for an HH:MM start; put the date in start"
+            )
+        return self
+
     def all_behaviours(self) -> tuple[Behaviour, ...]:
         """The behaviours, ``honest`` when none is listed."""
         return tuple(self.behaviours) or (Honest(),)
@@ -306,8 +322,7 @@ class Scenario(Strict):
             day = self.date + dt.timedelta(days=session.day)
             local = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=self.zone)
             return local.astimezone(dt.UTC)
-        moment = dt.datetime.fromisoformat(session.start.replace("Z", "+00:00"))
-        return (moment + dt.timedelta(days=session.day)).astimezone(dt.UTC)
+        return dt.datetime.fromisoformat(session.start.replace("Z", "+00:00")).astimezone(dt.UTC)
 
     def session_end(self, session: Session) -> dt.datetime:
         """The scheduled end (start + duration), aware UTC."""

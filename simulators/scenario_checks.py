@@ -398,6 +398,8 @@ def describe_error(error: ErrorDetails, root: type[BaseModel] | None = None) -> 
         whole = "a whole number" if kind.startswith("int") else "a number"
         return f"must be {whole}{got}"
     message = error["msg"].removeprefix("Value error, ")
+    if message.startswith("id must match"):  # common.topics.validate_id: ids go into topics
+        return f"must be 1 to 64 letters, digits, - or _{got}"
     if message.startswith("Input should be"):
         message = "must be" + message.removeprefix("Input should be")
         if got and "(got" not in message:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators.check_scenarios import main as check_main
+from simulators.cli import main as classcam_sim
 from simulators.plan import LinkShape
 from simulators.scenario import (
     DoubleBooked,
@@ -265,6 +265,22 @@ MISTAKES = [
         "starts later: its photo does not exist yet",
     ),
     (
+        "an id that cannot be a topic",
+        "{id: cam-102,",
+        "{id: cam 102,",
+        "{id: cam 102,",
+        "devices[1].id",
+        "must be 1 to 64 letters, digits, - or _ (got 'cam 102')",
+    ),
+    (
+        "a day with a full datetime",
+        "    start: 2026-12-01T13:00:00+08:00\n",
+        "    start: 2026-12-01T13:00:00+08:00\n    day: 1\n",
+        "  - id: s-101-next",
+        "sessions[2]",
+        "day counts only for an HH:MM start",
+    ),
+    (
         "a duplicate id",
         "{id: cam-102,",
         "{id: cam-101,",
@@ -445,11 +461,11 @@ def test_check_command_summarises_or_lists_problems(
     bad = tmp_path / "bad.yaml"
     bad.write_text(VALID.replace("link: rural", "link: rual"), encoding="utf-8")
 
-    assert check_main([str(good)]) == 0
+    assert classcam_sim(["check", str(good)]) == 0
     out = capsys.readouterr().out
     assert "3 sessions" in out and "ends_early ×1" in out and "honest ×1" in out
 
-    assert check_main([str(good), str(bad)]) == 1
+    assert classcam_sim(["check", str(good), str(bad)]) == 1
     out = capsys.readouterr().out
     assert f"{bad}:{line_of(VALID, 'link: rural')}: devices[1].link: no link profile 'rual'" in out
 

@@ -5,7 +5,9 @@ of problems that each name the file, the line and the field (``sessions[3].expec
 never a traceback. The models here say what each section may contain (``extra="forbid"``
 everywhere, so a misspelt field is an error); ``simulators.scenario_checks`` checks what one
 section says about another (references, one device per classroom, times inside sessions);
-``simulators.scenario_yaml`` reads YAML with the line of every key and item.
+``simulators.scenario_messages`` puts pydantic's errors in words; ``simulators.scenario_yaml``
+reads YAML with the line of every key and item. The behaviour models live in
+``simulators.scenario_behaviours`` and are importable from here.
 
 The helpers on ``Scenario`` answer what the replay planner (``simulators.behaviours``) asks:
 when a session starts and ends in UTC, which device films a classroom, the shape of its link.
@@ -57,7 +59,8 @@ from simulators.scenario_behaviours import (
     ThinUplink,
     UplinkDown,
 )
-from simulators.scenario_checks import cross_check, describe_error
+from simulators.scenario_checks import cross_check
+from simulators.scenario_messages import describe_error
 from simulators.scenario_yaml import (
     Marks,
     NoMarks,

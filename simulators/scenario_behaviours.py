@@ -213,26 +213,26 @@ def behaviour_item(raw: Any) -> Any:
     ``{"name": "ends_early", "after_min": 40}`` (``ends_early:`` with nothing: no params)."""
     if isinstance(raw, str):
         return {"name": raw}
-    if isinstance(raw, dict):
-        if len(raw) != 1:
-            raise PydanticCustomError(
-                "behaviour_shape",
-                "a behaviour is a name, or one name with its parameters (got {keys})",
-                {"keys": ", ".join(map(str, raw))},
-            )
-        ((name, params),) = raw.items()
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            raise PydanticCustomError(
-                "behaviour_params",
-                "the parameters of {name} are a mapping like {{after_min: 40}} (got {got!r})",
-                {"name": str(name), "got": params},
-            )
-        if "name" in params:
-            raise PydanticCustomError("behaviour_params", "name is not a behaviour parameter")
-        return {"name": name, **params}
-    return raw
+    if not isinstance(raw, dict):
+        raise _shape_error(f"a behaviour is a name, or name: {{params}} (got {raw!r})")
+    if len(raw) != 1:
+        keys = ", ".join(map(str, raw))
+        raise _shape_error(f"a behaviour is a name, or one name with its parameters (got {keys})")
+    ((name, params),) = raw.items()
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise _shape_error(
+            f"the parameters of {name} are a mapping like {{at_min: 10}} (got {params!r})"
+        )
+    if "name" in params:
+        raise _shape_error("name is not a behaviour parameter")
+    return {"name": name, **params}
+
+
+def _shape_error(message: str) -> PydanticCustomError:
+    # The message is final: no context, so its braces are not read as placeholders.
+    return PydanticCustomError("behaviour_shape", message)
 
 
 Behaviour = Annotated[

@@ -208,6 +208,14 @@ MISTAKES = [
         "required",
     ),
     (
+        "behaviour parameters that are not a mapping",
+        "      - honest\n",
+        "      - ends_early: 40\n",
+        "- ends_early: 40",
+        "sessions[0].behaviours[0]",
+        "the parameters of ends_early are a mapping like {at_min: 10} (got 40)",
+    ),
+    (
         "a bad reason code",
         "[short_duration, lecturer_double_booked",
         "[short_duraton, lecturer_double_booked",

@@ -383,6 +383,16 @@ def session_plan(scenario: Scenario, session: Session) -> SessionPlan:
     )
 
 
+def server_settings(scenario: Scenario) -> dict[str, str]:
+    """The server's ``CLASSCAM_*`` overrides: production defaults but for what the scenario's
+    ``server:`` says (a replay proves the verdicts the deployed server gives), and the
+    scenario's time zone as the deployment's, when it is not the default one."""
+    env = {}
+    if scenario.timezone != Settings.model_fields["timezone"].default:
+        env["CLASSCAM_TIMEZONE"] = scenario.timezone
+    return env | scenario.server_env()
+
+
 def plan_replay(scenario: Scenario, *, photo_size: tuple[int, int] = PHOTO_SIZE) -> ReplayPlan:
     """Everything the replay of ``scenario`` does (see the module docstring); photos of
     ``photo_size`` pixels (tests that do not look at pictures ask for small ones)."""
@@ -402,9 +412,7 @@ def plan_replay(scenario: Scenario, *, photo_size: tuple[int, int] = PHOTO_SIZE)
         speed=scenario.speed,
         setup=setup_document(scenario, tokens),
         lecturer_tokens=tokens,
-        # Production defaults but for what the scenario's ``server:`` says: a replay proves
-        # the verdicts the deployed server gives.
-        server_settings=scenario.server_env(),
+        server_settings=server_settings(scenario),
         devices=tuple(device_plan(scenario, d, times) for d in scenario.devices),
         sessions=tuple(session_plan(scenario, s) for s in scenario.sessions),
         actions=tuple(actions),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import imagehash
@@ -13,9 +14,15 @@ from PIL import ExifTags, Image
 from common.geo import Coordinate, Datum, distance_m
 from ingest_server.photos import read_photo
 from ingest_server.rules.photo_match import picture_distance
-from simulators.behaviours import plan_replay
+from simulators.behaviours import plan_replay, session_times
 from simulators.plan import ReplayPlan
-from simulators.scenario import BEHAVIOUR_MODELS, Scenario, parse_scenario
+from simulators.scenario import (
+    BEHAVIOUR_MODELS,
+    ForgedClips,
+    Scenario,
+    load_scenario,
+    parse_scenario,
+)
 
 ROOM_A = (31.2304, 121.4737)  # WGS-84
 ROOM_B_GCJ = (31.2243, 121.4800)  # as picked on AMap: GCJ-02
@@ -37,11 +44,12 @@ def session(sid: str, start: str, *behaviours: Any, **fields: Any) -> dict[str, 
     }
 
 
-def scenario(*sessions: dict[str, Any]) -> Scenario:
+def scenario(*sessions: dict[str, Any], **top: Any) -> Scenario:
     return parse_scenario(
         {
             "name": "测试 / test",
             "date": DAY,
+            **top,
             "speed": 60,
             "institutions": [{"id": "school-1", "name": "上海职业技能培训学校"}],
             "classrooms": [
@@ -348,3 +356,51 @@ def test_every_behaviour_changes_what_the_replay_does(name: str) -> None:
     assert set(EXAMPLES) == set(BEHAVIOUR_MODELS) - {"honest"}
     assert _effects(behaving) != _effects(honest)
     assert behaving.sessions[1].behaviours == (name,)
+
+
+def test_server_settings_are_the_scenarios_and_its_time_zone() -> None:
+    assert small_plan(scenario(session("s-1", "09:00"))).server_settings == {}
+    plan = small_plan(
+        scenario(
+            session("s-1", "09:00"),
+            timezone="Asia/Urumqi",
+            server={"window_length_s": 420, "photo_grace_s": 1800},
+        )
+    )
+    assert plan.server_settings == {
+        "CLASSCAM_TIMEZONE": "Asia/Urumqi",
+        "CLASSCAM_WINDOW_LENGTH_S": "420",
+        "CLASSCAM_PHOTO_GRACE_S": "1800",
+    }
+    # Urumqi runs on UTC+6: the phone's EXIF says so.
+    with Image.open(io.BytesIO(photo(plan, "s-1", "opening").jpeg)) as image:
+        assert image.getexif().get_ifd(ExifTags.IFD.Exif)[0x9011] == "+06:00"
+
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+@pytest.mark.parametrize(
+    ("name", "most"), [("demo-day", 4), ("fraud-catalogue", 5), ("fleet-100", 20)]
+)
+def test_shipped_scenarios_keep_few_cameras_recording_at_once(name: str, most: int) -> None:
+    """Two cores: a shipped scenario must not record on more cameras at once than it says."""
+    made = load_scenario(SCENARIOS / f"{name}.yaml")
+    spans = [
+        (times.opens, times.closes)
+        for s in made.sessions
+        if not s.of_kind(ForgedClips)  # a forger records nothing
+        for times in [session_times(made, s)]
+    ]
+    at_once = max(sum(1 for lo, hi in spans if lo <= start < hi) for start, _ in spans)
+    assert at_once <= most
+
+
+@pytest.mark.parametrize("name", ["demo-day", "fraud-catalogue"])
+def test_shipped_scenarios_plan(name: str) -> None:
+    made = load_scenario(SCENARIOS / f"{name}.yaml")
+    plan = small_plan(made)
+    assert {s.session_id: s.expected.verdict for s in plan.sessions} == {
+        s.id: s.expect.verdict for s in made.sessions
+    }
+    assert plan.clock_start < min(p.at for p in plan.photos)

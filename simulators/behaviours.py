@@ -89,8 +89,8 @@ from simulators.scenario import (
 # their timetable and upload their reference still before any class opens.
 CLOCK_LEAD = timedelta(minutes=10)
 # Two sessions of one lecturer overlapping by at most the photo tolerance only meet at a
-# changeover (rules.photo_match.double_bookings); a double-booked lecturer opens the second
-# one this much earlier than that before the first one ends.
+# changeover (rules.photo_match.double_bookings). A double-booked lecturer opens the second
+# session DOUBLE_BOOKING_OVERLAP before the first one ends: five minutes beyond a changeover.
 CHANGEOVER = timedelta(seconds=Settings.model_fields["photo_tolerance_s"].default)
 DOUBLE_BOOKING_OVERLAP = CHANGEOVER + timedelta(minutes=5)
 # An honest lecturer stands somewhere in the room: this far from its recorded position at most.
@@ -136,6 +136,10 @@ def session_times(scenario: Scenario, session: Session) -> SessionTimes:
 # --------------------------------------------------------------------------- devices
 
 
+def _device_sessions(scenario: Scenario, device: Device) -> list[Session]:
+    return [s for s in scenario.sessions if scenario.session_device(s).id == device.id]
+
+
 def _period(times: SessionTimes, at_min: float, for_min: float | None) -> tuple[datetime, datetime]:
     """``at_min`` after the scheduled start, for ``for_min`` or to the session's close."""
     start = times.scheduled_start + timedelta(minutes=at_min)
@@ -148,9 +152,7 @@ def camera_periods(
 ) -> tuple[CameraPeriod, ...]:
     """What goes wrong with ``device``'s picture in its sessions, in time order."""
     periods: list[CameraPeriod] = []
-    for session in scenario.sessions:
-        if scenario.session_device(session).id != device.id:
-            continue
+    for session in _device_sessions(scenario, device):
         for behaviour in session.behaviours:
             trouble: CameraTrouble
             scene: int | None = None
@@ -168,10 +170,6 @@ def camera_periods(
             start, end = _period(times[session.id], behaviour.at_min, behaviour.for_min)
             periods.append(CameraPeriod(start, end, trouble, scene))
     return tuple(sorted(periods, key=lambda p: p.start))
-
-
-def _device_sessions(scenario: Scenario, device: Device) -> list[Session]:
-    return [s for s in scenario.sessions if scenario.session_device(s).id == device.id]
 
 
 def device_plan(scenario: Scenario, device: Device, times: dict[str, SessionTimes]) -> DevicePlan:

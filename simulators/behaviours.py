@@ -377,6 +377,7 @@ def session_plan(scenario: Scenario, session: Session) -> SessionPlan:
         expected=Expected(
             verdict=session.expect.verdict,
             reasons=frozenset(str(code) for code in session.expect.reasons),
+            may_also=frozenset(str(code) for code in session.expect.may_also),
         ),
     )
 

@@ -207,10 +207,12 @@ class SchoolClass(Strict):
 
 
 class Expect(Strict):
-    """The verdict the session must end with and the exact set of its reason codes."""
+    """The verdict the session must end with, the reason codes it must give, and those it
+    may also give depending on which minutes the random windows checked."""
 
     verdict: Literal["verified", "rejected", "pending"]
     reasons: list[ReasonCode] = Field(default_factory=list)
+    may_also: list[ReasonCode] = Field(default_factory=list)
 
 
 _ISO_WITH_OFFSET = re.compile(

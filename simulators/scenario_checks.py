@@ -352,3 +352,26 @@ def _expectation(index: int, session: Session) -> Iterator[Finding]:
                 " not pending"
             ),
         )
+    yield from _may_also(here, session, seen)
+
+
+def _may_also(here: Loc, session: Session, required: set[ReasonCode]) -> Iterator[Finding]:
+    """``may_also`` lists codes a random window draw may add: not one already required, none
+    twice, and none the verdict could not carry (a verified class only warnings, a rejected
+    one no pending code, a pending one no hard code)."""
+    verdict = session.expect.verdict
+    allowed = {
+        "verified": {Severity.WARNING},
+        "rejected": {Severity.HARD, Severity.WARNING},
+        "pending": {Severity.PENDING, Severity.WARNING},
+    }[verdict]
+    seen: set[ReasonCode] = set()
+    for number, code in enumerate(session.expect.may_also):
+        where = (*here, "may_also", number)
+        if code in required:
+            yield where, f"{code.value!r} is already in reasons"
+        elif code in seen:
+            yield where, f"{code.value!r} is listed twice"
+        elif SEVERITY[code] not in allowed:
+            yield where, f"a {SEVERITY[code].value} reason cannot go with verdict {verdict}"
+        seen.add(code)

@@ -15,7 +15,7 @@ from common.geo import Coordinate, Datum, distance_m
 from ingest_server.photos import read_photo
 from ingest_server.rules.photo_match import picture_distance
 from simulators.behaviours import plan_replay, session_times
-from simulators.plan import ReplayPlan
+from simulators.plan import Expected, ReplayPlan
 from simulators.scenario import (
     BEHAVIOUR_MODELS,
     ForgedClips,
@@ -404,3 +404,18 @@ def test_shipped_scenarios_plan(name: str) -> None:
         s.id: s.expect.verdict for s in made.sessions
     }
     assert plan.clock_start < min(p.at for p in plan.photos)
+
+
+def test_a_session_matches_its_required_reasons_plus_any_the_draw_may_add() -> None:
+    expected = Expected(
+        "rejected",
+        frozenset({"short_duration"}),
+        may_also=frozenset({"clip_too_short", "clip_not_recorded"}),
+    )
+    assert expected.matches("rejected", {"short_duration"})
+    assert expected.matches("rejected", {"short_duration", "clip_too_short"})
+    assert not expected.matches("rejected", {"clip_too_short"})  # the required one is missing
+    assert not expected.matches("rejected", {"short_duration", "video_black"})  # not allowed
+    assert not expected.matches("verified", {"short_duration"})
+    assert Expected("verified", frozenset()).matches("verified", set())
+    assert not Expected("verified", frozenset()).matches("verified", {"camera_moved"})

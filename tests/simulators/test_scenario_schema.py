@@ -232,6 +232,23 @@ MISTAKES = [
         "verified allows only warnings",
     ),
     (
+        "a may_also code the verdict contradicts",
+        "verdict: verified\n      reasons: []",
+        "verdict: verified\n      reasons: []\n      may_also: [camera_offline, clip_missing]",
+        "may_also: [camera_offline",
+        "sessions[0].expect.may_also[1]",
+        "a hard reason cannot go with verdict verified",
+    ),
+    (
+        "a may_also code already required",
+        "reasons: [short_duration, lecturer_double_booked, camera_offline]",
+        "reasons: [short_duration, lecturer_double_booked, camera_offline]\n"
+        "      may_also: [clip_too_short, short_duration]",
+        "may_also: [clip_too_short",
+        "sessions[1].expect.may_also[1]",
+        "'short_duration' is already in reasons",
+    ),
+    (
         "a dangling reference",
         "with_session: s-101-am}",
         "with_session: s-101-pm}",

@@ -34,6 +34,28 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
 
 
+# Longest real wait between looks at a fast clock's speed while waiting on an event.
+_EVENT_SLICE_S = 0.05
+
+
+def wait_event(event: threading.Event, seconds: float, clock: Clock) -> bool:
+    """Wait until ``event`` is set or ``seconds`` of ``clock``'s time have passed; return
+    whether it was set. A clock that runs ``speed`` times faster than real time (``ScaledClock``,
+    the simulator's shared clock) waits that much less real time, looking at its speed again
+    every slice (a replay may change it); any other clock waits ``seconds`` real seconds, as
+    ``event.wait`` does (a ``VirtualClock`` only moves when something sleeps on it)."""
+    if not isinstance(getattr(clock, "speed", None), int | float):
+        return event.wait(seconds)
+    deadline = clock.monotonic() + seconds
+    while not event.is_set():
+        left = deadline - clock.monotonic()
+        if left <= 0:
+            return False
+        speed = float(getattr(clock, "speed", 1.0))
+        event.wait(min(left / speed, _EVENT_SLICE_S))
+    return True
+
+
 class SystemClock:
     """The real clock."""
 

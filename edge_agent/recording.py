@@ -21,7 +21,7 @@ from datetime import datetime
 
 import av
 
-from common.clock import Clock
+from common.clock import Clock, wait_event
 from common.schemas import EventType
 from edge_agent.camera import CameraSource, Frame
 from edge_agent.cameras import EncodedCamera
@@ -224,7 +224,7 @@ class SessionRecorder:
                     session_id=rec.session_id,
                     data=data,
                 )
-            rec.stop.wait(backoff * random.uniform(0.8, 1.0))
+            wait_event(rec.stop, backoff * random.uniform(0.8, 1.0), self.clock)
             backoff = min(backoff * 2, self.settings.retry_max_s)
         if lost_at is not None:
             end = self.clock.now()

@@ -19,7 +19,7 @@ from typing import Any
 import av
 
 from common import topics
-from common.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock, wait_event
 from common.commands import Command, Schedule
 from common.errors import ProtocolError
 from common.heartbeat import Heartbeat
@@ -383,7 +383,7 @@ class AgentService:
                     pass
                 except Exception:
                     log.exception("heartbeat failed")
-            self.stop_event.wait(self.runtime.heartbeat_interval_s)
+            wait_event(self.stop_event, self.runtime.heartbeat_interval_s, self.clock)
 
     # -- the loops ------------------------------------------------------------------------------
 
@@ -412,7 +412,7 @@ class AgentService:
                 self.notifier.watchdog()
             except Exception:
                 log.exception("housekeeping failed")
-            self.stop_event.wait(0.5)
+            wait_event(self.stop_event, 0.5, self.clock)
 
     def _requeue_commands(self) -> None:
         """Commands delivered before a stop or a power cut but never answered run now."""

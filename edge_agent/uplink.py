@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common import topics
-from common.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock, wait_event
 from common.errors import ProtocolError
 from common.ranges import chunk_offsets
 from common.schemas import (
@@ -532,4 +532,4 @@ class Uploader:
             except Exception:  # one bad clip or a disk error must not end all uploads
                 self.link.counters["upload_error"] += 1
                 log.exception("uploader failed; retrying")
-            stop.wait(idle_s)
+            wait_event(stop, idle_s, self.clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -43,6 +44,19 @@ class CoveredCamera:
         self._next = None
 
 
+@functools.lru_cache(maxsize=32)
+def scene_picture(scene_seed: int, width: int, height: int) -> np.ndarray:
+    """The classroom ``scene_seed`` as a BGR int16 picture, painted once per process (a scene
+    takes tens of milliseconds to paint: a camera reopened mid-class must not stall on it).
+    Read-only: every frame is drawn on a copy."""
+    from simulators.phone import classroom_scene
+
+    rgb = np.asarray(classroom_scene(scene_seed, (width, height)))
+    picture = np.ascontiguousarray(rgb[:, :, ::-1]).astype(np.int16)
+    picture.flags.writeable = False
+    return picture
+
+
 class StillSceneCamera:
     """A camera filming a picture of a classroom: with ``pace=0`` and ``light=0`` a printed
     photo held in front of the lens, whose only change is fresh sensor noise in every frame
@@ -67,15 +81,12 @@ class StillSceneCamera:
         scene_seed: int = 1,
         seed: int = 0,
     ) -> None:
-        from simulators.phone import classroom_scene
-
         self.device_id = device_id
         self.name = f"still:{device_id}"
         self.width, self.height, self.fps = width, height, fps
         self.clock = clock
         self.noise, self.pace, self.light = noise, pace, light
-        rgb = np.asarray(classroom_scene(scene_seed, (width, height)))
-        self._picture = np.ascontiguousarray(rgb[:, :, ::-1]).astype(np.int16)
+        self._picture = scene_picture(scene_seed, width, height)
         self._rng = np.random.default_rng(seed)
         self._t0: float | None = None
         self._slot = 0

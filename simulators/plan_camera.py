@@ -69,6 +69,10 @@ class PlanCamera:
         self._views: dict[tuple[str, int], StillSceneCamera | CoveredCamera] = {}
         self._t0: float | None = None
         self._slot = 0
+        # Every view the plan needs, made now: one made mid-class would stall the frames.
+        self._view("live", plan.scene_seed)
+        for period in plan.periods:
+            self._view(*self._view_key(period))
 
     def trouble_now(self) -> CameraPeriod | None:
         """The plan's period in force now (true simulated time), if any."""
@@ -103,24 +107,24 @@ class PlanCamera:
         """Stop; a later ``open`` restarts the frame clock."""
         self._t0 = None
 
+    def _view_key(self, period: CameraPeriod | None) -> tuple[str, int]:
+        """Which picture ``period`` (None: no trouble) shows: its kind and scene."""
+        if period is None or period.trouble == "unplugged":
+            return "live", self.plan.scene_seed
+        if period.trouble == "moved":
+            moved = period.scene_seed
+            return "live", moved if moved is not None else self.plan.scene_seed + 1
+        return period.trouble, self.plan.scene_seed
+
     def _draw(self, period: CameraPeriod | None, elapsed: float, wall: datetime) -> np.ndarray:
-        trouble = period.trouble if period is not None else None
-        if trouble == "covered":
-            covered = self._view("covered", 0)
-            assert isinstance(covered, CoveredCamera)
-            return covered.draw()
-        if trouble == "frozen":
-            view, scene_elapsed = self._view("frozen", self.plan.scene_seed), 0.0
-        elif trouble == "moved" and period is not None:
-            seed = period.scene_seed if period.scene_seed is not None else self.plan.scene_seed + 1
-            view, scene_elapsed = self._view("live", seed), lean_elapsed(elapsed)
-        else:
-            view, scene_elapsed = self._view("live", self.plan.scene_seed), lean_elapsed(elapsed)
-        assert isinstance(view, StillSceneCamera)
+        view = self._view(*self._view_key(period))
+        if isinstance(view, CoveredCamera):
+            return view.draw()
+        scene_elapsed = 0.0 if not view.pace else lean_elapsed(elapsed)
         return view.draw(scene_elapsed, banner_text(self.device_id, wall))
 
     def _view(self, kind: str, seed: int) -> StillSceneCamera | CoveredCamera:
-        """The drawer of one kind of picture, made once (a scene takes a while to paint)."""
+        """The drawer of one kind of picture (live, frozen or covered), made once."""
         key = (kind, seed)
         if key not in self._views:
             w, h, fps = self.width, self.height, self.fps

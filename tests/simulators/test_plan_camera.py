@@ -4,15 +4,22 @@ and fails the way the agent's session recorder expects of a camera that was unpl
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from common.clock import VirtualClock
+from common.schemas import EventType
 from edge_agent.errors import CameraError
+from edge_agent.recording import RecordingSettings, SessionRecorder
+from edge_agent.spool import Spool
 from simulators.cameras import StillSceneCamera
 from simulators.plan import CameraPeriod, CameraPlan
 from simulators.plan_camera import PlanCamera, lean_elapsed
+from simulators.school import wait_until
+from simulators.sim_clock import ClockConductor, SharedClock
 
 T0 = datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
 BANNER = StillSceneCamera.BANNER_HEIGHT
@@ -105,3 +112,46 @@ def test_a_live_figure_sways_to_and_fro_and_never_leaves_the_picture() -> None:
     swings = [lean_elapsed(t) for t in np.arange(0, 3600, 7.3)]
     assert min(swings) >= 0 and max(swings) <= 90
     assert lean_elapsed(120) < lean_elapsed(100)  # on its way back
+
+
+def test_the_agents_recorder_reports_an_unplugged_period_as_a_gap_and_records_on(
+    tmp_path: Path,
+) -> None:
+    # The agent's own session recorder on a shared clock at 20x: it loses the camera when the
+    # period begins, reopens it through the factory with its backoff (1, 2, 4, 8 simulated s)
+    # and reports the gap once frames flow again.
+    conductor = ClockConductor(tmp_path / "clock.json", T0, speed=20.0)
+    clock = SharedClock(conductor.path)
+    plan = CameraPlan(scene_seed=3, periods=(CameraPeriod(at(4), at(12), "unplugged"),))
+    events: list[tuple[EventType, dict[str, Any]]] = []
+
+    def emit(type_: EventType, **fields: Any) -> bytes:
+        events.append((type_, fields.get("data") or {}))
+        return b""
+
+    spool = Spool(tmp_path / "spool")
+    recorder = SessionRecorder(
+        spool,
+        clock,
+        lambda: PlanCamera("cam-1", plan, clock=clock),
+        RecordingSettings(segment_seconds=1.0, keyframe_interval_s=1.0, bitrate=200_000),
+        emit,
+    )
+    recorder.start("s-1")
+    try:
+        lost = lambda: [  # noqa: E731
+            d for t, d in events if t == EventType.RECORDING_GAP and d["reason"] == "camera_lost"
+        ]
+        assert wait_until(lambda: bool(lost()), 10, step=0.05), events
+    finally:
+        recorder.stop()
+        spool.close()
+    # (A stall of the machine longer than a simulated second also shows, as a "frames_late"
+    # gap: at 20x that is 50 ms of real time. Those are not this test's business.)
+    kinds = [t for t, d in events if d.get("reason") != "frames_late"]
+    assert kinds[:3] == [EventType.CAMERA_LOST, EventType.CAMERA_RESTORED, EventType.RECORDING_GAP]
+    (gap,) = lost()
+    start, end = datetime.fromisoformat(gap["start"]), datetime.fromisoformat(gap["end"])
+    assert at(4) <= start <= at(5), gap
+    # Back at the first retry after the period: never before it, at most one backoff late.
+    assert at(12) <= end <= at(12 + 8 + 1), gap

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import wait_event
 from simulators.sim_clock import ClockConductor, SharedClock
 
 T0 = datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
@@ -132,3 +134,19 @@ def test_sleep_returns_once_the_simulated_time_has_passed(conductor: ClockConduc
     waited = time.monotonic() - real
     assert clock.now() - before >= timedelta(seconds=60)
     assert 0.1 <= waited < 0.5  # 60 simulated seconds at 500x: 0.12 s
+
+
+def test_waiting_on_an_event_counts_simulated_time(conductor: ClockConductor) -> None:
+    # The agent's loops (heartbeats, camera reopen backoff) wait this way: a 30 s heartbeat
+    # interval is 30 simulated seconds, not 30 real ones.
+    clock = SharedClock(conductor.path)
+    conductor.set_speed(300.0)
+    event = threading.Event()
+    before, real = clock.now(), time.monotonic()
+    assert wait_event(event, 30, clock) is False
+    assert clock.now() - before >= timedelta(seconds=30)
+    assert time.monotonic() - real < 0.5
+    threading.Timer(0.05, event.set).start()
+    real = time.monotonic()
+    assert wait_event(event, 3600, clock) is True
+    assert time.monotonic() - real < 0.5

@@ -7,16 +7,24 @@ delay, never a clip left unchecked for good: ``wake()`` at start-up, on every ne
 the scheduler's ticks runs whatever is still pending. A clip that cannot be decoded gets its
 error recorded (the verdict's ``clip_unreadable``); a failure of our own (a store hiccup) leaves
 the check pending for the next wake, up to ``MAX_ATTEMPTS`` times.
+
+A clip that does not match its own classroom's view is matched to the views of the other
+classrooms of the same institution (at most ``MAX_OTHER_VIEWS``, by id): one that clearly
+shows one of them is recorded with that classroom (``other_classroom_id``), the verdict's hard
+``clip_other_classroom``: a school holding two classrooms' keys cannot answer for an empty
+room with the footage of a full one. Reference views are decoded once and kept (their ORB
+features too), at most ``VIEW_CACHE`` classrooms, least recently used first out; each extra
+view costs ~2-4 ms per moved clip on a 2-core machine (``view_match``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 from sqlalchemy import select
 
 from common.clock import Clock, SystemClock
@@ -27,10 +35,13 @@ from ingest_server.models import Classroom, Clip, ClipCheck, Device
 from ingest_server.sessions import link_clip
 from ingest_server.store import EvidenceStore
 from ingest_server.video_checks import SanityError, check_clip, reference_from_image
+from ingest_server.view_match import View
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 BATCH = 50
+MAX_OTHER_VIEWS = 200  # other classrooms of the institution a moved clip is matched with
+VIEW_CACHE = 256  # classroom views kept decoded (~0.25 MB each with their features)
 
 
 def check_result(outcome: dict[str, object]) -> str:
@@ -59,7 +70,7 @@ class ClipChecker:
         self.on_sessions_changed = on_sessions_changed
         self.clock = clock or SystemClock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-check")
-        self._references: dict[str, tuple[str, np.ndarray]] = {}
+        self._views: OrderedDict[str, tuple[str, View]] = OrderedDict()
         self._lock = threading.Lock()
         self._queued: Future[None] | None = None
 
@@ -103,27 +114,56 @@ class ClipChecker:
                 if check is not None:
                     check.attempts += 1
 
-    def _reference(self, classroom: Classroom) -> np.ndarray | None:
-        if not classroom.reference_upload_id:
-            return None
-        cached = self._references.get(classroom.id)
-        if cached and cached[0] == classroom.reference_upload_id:
+    def _view(self, classroom_id: str, reference_upload_id: str) -> View | None:
+        """The classroom's reference view: its newest reference still, from a camera installed
+        there (another room's camera cannot set it), decoded once."""
+        cached = self._views.get(classroom_id)
+        if cached and cached[0] == reference_upload_id:
+            self._views.move_to_end(classroom_id)
             return cached[1]
         with self.session_factory() as db:
             ref = db.scalar(
                 select(Clip).where(
-                    Clip.upload_id == classroom.reference_upload_id,
+                    Clip.upload_id == reference_upload_id,
                     Clip.kind == ClipKind.REFERENCE.value,
                     Clip.device_id.in_(
-                        select(Device.device_id).where(Device.classroom_id == classroom.id)
+                        select(Device.device_id).where(Device.classroom_id == classroom_id)
                     ),
                 )
             )
         if ref is None:
             return None
-        image = reference_from_image(self.store.path_of(ref.path).read_bytes())
-        self._references[classroom.id] = (classroom.reference_upload_id, image)
-        return image
+        view = View(reference_from_image(self.store.path_of(ref.path).read_bytes()))
+        self._views[classroom_id] = (reference_upload_id, view)
+        self._views.move_to_end(classroom_id)
+        while len(self._views) > VIEW_CACHE:
+            self._views.popitem(last=False)
+        return view
+
+    def _reference(self, classroom: Classroom) -> View | None:
+        if not classroom.reference_upload_id:
+            return None
+        return self._view(classroom.id, classroom.reference_upload_id)
+
+    def _other_views(self, classroom: Classroom) -> dict[str, View]:
+        """The reference views of the institution's other classrooms, by classroom id."""
+        with self.session_factory() as db:
+            rows = db.execute(
+                select(Classroom.id, Classroom.reference_upload_id)
+                .where(
+                    Classroom.institution_id == classroom.institution_id,
+                    Classroom.id != classroom.id,
+                    Classroom.reference_upload_id.is_not(None),
+                )
+                .order_by(Classroom.id)
+                .limit(MAX_OTHER_VIEWS)
+            ).all()
+        views = {}
+        for classroom_id, upload_id in rows:
+            view = self._view(classroom_id, upload_id) if upload_id else None
+            if view is not None:
+                views[classroom_id] = view
+        return views
 
     def _check(self, clip_id: int) -> None:
         with self.session_factory.begin() as db:
@@ -148,11 +188,17 @@ class ClipChecker:
             # Our store's trouble, not the clip's: it stays pending.
             raise FileNotFoundError(f"stored clip {path} is not there")
         reference = self._reference(classroom) if classroom else None
+        compared: dict[str, object] = {}
         try:
-            report = check_clip(path, reference=reference)
+            report = check_clip(
+                path,
+                reference=reference,
+                other_views=(lambda: self._other_views(classroom)) if classroom else None,
+            )
         except SanityError as exc:
             outcome: dict[str, object] = {"error": exc.why[:500], "decoded_frames": 0}
         else:
+            compared = {"other_views_compared": report.other_views_compared}
             outcome = {
                 "black": report.black,
                 "frozen": report.frozen,
@@ -160,6 +206,8 @@ class ClipChecker:
                 "mean_luma": report.mean_luma,
                 "frozen_fraction": report.frozen_fraction,
                 "reference_similarity": report.reference_similarity,
+                "other_classroom_id": report.other_view,
+                "other_view_similarity": report.other_view_similarity,
                 "decoded_frames": report.decoded_frames,
                 "decoded_duration_s": report.decoded_duration_s,
                 "frame_rate": report.frame_rate,
@@ -179,7 +227,7 @@ class ClipChecker:
                 "clip",
                 str(clip_id),
                 "system:clip-checker",
-                {"result": check_result(outcome), **outcome},
+                {"result": check_result(outcome), **outcome, **compared},
             )
         if session_id:
             self.on_sessions_changed({session_id})

@@ -152,6 +152,9 @@ def _decoded(check: ClipCheck | None) -> DecodedClip | None:
         black=bool(check.black),
         frozen=bool(check.frozen),
         moved=bool(check.moved),
+        reference_similarity=check.reference_similarity,
+        other_classroom=check.other_classroom_id,
+        other_similarity=check.other_view_similarity,
     )
 
 

@@ -337,7 +337,8 @@ class ClipCheck(Base):
     ``checked_at`` empty (pending); filled in by the checker, which resumes after a restart.
 
     ``decoded_*`` is what the server's own decoding found (not what the manifest claims);
-    ``error`` says why the clip could not be decoded.
+    ``error`` says why the clip could not be decoded; ``other_classroom_id`` names the other
+    classroom whose view the clip shows, when it shows another classroom's.
     """
 
     __tablename__ = "clip_checks"
@@ -349,6 +350,9 @@ class ClipCheck(Base):
     mean_luma: Mapped[float | None] = mapped_column(Float)
     frozen_fraction: Mapped[float | None] = mapped_column(Float)
     reference_similarity: Mapped[float | None] = mapped_column(Float)
+    # The other classroom whose reference view a moved clip clearly shows, and how well.
+    other_classroom_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    other_view_similarity: Mapped[float | None] = mapped_column(Float)
     decoded_frames: Mapped[int | None] = mapped_column(Integer)
     decoded_duration_s: Mapped[float | None] = mapped_column(Float)
     frame_rate: Mapped[float | None] = mapped_column(Float)

@@ -30,15 +30,19 @@ cameras burn a ticking timestamp into it: a frozen sensor under a live clock mus
   keyframe repeats when its change is below ``frozen_change``; the clip is frozen when most
   keyframes repeat. A real, quiet room has people who move a little; a room in which nothing at
   all moves for most of a window cannot be told from a photograph of it, and is reported frozen.
-* **moved** — ORB features of sampled frames matched to the classroom's reference still (ratio
-  test, then a RANSAC homography); the similarity is the share of keypoints that are homography
-  inliers, median over a few samples. A small pan, zoom or lighting change keeps a homography;
-  another room, or a camera turned to the wall, does not.
+* **moved** — ORB features of sampled frames matched to the classroom's reference still
+  (``view_match``): the similarity is the share of keypoints that are homography inliers,
+  median over a few samples. A small pan, zoom or lighting change keeps a homography; another
+  room, or a camera turned to the wall, does not.
+* **another classroom** — only for a clip that is moved: the same samples matched to the views
+  of other classrooms (``view_match.other_view``). A clip that clearly shows one of them is
+  another classroom's footage signed with this classroom's key, not a camera that turned.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +51,12 @@ import cv2
 import numpy as np
 
 from ingest_server.errors import IngestError
+from ingest_server.view_match import View, median_similarity, other_view, scaled
 
 # Pixel formats / colour range that carry full-range (0–255) luma; others are TV range 16–235.
 _FULL_RANGE_PIX_FMTS = ("yuvj420p", "yuvj422p", "yuvj444p")
 _COLOR_RANGE_JPEG = 2  # AVCOL_RANGE_JPEG
 ANALYSIS_WIDTH = 480  # frames are scaled down to this width for the black and moved checks
-_ORB_WIDTHS = (160, 320)  # scales at which a frame is matched to the reference
 
 
 class SanityError(IngestError):
@@ -92,6 +96,10 @@ class SanityThresholds:
     # its length is frozen even if something moved for a moment.
     frozen_share: float = 0.6
     moved_similarity: float = 0.07  # moved below this share of keypoints that are inliers
+    # A moved clip shows another classroom when its median inlier share against that room's
+    # view reaches this: a clear match. bench/other_view_margin.py: unrelated views score up
+    # to ~0.09, a nudged and dimmer view of the right room from ~0.62.
+    other_view_similarity: float = 0.2
     analysis_width: int = ANALYSIS_WIDTH
     reference_samples: int = 5  # frames compared with the reference, evenly spread
 
@@ -110,6 +118,11 @@ class SanityReport:
     median_keyframe_change: float  # median structural change of keyframes (noise spreads)
     keyframe_changes: tuple[float, ...]  # each keyframe's change, in order, for the record
     reference_similarity: float | None  # median inlier share against the reference
+    # The other classroom's view a moved clip clearly shows (the key it was given under), the
+    # median inlier share against it, and how many other views were compared (0: none asked).
+    other_view: str | None
+    other_view_similarity: float | None
+    other_views_compared: int
     frames_sampled: int  # frames analysed for black and moved
     keyframes_compared: int  # keyframes analysed for frozen
     keyframes_only: bool  # whether the black/moved samples could be keyframes alone
@@ -144,13 +157,6 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
 
 def _banner_rows(height: int, thresholds: SanityThresholds) -> int:
     return round(height * thresholds.banner_fraction)
-
-
-def _scaled(gray: np.ndarray, width: int) -> np.ndarray:
-    h, w = gray.shape
-    if w <= width:
-        return gray
-    return cv2.resize(gray, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +287,7 @@ def _decode_samples(
                                 limits.structure_width,
                             )
                         )
-                    small = _scaled(luma, limits.analysis_width)
+                    small = scaled(luma, limits.analysis_width)
                     small_body = small[_banner_rows(small.shape[0], limits) :]
                     samples.append(
                         _Sample(small, float(small_body.mean()), float(small_body.std()))
@@ -317,59 +323,11 @@ def _sample(
     return samples, keyframes, facts
 
 
-def _inlier_share(reference: np.ndarray, frame: np.ndarray, banner_fraction: float) -> float:
-    """Share of keypoints that are inliers of one homography from ``frame`` to ``reference``
-    (both already at the same width)."""
-    orb = cv2.ORB.create(nfeatures=1000)
-
-    def features(gray: np.ndarray) -> tuple[list[cv2.KeyPoint], np.ndarray | None]:
-        mask = np.full(gray.shape, 255, dtype=np.uint8)
-        mask[: round(gray.shape[0] * banner_fraction)] = 0  # the clock is not the room
-        keypoints, descriptors = orb.detectAndCompute(gray, mask)
-        return list(keypoints), descriptors
-
-    ref_kp, ref_desc = features(reference)
-    cur_kp, cur_desc = features(frame)
-    if ref_desc is None or cur_desc is None or len(ref_kp) < 8 or len(cur_kp) < 8:
-        return 0.0
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    good = [
-        pair[0]
-        for pair in matcher.knnMatch(cur_desc, ref_desc, k=2)
-        if len(pair) == 2 and pair[0].distance < 0.75 * pair[1].distance
-    ]
-    if len(good) < 8:
-        return 0.0  # a homography from fewer points is chance, not a match
-    src = np.array([cur_kp[m.queryIdx].pt for m in good], dtype=np.float32).reshape(-1, 1, 2)
-    dst = np.array([ref_kp[m.trainIdx].pt for m in good], dtype=np.float32).reshape(-1, 1, 2)
-    _, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, 5.0)
-    if inlier_mask is None:
-        return 0.0
-    # Several frame keypoints can match one reference keypoint: cap at 1.
-    return min(1.0, int(inlier_mask.sum()) / min(len(ref_kp), len(cur_kp)))
-
-
-def view_similarity(
-    reference: np.ndarray, frame: np.ndarray, banner_fraction: float = 0.12
-) -> float:
-    """How much of ``frame`` (grayscale) is the view in ``reference``: 0 (another view) to ~1.
-
-    Matched at two scales and the better kept: at 160 px wide only the room's big shapes
-    (board, windows, rows of desks) are left, which survives a reference taken at another
-    resolution or time of day; at 320 px finer texture helps when the big shapes are occluded.
-    """
-    best = 0.0
-    for target in _ORB_WIDTHS:
-        width = min(target, reference.shape[1], frame.shape[1])
-        share = _inlier_share(_scaled(reference, width), _scaled(frame, width), banner_fraction)
-        best = max(best, share)
-    return best
-
-
 def check_clip(
     path: Path | str,
     *,
-    reference: np.ndarray | None = None,
+    reference: np.ndarray | View | None = None,
+    other_views: Callable[[], Mapping[str, View]] | None = None,
     sample_fps: float = 1.0,
     thresholds: SanityThresholds | None = None,
 ) -> SanityReport:
@@ -377,8 +335,10 @@ def check_clip(
     ``reference`` from ``reference_from_image``/``reference_from_clip``) moved.
 
     The three flags are independent: a covered lens also reads moved (there is nothing to
-    match) and often frozen, so a verdict should report ``video_black`` first. Raises
-    ``SanityError`` if the file cannot be decoded.
+    match) and often frozen, so a verdict should report ``video_black`` first. A moved clip is
+    then matched to ``other_views()`` (other classrooms' views by their ids; asked for only
+    then, as most clips never need them): ``other_view`` names the one it clearly shows.
+    Raises ``SanityError`` if the file cannot be decoded.
     """
     limits = thresholds or SanityThresholds()
     samples, keyframes, facts = _sample(Path(path), sample_fps, limits)
@@ -388,12 +348,23 @@ def check_clip(
     repeats = sum(c < limits.frozen_change for c in changes)
     frozen_fraction = repeats / len(changes) if changes else 0.0
     similarity: float | None = None
+    found = None
+    compared = 0
     if reference is not None:
         step = max(1, len(samples) // limits.reference_samples)
         picked = samples[step // 2 :: step][: limits.reference_samples]
-        similarity = statistics.median(
-            view_similarity(reference, s.small, limits.banner_fraction) for s in picked
-        )
+        frames = [View(s.small, limits.banner_fraction) for s in picked]
+        own = reference if isinstance(reference, View) else View(reference, limits.banner_fraction)
+        similarity = median_similarity(own, frames)
+        if similarity < limits.moved_similarity and other_views is not None:
+            others = other_views()
+            compared = len(others)
+            found = other_view(
+                frames,
+                others,
+                screen=limits.moved_similarity,
+                accept=limits.other_view_similarity,
+            )
     return SanityReport(
         black=dark_share >= limits.black_share,
         # One pair of keyframes proves nothing: frozen needs at least three keyframes.
@@ -406,6 +377,9 @@ def check_clip(
         median_keyframe_change=statistics.median(changes) if changes else 0.0,
         keyframe_changes=tuple(changes),
         reference_similarity=similarity,
+        other_view=found.key if found else None,
+        other_view_similarity=found.similarity if found else None,
+        other_views_compared=compared,
         frames_sampled=len(samples),
         keyframes_compared=len(keyframes),
         keyframes_only=samples is keyframes,
@@ -420,7 +394,7 @@ def reference_from_image(jpeg_bytes: bytes, *, width: int = ANALYSIS_WIDTH) -> n
     gray = cv2.imdecode(np.frombuffer(jpeg_bytes, np.uint8), cv2.IMREAD_GRAYSCALE)
     if gray is None:
         raise SanityError("<reference image>", "not a decodable image")
-    return _scaled(np.asarray(gray, dtype=np.uint8), width)
+    return scaled(np.asarray(gray, dtype=np.uint8), width)
 
 
 def reference_from_clip(path: Path | str, *, sample_fps: float = 1.0) -> np.ndarray:

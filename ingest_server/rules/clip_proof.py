@@ -36,7 +36,12 @@ from ingest_server.rules.windows import Window
 
 @dataclass(frozen=True, slots=True)
 class DecodedClip:
-    """What the server's own decoding of a stored clip found (not what the manifest says)."""
+    """What the server's own decoding of a stored clip found (not what the manifest says).
+
+    ``moved``: the picture does not match the classroom's reference view
+    (``reference_similarity``, the share of keypoints that fit it); ``other_classroom``: the
+    other classroom whose view it clearly shows instead (``other_similarity``), if any.
+    """
 
     error: str | None = None
     frames: int = 0
@@ -45,6 +50,9 @@ class DecodedClip:
     black: bool = False
     frozen: bool = False
     moved: bool = False
+    reference_similarity: float | None = None
+    other_classroom: str | None = None
+    other_similarity: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

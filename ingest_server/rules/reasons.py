@@ -55,6 +55,7 @@ class ReasonCode(StrEnum):
     CLIP_CLOCK_MISMATCH = "clip_clock_mismatch"
     VIDEO_BLACK = "video_black"
     VIDEO_FROZEN = "video_frozen"
+    CLIP_OTHER_CLASSROOM = "clip_other_classroom"
     PHOTO_MISSING = "photo_missing"
     PHOTO_WRONG_LECTURER = "photo_wrong_lecturer"
     PHOTO_TIME_MISMATCH = "photo_time_mismatch"
@@ -99,6 +100,7 @@ SEVERITY: dict[ReasonCode, Severity] = {
             _C.CLIP_CLOCK_MISMATCH,
             _C.VIDEO_BLACK,
             _C.VIDEO_FROZEN,
+            _C.CLIP_OTHER_CLASSROOM,
             _C.PHOTO_MISSING,
             _C.PHOTO_WRONG_LECTURER,
             _C.PHOTO_TIME_MISMATCH,
@@ -212,6 +214,12 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
     _C.VIDEO_FROZEN: {
         "zh-CN": _CLIP_ZH + "画面静止不动",
         "en": _CLIP_EN + " shows a frozen picture",
+    },
+    _C.CLIP_OTHER_CLASSROOM: {
+        "zh-CN": _CLIP_ZH + "拍的是另一间教室（{other_classroom}）：画面特征点与该教室参考画面吻合"
+        " {other_match_pct}%，与本教室参考画面仅吻合 {own_match_pct}%",
+        "en": _CLIP_EN + " shows another classroom ({other_classroom}): {other_match_pct}% of"
+        " its features fit that classroom's reference view, {own_match_pct}% this classroom's",
     },
     _C.PHOTO_MISSING: {
         "zh-CN": "截至 {deadline_at} 未上传{kind}照片",

@@ -8,10 +8,11 @@ reason code has a severity (``reasons.SEVERITY``):
   ``recording_inconsistent``, ``clip_missing``, ``clip_not_recorded``, every reason of the
   window-proof rule (``rules.clip_proof``: ``clip_wrong_device``, ``clip_outside_window``,
   ``clip_too_short``, ``clip_unreadable``, ``clip_frames_mismatch``, ``clip_duplicate``…),
-  ``video_black``, ``video_frozen``, every ``photo_*`` problem;
+  ``video_black``, ``video_frozen``, ``clip_other_classroom`` (the picture is another
+  classroom's view: ``rules.clip_picture``), every ``photo_*`` problem;
 * warning — worth a person's look, but no proof of anything: ``camera_offline`` (the device
   records without 4G and uploads later, so an outage alone proves nothing), ``camera_moved``
-  (a reference-view mismatch is a heuristic; a nudged camera still filmed) and
+  (the picture matches no classroom's view; a nudged camera still filmed) and
   ``device_clock_skewed`` (times were converted; the skew is shown, not hidden);
 * pending — evidence still awaited: the session running, windows not drawn or not passed,
   clips on their way, photos within their grace, the recording report not yet in.
@@ -36,6 +37,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from common.clock import to_utc
+from ingest_server.rules.clip_picture import picture_reasons
 from ingest_server.rules.clip_proof import (
     ClipFacts,
     ProofOutcome,
@@ -298,12 +300,7 @@ def _window_reason(
     if proof is not None and proof.outcome is ProofOutcome.PROVEN:
         decoded = proof.clip.decoded
         assert decoded is not None  # proven clips were decoded
-        flags = (
-            (decoded.black, ReasonCode.VIDEO_BLACK),
-            (decoded.frozen, ReasonCode.VIDEO_FROZEN),
-            (decoded.moved, ReasonCode.CAMERA_MOVED),
-        )
-        return [Reason(code, params) for flag, code in flags if flag]
+        return picture_reasons(decoded, params)
     own = proof is not None and proof.clip.device_id == installed
     if proof is not None and own and proof.outcome is ProofOutcome.FAILED:
         return list(proof.reasons)

@@ -347,6 +347,13 @@ ROWS = [
     ("frozen", with_window(BASE, 2, frozen=True), LATER, "rejected", [C.VIDEO_FROZEN]),
     ("moved is a warning", with_window(BASE, 2, moved=True), LATER, "verified", [C.CAMERA_MOVED]),
     (
+        "another classroom's view is hard",
+        with_window(BASE, 1, moved=True, other_classroom="room-b", other_similarity=0.8),
+        LATER,
+        "rejected",
+        [C.CLIP_OTHER_CLASSROOM],
+    ),
+    (
         "window not due after an early close",
         replace(
             BASE,
@@ -976,6 +983,7 @@ def test_hard_codes_are_the_documented_ones():
     assert C.SHORT_DURATION in hard and C.CLIP_MISSING in hard and C.PHOTO_REUSED in hard
     assert SEVERITY[C.CAMERA_OFFLINE] == Severity.WARNING
     assert SEVERITY[C.CAMERA_MOVED] == Severity.WARNING
+    assert SEVERITY[C.CLIP_OTHER_CLASSROOM] == Severity.HARD
 
 
 @pytest.mark.parametrize(

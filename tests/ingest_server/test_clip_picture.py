@@ -1,0 +1,74 @@
+"""What a proven clip's picture says: a table over the decoded flags. Another classroom's view
+is a hard reason (its footage signed with this room's key); a picture that fits no classroom's
+view stays the ``camera_moved`` warning. (The verdicts they give: ``test_verdict``'s table.)"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ingest_server.rules.clip_picture import picture_reasons
+from ingest_server.rules.clip_proof import DecodedClip
+from ingest_server.rules.reasons import LANGUAGES, ReasonCode, Severity, render
+
+C = ReasonCode
+START = datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
+PARAMS = {"window_no": 2, "window_start_at": "x", "window_end_at": "y"}
+HONEST = DecodedClip(frames=900, duration_s=60.0, frame_rate=15.0, reference_similarity=0.71)
+MOVED = DecodedClip(
+    frames=900, duration_s=60.0, frame_rate=15.0, moved=True, reference_similarity=0.02
+)
+
+
+def other(classroom: str = "room-b", similarity: float = 0.78, **flags: bool) -> DecodedClip:
+    """A moved clip whose picture clearly shows ``classroom``'s view."""
+    return DecodedClip(
+        frames=900,
+        duration_s=60.0,
+        frame_rate=15.0,
+        moved=True,
+        reference_similarity=0.0,
+        other_classroom=classroom,
+        other_similarity=similarity,
+        **flags,
+    )
+
+
+ROWS = [
+    ("honest", HONEST, []),
+    ("moved, no classroom's view", MOVED, [C.CAMERA_MOVED]),
+    ("another classroom's view", other(), [C.CLIP_OTHER_CLASSROOM]),
+    (
+        "another classroom's, frozen too",
+        other(frozen=True),
+        [C.VIDEO_FROZEN, C.CLIP_OTHER_CLASSROOM],
+    ),
+    ("black and moved", DecodedClip(black=True, moved=True), [C.VIDEO_BLACK, C.CAMERA_MOVED]),
+    ("black only", DecodedClip(black=True), [C.VIDEO_BLACK]),
+    ("frozen only", DecodedClip(frozen=True), [C.VIDEO_FROZEN]),
+    # The checker names another classroom only for a moved clip; the name alone decides.
+    ("an empty name is no classroom", other(classroom=""), [C.CAMERA_MOVED]),
+]
+
+
+@pytest.mark.parametrize(("decoded", "codes"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_picture_reasons(decoded: DecodedClip, codes: list[ReasonCode]) -> None:
+    assert [r.code for r in picture_reasons(decoded, PARAMS)] == codes
+
+
+def test_another_classroom_is_hard_and_names_the_room_with_its_evidence() -> None:
+    (reason,) = picture_reasons(other("room-102", 0.784), PARAMS)
+    assert reason.severity is Severity.HARD
+    assert picture_reasons(MOVED, PARAMS)[0].severity is Severity.WARNING
+    assert dict(reason.params) == {
+        **PARAMS,
+        "other_classroom": "room-102",
+        "other_match_pct": 78,
+        "own_match_pct": 0,
+    }
+    window = {**PARAMS, "window_start_at": START.isoformat(), "window_end_at": START.isoformat()}
+    (shown,) = picture_reasons(other("room-102", 0.784), window)
+    zh, en = (render(shown, lang) for lang in LANGUAGES)
+    assert "另一间教室（room-102）" in zh and "78%" in zh
+    assert en.startswith("Spot-check clip 2 (") and "shows another classroom (room-102)" in en

@@ -8,13 +8,14 @@ the scheduler's ticks runs whatever is still pending. A clip that cannot be deco
 error recorded (the verdict's ``clip_unreadable``); a failure of our own (a store hiccup) leaves
 the check pending for the next wake, up to ``MAX_ATTEMPTS`` times.
 
-A clip that does not match its own classroom's view is matched to the views of the other
-classrooms of the same institution (at most ``MAX_OTHER_VIEWS``, by id): one that clearly
-shows one of them is recorded with that classroom (``other_classroom_id``), the verdict's hard
-``clip_other_classroom``: a school holding two classrooms' keys cannot answer for an empty
-room with the footage of a full one. Reference views are decoded once and kept (their ORB
-features too), at most ``VIEW_CACHE`` classrooms, least recently used first out; each extra
-view costs ~2-4 ms per moved clip on a 2-core machine (``view_match``).
+A clip that does not match its own classroom's view (or whose classroom has none: a camera in
+an adversary's hands need never send one) is matched to the views of the other classrooms of
+the same institution (at most ``MAX_OTHER_VIEWS``, by id): one that clearly shows one of them
+is recorded with that classroom (``other_classroom_id``), the verdict's hard
+``clip_other_classroom``: a school holding two classrooms' keys cannot answer for an empty room
+with the footage of a full one. Reference views are decoded once and kept (their ORB features
+too), at most ``VIEW_CACHE`` classrooms, least recently used first out; each extra view costs
+~2-4 ms per such clip on a 2-core machine (``view_match``).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ VIEW_CACHE = 256  # classroom views kept decoded (~0.25 MB each with their featu
 
 def check_result(outcome: dict[str, object]) -> str:
     """What a check found, in one word for the audit log: ``unreadable``, ``failed`` (black,
-    frozen, or the camera turned from its reference view) or ``passed``."""
+    frozen, the camera turned from its reference view, or another classroom's view) or
+    ``passed``."""
     if outcome.get("error"):
         return "unreadable"
-    if outcome.get("black") or outcome.get("frozen") or outcome.get("moved"):
+    flags = ("black", "frozen", "moved", "other_classroom_id")
+    if any(outcome.get(flag) for flag in flags):
         return "failed"
     return "passed"
 

@@ -34,9 +34,10 @@ cameras burn a ticking timestamp into it: a frozen sensor under a live clock mus
   (``view_match``): the similarity is the share of keypoints that are homography inliers,
   median over a few samples. A small pan, zoom or lighting change keeps a homography; another
   room, or a camera turned to the wall, does not.
-* **another classroom** — only for a clip that is moved: the same samples matched to the views
-  of other classrooms (``view_match.other_view``). A clip that clearly shows one of them is
-  another classroom's footage signed with this classroom's key, not a camera that turned.
+* **another classroom** — only for a clip that is moved, or whose classroom has no reference
+  view (a camera in an adversary's hands need never send one): the same samples matched to the
+  views of other classrooms (``view_match.other_view``). A clip that clearly shows one of them
+  is another classroom's footage signed with this classroom's key, not a camera that turned.
 """
 
 from __future__ import annotations
@@ -335,10 +336,11 @@ def check_clip(
     ``reference`` from ``reference_from_image``/``reference_from_clip``) moved.
 
     The three flags are independent: a covered lens also reads moved (there is nothing to
-    match) and often frozen, so a verdict should report ``video_black`` first. A moved clip is
-    then matched to ``other_views()`` (other classrooms' views by their ids; asked for only
-    then, as most clips never need them): ``other_view`` names the one it clearly shows.
-    Raises ``SanityError`` if the file cannot be decoded.
+    match) and often frozen, so a verdict should report ``video_black`` first. A clip that is
+    moved, or has no reference to match, is then matched to ``other_views()`` (other
+    classrooms' views by their ids; asked for only then, as most clips never need them):
+    ``other_view`` names the one it clearly shows. Raises ``SanityError`` if the file cannot
+    be decoded.
     """
     limits = thresholds or SanityThresholds()
     samples, keyframes, facts = _sample(Path(path), sample_fps, limits)
@@ -347,24 +349,21 @@ def check_clip(
     changes = facts.keyframe_changes
     repeats = sum(c < limits.frozen_change for c in changes)
     frozen_fraction = repeats / len(changes) if changes else 0.0
+    step = max(1, len(samples) // limits.reference_samples)
+    picked = samples[step // 2 :: step][: limits.reference_samples]
+    frames = [View(s.small, limits.banner_fraction) for s in picked]
     similarity: float | None = None
-    found = None
-    compared = 0
     if reference is not None:
-        step = max(1, len(samples) // limits.reference_samples)
-        picked = samples[step // 2 :: step][: limits.reference_samples]
-        frames = [View(s.small, limits.banner_fraction) for s in picked]
         own = reference if isinstance(reference, View) else View(reference, limits.banner_fraction)
         similarity = median_similarity(own, frames)
-        if similarity < limits.moved_similarity and other_views is not None:
-            others = other_views()
-            compared = len(others)
-            found = other_view(
-                frames,
-                others,
-                screen=limits.moved_similarity,
-                accept=limits.other_view_similarity,
-            )
+    found = None
+    compared = 0
+    if other_views is not None and (similarity is None or similarity < limits.moved_similarity):
+        others = other_views()
+        compared = len(others)
+        found = other_view(
+            frames, others, screen=limits.moved_similarity, accept=limits.other_view_similarity
+        )
     return SanityReport(
         black=dark_share >= limits.black_share,
         # One pair of keyframes proves nothing: frozen needs at least three keyframes.

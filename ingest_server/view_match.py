@@ -9,9 +9,9 @@ median over a clip's samples): a clip scores 0.78-0.91 against its own room's vi
 when the camera is nudged and the light dimmed, and at most 0.09 against 39 unrelated views.
 
 Features are computed once per picture and width (``View``): a reference still is matched
-with every clip of its classroom, and a clip that fits no view of its own is matched with the
-views of the institution's other classrooms, so each extra view costs a match and a
-homography, not a feature extraction.
+with every clip of its classroom, and a clip that does not fit its classroom's view (or whose
+classroom has none) is matched with the views of the institution's other classrooms, so each
+extra view costs a match and a homography, not a feature extraction.
 
 **Another classroom's footage.** A device key in the wrong hands can sign clips cut from
 another classroom's live recording of the same minutes: times, signature and device are all

@@ -4,9 +4,12 @@ decoding found (``rules.clip_proof.DecodedClip``).
 * ``video_black`` and ``video_frozen`` (hard): the lens was covered, or nothing in front of it
   moved, so the window shows no class.
 * ``clip_other_classroom`` (hard): the picture does not match this classroom's reference view
-  but clearly matches another classroom's (``ingest_server.view_match``). The clip is signed
-  by the right camera and covers the window, so it is that room's footage answered with this
-  room's key: proof that this window was not filmed here.
+  (or the classroom has none) but clearly matches another classroom's
+  (``ingest_server.view_match``). The clip is signed by the right camera and covers the
+  window, so it is that room's footage answered with this room's key: proof that this window
+  was not filmed here. Its evidence: the other classroom, the share of features that fit its
+  view (``other_match_pct``) and, when this classroom has a view, the share that fit this one
+  (``own_match_pct``).
 * ``camera_moved`` (warning): the picture matches no classroom's view. A camera knocked
   askew still filmed the class, so it is shown to a person, not held against the session.
 
@@ -22,8 +25,8 @@ from ingest_server.rules.clip_proof import DecodedClip
 from ingest_server.rules.reasons import ParamValue, Reason, ReasonCode
 
 
-def _pct(share: float | None) -> int:
-    return round(100 * (share or 0.0))
+def _pct(share: float) -> int:
+    return round(100 * share)
 
 
 def picture_reasons(decoded: DecodedClip, params: Mapping[str, ParamValue]) -> list[Reason]:
@@ -37,9 +40,10 @@ def picture_reasons(decoded: DecodedClip, params: Mapping[str, ParamValue]) -> l
         evidence = {
             **params,
             "other_classroom": decoded.other_classroom,
-            "other_match_pct": _pct(decoded.other_similarity),
-            "own_match_pct": _pct(decoded.reference_similarity),
+            "other_match_pct": _pct(decoded.other_similarity or 0.0),
         }
+        if decoded.reference_similarity is not None:
+            evidence["own_match_pct"] = _pct(decoded.reference_similarity)
         reasons.append(Reason(ReasonCode.CLIP_OTHER_CLASSROOM, evidence))
     elif decoded.moved:
         reasons.append(Reason(ReasonCode.CAMERA_MOVED, params))

@@ -216,10 +216,10 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         "en": _CLIP_EN + " shows a frozen picture",
     },
     _C.CLIP_OTHER_CLASSROOM: {
-        "zh-CN": _CLIP_ZH + "拍的是另一间教室（{other_classroom}）：画面特征点与该教室参考画面吻合"
-        " {other_match_pct}%，与本教室参考画面仅吻合 {own_match_pct}%",
+        "zh-CN": _CLIP_ZH + "拍的是另一间教室（{other_classroom}）：画面特征点与该教室的参考画面"
+        "吻合 {other_match_pct}%",
         "en": _CLIP_EN + " shows another classroom ({other_classroom}): {other_match_pct}% of"
-        " its features fit that classroom's reference view, {own_match_pct}% this classroom's",
+        " its features fit that classroom's reference view",
     },
     _C.PHOTO_MISSING: {
         "zh-CN": "截至 {deadline_at} 未上传{kind}照片",

@@ -4,6 +4,7 @@ view stays the ``camera_moved`` warning. (The verdicts they give: ``test_verdict
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -40,6 +41,11 @@ ROWS = [
     ("moved, no classroom's view", MOVED, [C.CAMERA_MOVED]),
     ("another classroom's view", other(), [C.CLIP_OTHER_CLASSROOM]),
     (
+        "another classroom's view, this room without one",
+        DecodedClip(frames=900, duration_s=60.0, frame_rate=15.0, other_classroom="room-b"),
+        [C.CLIP_OTHER_CLASSROOM],
+    ),
+    (
         "another classroom's, frozen too",
         other(frozen=True),
         [C.VIDEO_FROZEN, C.CLIP_OTHER_CLASSROOM],
@@ -67,6 +73,9 @@ def test_another_classroom_is_hard_and_names_the_room_with_its_evidence() -> Non
         "other_match_pct": 78,
         "own_match_pct": 0,
     }
+    # Without a view of its own, the share of this room's is not made up.
+    unviewed = replace(other("room-102", 0.784), moved=False, reference_similarity=None)
+    assert "own_match_pct" not in picture_reasons(unviewed, PARAMS)[0].params
     window = {**PARAMS, "window_start_at": START.isoformat(), "window_end_at": START.isoformat()}
     (shown,) = picture_reasons(other("room-102", 0.784), window)
     zh, en = (render(shown, lang) for lang in LANGUAGES)

@@ -3,7 +3,8 @@ merely turned: real H.264 clips of the simulator's classroom scenes, checked by 
 checker against the reference stills the classrooms' cameras stored, on a real database.
 
 Classroom A's camera answers with (1) its own room, (2) classroom B's room, the fraud of a
-school holding both computers' keys, and (3) a view no classroom has (the camera turned)."""
+school holding both computers' keys, and (3) a view no classroom has (the camera turned);
+classroom D's camera, which never sent a reference view, answers with B's room too."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _setup() -> dict[str, Any]:
     key = public_key_b64(generate_private_key())
-    rooms = list(SCENES)
+    rooms = [*SCENES, "room-d"]  # D's camera never sent a reference view
     return {
         "institutions": [{"id": "school", "name": "职业培训学校"}],
         "classrooms": [
@@ -147,6 +148,11 @@ def test_camera_a_answering_with_classroom_bs_footage_is_flagged_as_classroom_b(
             ids[name] = stored_clip(
                 db, "cam-a", name, T0, end, end, cmd_id=f"cut-{name}", path=where
             ).id
+        # Camera D, whose room has no view on file, answers with classroom B's footage too.
+        store.put_bytes("clips/cam-d/room_b.mp4", clips["room_b"].read_bytes())
+        ids["unviewed"] = stored_clip(
+            db, "cam-d", "d-1", T0, end, end, cmd_id="cut-unviewed", path="clips/cam-d/room_b.mp4"
+        ).id
 
     checker = ClipChecker(factory, store, lambda _: None, VirtualClock(start=end))
     try:
@@ -169,6 +175,10 @@ def test_camera_a_answering_with_classroom_bs_footage_is_flagged_as_classroom_b(
     assert room_b.reference_similarity is not None and room_b.reference_similarity < 0.07
     # A turned camera matches no classroom: only moved.
     assert (turned.moved, turned.other_classroom_id) == (True, None)
+    # Without a view of its own D cannot be moved, but the footage is still B's.
+    unviewed = checks["unviewed"]
+    assert unviewed is not None
+    assert (unviewed.moved, unviewed.other_classroom_id) == (None, "room-b")
 
     # Through the facts to the rule: a hard reason naming B for the forgery, the warning else.
     params = {"window_no": 1, "window_start_at": T0.isoformat(), "window_end_at": end.isoformat()}
@@ -180,10 +190,11 @@ def test_camera_a_answering_with_classroom_bs_footage_is_flagged_as_classroom_b(
         "own": [],
         "room_b": [ReasonCode.CLIP_OTHER_CLASSROOM],
         "turned": [ReasonCode.CAMERA_MOVED],
+        "unviewed": [ReasonCode.CLIP_OTHER_CLASSROOM],
     }
 
 
-def test_other_views_are_asked_for_only_when_the_clip_is_not_its_own_rooms(
+def test_other_views_are_asked_for_only_when_the_clip_is_not_its_own_rooms_view(
     clips: dict[str, Path],
 ) -> None:
     views = {room: View(reference_from_image(reference_jpeg(s))) for room, s in SCENES.items()}
@@ -200,3 +211,12 @@ def test_other_views_are_asked_for_only_when_the_clip_is_not_its_own_rooms(
     assert check("own") == (False, None) and asked == []
     assert check("room_b") == (True, "room-b") and len(asked) == 1
     assert check("turned") == (True, None) and len(asked) == 2
+
+    # A classroom without a view of its own (a forger need never send one): no opinion on
+    # moved, but classroom B's footage is still B's, and the room's own footage nobody's.
+    def unviewed(name: str) -> tuple[bool | None, str | None]:
+        report = check_clip(clips[name], other_views=others_of_a)
+        return report.moved, report.other_view
+
+    assert unviewed("room_b") == (None, "room-b")
+    assert unviewed("own") == (None, None) and unviewed("turned") == (None, None)

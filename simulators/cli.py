@@ -11,6 +11,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: classcam-sim demo [--seconds N] [--fast] [--workdir DIR]\n\n"
             "  demo   the evidence path end to end on this machine (what `make demo` runs)\n"
+            "  replay SCENARIO [--speed X] [--broker URL] [--server URL] [--report FILE]\n"
+            "         replay a scenario's day on real parts; exit 0 only if every verdict matched\n"
             "  check SCENARIO...\n"
             "         check scenario files (every problem with its line and field), replay nothing"
         )
@@ -19,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulators.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[0] == "replay":
+        from simulators.replay import main as replay_main
+
+        return replay_main(argv[1:])
     if argv[0] == "check":
         from simulators.check_scenarios import main as check_main
 

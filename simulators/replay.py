@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -179,8 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_logging() -> None:
+    """Warnings only: the live view tells what happens (the in-process provisioning would
+    otherwise set every library's INFO lines loose on the terminal)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_logging()
     console = Console()
     if args.speed is not None and args.speed <= 0:
         console.print("--speed must be positive")

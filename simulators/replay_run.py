@@ -244,15 +244,27 @@ class ReplayRunner:
             elif self._outbox_due is None or due_true < self._outbox_due:
                 self._outbox_due = due_true
 
-    def _quiet(self, now_real: float) -> bool:
-        if self._outbox_busy or now_real - self._activity.last_event_real < QUIET_REAL_S:
-            return False
+    def _busy_with(self, now_real: float) -> str | None:
+        """What keeps the replay from being quiet, if anything."""
+        if self._outbox_busy:
+            return "uploads"
+        if now_real - self._activity.last_event_real < QUIET_REAL_S:
+            return "feed events"
         up = sum(1 for r in self.stack.rigs.values() if r.link.is_up) or 1
-        return self._activity.bytes_per_s(now_real) < QUIET_BYTES_PER_S * up
+        if self._activity.bytes_per_s(now_real) >= QUIET_BYTES_PER_S * up:
+            return "traffic"
+        return None
+
+    def _quiet(self, now_real: float) -> bool:
+        return self._busy_with(now_real) is None
 
     def _maybe_jump(self, now: datetime, now_real: float) -> None:
-        if in_class(self.plan, now, self.lead) or not self._quiet(now_real):
-            self.mode = "running"
+        if in_class(self.plan, now, self.lead):
+            self.mode = "in class"
+            return
+        busy = self._busy_with(now_real)
+        if busy is not None:
+            self.mode = f"busy: {busy}"
             return
         target = fast_forward_target(
             self.plan,

@@ -17,7 +17,13 @@ from pathlib import Path
 from rich.console import Console
 
 from simulators.broker import mosquitto_available
-from simulators.replay import evidence_lines, load_plan, quiet_logging, run_replay
+from simulators.replay import (
+    evidence_lines,
+    interrupt_on_sigterm,
+    load_plan,
+    quiet_logging,
+    run_replay,
+)
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "demo-day.yaml"
 
@@ -30,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
     quiet_logging()
+    interrupt_on_sigterm()
     console = Console()
     if not mosquitto_available():
         console.print(
@@ -38,14 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     exit_after_table = os.environ.get("DEMO_EXIT", "") not in ("", "0")
     plan = load_plan(args.scenario, console)
-    result = run_replay(
-        plan,
-        workdir=args.workdir,
-        speed=args.speed,
-        report=args.report,
-        console=console,
-        keep_serving=not exit_after_table,
-    )
+    try:
+        result = run_replay(
+            plan,
+            workdir=args.workdir,
+            speed=args.speed,
+            report=args.report,
+            console=console,
+            keep_serving=not exit_after_table,
+        )
+    except KeyboardInterrupt:
+        console.print("interrupted; everything the demo started is stopped")
+        return 130
     if exit_after_table:
         console.print("evidence (while a server runs; `make demo` without DEMO_EXIT keeps it up):")
         for line in evidence_lines(result):

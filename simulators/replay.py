@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM stops a replay as Ctrl-C does: through its clean-up, so no agent, server or
+    broker outlives it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def quiet_logging() -> None:
     """Warnings only: the live view tells what happens (the in-process provisioning would
     otherwise set every library's INFO lines loose on the terminal)."""
@@ -190,23 +201,28 @@ def quiet_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_logging()
+    interrupt_on_sigterm()
     console = Console()
     if args.speed is not None and args.speed <= 0:
         console.print("--speed must be positive")
         return 2
     plan = load_plan(args.scenario, console)
-    result = run_replay(
-        plan,
-        workdir=args.workdir or Path("var/replay") / args.scenario.stem,
-        speed=args.speed,
-        broker_url=args.broker,
-        server_url=args.server,
-        token=args.token,
-        report=args.report,
-        console=console,
-        keep_serving=args.keep_serving,
-        timeout_s=args.timeout,
-    )
+    try:
+        result = run_replay(
+            plan,
+            workdir=args.workdir or Path("var/replay") / args.scenario.stem,
+            speed=args.speed,
+            broker_url=args.broker,
+            server_url=args.server,
+            token=args.token,
+            report=args.report,
+            console=console,
+            keep_serving=args.keep_serving,
+            timeout_s=args.timeout,
+        )
+    except KeyboardInterrupt:
+        console.print("interrupted; everything the replay started is stopped")
+        return 130
     return 0 if result.ok else 1
 
 

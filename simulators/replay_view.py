@@ -67,7 +67,8 @@ def live_table(status: LiveStatus) -> Group:
     sessions = Table(box=None, pad_edge=False)
     for column in ("session", "behaviours", "state", "windows", "clips", "photos", "verdict"):
         sessions.add_column(column, no_wrap=column != "behaviours")
-    for line in status.sessions[:MAX_ROWS]:
+    # Sessions still in play first: a long day's settled ones scroll away.
+    for line in sorted(status.sessions, key=lambda s: s.settled)[:MAX_ROWS]:
         verdict = Text(line.verdict, style="bold" if line.settled else "dim")
         sessions.add_row(
             line.session_id,

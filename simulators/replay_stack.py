@@ -232,8 +232,10 @@ class ReplayStack:
             time_scale=lambda: self.clock.speed,
         ).start()
         self._exit.callback(link.stop)
+        # The modem tells the network's time: true simulated time, whatever the device's
+        # own clock says (that difference is what the agent measures and reports).
         modem = fake_modem.FakeModem(
-            modem_profile(plan.modem), clock=SharedClock(self.clock_path, plan.clock_skew_s)
+            modem_profile(plan.modem), clock=SharedClock(self.clock_path)
         ).start()
         self._exit.callback(modem.stop)
         with contextlib.redirect_stderr(io.StringIO()):  # its how-to-register advice

@@ -1,4 +1,11 @@
-"""Cameras with a problem, behind the same ``CameraSource`` contract as the real ones."""
+"""Cameras with a problem, behind the same ``CameraSource`` contract as the real ones.
+
+A replay runs several of these at once on an accelerated clock, so a frame must cost little:
+sensor noise is drawn once per camera as a field a little larger than the picture, and each
+frame takes a window of it at a fresh random offset (uniform noise shifted by even one pixel is
+as unrelated to itself as freshly drawn noise), added with saturating uint8 arithmetic into a
+picture kept as uint8. The server's frozen check sees fresh noise in every keyframe all the same.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +29,9 @@ class CoveredCamera:
         self.name = f"covered:{device_id}"
         self.width, self.height, self.fps = width, height, fps
         self.clock = clock
-        self._rng = np.random.default_rng(seed)
+        self._noise = NoiseField(
+            np.random.default_rng(seed), height=height, width=width, low=0, high=5
+        )
         self._next: float | None = None
 
     def open(self) -> None:
@@ -38,10 +47,48 @@ class CoveredCamera:
 
     def draw(self) -> np.ndarray:
         """One near-black frame: sensor noise of a few levels, nothing else (BGR uint8)."""
-        return self._rng.integers(0, 6, (self.height, self.width, 3), dtype=np.uint8)
+        return self._noise.window()
 
     def close(self) -> None:
         self._next = None
+
+
+class NoiseField:
+    """Uniform sensor noise in ``low..high`` levels for ``height`` x ``width`` BGR frames, drawn
+    once with ``MARGIN`` spare rows and columns; every frame gets the window at a fresh random
+    offset (one of ``(MARGIN + 1) ** 2``), which costs a copy instead of a draw."""
+
+    MARGIN = 32
+
+    def __init__(
+        self, rng: np.random.Generator, *, height: int, width: int, low: int, high: int
+    ) -> None:
+        self.height, self.width = height, width
+        self._rng = rng
+        shape = (height + self.MARGIN, width + self.MARGIN, 3)
+        field = rng.integers(low, high + 1, shape, dtype=np.int16)
+        # Signed noise as two saturating uint8 steps: a pixel is raised or lowered, never both.
+        self._raise = np.clip(field, 0, 255).astype(np.uint8)
+        self._lower = np.clip(-field, 0, 255).astype(np.uint8)
+        self._signed = low < 0
+
+    def _offset(self) -> tuple[slice, slice]:
+        dy, dx = (int(v) for v in self._rng.integers(0, self.MARGIN + 1, 2))
+        return slice(dy, dy + self.height), slice(dx, dx + self.width)
+
+    def window(self) -> np.ndarray:
+        """A fresh frame of the noise alone (for non-negative noise: a near-black picture)."""
+        rows, cols = self._offset()
+        return np.ascontiguousarray(self._raise[rows, cols])
+
+    def applied(self, image: np.ndarray) -> np.ndarray:
+        """A new uint8 frame: ``image`` (uint8, unchanged) plus a fresh window of the noise,
+        clipped to 0-255."""
+        rows, cols = self._offset()
+        frame = cv2.add(image, self._raise[rows, cols])
+        if self._signed:
+            cv2.subtract(frame, self._lower[rows, cols], dst=frame)
+        return frame
 
 
 @functools.lru_cache(maxsize=32)
@@ -53,6 +100,14 @@ def scene_picture(scene_seed: int, width: int, height: int) -> np.ndarray:
 
     rgb = np.asarray(classroom_scene(scene_seed, (width, height)))
     picture = np.ascontiguousarray(rgb[:, :, ::-1]).astype(np.int16)
+    picture.flags.writeable = False
+    return picture
+
+
+@functools.lru_cache(maxsize=32)
+def scene_picture_uint8(scene_seed: int, width: int, height: int) -> np.ndarray:
+    """``scene_picture`` as BGR uint8, what the cameras draw on. Read-only."""
+    picture = scene_picture(scene_seed, width, height).astype(np.uint8)
     picture.flags.writeable = False
     return picture
 
@@ -86,8 +141,16 @@ class StillSceneCamera:
         self.width, self.height, self.fps = width, height, fps
         self.clock = clock
         self.noise, self.pace, self.light = noise, pace, light
-        self._picture = scene_picture(scene_seed, width, height)
-        self._rng = np.random.default_rng(seed)
+        self._picture = scene_picture_uint8(scene_seed, width, height)
+        # Where the figure and the window's light are drawn before the noise; never handed out.
+        self._canvas = self._picture.copy()
+        self._noise = (
+            NoiseField(
+                np.random.default_rng(seed), height=height, width=width, low=-noise, high=noise
+            )
+            if noise
+            else None
+        )
         self._t0: float | None = None
         self._slot = 0
 
@@ -106,12 +169,13 @@ class StillSceneCamera:
 
     def draw(self, elapsed: float, banner: str) -> np.ndarray:
         """The frame ``elapsed`` seconds in, with ``banner`` burned in (BGR uint8)."""
-        image = self._picture.copy()
+        image = self._canvas
+        np.copyto(image, self._picture)
         scale = self.width / 320
         if self.light:
-            window = image[:, : self.width // 3]
+            window = slice(0, self.width // 3)
             gain = 1.0 + self.light * math.sin(2 * math.pi * elapsed / 10)
-            image[:, : self.width // 3] = (window * gain).astype(np.int16)
+            image[:, window] = cv2.convertScaleAbs(self._picture[:, window], alpha=gain)
         if self.pace:
             x = round((100 + self.pace * elapsed) * scale)
             y = round(150 * scale)
@@ -120,9 +184,7 @@ class StillSceneCamera:
             cv2.rectangle(
                 image, body, (x + round(15 * scale), y + round(80 * scale)), (30, 30, 120), -1
             )
-        if self.noise:
-            image += self._rng.integers(-self.noise, self.noise + 1, image.shape, dtype=np.int16)
-        frame = np.clip(image, 0, 255).astype(np.uint8)
+        frame = self._noise.applied(image) if self._noise is not None else image.copy()
         cv2.rectangle(frame, (0, 0), (self.width, self.BANNER_HEIGHT), (0, 0, 0), thickness=-1)
         cv2.putText(
             frame,

@@ -1,33 +1,20 @@
 # classcam: two commands do everything on a fresh Debian / Ubuntu / Raspberry Pi OS machine.
-#   make demo   create .venv, install, run the evidence path on embedded defaults
+#   make demo   create .venv, install, replay a morning (scenarios/demo-day.yaml) on embedded defaults
 #   make test   install what tests need (Mosquitto via apt when root), then the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.classcam-installed
 
-.PHONY: demo test bench fuzz lint system-deps venv clean
+.PHONY: demo test bench fuzz lint demo-deps system-deps venv clean
 
 # Debian's own Python with GStreamer's bindings: does it have element $1? (the RTSP camera
 # simulator runs under it, since the venv cannot import gi)
 GST_HAS = /usr/bin/python3 -I -c 'import sys, gi; gi.require_version("Gst", "1.0"); \
 	from gi.repository import Gst; Gst.init(None); sys.exit(not Gst.ElementFactory.find(sys.argv[1]))'
 
-# apt packages the tests use: the broker (and its mosquitto_passwd), venv support,
-# systemd-analyze (the unit is verified), and
-# GStreamer's RTSP server with x264 for the RTSP camera tests (simulators/rtsp_server.py).
-system-deps:
-	@missing=""; \
-	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
-	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
-	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
-	/usr/bin/python3 -I -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null \
-	  || missing="$$missing python3-gi gir1.2-gst-rtsp-server-1.0"; \
-	$(GST_HAS) videotestsrc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-base"; \
-	$(GST_HAS) rtph264pay 2>/dev/null || missing="$$missing gstreamer1.0-plugins-good"; \
-	$(GST_HAS) x264enc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-ugly"; \
-	if [ -n "$$missing" ]; then \
+# Install the apt packages named in $$missing (as root), or say which to install.
+APT_MISSING = if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing with apt:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -35,6 +22,26 @@ system-deps:
 	    echo "please install:$$missing (sudo apt-get install$$missing)"; exit 1; \
 	  fi; \
 	fi
+
+# What the demo needs from apt: the broker (and its mosquitto_passwd) and venv support.
+demo-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(APT_MISSING)
+
+# What the tests need beside: systemd-analyze (the unit is verified), and
+# GStreamer's RTSP server with x264 for the RTSP camera tests (simulators/rtsp_server.py).
+system-deps: demo-deps
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	/usr/bin/python3 -I -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null \
+	  || missing="$$missing python3-gi gir1.2-gst-rtsp-server-1.0"; \
+	$(GST_HAS) videotestsrc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-base"; \
+	$(GST_HAS) rtph264pay 2>/dev/null || missing="$$missing gstreamer1.0-plugins-good"; \
+	$(GST_HAS) x264enc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-ugly"; \
+	$(APT_MISSING)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +53,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: demo-deps $(STAMP)
 	$(PY) -m simulators.demo
 
 test: system-deps $(STAMP)

@@ -4,8 +4,24 @@
 
 The YAML is the shipped file (``classcam-sim replay scenarios/fleet-100.yaml``); this script
 only saves typing 100 classrooms by hand and keeps the file regular. Classes start in five
-waves of twenty, 16 minutes apart, so at most twenty cameras record at once; six classes are
+waves of twenty, 7 minutes apart, so at most twenty cameras record at once; six classes are
 frauds or faults, the rest honest.
+
+Why 6-minute classes at speed 4 (measured on the 2-core machine with the replay's settings,
+psutil over the agent processes; bench/fleet_replay.py prints the fleet's own figures):
+
+* every agent process runs the whole replay, recording or not: ~96 MB RSS (~44 MB private)
+  idle, ~123 MB recording, so 100 of them are ~10 GB, which fits 23 GB;
+* an idle agent costs ~0.5 % of a core plus ~0.11 % per unit of speed (heartbeats, modem
+  queries and housekeeping run on simulated time): 2.8 % at speed 20, 1.1 % at 5. A hundred
+  of them alone are 2.8 cores at speed 20: the old 20x fleet could never keep up;
+* a recording camera adds ~0.33 s CPU per simulated minute (bench/camera_cost.py says 0.25
+  for the recorder alone), i.e. 0.0055 x speed cores.
+
+So the fleet needs 0.5 + speed x (0.113 + 0.0055 x cameras recording) cores: at speed 4 with
+twenty recording that is ~1.4 of the 2 cores, leaving the server, the broker and the replay
+itself the rest. Shorter classes (three 60 s windows still fit a 6-minute class, and every
+fraud here lasts the whole class or is a photo's) keep the replay near 12 minutes of wall time.
 """
 
 from __future__ import annotations
@@ -15,8 +31,9 @@ from dataclasses import dataclass
 
 WAVES = 5
 PER_WAVE = 20
-WAVE_SPACING_MIN = 16
-DURATION_MIN = 15
+WAVE_SPACING_MIN = 7
+DURATION_MIN = 6
+SPEED = 4
 ROOMS_PER_SCHOOL = 25
 
 
@@ -74,7 +91,8 @@ def room(school: School, index: int) -> tuple[str, float, float]:
 def lines() -> list[str]:
     out = [
         "# 100 cameras in four training schools (Shanghai, Suzhou, Hangzhou, Nanjing), one",
-        "# 15-minute class each, in five waves of twenty 16 minutes apart: at most twenty cameras",
+        f"# {DURATION_MIN}-minute class each, in five waves of twenty {WAVE_SPACING_MIN} minutes"
+        " apart: at most twenty cameras",
         "# record at once. Six classes are frauds or faults, the rest honest. Written by",
         "# scenarios/make_fleet.py; edit that and run it again rather than this file.",
         "name: 四所学校的一百台摄像机 / A fleet of 100 cameras",
@@ -83,8 +101,9 @@ def lines() -> list[str]:
         "  fleet's worth of cameras, uploads and verdicts go through one server.",
         "date: 2026-11-30",
         "timezone: Asia/Shanghai",
-        "# 20 cameras recording at once on two cores: slower than a four-classroom morning.",
-        "speed: 20",
+        "# 100 agent processes, 20 recording at once, on two cores: each costs CPU per",
+        "# simulated second, so far slower than a four-classroom morning (make_fleet.py says why).",
+        f"speed: {SPEED}",
         "",
         "institutions:",
     ]

@@ -26,8 +26,9 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -43,11 +44,14 @@ TIMEOUT_SLACK_S = 300.0
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """How a replay ended: its report (outcomes, counters) and where its server answers."""
+    """How a replay ended: its report (outcomes, counters), where its server answered, and the
+    server's last view of each session (``GET /sessions``, in English) to explain a mismatch
+    once the server is gone."""
 
     report: ReplayReport
     api_url: str
     admin_token: str
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def outcomes(self) -> list[SessionOutcome]:
@@ -56,6 +60,11 @@ class ReplayResult:
     @property
     def ok(self) -> bool:
         return not self.report.timed_out and all(o.match for o in self.outcomes)
+
+
+def exit_status(result: ReplayResult) -> int:
+    """The command's exit status: 0 only when every session matched in time."""
+    return 0 if result.ok else 1
 
 
 def default_timeout_s(plan: ReplayPlan, speed: float) -> float:
@@ -117,7 +126,7 @@ def run_replay(
             runner.on_status = view.update
             finished, _ = runner.run()
         summary = runner.report(time.monotonic() - began, timed_out=not finished)
-        result = ReplayResult(summary, stack.api_url, stack.admin_token)
+        result = ReplayResult(summary, stack.api_url, stack.admin_token, dict(runner.views))
         console.print(outcome_table(plan.name, result.outcomes))
         if not finished:
             console.print("[bold red]timed out before every verdict was final")
@@ -223,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted; everything the replay started is stopped")
         return 130
-    return 0 if result.ok else 1
+    return exit_status(result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ only saves typing 100 classrooms by hand and keeps the file regular. Classes sta
 waves of twenty, 7 minutes apart, so at most twenty cameras record at once; six classes are
 frauds or faults, the rest honest.
 
-Why 6-minute classes at speed 4 (measured on the 2-core machine with the replay's settings,
+Why 6-minute classes at speed 3 (measured on the 2-core machine with the replay's settings,
 psutil over the agent processes; bench/fleet_replay.py prints the fleet's own figures):
 
 * every agent process runs the whole replay, recording or not: ~96 MB RSS (~44 MB private)
@@ -18,10 +18,17 @@ psutil over the agent processes; bench/fleet_replay.py prints the fleet's own fi
 * a recording camera adds ~0.33 s CPU per simulated minute (bench/camera_cost.py says 0.25
   for the recorder alone), i.e. 0.0055 x speed cores.
 
-So the fleet needs 0.5 + speed x (0.113 + 0.0055 x cameras recording) cores: at speed 4 with
-twenty recording that is ~1.4 of the 2 cores, leaving the server, the broker and the replay
-itself the rest. Shorter classes (three 60 s windows still fit a 6-minute class, and every
-fraud here lasts the whole class or is a photo's) keep the replay near 12 minutes of wall time.
+* the server's heartbeat and upload consumer wanted ~0.8 of a core at speed 4 (a hundred
+  heartbeats per 30 simulated seconds, reference stills, clips), the replay process (a hundred
+  shaped links and fake modems) ~0.2.
+
+So the agents need 0.5 + speed x (0.113 + 0.0055 x cameras recording) cores: 1.4 at speed 4
+with twenty recording, which with the server's share is more than two cores (a first run at 4x
+fell ten simulated minutes behind on heartbeats, every camera offline); at speed 3 the sum is
+~1.9. bench/fleet_replay.py also runs the device processes at nice 19, so the server (in the
+field on its own machine) is not starved by a hundred of them. Shorter classes (three 60 s
+windows still fit a 6-minute class, and every fraud here lasts the whole class or is a
+photo's) keep the replay near 15 minutes of wall time.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ WAVES = 5
 PER_WAVE = 20
 WAVE_SPACING_MIN = 7
 DURATION_MIN = 6
-SPEED = 4
+SPEED = 3
 ROOMS_PER_SCHOOL = 25
 
 

@@ -31,10 +31,13 @@ from simulators.replay_timeline import (
     Grace,
     SessionOutcome,
     Step,
+    failed_step_sessions,
     fast_forward_target,
     in_class,
     is_settled,
     outcome_of,
+    step_failure,
+    steps_left_for,
     timeline_steps,
 )
 from simulators.replay_view import DeviceLine, LiveStatus, ReplayReport, SessionLine
@@ -93,6 +96,11 @@ class ReplayRunner:
         self.views: dict[str, dict[str, Any]] = {}
         self.settled: set[str] = set()
         self.photos: dict[str, int] = {}
+        self.next_step = 0  # steps[:next_step] have run
+        # What failed in the replay itself, per session: such a session cannot match.
+        self.failures: dict[str, list[str]] = {}
+        self.agent_exits: dict[str, list[str]] = {}  # device -> agents that died unplanned
+        self._reported_exits: set[int] = set()  # pids already noted
         self.jumps: list[tuple[datetime, datetime]] = []
         self.mode = "running"
         self.client = httpx.Client(
@@ -116,14 +124,14 @@ class ReplayRunner:
         and the wall time it took."""
         began = time.monotonic()
         self.stack.run_at_speed()
-        next_step, last_poll = 0, 0.0
+        last_poll = 0.0
         try:
             while True:
                 now_real = time.monotonic()
                 now = self.clock.now()
-                while next_step < len(self.steps) and self.steps[next_step].at <= now:
-                    self._carry_out(self.steps[next_step])
-                    next_step += 1
+                while self.next_step < len(self.steps) and self.steps[self.next_step].at <= now:
+                    self._carry_out(self.steps[self.next_step])
+                    self.next_step += 1
                 if now_real - last_poll >= POLL_REAL_S:
                     last_poll = now_real
                     self._poll(now)
@@ -138,6 +146,8 @@ class ReplayRunner:
             self.client.close()
 
     def _finished(self, now: datetime) -> bool:
+        if self.next_step < len(self.steps):
+            return False  # a step still to come (a link back the next morning) may change a verdict
         done = all(
             s.session_id in self.settled or now >= self.grace.deadline(s) + timedelta(seconds=60)
             for s in self.plan.sessions
@@ -158,8 +168,15 @@ class ReplayRunner:
                     report_session(
                         rig.forger, step.session, started=step.kind == "forger_start", at=step.at
                     )
-        except Exception:  # one failed step is reported, the replay goes on
+        except Exception as exc:  # one failed step is reported, the replay goes on
             log.exception("step %s at %s failed", step.kind, step.at)
+            self._step_failed(step, f"{type(exc).__name__}: {exc}")
+
+    def _step_failed(self, step: Step, what: str) -> None:
+        """A step that did not happen as planned spoils its session(s): noted for the table."""
+        note = step_failure(step, what)
+        for session_id in failed_step_sessions(self.plan, step):
+            self.failures.setdefault(session_id, []).append(note)
 
     def _act(self, step: Step) -> None:
         action = step.action
@@ -174,6 +191,8 @@ class ReplayRunner:
                 headers={"Authorization": f"Bearer {token}"},
             )
             log.info("%s %s: %s", verb, session.session_id, response.status_code)
+            if not response.is_success:
+                self._step_failed(step, f"{response.status_code} {response.text[:120]}")
             return
         assert rig is not None, f"{action.kind} names no known device"
         if action.kind == "link_down":
@@ -198,8 +217,9 @@ class ReplayRunner:
             headers={"Authorization": f"Bearer {token}"},
         )
         self.photos[f"{photo.session_id}/{photo.kind}"] = response.status_code
-        if response.status_code >= 300:
+        if not response.is_success:
             log.warning("photo %s/%s: %s", photo.session_id, photo.kind, response.text[:300])
+            self._step_failed(step, str(response.status_code))
 
     def _session(self, session_id: str) -> SessionPlan:
         return next(s for s in self.plan.sessions if s.session_id == session_id)
@@ -218,10 +238,12 @@ class ReplayRunner:
                 self._activity.last_event_real = time.monotonic()
         except httpx.HTTPError as exc:
             log.warning("server did not answer: %s", exc)
+        self._notice_agent_exits(now)
+        remaining = self.steps[self.next_step :]
         for session in self.plan.sessions:
             view = self.views.get(session.session_id)
-            state = (view or {}).get("verdict", {}).get("state", "unanswered")
-            if is_settled(session, state, now, self.grace):
+            left = steps_left_for(session, remaining)
+            if is_settled(session, view, now, self.grace, steps_left=left):
                 self.settled.add(session.session_id)
             else:
                 self.settled.discard(session.session_id)
@@ -243,6 +265,28 @@ class ReplayRunner:
                 self._outbox_busy = True
             elif self._outbox_due is None or due_true < self._outbox_due:
                 self._outbox_due = due_true
+
+    def _notice_agent_exits(self, now: datetime) -> None:
+        """An agent process that ended while its device is powered (no planned power cut) is
+        not restarted: the sessions still to be judged on that device are marked with it, and
+        what they show is what the server made of a device that went silent."""
+        for rig in self.stack.rigs.values():
+            process = rig.process
+            if not rig.powered or process is None or process.pid in self._reported_exits:
+                continue
+            status = process.poll()
+            if status is None:
+                continue
+            self._reported_exits.add(process.pid)
+            note = (
+                f"agent of {rig.device_id} exited unexpectedly (status {status})"
+                f" at {now:%H:%M:%S} UTC"
+            )
+            log.error("%s; see %s", note, rig.device.root / "agent.log")
+            self.agent_exits.setdefault(rig.device_id, []).append(note)
+            for session in self.plan.sessions:
+                if session.device_id == rig.device_id and session.session_id not in self.settled:
+                    self.failures.setdefault(session.session_id, []).append(note)
 
     def _busy_with(self, now_real: float) -> str | None:
         """What keeps the replay from being quiet, if anything."""
@@ -326,7 +370,10 @@ class ReplayRunner:
         )
 
     def outcomes(self) -> list[SessionOutcome]:
-        return [outcome_of(s, self.views.get(s.session_id)) for s in self.plan.sessions]
+        return [
+            outcome_of(s, self.views.get(s.session_id), self.failures.get(s.session_id, ()))
+            for s in self.plan.sessions
+        ]
 
     def report(self, wall_s: float, timed_out: bool) -> ReplayReport:
         return ReplayReport(
@@ -337,15 +384,20 @@ class ReplayRunner:
             clock_start=self.plan.clock_start,
             clock_end=self.clock.now(),
             outcomes=self.outcomes(),
-            devices={r.device_id: device_counters(r) for r in self.stack.rigs.values()},
+            devices={
+                r.device_id: device_counters(r, self.agent_exits.get(r.device_id, []))
+                for r in self.stack.rigs.values()
+            },
             jumps=list(self.jumps),
             photos=dict(self.photos),
         )
 
 
-def device_counters(rig: DeviceRig) -> dict[str, Any]:
-    """What one device did over the replay, for the report."""
+def device_counters(rig: DeviceRig, agent_exits: list[str] | None = None) -> dict[str, Any]:
+    """What one device did over the replay, for the report (with its agents that died
+    unplanned)."""
     counters: dict[str, Any] = {
+        "unexpected_agent_exits": list(agent_exits or []),
         "bytes_up": rig.link.bytes_up,
         "bytes_down": rig.link.bytes_down,
         "link_downs": rig.link_downs,

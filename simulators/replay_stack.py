@@ -204,9 +204,17 @@ class ReplayStack:
         broker.start()
         self._exit.callback(broker.stop)
         self._start_server(broker, devices)
-        stills = [self._agent_cli(r, "reference") for r in self.rigs.values() if not r.plan.forger]
-        for still in stills:
-            still.wait(timeout=120)
+        filmed = [r for r in self.rigs.values() if not r.plan.forger]
+        stills = [self._agent_cli(r, "reference") for r in filmed]
+        for rig, still in zip(filmed, stills, strict=True):
+            if still.wait(timeout=120) != 0:
+                # A device without its reference still is not the one the scenario describes
+                # (the server has nothing to compare its picture with): stop here, loudly.
+                log_tail = (rig.device.root / "agent.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(
+                    f"reference still of {rig.device_id} failed (status {still.returncode}):"
+                    f"\n{log_tail}"
+                )
         for rig in self.rigs.values():
             self.power_on(rig)
 

@@ -6,10 +6,12 @@ Everything here is plain data in, plain data out (``replay_run`` acts on it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from ingest_server.rules.reasons import SEVERITY, Severity
 from simulators.plan import Action, PhotoUpload, ReplayPlan, SessionPlan
 
 StepKind = Literal["action", "photo", "forger_start", "forger_stop"]
@@ -44,6 +46,44 @@ def timeline_steps(plan: ReplayPlan) -> list[Step]:
     return sorted(steps, key=lambda step: (step.at, order[step.kind]))
 
 
+def step_sessions(step: Step) -> tuple[str, ...]:
+    """The session a step belongs to, if it names one (photos, opening and closing, forged
+    reports); a step on a device alone (link, power) names none."""
+    if step.photo is not None:
+        return (step.photo.session_id,)
+    if step.action is not None and step.action.session_id:
+        return (step.action.session_id,)
+    if step.session is not None:
+        return (step.session.session_id,)
+    return ()
+
+
+def _device_of(step: Step) -> str | None:
+    if step.action is not None:
+        return step.action.device_id
+    return step.session.device_id if step.session is not None else None
+
+
+def failed_step_sessions(plan: ReplayPlan, step: Step) -> tuple[str, ...]:
+    """The sessions a failed step spoils: its own, else every session of its device."""
+    own = step_sessions(step)
+    if own:
+        return own
+    device = _device_of(step)
+    return tuple(s.session_id for s in plan.sessions if s.device_id == device)
+
+
+def step_failure(step: Step, what: str) -> str:
+    """How a failed step reads in the table and the report, e.g. ``photo opening upload
+    failed: 500``."""
+    if step.photo is not None:
+        return f"photo {step.photo.kind} upload failed: {what}"
+    if step.action is not None:
+        target = step.action.session_id or step.action.device_id or "?"
+        return f"{step.action.kind} {target} failed: {what}"
+    return f"{step.kind} failed: {what}"
+
+
 @dataclass(frozen=True, slots=True)
 class Grace:
     """How long after a session's end the server waits for photos and clips (simulated s)."""
@@ -69,13 +109,43 @@ class Grace:
         return session.end + timedelta(seconds=max(self.photo_s, self.clip_s))
 
 
-def is_settled(session: SessionPlan, state: str, now: datetime, grace: Grace) -> bool:
-    """Whether ``session``'s verdict ``state`` read at ``now`` is final: verified or rejected
-    once the class is over, pending only when pending is expected and the deadline passed."""
-    if now < session.end:
+def pending_reasons(view: dict[str, Any] | None) -> frozenset[str]:
+    """The reasons in the server's view that say evidence is still awaited (pending severity,
+    e.g. ``clip_awaited``): while one is listed the verdict may still change."""
+    reasons = ((view or {}).get("verdict") or {}).get("reasons", [])
+    pending = {str(c) for c, severity in SEVERITY.items() if severity is Severity.PENDING}
+    return frozenset(str(r["code"]) for r in reasons if str(r["code"]) in pending)
+
+
+def steps_left_for(session: SessionPlan, remaining: Sequence[Step]) -> bool:
+    """Whether a step not yet run concerns ``session`` or its device (a link coming back the
+    next morning, a late photo): until it has run, the verdict is not the last word."""
+    return any(
+        session.session_id in step_sessions(step) or _device_of(step) == session.device_id
+        for step in remaining
+    )
+
+
+def is_settled(
+    session: SessionPlan,
+    view: dict[str, Any] | None,
+    now: datetime,
+    grace: Grace,
+    *,
+    steps_left: bool,
+) -> bool:
+    """Whether ``session``'s verdict in the server's ``view`` read at ``now`` is final: the class
+    is over, every step of the session and its device has run, and the verdict is verified or
+    rejected with no pending reason left (the server lists ``clip_awaited`` beside a hard reason
+    while clips are on their way); pending only when pending is expected and the deadline passed.
+
+    That deadline is the replay's, not the server's: the server counts the clip grace in online
+    seconds from each request, up to ``clip_deadline_s`` (docs/scenarios.md, "pending")."""
+    if now < session.end or steps_left:
         return False
+    state = str(((view or {}).get("verdict") or {}).get("state", "unanswered"))
     if state in FINAL_STATES:
-        return True
+        return not pending_reasons(view)
     return (
         state == "pending"
         and session.expected.verdict == "pending"
@@ -123,10 +193,13 @@ class SessionOutcome:
     reasons: frozenset[str]
     clips: int = 0  # windows proven by a stored clip, as the server shows them
     photos: int = 0
+    # What went wrong in the replay itself (a photo upload refused, an agent that died): the
+    # verdict was not reached the way the scenario says, so it cannot count as a match.
+    failures: tuple[str, ...] = ()
 
     @property
     def match(self) -> bool:
-        return self.session.expected.matches(self.verdict, self.reasons)
+        return not self.failures and self.session.expected.matches(self.verdict, self.reasons)
 
     def to_json(self) -> dict[str, Any]:
         expected = self.session.expected
@@ -141,17 +214,22 @@ class SessionOutcome:
             },
             "actual": {"verdict": self.verdict, "reasons": sorted(self.reasons)},
             "match": self.match,
+            "failures": list(self.failures),
             "clips": self.clips,
             "photos": self.photos,
         }
 
 
-def outcome_of(session: SessionPlan, view: dict[str, Any] | None) -> SessionOutcome:
-    """The outcome from the server's view of the session (``GET /sessions/{id}``)."""
+def outcome_of(
+    session: SessionPlan, view: dict[str, Any] | None, failures: Sequence[str] = ()
+) -> SessionOutcome:
+    """The outcome from the server's view of the session (``GET /sessions/{id}``) and what
+    failed in the replay on its way (``failures``: any one makes it a mismatch)."""
     if view is None:
-        return SessionOutcome(session, "unanswered", frozenset())
+        return SessionOutcome(session, "unanswered", frozenset(), failures=tuple(failures))
     verdict = view.get("verdict") or {}
     codes = frozenset(str(r["code"]) for r in verdict.get("reasons", []))
     clips = sum(1 for w in view.get("windows", []) if w.get("clip"))
     state = str(verdict.get("state", "unanswered"))
-    return SessionOutcome(session, state, codes, clips, len(view.get("photos", [])))
+    photos = len(view.get("photos", []))
+    return SessionOutcome(session, state, codes, clips, photos, tuple(failures))

@@ -125,7 +125,8 @@ def _reasons(codes: frozenset[str]) -> str:
 
 
 def outcome_table(name: str, outcomes: list[SessionOutcome]) -> Table:
-    """One row per session: expected and actual verdict and reasons, ✓ or ✗."""
+    """One row per session: expected and actual verdict and reasons, ✓ or ✗; under the actual
+    reasons, what failed in the replay itself (a refused photo upload, an agent that died)."""
     matched = sum(1 for o in outcomes if o.match)
     table = Table(title=f"{name}: {matched}/{len(outcomes)} as expected")
     table.add_column("", no_wrap=True)
@@ -142,7 +143,7 @@ def outcome_table(name: str, outcomes: list[SessionOutcome]) -> Table:
             f"{expected.verdict}\n{_reasons(expected.reasons)}"
             + (f"\n(may also: {_reasons(expected.may_also)})" if expected.may_also else ""),
             Text(
-                f"{o.verdict}\n{_reasons(o.reasons)}",
+                "\n".join([o.verdict, _reasons(o.reasons), *o.failures]),
                 style="" if o.match else "red",
             ),
         )

@@ -4,6 +4,7 @@ jump, what a lost segment costs a link."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from simulators.netlink import retransmission_delay
@@ -19,10 +20,14 @@ from simulators.plan import (
 )
 from simulators.replay_timeline import (
     Grace,
+    Step,
+    failed_step_sessions,
     fast_forward_target,
     in_class,
     is_settled,
     outcome_of,
+    step_failure,
+    steps_left_for,
     timeline_steps,
 )
 
@@ -78,14 +83,49 @@ def test_steps_run_in_time_order_with_actions_first_at_the_same_time():
     assert steps[-1].at == a.end
 
 
+def _view(state: str, *codes: str) -> dict[str, object]:
+    return {"verdict": {"state": state, "reasons": [{"code": c} for c in codes]}}
+
+
 def test_a_verdict_is_final_once_the_class_is_over_and_pending_only_past_its_deadline():
     s = _session("a", 0)
-    assert not is_settled(s, "rejected", s.end - timedelta(seconds=1), GRACE)
-    assert is_settled(s, "verified", s.end, GRACE)
-    assert not is_settled(s, "pending", s.end + timedelta(days=30), GRACE)  # verified expected
+
+    def settled(view: dict[str, object], at: datetime, session: SessionPlan = s) -> bool:
+        return is_settled(session, view, at, GRACE, steps_left=False)
+
+    assert not settled(_view("rejected", "video_black"), s.end - timedelta(seconds=1))
+    assert settled(_view("verified"), s.end)
+    assert not settled(_view("pending", "clip_awaited"), s.end + timedelta(days=30))
     waiting = _session("b", 0, verdict="pending")
-    assert not is_settled(waiting, "pending", GRACE.deadline(waiting) - timedelta(seconds=1), GRACE)
-    assert is_settled(waiting, "pending", GRACE.deadline(waiting), GRACE)
+    before = GRACE.deadline(waiting) - timedelta(seconds=1)
+    assert not settled(_view("pending", "clip_awaited"), before, waiting)
+    assert settled(_view("pending", "clip_awaited"), GRACE.deadline(waiting), waiting)
+
+
+def test_a_rejection_is_not_final_while_clips_are_awaited_or_steps_are_left():
+    """The server lists clip_awaited beside a hard reason while the clips are on their way, and
+    a link coming back the next morning may still bring them: neither is the last word."""
+    s = _session("a", 0, verdict="rejected")
+    after = s.end + timedelta(seconds=1)
+    awaited = _view("rejected", "photo_out_of_range", "camera_offline", "clip_awaited")
+    assert not is_settled(s, awaited, after, GRACE, steps_left=False)
+    final = _view("rejected", "photo_out_of_range", "camera_offline")
+    assert is_settled(s, final, after, GRACE, steps_left=False)
+    assert not is_settled(s, final, after, GRACE, steps_left=True)
+    assert not is_settled(s, None, after, GRACE, steps_left=False)
+
+
+def test_steps_left_for_a_session_are_its_own_and_its_devices():
+    a, b = _session("a", 0), _session("b", 60)
+    link_up = Step(
+        a.end + timedelta(hours=20),
+        "action",
+        action=Action(a.end + timedelta(hours=20), "link_up", device_id="cam-a"),
+    )
+    photo = Step(b.end, "photo", photo=PhotoUpload(b.end, "b", "lect", "closing", b"jpeg"))
+    assert steps_left_for(a, [link_up]) and not steps_left_for(b, [link_up])
+    assert steps_left_for(b, [photo]) and not steps_left_for(a, [photo])
+    assert not steps_left_for(a, [])
 
 
 def test_the_grace_comes_from_the_plans_server_settings_else_the_servers_defaults():
@@ -134,6 +174,32 @@ def test_an_outcome_matches_on_the_verdict_and_the_reason_codes():
     )
     assert not wrong.match  # nothing was expected but the verdict
     assert outcome_of(s, None).verdict == "unanswered"
+
+
+def test_a_failed_step_makes_its_session_a_mismatch_whatever_the_server_says():
+    """closing_photo_missing expects photo_missing; an opening upload that failed gives
+    photo_missing too, so the reason codes alone would read as a match."""
+    s = _session("a", 0, verdict="rejected")
+    s = replace(s, expected=Expected("rejected", frozenset({"photo_missing"})))
+    view = _view("rejected", "photo_missing", "photo_missing")
+    assert outcome_of(s, view).match
+    upload = Step(s.start, "photo", photo=PhotoUpload(s.start, "a", "lect", "opening", b"jpeg"))
+    note = step_failure(upload, "500")
+    assert note == "photo opening upload failed: 500"
+    failed = outcome_of(s, view, [note])
+    assert not failed.match and failed.to_json()["failures"] == [note]
+    assert not outcome_of(s, None, [note]).match
+
+
+def test_a_failed_step_spoils_its_own_session_else_every_session_of_its_device():
+    a, b, c = _session("a", 0), _session("b", 60), _session("c", 0)
+    b = replace(b, device_id="cam-a")  # the same camera, later in the day
+    plan = _plan(a, b, c)
+    close = Step(a.end, "action", action=Action(a.end, "close_session", session_id="a"))
+    link = Step(a.end, "action", action=Action(a.end, "link_down", device_id="cam-a"))
+    assert failed_step_sessions(plan, close) == ("a",)
+    assert failed_step_sessions(plan, link) == ("a", "b")
+    assert step_failure(close, "409 closed") == "close_session a failed: 409 closed"
 
 
 def test_a_lost_segment_costs_one_retransmission_timeout():

@@ -61,6 +61,7 @@ class Replayed:
                 f"expected {session.expected.verdict} {sorted(session.expected.reasons)}"
                 f" (may also {sorted(session.expected.may_also)})",
                 f"actual   {outcome.verdict} {sorted(outcome.reasons)}",
+                f"failed in the replay: {list(outcome.failures)}",
                 "server's view: " + json.dumps(shown, ensure_ascii=False, indent=1)[:6000],
                 "server log tail:\n" + _tail(self.workdir / "server" / "server.log"),
                 f"{session.device_id} log tail:\n"
@@ -138,6 +139,7 @@ def test_the_replay_of_the_file_says_every_session_matched(
     devices = report["devices"]
     assert report["photo_uploads"] and set(report["photo_uploads"].values()) == {201}
     assert all(d["bytes_up"] > 0 for d in devices.values()), devices
+    assert not any(d["unexpected_agent_exits"] for d in devices.values()), devices
     assert all(d["modem_commands"] > 0 for d in devices.values() if "forged_uploads" not in d)
 
 

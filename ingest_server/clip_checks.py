@@ -8,14 +8,19 @@ the scheduler's ticks runs whatever is still pending. A clip that cannot be deco
 error recorded (the verdict's ``clip_unreadable``); a failure of our own (a store hiccup) leaves
 the check pending for the next wake, up to ``MAX_ATTEMPTS`` times.
 
-A clip that does not match its own classroom's view (or whose classroom has none: a camera in
-an adversary's hands need never send one) is matched to the views of the other classrooms of
-the same institution (at most ``MAX_OTHER_VIEWS``, by id): one that clearly shows one of them
-is recorded with that classroom (``other_classroom_id``), the verdict's hard
-``clip_other_classroom``: a school holding two classrooms' keys cannot answer for an empty room
-with the footage of a full one. Reference views are decoded once and kept (their ORB features
-too), at most ``VIEW_CACHE`` classrooms, least recently used first out; each extra view costs
-~2-4 ms per such clip on a 2-core machine (``view_match``).
+A clip that does not match its own classroom's view (or whose classroom has none) is matched
+to the views of the other classrooms of the same institution (at most ``MAX_OTHER_VIEWS``, by
+id): one that clearly shows one of them is recorded with that classroom
+(``other_classroom_id``). Against a view of its own that is the verdict's hard
+``clip_other_classroom`` (a school holding two classrooms' keys cannot answer for an empty room
+with the footage of a full one); without one, only the warning
+``clip_resembles_other_classroom``, as rooms built to one plan look alike. So a new reference
+still is matched to the other classrooms' views too before it becomes the classroom's view: one
+that clearly shows another classroom is refused (the check failed, logged and audited naming
+it), or a key in the wrong hands could make a neighbour's footage this room's view. Reference
+views are decoded once and kept (their ORB features too), at most ``VIEW_CACHE`` classrooms,
+least recently used first out; each extra view costs ~2-4 ms per such clip or still on a 2-core
+machine (``view_match``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -35,8 +41,13 @@ from ingest_server.db import SessionFactory
 from ingest_server.models import Classroom, Clip, ClipCheck, Device
 from ingest_server.sessions import link_clip
 from ingest_server.store import EvidenceStore
-from ingest_server.video_checks import SanityError, check_clip, reference_from_image
-from ingest_server.view_match import View
+from ingest_server.video_checks import (
+    SanityError,
+    SanityThresholds,
+    check_clip,
+    reference_from_image,
+)
+from ingest_server.view_match import View, other_view
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
@@ -178,15 +189,21 @@ class ClipChecker:
             classroom = (
                 db.get(Classroom, device.classroom_id) if device and device.classroom_id else None
             )
-            if clip.kind != ClipKind.CLIP.value:
-                if clip.kind == ClipKind.REFERENCE.value and classroom is not None:
-                    classroom.reference_upload_id = clip.upload_id
-                    log.info("classroom %s has a new reference view", classroom.id)
+            if clip.kind == ClipKind.REFERENCE.value and classroom is not None:
+                reference_still = (clip.upload_id, self.store.path_of(clip.path))
+                db.expunge(classroom)
+            elif clip.kind != ClipKind.CLIP.value:
                 check.checked_at = self.clock.now()
                 return
-            session_id = link_clip(db, clip)
-            path = self.store.path_of(clip.path)
-            db.expunge_all()
+            else:
+                reference_still = None
+                session_id = link_clip(db, clip)
+                path = self.store.path_of(clip.path)
+                db.expunge_all()
+        if reference_still is not None:
+            assert classroom is not None
+            self._check_reference(clip_id, classroom, *reference_still)
+            return
         if not path.is_file():
             # Our store's trouble, not the clip's: it stays pending.
             raise FileNotFoundError(f"stored clip {path} is not there")
@@ -234,6 +251,75 @@ class ClipChecker:
             )
         if session_id:
             self.on_sessions_changed({session_id})
+
+    def _check_reference(
+        self, clip_id: int, classroom: Classroom, upload_id: str, path: Path
+    ) -> None:
+        """A new reference still becomes the classroom's view, unless it clearly shows another
+        classroom's view (``other_view``'s thresholds, as for clips): a device key in the wrong
+        hands could otherwise send a neighbour's still, make the neighbour's footage this
+        room's "view", and answer every window with it. A refused still leaves the view as it
+        was (none, if it was the first); the check is recorded failed, logged and audited with
+        the classroom it shows. An undecodable still is refused as unreadable."""
+        if not path.is_file():
+            raise FileNotFoundError(f"stored reference still {path} is not there")
+        limits = SanityThresholds()
+        found = None
+        try:
+            still = View(reference_from_image(path.read_bytes()), limits.banner_fraction)
+        except SanityError as exc:
+            outcome: dict[str, object] = {"error": exc.why[:500]}
+        else:
+            found = other_view(
+                [still],
+                self._other_views(classroom),
+                screen=limits.moved_similarity,
+                accept=limits.other_view_similarity,
+            )
+            outcome = {
+                "error": None,
+                "other_classroom_id": found.key if found else None,
+                "other_view_similarity": found.similarity if found else None,
+            }
+        adopted = check_result(outcome) == "passed"
+        with self.session_factory.begin() as db:
+            row = db.get(ClipCheck, clip_id)
+            room = db.get(Classroom, classroom.id)
+            if row is None or room is None or row.checked_at is not None:
+                return
+            for name, value in outcome.items():
+                setattr(row, name, value)
+            row.attempts += 1
+            row.checked_at = self.clock.now()
+            if adopted:
+                room.reference_upload_id = upload_id
+                log.info("classroom %s has a new reference view", room.id)
+            elif found is not None:
+                log.warning(
+                    "reference still %s refused as classroom %s's view: it shows classroom %s's"
+                    " (%.0f%% of its features fit that view)",
+                    upload_id,
+                    room.id,
+                    found.key,
+                    100 * found.similarity,
+                )
+            else:
+                log.warning(
+                    "reference still %s of classroom %s refused: unreadable", upload_id, room.id
+                )
+            details = {
+                "kind": ClipKind.REFERENCE.value,
+                "classroom_id": room.id,
+                "adopted": adopted,
+            }
+            audit.record(
+                db,
+                audit.AuditAction.CLIP_CHECKED,
+                "clip",
+                str(clip_id),
+                "system:clip-checker",
+                {"result": check_result(outcome), **outcome, **details},
+            )
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -69,6 +69,7 @@ class ReasonCode(StrEnum):
     CAMERA_OFFLINE = "camera_offline"
     DEVICE_CLOCK_SKEWED = "device_clock_skewed"
     CAMERA_MOVED = "camera_moved"
+    CLIP_RESEMBLES_OTHER_CLASSROOM = "clip_resembles_other_classroom"
     PHOTO_APP_TIME_UNVERIFIED = "photo_app_time_unverified"
     PHOTO_APP_PLACE_UNVERIFIED = "photo_app_place_unverified"
     # pending
@@ -111,6 +112,7 @@ SEVERITY: dict[ReasonCode, Severity] = {
     },
     _C.CAMERA_OFFLINE: Severity.WARNING,
     _C.CAMERA_MOVED: Severity.WARNING,
+    _C.CLIP_RESEMBLES_OTHER_CLASSROOM: Severity.WARNING,
     _C.DEVICE_CLOCK_SKEWED: Severity.WARNING,
     **{
         code: Severity.PENDING
@@ -263,6 +265,13 @@ TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
         "zh-CN": _CLIP_ZH + "与教室参考画面不符，摄像头可能被移动或调换",
         "en": _CLIP_EN + " does not match the classroom's reference view; the camera may have"
         " been moved or swapped",
+    },
+    _C.CLIP_RESEMBLES_OTHER_CLASSROOM: {
+        "zh-CN": _CLIP_ZH + "看起来像另一间教室（{other_classroom}）：画面特征点与该教室的参考画面"
+        "吻合 {other_match_pct}%；本教室没有参考画面可供核对，请人工查看",
+        "en": _CLIP_EN + " looks like another classroom ({other_classroom}): {other_match_pct}%"
+        " of its features fit that classroom's reference view; this classroom has no reference"
+        " view to compare with, so a person should look",
     },
     _C.SESSION_IN_PROGRESS: {
         "zh-CN": "课程尚未结束（预计 {end_at} 结束）",

@@ -1,5 +1,7 @@
 """What a proven clip's picture says: a table over the decoded flags. Another classroom's view
-is a hard reason (its footage signed with this room's key); a picture that fits no classroom's
+is a hard reason (its footage signed with this room's key) when the picture does not fit this
+classroom's own view; a classroom without a view of its own gets only a warning for a picture
+like another room's (rooms built to one plan look alike); a picture that fits no classroom's
 view stays the ``camera_moved`` warning. (The verdicts they give: ``test_verdict``'s table.)"""
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ ROWS = [
     ("moved, no classroom's view", MOVED, [C.CAMERA_MOVED]),
     ("another classroom's view", other(), [C.CLIP_OTHER_CLASSROOM]),
     (
-        "another classroom's view, this room without one",
+        "another classroom's view, this room without one: a warning",
         DecodedClip(frames=900, duration_s=60.0, frame_rate=15.0, other_classroom="room-b"),
-        [C.CLIP_OTHER_CLASSROOM],
+        [C.CLIP_RESEMBLES_OTHER_CLASSROOM],
     ),
     (
         "another classroom's, frozen too",
@@ -73,11 +75,23 @@ def test_another_classroom_is_hard_and_names_the_room_with_its_evidence() -> Non
         "other_match_pct": 78,
         "own_match_pct": 0,
     }
-    # Without a view of its own, the share of this room's is not made up.
-    unviewed = replace(other("room-102", 0.784), moved=False, reference_similarity=None)
-    assert "own_match_pct" not in picture_reasons(unviewed, PARAMS)[0].params
     window = {**PARAMS, "window_start_at": START.isoformat(), "window_end_at": START.isoformat()}
     (shown,) = picture_reasons(other("room-102", 0.784), window)
     zh, en = (render(shown, lang) for lang in LANGUAGES)
     assert "另一间教室（room-102）" in zh and "78%" in zh
     assert en.startswith("Spot-check clip 2 (") and "shows another classroom (room-102)" in en
+
+
+def test_without_a_view_of_its_own_a_lookalike_room_is_a_warning_naming_it() -> None:
+    """No own reference view: nothing says the picture is not this room's, so another room's
+    look-alike is shown to a person (which room, how well it fits), not held against the
+    session; the share of this room's view is not made up."""
+    unviewed = replace(other("room-102", 0.784), moved=False, reference_similarity=None)
+    (reason,) = picture_reasons(unviewed, PARAMS)
+    assert reason.code is C.CLIP_RESEMBLES_OTHER_CLASSROOM
+    assert reason.severity is Severity.WARNING
+    assert dict(reason.params) == {**PARAMS, "other_classroom": "room-102", "other_match_pct": 78}
+    window = {**PARAMS, "window_start_at": START.isoformat(), "window_end_at": START.isoformat()}
+    zh, en = (render(picture_reasons(unviewed, window)[0], lang) for lang in LANGUAGES)
+    assert "room-102" in zh and "78%" in zh and "没有参考画面" in zh
+    assert "room-102" in en and "78%" in en and "no reference view" in en

@@ -4,7 +4,9 @@ checker against the reference stills the classrooms' cameras stored, on a real d
 
 Classroom A's camera answers with (1) its own room, (2) classroom B's room, the fraud of a
 school holding both computers' keys, and (3) a view no classroom has (the camera turned);
-classroom D's camera, which never sent a reference view, answers with B's room too."""
+classroom D's camera, which never sent a reference view, answers with B's room too: only a
+warning, as an honest room built to the same plan as B's would look the same. A reference still
+showing another classroom's view (A's key sending B's still) is refused as A's view."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from common.signing import generate_private_key, public_key_b64
 from ingest_server.clip_checks import ClipChecker
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.facts import window_clips
-from ingest_server.models import ClipCheck
+from ingest_server.models import AuditEntry, Classroom, ClipCheck
 from ingest_server.rules.clip_picture import picture_reasons
 from ingest_server.rules.reasons import ReasonCode
 from ingest_server.settings import Settings
@@ -115,6 +117,24 @@ def _setup() -> dict[str, Any]:
     }
 
 
+def stored_reference(
+    db: Any, store: EvidenceStore, device: str, upload_id: str, scene: int, at: datetime
+) -> int:
+    """``device`` uploaded a still of ``scene`` as its classroom's reference view."""
+    ref = stored_clip(db, device, upload_id, at, at, at, path=f"refs/{upload_id}.jpg")
+    ref.kind = ClipKind.REFERENCE.value
+    store.put_bytes(f"refs/{upload_id}.jpg", reference_jpeg(scene))
+    return int(ref.id)
+
+
+def run_checks(factory: Any, store: EvidenceStore, at: datetime) -> None:
+    checker = ClipChecker(factory, store, lambda _: None, VirtualClock(start=at))
+    try:
+        checker.wake().result(timeout=60)
+    finally:
+        checker.close()
+
+
 @pytest.fixture
 def world(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[Any, EvidenceStore]]:
     settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
@@ -136,10 +156,7 @@ def test_camera_a_answering_with_classroom_bs_footage_is_flagged_as_classroom_b(
     # Every classroom's camera stored its reference still at installation.
     with factory.begin() as db:
         for room, scene in SCENES.items():
-            device = f"cam-{room[-1]}"
-            ref = stored_clip(db, device, f"ref-{room}", T0, T0, T0, path=f"refs/{device}.jpg")
-            ref.kind = ClipKind.REFERENCE.value
-            store.put_bytes(f"refs/{device}.jpg", reference_jpeg(scene))
+            stored_reference(db, store, f"cam-{room[-1]}", f"ref-{room}", scene, T0)
     ids = {}
     with factory.begin() as db:
         for name, path in clips.items():
@@ -180,7 +197,7 @@ def test_camera_a_answering_with_classroom_bs_footage_is_flagged_as_classroom_b(
     assert unviewed is not None
     assert (unviewed.moved, unviewed.other_classroom_id) == (None, "room-b")
 
-    # Through the facts to the rule: a hard reason naming B for the forgery, the warning else.
+    # Through the facts to the rule: a hard reason naming B for the forgery, warnings else.
     params = {"window_no": 1, "window_start_at": T0.isoformat(), "window_end_at": end.isoformat()}
     codes = {}
     for name, facts in decoded.items():
@@ -190,7 +207,7 @@ def test_camera_a_answering_with_classroom_bs_footage_is_flagged_as_classroom_b(
         "own": [],
         "room_b": [ReasonCode.CLIP_OTHER_CLASSROOM],
         "turned": [ReasonCode.CAMERA_MOVED],
-        "unviewed": [ReasonCode.CLIP_OTHER_CLASSROOM],
+        "unviewed": [ReasonCode.CLIP_RESEMBLES_OTHER_CLASSROOM],
     }
 
 
@@ -220,3 +237,54 @@ def test_other_views_are_asked_for_only_when_the_clip_is_not_its_own_rooms_view(
 
     assert unviewed("room_b") == (None, "room-b")
     assert unviewed("own") == (None, None) and unviewed("turned") == (None, None)
+
+
+def test_a_reference_still_of_another_classroom_is_refused_as_this_classrooms_view(
+    world: tuple[Any, EvidenceStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A's key sends B's still as A's reference: were it adopted, B's footage would then *be*
+    A's view and pass clean. It is refused (A keeps its installation still; D, which had
+    none, still has none), recorded as a failed check naming B, logged and audited; an honest
+    new still of C's own room is adopted."""
+    factory, store = world
+    with factory.begin() as db:
+        for room, scene in SCENES.items():
+            stored_reference(db, store, f"cam-{room[-1]}", f"ref-{room}", scene, T0)
+    run_checks(factory, store, T0)
+    later = T0 + timedelta(hours=1)
+    with factory.begin() as db:
+        ids = {
+            "a": stored_reference(db, store, "cam-a", "forged-a", SCENES["room-b"], later),
+            "d": stored_reference(db, store, "cam-d", "forged-d", SCENES["room-b"], later),
+            "c": stored_reference(db, store, "cam-c", "retake-c", SCENES["room-c"], later),
+        }
+    with caplog.at_level("WARNING", logger="ingest_server.clip_checks"):
+        run_checks(factory, store, later)
+
+    with factory() as db:
+        views = {c.id: c.reference_upload_id for c in db.query(Classroom)}
+        checks = {name: db.get(ClipCheck, clip_id) for name, clip_id in ids.items()}
+        audited = {
+            entry.subject_id: json.loads(entry.details)
+            for entry in db.query(AuditEntry).filter(AuditEntry.action == "clip_checked")
+        }
+    assert views == {
+        "room-a": "ref-room-a",
+        "room-b": "ref-room-b",
+        "room-c": "retake-c",
+        "room-d": None,
+    }
+    for name in "ad":
+        check = checks[name]
+        assert check is not None and check.checked_at is not None
+        assert check.other_classroom_id == "room-b"
+        assert check.other_view_similarity is not None and check.other_view_similarity > 0.5
+        details = audited[str(ids[name])]
+        assert details["result"] == "failed" and details["other_classroom_id"] == "room-b"
+        assert details["adopted"] is False
+    retake = checks["c"]
+    assert retake is not None and retake.checked_at is not None
+    assert retake.other_classroom_id is None
+    assert audited[str(ids["c"])]["result"] == "passed" and audited[str(ids["c"])]["adopted"]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 2 and all("room-b" in message for message in refused)

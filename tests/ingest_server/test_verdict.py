@@ -354,6 +354,13 @@ ROWS = [
         [C.CLIP_OTHER_CLASSROOM],
     ),
     (
+        "another classroom's look without a view of our own is a warning",
+        with_window(BASE, 1, other_classroom="room-b", other_similarity=0.8),
+        LATER,
+        "verified",
+        [C.CLIP_RESEMBLES_OTHER_CLASSROOM],
+    ),
+    (
         "window not due after an early close",
         replace(
             BASE,

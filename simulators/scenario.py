@@ -119,7 +119,7 @@ MODEM_PROFILES: dict[str, fake_modem.FakeProfile] = {
 class Location(Strict):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    datum: Datum = Datum.WGS84
+    datum: Datum = Field(default=Datum.WGS84, strict=False)
 
 
 class Institution(Strict):
@@ -206,14 +206,26 @@ class SchoolClass(Strict):
     name: str = Field(min_length=1)
 
 
+ReasonCodeText = Annotated[ReasonCode, Field(strict=False)]  # written as its value
+
+
 class Expect(Strict):
     """The verdict the session must end with, the reason codes it must give, and those it
     may also give depending on which minutes the random windows checked."""
 
     verdict: Literal["verified", "rejected", "pending"]
-    reasons: list[ReasonCode] = Field(default_factory=list)
-    may_also: list[ReasonCode] = Field(default_factory=list)
+    reasons: list[ReasonCodeText] = Field(default_factory=list)
+    may_also: list[ReasonCodeText] = Field(default_factory=list)
 
+
+# Replays run on today's clock and server: dates far off overflow datetime arithmetic
+# (0001-01-01 in Asia/Shanghai is before year 1 in UTC) and mean nothing to the server.
+FIRST_DATE = dt.date(2000, 1, 1)
+LAST_DATE = dt.date(2100, 12, 31)
+# Simulated seconds per real second: at 1e-300 a replay never ends; past 1000 the agents'
+# timers fire in bursts the processes cannot keep up with.
+MIN_SPEED = 0.1
+MAX_SPEED = 1000.0
 
 _ISO_WITH_OFFSET = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)$"
@@ -243,7 +255,15 @@ class Session(Strict):
     @field_validator("start")
     @classmethod
     def _start_format(cls, value: str) -> str:
-        if re.match(HHMM_PATTERN, value) or _ISO_WITH_OFFSET.match(value):
+        if re.match(HHMM_PATTERN, value):
+            return value
+        if _ISO_WITH_OFFSET.match(value):
+            try:
+                moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError(f"not a valid datetime: {exc} (got {value!r})") from None
+            if not FIRST_DATE <= moment.date() <= LAST_DATE:
+                raise ValueError(f"must be between {FIRST_DATE} and {LAST_DATE} (got {value!r})")
             return value
         raise ValueError(
             f"must be a local time HH:MM or an ISO-8601 datetime with offset (got {value!r})"
@@ -269,9 +289,9 @@ class Session(Strict):
 class Scenario(Strict):
     name: str = Field(min_length=1)
     description: str | None = None
-    date: dt.date
+    date: dt.date = Field(strict=False, ge=FIRST_DATE, le=LAST_DATE)
     timezone: str = "Asia/Shanghai"
-    speed: float = Field(default=60.0, gt=0, le=100_000)
+    speed: float = Field(default=60.0, ge=MIN_SPEED, le=MAX_SPEED)
     server: dict[str, Any] = Field(default_factory=dict)
     links: dict[str, LinkProfile] = Field(default_factory=dict)
     institutions: list[Institution] = Field(min_length=1)

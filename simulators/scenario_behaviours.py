@@ -26,9 +26,11 @@ PhotoKind = Literal["opening", "closing"]
 
 
 class Strict(BaseModel):
-    """Frozen, and a misspelt field is an error rather than silently ignored."""
+    """Frozen, and a misspelt field is an error rather than silently ignored. Strict types:
+    ``yes``, ``true`` or ``'35'`` is not a number and a set is not a list (pydantic would read
+    ``speed: yes`` as 1); enums and dates, written as text, opt out with ``strict=False``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class Honest(Strict):
@@ -103,7 +105,7 @@ class PhotoElsewhere(Strict):
     photo: PhotoKind
     metres: float = Field(ge=0, le=100_000)
     bearing_deg: float = Field(default=90.0, ge=0, lt=360)
-    datum: Datum = Datum.WGS84
+    datum: Datum = Field(default=Datum.WGS84, strict=False)
 
 
 class PhotoReused(Strict):

@@ -9,8 +9,9 @@ sentences; ``simulators.scenario`` maps them to lines.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError, create_model
@@ -47,6 +48,7 @@ REPLAY_OWNED_SETTINGS = frozenset(
     if name.startswith(("mqtt_", "api_"))
     or name in {"data_dir", "database_url", "evidence_dir", "audit_key_file", "timezone"}
 )
+MAX_DAY = 366  # Session.day's limit
 _SECTIONS = ("institutions", "classrooms", "devices", "lecturers", "classes", "sessions")
 
 
@@ -57,6 +59,7 @@ def cross_check(scenario: Scenario) -> list[Finding]:
         *_references(scenario),
         *_devices(scenario),
         *_server(scenario),
+        *_starts(scenario),
         *_overlaps(scenario),
         *_one_clock_one_owner(scenario),
         *(
@@ -162,6 +165,16 @@ def _server(scenario: Scenario) -> Iterator[Finding]:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             yield ("server", key), f"not a server setting (ingest_server.settings.Settings){hint}"
             continue
+        if value is None:
+            yield (
+                ("server", key),
+                "null cannot reach the server (its settings are environment variables);"
+                " leave the key out for the default",
+            )
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            yield ("server", key), f"must be a finite number (got {value!r})"
+            continue
         info = fields[key]
         try:
             # The field alone, with its own limits, without reading CLASSCAM_* from the env.
@@ -169,6 +182,20 @@ def _server(scenario: Scenario) -> Iterator[Finding]:
             alone.model_validate({key: value})
         except ValidationError as exc:
             yield ("server", key), describe_error(exc.errors()[0])
+
+
+def _starts(scenario: Scenario) -> Iterator[Finding]:
+    """An ISO start within the days a ``day:`` can reach (``date`` to 366 days after), so one
+    misplaced session cannot stretch the replay over years."""
+    last = scenario.date + timedelta(days=MAX_DAY)
+    for index, session in enumerate(scenario.sessions):
+        local = scenario.session_start(session).astimezone(scenario.zone).date()
+        if not scenario.date <= local <= last:
+            yield (
+                ("sessions", index, "start"),
+                f"must be on {scenario.date} or up to {MAX_DAY} days after it, as day: allows"
+                f" (got {session.start!r}, {local} local)",
+            )
 
 
 def _overlaps(scenario: Scenario) -> Iterator[Finding]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -17,6 +18,7 @@ from ingest_server.rules.reasons import ReasonCode
 from simulators.scenario_behaviours import BEHAVIOUR_MODELS
 
 Loc = tuple[str | int, ...]
+_NUMBER = re.compile(r"[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?")
 
 
 def describe_error(error: ErrorDetails, root: type[BaseModel] | None = None) -> str:
@@ -54,10 +56,15 @@ def describe_error(error: ErrorDetails, root: type[BaseModel] | None = None) -> 
         return f"not a known {what}{got}{hint}"
     if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
         whole = "a whole number" if kind.startswith("int") else "a number"
+        if isinstance(value, str) and re.fullmatch(r"[-+]?0[0-9_]+", value):
+            # Left as text by simulators.scenario_yaml: YAML 1.1 reads 045 as octal 37.
+            return f"must be a number{got}; write it without the leading 0"
+        if isinstance(value, str) and _NUMBER.fullmatch(value):
+            return f"must be a number, not text{got}; write it without quotes"
         return f"must be {whole}{got}"
     message = error["msg"].removeprefix("Value error, ")
     if message.startswith("id must match"):  # common.topics.validate_id: ids go into topics
-        return f"must be 1 to 64 letters, digits, - or _{got}"
+        return f"must be 1 to 64 ASCII letters (a-z, A-Z), digits, - or _{got}"
     if message.startswith("Input should be"):
         message = "must be" + message.removeprefix("Input should be")
         if got and "(got" not in message:

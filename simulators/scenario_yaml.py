@@ -5,11 +5,19 @@ point at the line that says it.
 Two YAML 1.1 surprises are turned off, because scenario files are full of clock times: ``8:30``
 would be the sexagesimal integer 510 and ``2026-11-30`` a date object; here both stay text, and
 the models parse them. A key given twice in one mapping is an error (YAML keeps the last one
-silently, so half of a session could vanish unnoticed).
+silently, so half of a session could vanish unnoticed). A number with a leading zero (``045``)
+stays text too: YAML 1.1 would read it as octal 37, and the models refuse text where a number
+is meant.
+
+A file is refused, with a line, before anything is built from it when it could exhaust the
+reader: aliases that refer to themselves or multiply into more than ``MAX_VALUES`` values (a
+"billion laughs"), nesting deeper than ``MAX_DEPTH``, an integer of more than
+``MAX_INT_DIGITS`` digits. Keys must be names: ``1:`` or ``yes:`` as a key is an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +31,6 @@ Position = tuple[int | None, int | None]  # 1-based line and column
 
 _INT = re.compile(
     r"""^(?:[-+]?0b[0-1_]+
-    |[-+]?0[0-7_]+
     |[-+]?(?:0|[1-9][0-9_]*)
     |[-+]?0x[0-9a-fA-F_]+)$""",
     re.X,
@@ -36,6 +43,17 @@ _FLOAT = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+MAX_VALUES = 100_000  # the largest shipped scenario has a few thousand
+MAX_DEPTH = 64  # a scenario nests about six deep
+MAX_INT_DIGITS = 30
+_KEY_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TAG_WORDS = {
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a yes/no value",
+    "tag:yaml.org,2002:null": "null",
+}
 _DROPPED = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
 
 
@@ -132,21 +150,40 @@ class NodeMarks:
 
 def read_yaml(text: str, source: str) -> tuple[Any, NodeMarks]:
     """The document in ``text`` and where its keys are written; ``ScenarioError`` when it
-    cannot be read (a syntax error, several documents, an empty file, a duplicate key)."""
-    loader = ScenarioLoader(text)
+    cannot be read (a syntax error, several documents, an empty file, a duplicate key, a key
+    that is not a name, aliases or nesting beyond the limits above)."""
+
+    def fail(line: int | None, column: int | None, loc: Loc, message: str) -> ScenarioError:
+        return ScenarioError([ScenarioProblem(source, line, column, field_path(loc), message)])
+
+    loader: ScenarioLoader | None = None
     try:
+        loader = ScenarioLoader(text)  # reads the text: a forbidden character stops it here
         node = loader.get_single_node()
         if node is None:
-            raise ScenarioError([ScenarioProblem(source, 1, None, "", "the file is empty")])
-        duplicates = duplicate_keys(node)
-        if duplicates:
+            raise fail(1, None, (), "the file is empty")
+        problems = [
+            *shape_problems(node),
+            *(
+                ((line, column), loc, message)
+                for loc, line, column, message in duplicate_keys(node)
+            ),
+        ]
+        if problems:
             raise ScenarioError(
                 [
                     ScenarioProblem(source, line, column, field_path(loc), message)
-                    for loc, line, column, message in duplicates
+                    for (line, column), loc, message in problems
                 ]
             )
         data = loader.construct_document(node)
+    except yaml.reader.ReaderError as exc:
+        raise fail(
+            text.count("\n", 0, exc.position) + 1,
+            None,
+            (),
+            f"YAML: the character {chr(exc.character)!r} is not allowed in YAML",
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -154,16 +191,89 @@ def read_yaml(text: str, source: str) -> tuple[Any, NodeMarks]:
         message = " ".join(part for part in (exc.context, exc.problem) if part)
         if "block" in message or "indentation" in message:
             message += " (check the indentation above this line)"
-        raise ScenarioError(
-            [ScenarioProblem(source, line, column, "", f"YAML: {message}")]
-        ) from None
+        raise fail(line, column, (), f"YAML: {message}") from None
     except yaml.YAMLError as exc:
-        raise ScenarioError([ScenarioProblem(source, None, None, "", f"YAML: {exc}")]) from None
+        raise fail(None, None, (), f"YAML: {exc}") from None
+    except (RecursionError, ValueError, OverflowError) as exc:
+        # PyYAML composes recursively: thousands of nested brackets exhaust Python's stack
+        # before shape_problems can count them.
+        mark = loader.get_mark() if loader is not None else None
+        what = (
+            f"nested deeper than {MAX_DEPTH} levels"
+            if isinstance(exc, RecursionError)
+            else f"cannot be read ({exc})"
+        )
+        raise fail(mark.line + 1 if mark else None, None, (), f"YAML: {what}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     marks = NodeMarks()
     marks.record(node)  # after construction: merge keys (<<) are flattened into the mappings
     return data, marks
+
+
+def shape_problems(node: Node) -> list[tuple[Position, Loc, str]]:
+    """What would make building the document hang, crash or read wrong: an alias inside
+    itself, aliases multiplying past ``MAX_VALUES``, nesting past ``MAX_DEPTH``, a huge
+    integer, a key that is not a name. Each node is counted once (sizes are remembered), so
+    a billion laughs costs as much as its text."""
+    problems: list[tuple[Position, Loc, str]] = []
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    class TooLarge(Exception):
+        pass
+
+    def size(current: Node, loc: Loc, depth: int) -> int:
+        if id(current) in sizes:
+            return sizes[id(current)]
+        if id(current) in open_nodes:
+            problems.append((_at(current), loc, "an alias refers to the value it is inside of"))
+            return 0
+        if depth > MAX_DEPTH:
+            problems.append((_at(current), loc, f"nested deeper than {MAX_DEPTH} levels"))
+            raise TooLarge
+        open_nodes.add(id(current))
+        total = 1
+        if isinstance(current, MappingNode):
+            for key_node, value_node in current.value:
+                key_problem = _key_problem(key_node)
+                if key_problem:
+                    problems.append((_at(key_node), loc, key_problem))
+                    continue
+                total += size(value_node, (*loc, _key(key_node)), depth + 1)
+        elif isinstance(current, SequenceNode):
+            for index, item in enumerate(current.value):
+                total += size(item, (*loc, index), depth + 1)
+        elif current.tag == "tag:yaml.org,2002:int" and len(str(current.value)) > MAX_INT_DIGITS:
+            problems.append(
+                (_at(current), loc, f"a number of {len(str(current.value))} digits is too long")
+            )
+        open_nodes.discard(id(current))
+        sizes[id(current)] = total
+        if total > MAX_VALUES:
+            problems.append(
+                (
+                    _at(current),
+                    loc,
+                    f"its aliases expand to more than {MAX_VALUES} values; write it out",
+                )
+            )
+            raise TooLarge
+        return total
+
+    with contextlib.suppress(TooLarge):  # the problem that stopped the walk is recorded
+        size(node, (), 0)
+    return problems
+
+
+def _key_problem(key_node: Node) -> str | None:
+    if not isinstance(key_node, ScalarNode):
+        return "a key must be a name, not a list or mapping"
+    if key_node.tag in (_KEY_TAG, _MERGE_TAG):
+        return None
+    what = _TAG_WORDS.get(key_node.tag, key_node.tag)
+    return f"a key must be a name; {key_node.value!r} reads as {what} (quote it if meant)"
 
 
 def duplicate_keys(node: Node) -> list[tuple[Loc, int, int, str]]:

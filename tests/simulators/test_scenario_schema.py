@@ -3,6 +3,7 @@ naming its line and field, never a traceback; every shipped scenario loads."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -295,7 +296,111 @@ MISTAKES = [
         "{id: cam 102,",
         "{id: cam 102,",
         "devices[1].id",
-        "must be 1 to 64 letters, digits, - or _ (got 'cam 102')",
+        "must be 1 to 64 ASCII letters (a-z, A-Z), digits, - or _ (got 'cam 102')",
+    ),
+    (
+        "an id in Chinese letters",
+        "{id: cam-102,",
+        "{id: 摄像头-102,",
+        "{id: 摄像头-102,",
+        "devices[1].id",
+        "ASCII letters",
+    ),
+    (
+        "a leading zero (octal in YAML 1.1)",
+        "duration_min: 45",
+        "duration_min: 045",
+        "duration_min: 045",
+        "sessions[2].duration_min",
+        "must be a number (got '045'); write it without the leading 0",
+    ),
+    (
+        "a boolean for a number",
+        "speed: 120",
+        "speed: yes",
+        "speed: yes",
+        "speed",
+        "must be a number (got True)",
+    ),
+    (
+        "true for a duration",
+        "duration_min: 45",
+        "duration_min: true",
+        "duration_min: true",
+        "sessions[2].duration_min",
+        "must be a number (got True)",
+    ),
+    (
+        "a quoted number",
+        "speed: 120",
+        "speed: '120'",
+        "speed: '120'",
+        "speed",
+        "must be a number, not text (got '120')",
+    ),
+    (
+        "a set for a list",
+        "behaviours:\n      - honest\n",
+        "behaviours: !!set {honest}\n",
+        "behaviours: !!set",
+        "sessions[0].behaviours",
+        "must be a valid list",
+    ),
+    (
+        "a speed so slow the replay never ends",
+        "speed: 120",
+        "speed: 1e-300",
+        "speed: 1e-300",
+        "speed",
+        "greater than or equal to 0.1",
+    ),
+    (
+        "a date in year 1",
+        "date: 2026-11-30",
+        "date: 0001-01-01",
+        "date: 0001-01-01",
+        "date",
+        "greater than or equal to 2000-01-01",
+    ),
+    (
+        "a date in year 9999",
+        "date: 2026-11-30",
+        "date: 9999-12-31",
+        "date: 9999-12-31",
+        "date",
+        "less than or equal to 2100-12-31",
+    ),
+    (
+        "an ISO start in year 9999",
+        "start: 2026-12-01T13:00:00+08:00",
+        'start: "9999-12-31T23:59:00+00:00"',
+        'start: "9999',
+        "sessions[2].start",
+        "must be between 2000-01-01 and 2100-12-31",
+    ),
+    (
+        "an ISO start years away from the date",
+        "start: 2026-12-01T13:00:00+08:00",
+        "start: 2030-12-01T13:00:00+08:00",
+        "start: 2030-12-01",
+        "sessions[2].start",
+        "must be on 2026-11-30 or up to 366 days after it",
+    ),
+    (
+        "an infinite server setting",
+        "clip_grace_s: 86400",
+        "clip_grace_s: .inf",
+        "clip_grace_s: .inf",
+        "server.clip_grace_s",
+        "must be a finite number (got inf)",
+    ),
+    (
+        "a null server setting",
+        "clip_grace_s: 86400",
+        "shared_group: null",
+        "shared_group: null",
+        "server.shared_group",
+        "null cannot reach the server",
     ),
     (
         "a day with a full datetime",
@@ -466,6 +571,52 @@ def test_anchors_and_merge_keys_keep_lines(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as caught:
         load_scenario(write(tmp_path, broken))
     assert caught.value.problems[0].line == line_of(broken, "- photo_elsewhere:")
+
+
+def laughs(levels: int) -> str:
+    """A "billion laughs": each level aliases the one before nine times (9**levels values)."""
+    text = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for level in range(1, levels):
+        text += f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]\n"
+    return text
+
+
+# Files that could hang the reader or crash it: (text added after VALID, what the error says).
+HOSTILE = [
+    pytest.param(laughs(9), ":11: x.a5: its aliases expand to more than", id="billion-laughs"),
+    pytest.param("loop: &loop [*loop]\n", "x.loop[0]: an alias refers to", id="alias-in-list"),
+    pytest.param("loop: &m {a: *m}\n", "x.loop.a: an alias refers to", id="alias-in-map"),
+    pytest.param("deep: " + "{a: " * 80 + "1" + "}" * 80, "nested deeper than", id="deep-map"),
+    pytest.param("big: " + "9" * 5000, "x.big: a number of 5000 digits", id="huge-int"),
+    pytest.param("1: 2\n", ":6: x: a key must be a name; '1' reads as a number", id="int-key"),
+    pytest.param("? [a]\n: 2\n", "a key must be a name, not a list", id="list-key"),
+    pytest.param("nul: a\0\n", ":6: YAML: the character '\\x00' is not allowed", id="nul"),
+]
+
+
+@pytest.mark.parametrize(("extra", "words"), HOSTILE)
+def test_a_hostile_file_is_refused_quickly(tmp_path: Path, extra: str, words: str) -> None:
+    header = "name: x\ndate: 2026-11-30\nx:\n  pad: 1\n  more: 2\n"
+    indented = "".join(f"  {line}\n" for line in extra.splitlines())
+    started = time.process_time()  # CPU time: the machine may be busy with other work
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, header + indented))
+    assert time.process_time() - started < 0.5
+    assert words in str(caught.value)
+
+
+def test_nesting_deeper_than_the_yaml_reader_can_go(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r":1: YAML: nested deeper than"):
+        load_scenario(write(tmp_path, "x: " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+def test_a_top_level_key_that_is_not_a_name_names_its_line(tmp_path: Path) -> None:
+    text = VALID + "1: 2\n"
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, text))
+    (problem,) = caught.value.problems
+    assert problem.line == len(text.splitlines())
+    assert "a key must be a name" in problem.message
 
 
 def test_parse_scenario_checks_data_without_lines() -> None:

@@ -9,6 +9,7 @@ start each part, change it (link down, power off) and always take it all down ag
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from simulators.forger import Forger
 from simulators.harness import Broker, Device, ServerProcess
 from simulators.netlink import ShapedLink
 from simulators.plan import DevicePlan, LinkShape, ReplayPlan
-from simulators.school import provision_quickly
+from simulators.school import provision_quickly, wait_until
 from simulators.sim_clock import ClockConductor, SharedClock
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,10 @@ class DeviceRig:
         return int(count), (None if not due else _from_us(int(due)))
 
 
+def _outbox_empty(rig: DeviceRig) -> bool:
+    return rig.outbox_waiting()[0] == 0
+
+
 def _from_us(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1_000_000, tz=UTC)
 
@@ -204,7 +209,7 @@ class ReplayStack:
         broker.start()
         self._exit.callback(broker.stop)
         self._start_server(broker, devices)
-        filmed = [r for r in self.rigs.values() if not r.plan.forger]
+        filmed = list(self.rigs.values())  # forgers' cameras too: they were installed honestly
         stills = [self._agent_cli(r, "reference") for r in filmed]
         for rig, still in zip(filmed, stills, strict=True):
             if still.wait(timeout=120) != 0:
@@ -215,8 +220,25 @@ class ReplayStack:
                     f"reference still of {rig.device_id} failed (status {still.returncode}):"
                     f"\n{log_tail}"
                 )
+        self._installed_honestly([r for r in self.rigs.values() if r.plan.forger])
         for rig in self.rigs.values():
             self.power_on(rig)
+
+    def _installed_honestly(self, rigs: list[DeviceRig]) -> None:
+        """Cameras an adversary takes over were installed honestly first: the agent runs until
+        the installation's reference still of its own room is uploaded, then stops, and the
+        forger takes the device from ``power_on``. So the server holds the room's true view, as
+        it would, and forged footage of another room is told from it."""
+        for rig in rigs:
+            rig.process = self._agent_cli(rig, "run")
+        try:
+            for rig in rigs:
+                if not wait_until(functools.partial(_outbox_empty, rig), timeout=60):
+                    raise RuntimeError(f"{rig.device_id} did not upload its reference still")
+        finally:
+            for rig in rigs:
+                stop_process(rig.process, timeout=10)
+                rig.process = None
 
     def run_at_speed(self) -> None:
         assert self.conductor is not None

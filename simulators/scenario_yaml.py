@@ -231,7 +231,8 @@ def shape_problems(node: Node) -> list[tuple[Position, Loc, str]]:
             problems.append((_at(current), loc, "an alias refers to the value it is inside of"))
             return 0
         if depth > MAX_DEPTH:
-            problems.append((_at(current), loc, f"nested deeper than {MAX_DEPTH} levels"))
+            # The path would be as long as the nesting: the first levels say where it is.
+            problems.append((_at(current), loc[:4], f"nested deeper than {MAX_DEPTH} levels"))
             raise TooLarge
         open_nodes.add(id(current))
         total = 1

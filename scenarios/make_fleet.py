@@ -29,6 +29,13 @@ fell ten simulated minutes behind on heartbeats, every camera offline); at speed
 field on its own machine) is not starved by a hundred of them. Shorter classes (three 60 s
 windows still fit a 6-minute class, and every fraud here lasts the whole class or is a
 photo's) keep the replay near 15 minutes of wall time.
+
+Not enough yet (second run, 3x, nice 19, 2026-11-29): after 19 minutes only 55 of the 300
+window clips had arrived. The server's consumer thread did not answer the agents' upload
+init/fin within the replay's 5 real seconds (1869 attempts failed no_answer, 474 windows asked
+again), heartbeats were read late enough for 22 sessions to carry camera_offline, and three
+honest classes lost their first window because twenty recorders starting in the same second
+began 10-21 simulated seconds late (clip_too_short, clip_outside_window).
 """
 
 from __future__ import annotations

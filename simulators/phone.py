@@ -134,7 +134,7 @@ def _offset_tz(offset: str) -> timezone:
     return timezone(-delta if sign == "-" else delta)
 
 
-def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
+def exif_dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
     """Unsigned decimal degrees as the (degrees, minutes, seconds) rationals GPS EXIF uses."""
     value = abs(value)
     degrees = int(value)
@@ -175,9 +175,9 @@ def _exif(
         gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
         gps[GPS_VERSION] = b"\x02\x03\x00\x00"
         gps[GPS_LAT_REF] = "N" if lat >= 0 else "S"
-        gps[GPS_LAT] = _dms(lat)
+        gps[GPS_LAT] = exif_dms(lat)
         gps[GPS_LON_REF] = "E" if lon >= 0 else "W"
-        gps[GPS_LON] = _dms(lon)
+        gps[GPS_LON] = exif_dms(lon)
         gps[GPS_MAP_DATUM] = "WGS-84"
         if taken_at is not None and gps_stamp:
             utc = taken_at.astimezone(UTC)

@@ -18,7 +18,6 @@ import io
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from fractions import Fraction
 
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
@@ -36,6 +35,7 @@ from simulators.phone import (
     TAG_DATETIME_ORIGINAL,
     TAG_OFFSET_TIME_ORIGINAL,
     TAG_SUBSEC_ORIGINAL,
+    exif_dms,
     make_photo,
 )
 
@@ -106,15 +106,6 @@ def take_photo(shot: Shot, size: tuple[int, int] = PHOTO_SIZE) -> tuple[bytes, d
     return jpeg, fields
 
 
-def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
-    """Unsigned decimal degrees as EXIF's (degrees, minutes, seconds) rationals."""
-    value = abs(value)
-    degrees = int(value)
-    minutes = int((value - degrees) * 60)
-    seconds = Fraction(round((value - degrees - minutes / 60) * 3600 * 10_000), 10_000)
-    return IFDRational(degrees, 1), IFDRational(minutes, 1), IFDRational(seconds)
-
-
 def _edit_exif(exif: Image.Exif, shot: Shot) -> None:
     """Rewrite ``exif``'s time and GPS fix to ``shot``'s in place, leaving the rest (make,
     model) alone."""
@@ -132,9 +123,9 @@ def _edit_exif(exif: Image.Exif, shot: Shot) -> None:
         {
             GPS_VERSION: b"\x02\x03\x00\x00",
             GPS_LAT_REF: "N" if position.lat >= 0 else "S",
-            GPS_LAT: _dms(position.lat),
+            GPS_LAT: exif_dms(position.lat),
             GPS_LON_REF: "E" if position.lon >= 0 else "W",
-            GPS_LON: _dms(position.lon),
+            GPS_LON: exif_dms(position.lon),
             GPS_MAP_DATUM: "WGS-84",
             GPS_DATESTAMP: utc.strftime("%Y:%m:%d"),
             GPS_TIMESTAMP: (

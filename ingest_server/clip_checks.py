@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
 from common.schemas import ClipKind
@@ -237,18 +238,7 @@ class ClipChecker:
             row = db.get(ClipCheck, clip_id)
             if row is None or row.checked_at is not None:
                 return
-            for name, value in outcome.items():
-                setattr(row, name, value)
-            row.attempts += 1
-            row.checked_at = self.clock.now()
-            audit.record(
-                db,
-                audit.AuditAction.CLIP_CHECKED,
-                "clip",
-                str(clip_id),
-                "system:clip-checker",
-                {"result": check_result(outcome), **outcome, **compared},
-            )
+            self._store_outcome(db, row, outcome, compared)
         if session_id:
             self.on_sessions_changed({session_id})
 
@@ -287,10 +277,12 @@ class ClipChecker:
             room = db.get(Classroom, classroom.id)
             if row is None or room is None or row.checked_at is not None:
                 return
-            for name, value in outcome.items():
-                setattr(row, name, value)
-            row.attempts += 1
-            row.checked_at = self.clock.now()
+            details: dict[str, object] = {
+                "kind": ClipKind.REFERENCE.value,
+                "classroom_id": room.id,
+                "adopted": adopted,
+            }
+            self._store_outcome(db, row, outcome, details)
             if adopted:
                 room.reference_upload_id = upload_id
                 log.info("classroom %s has a new reference view", room.id)
@@ -307,19 +299,24 @@ class ClipChecker:
                 log.warning(
                     "reference still %s of classroom %s refused: unreadable", upload_id, room.id
                 )
-            details = {
-                "kind": ClipKind.REFERENCE.value,
-                "classroom_id": room.id,
-                "adopted": adopted,
-            }
-            audit.record(
-                db,
-                audit.AuditAction.CLIP_CHECKED,
-                "clip",
-                str(clip_id),
-                "system:clip-checker",
-                {"result": check_result(outcome), **outcome, **details},
-            )
+
+    def _store_outcome(
+        self, db: Session, row: ClipCheck, outcome: dict[str, object], details: dict[str, object]
+    ) -> None:
+        """Write a check's outcome to its row and audit it with ``details``; clip and reference
+        checks end the same way, so the audit log reads alike for both."""
+        for name, value in outcome.items():
+            setattr(row, name, value)
+        row.attempts += 1
+        row.checked_at = self.clock.now()
+        audit.record(
+            db,
+            audit.AuditAction.CLIP_CHECKED,
+            "clip",
+            str(row.clip_id),
+            "system:clip-checker",
+            {"result": check_result(outcome), **outcome, **details},
+        )
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

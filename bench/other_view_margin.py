@@ -32,6 +32,7 @@ from common.clock import VirtualClock
 from ingest_server.video_checks import SanityThresholds, check_clip, reference_from_image
 from ingest_server.view_match import View, median_similarity, other_view
 from simulators.cameras import StillSceneCamera
+from simulators.clip_files import write_mp4
 
 W, H, FPS, SECONDS = 320, 240, 10, 8
 T0 = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
@@ -52,21 +53,7 @@ def frames(scene: int, *, shift: tuple[int, int] = (0, 0), gain: float = 1.0) ->
 
 
 def encode(path: Path, pictures: list[np.ndarray]) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.codec_context.bit_rate = 300_000
-        stream.codec_context.options = {
-            "preset": "ultrafast",
-            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:bframes=0",
-        }
-        for index, bgr in enumerate(pictures):
-            yuv = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
+    return write_mp4(path, pictures, fps=FPS)
 
 
 def reference(scene: int) -> View:

@@ -16,9 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
-import numpy as np
 import pytest
 from rows import stored_clip
 
@@ -37,6 +35,7 @@ from ingest_server.store import EvidenceStore
 from ingest_server.video_checks import check_clip, reference_from_image
 from ingest_server.view_match import View
 from simulators.cameras import StillSceneCamera
+from simulators.clip_files import write_mp4
 
 W, H, FPS, SECONDS = 320, 240, 10, 6
 T0 = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
@@ -58,22 +57,8 @@ def encode(path: Path, scene: int) -> Path:
     """A live clip of ``scene`` (someone leaning across, sensor noise, a ticking clock) as the
     agent encodes it: H.264 in MP4, a keyframe a second, no B-frames."""
     source = camera(scene, pace=2.0)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.codec_context.bit_rate = 300_000
-        stream.codec_context.options = {
-            "preset": "ultrafast",
-            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:bframes=0",
-        }
-        for index in range(SECONDS * FPS):
-            bgr = source.draw(index / FPS, banner(index / FPS))
-            yuv = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
+    pictures = (source.draw(index / FPS, banner(index / FPS)) for index in range(SECONDS * FPS))
+    return write_mp4(path, pictures, fps=FPS)
 
 
 def reference_jpeg(scene: int) -> bytes:

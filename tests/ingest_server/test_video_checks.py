@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -28,6 +27,7 @@ from ingest_server.video_checks import (
     reference_from_image,
 )
 from simulators.cameras import StillSceneCamera
+from simulators.clip_files import write_mp4
 from simulators.phone import classroom_scene
 
 W, H, FPS, SECONDS = 320, 240, 10, 15
@@ -67,22 +67,7 @@ def write_clip(
 ) -> Path:
     """Encode BGR frames as H.264 in MP4, the way the agent does (libx264, no B-frames);
     ``faststart`` puts the index before the frames, as a streaming-friendly camera does."""
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.codec_context.bit_rate = bitrate
-        stream.codec_context.options = {
-            "preset": "ultrafast",
-            "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0",
-        }
-        for index, bgr in enumerate(frames):
-            yuv = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
+    return write_mp4(path, frames, fps=FPS, bitrate=bitrate, keyint=keyint, faststart=faststart)
 
 
 def live(

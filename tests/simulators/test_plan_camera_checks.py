@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from common.clock import VirtualClock
 from edge_agent.camera import Frame
 from ingest_server.video_checks import SanityReport, check_clip, reference_from_image
 from ingest_server.view_match import View
+from simulators.clip_files import write_mp4
 from simulators.plan import CameraPeriod, CameraPlan
 from simulators.plan_camera import PlanCamera
 
@@ -47,21 +47,7 @@ PLAN = CameraPlan(
 
 def encode(path: Path, frames: list[Frame]) -> Path:
     """Frames as the agent's recorder encodes them: H.264 in MP4, no B-frames."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = PLAN.width, PLAN.height, "yuv420p"
-        stream.codec_context.bit_rate = 100_000
-        stream.codec_context.options = {
-            "preset": "ultrafast",
-            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:bframes=0",
-        }
-        for index, frame in enumerate(frames):
-            yuv = np.asarray(cv2.cvtColor(frame.image, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
-            video = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-            video.pts = index
-            container.mux(stream.encode(video))
-        container.mux(stream.encode(None))
-    return path
+    return write_mp4(path, (frame.image for frame in frames), fps=FPS, bitrate=100_000)
 
 
 def jpeg_view(image: np.ndarray) -> np.ndarray:

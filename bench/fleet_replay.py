@@ -40,7 +40,7 @@ from camera_cost import recording_cpu_per_minute
 
 from simulators.behaviours import plan_replay
 from simulators.plan import ReplayPlan
-from simulators.scenario import load_scenario
+from simulators.scenario_load import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_S = 1.0

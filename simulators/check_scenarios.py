@@ -12,7 +12,8 @@ from collections import Counter
 from rich.console import Console
 from rich.markup import escape
 
-from simulators.scenario import Scenario, ScenarioError, load_scenario
+from simulators.scenario import Scenario, ScenarioError
+from simulators.scenario_load import load_scenario
 
 
 def summary(scenario: Scenario) -> list[str]:

@@ -33,6 +33,7 @@ from typing import Any
 from rich.console import Console
 
 from simulators.plan import ReplayPlan
+from simulators.replay_forgery import start_forger
 from simulators.replay_run import ReplayRunner
 from simulators.replay_stack import ReplayStack
 from simulators.replay_timeline import SessionOutcome
@@ -111,7 +112,13 @@ def run_replay(
     prepare_workdir(workdir)
     began = time.monotonic()
     stack = ReplayStack(
-        plan, workdir, speed=speed, broker_url=broker_url, server_url=server_url, token=token
+        plan,
+        workdir,
+        speed=speed,
+        broker_url=broker_url,
+        server_url=server_url,
+        token=token,
+        start_forger=start_forger,
     )
     with stack:
         with console.status(f"starting {len(plan.devices)} device(s), broker and server…"):
@@ -170,7 +177,7 @@ def _scenario_errors(console: Console) -> Iterator[None]:
 def load_plan(path: Path, console: Console) -> ReplayPlan:
     """The plan of a scenario file; a scenario with mistakes prints them and exits 2."""
     from simulators.behaviours import plan_replay
-    from simulators.scenario import load_scenario
+    from simulators.scenario_load import load_scenario
 
     with _scenario_errors(console):
         return plan_replay(load_scenario(path))

@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,10 +179,14 @@ class ReplayStack:
         broker_url: str | None = None,
         server_url: str | None = None,
         token: str | None = None,
+        start_forger: Callable[[DeviceRig, ReplayStack], Forger] | None = None,
     ) -> None:
+        """``start_forger`` connects the adversary of a device whose plan has a forger
+        (``simulators.replay_forgery.start_forger``; the replay passes it in)."""
         if server_url and not broker_url:
             raise ValueError("--server needs --broker: the server's own broker")
         self.plan = plan
+        self.start_forger = start_forger
         self.workdir = workdir
         self.speed = speed
         self.broker_url, self.server_url, self.given_token = broker_url, server_url, token
@@ -360,9 +365,9 @@ class ReplayStack:
         rig.powered = True
         if rig.plan.forger is not None:
             if rig.forger is None:
-                from simulators.replay_forgery import start_forger
-
-                rig.forger = start_forger(rig, self)
+                if self.start_forger is None:
+                    raise RuntimeError(f"{rig.plan.device_id} is planned as a forger, none given")
+                rig.forger = self.start_forger(rig, self)
             return
         if rig.process is None or rig.process.poll() is not None:
             rig.process = self._agent_cli(rig, "run")

@@ -1,6 +1,7 @@
 """Scenario files: a replayed day of classes, as ops staff write it (docs/scenarios.md).
 
-``load_scenario(path)`` reads a YAML file into a ``Scenario`` or raises ``ScenarioError``, a list
+``simulators.scenario_load.load_scenario(path)`` reads a YAML file into a ``Scenario`` or
+raises ``ScenarioError``, a list
 of problems that each name the file, the line and the field (``sessions[3].expect.verdict``),
 never a traceback. The models here say what each section may contain (``extra="forbid"``
 everywhere, so a misspelt field is an error); ``simulators.scenario_checks`` checks what one
@@ -17,8 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,7 +26,6 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -59,16 +58,7 @@ from simulators.scenario_behaviours import (
     ThinUplink,
     UplinkDown,
 )
-from simulators.scenario_checks import cross_check
-from simulators.scenario_messages import describe_error
-from simulators.scenario_yaml import (
-    Marks,
-    NoMarks,
-    ScenarioError,
-    ScenarioProblem,
-    field_path,
-    read_yaml,
-)
+from simulators.scenario_yaml import ScenarioError, ScenarioProblem
 
 __all__ = [
     "BEHAVIOUR_MODELS",
@@ -103,8 +93,6 @@ __all__ = [
     "Session",
     "ThinUplink",
     "UplinkDown",
-    "load_scenario",
-    "parse_scenario",
 ]
 
 Loc = tuple[str | int, ...]
@@ -410,62 +398,3 @@ def _by_id(items: Sequence[T], wanted: str, what: str) -> T:
         if item.id == wanted:
             return item
     raise KeyError(f"no {what} {wanted!r}")
-
-
-# --- loading --------------------------------------------------------------------------------
-
-
-def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
-    """Validate already-read data (fields, then cross-references); errors without lines."""
-    return _validate(data, source, NoMarks())
-
-
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file; ``ScenarioError`` names the line and field of every
-    problem (YAML syntax, duplicate keys, fields, references)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(
-            [ScenarioProblem(source, None, None, "", f"cannot read: {exc}")]
-        ) from None
-    data, marks = read_yaml(text, source)
-    return _validate(data, source, marks)
-
-
-def _validate(data: Any, source: str, marks: Marks) -> Scenario:
-    def problem(loc: Loc, message: str) -> ScenarioProblem:
-        line, column = marks.position(loc)
-        return ScenarioProblem(source, line, column, field_path(loc), message)
-
-    if not isinstance(data, Mapping):
-        raise ScenarioError(
-            [problem((), "a scenario is a mapping with name, date, classrooms, sessions...")]
-        )
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        for err in errors:
-            err["loc"] = _clean_loc(tuple(err["loc"]))
-        problems = [problem(tuple(err["loc"]), describe_error(err, Scenario)) for err in errors]
-        raise ScenarioError(_sorted(problems)) from None
-    problems = [problem(loc, message) for loc, message in cross_check(scenario)]
-    if problems:
-        raise ScenarioError(_sorted(problems))
-    return scenario
-
-
-def _clean_loc(loc: Loc) -> Loc:
-    """Without the tag of ``link``'s union (``devices.0.link.inline.rate_kbit``)."""
-    parts = list(loc)
-    for i in range(len(parts) - 1):
-        if parts[i] == "link" and parts[i + 1] in ("name", "inline"):
-            del parts[i + 1]
-            break
-    return tuple(parts)
-
-
-def _sorted(problems: list[ScenarioProblem]) -> list[ScenarioProblem]:
-    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0, p.field))

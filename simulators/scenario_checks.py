@@ -12,12 +12,12 @@ import difflib
 import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError, create_model
 
 from ingest_server.rules.reasons import SEVERITY, ReasonCode, Severity
 from ingest_server.settings import Settings
+from simulators.scenario import BUILTIN_LINKS, Loc, Scenario, Session
 from simulators.scenario_behaviours import (
     CameraMoved,
     CameraUnplugged,
@@ -35,10 +35,6 @@ from simulators.scenario_behaviours import (
 )
 from simulators.scenario_messages import describe_error
 
-if TYPE_CHECKING:
-    from simulators.scenario import Scenario, Session
-
-Loc = tuple[str | int, ...]
 Finding = tuple[Loc, str]
 
 # Settings the replay itself sets (where its server keeps data, which broker, which zone).
@@ -149,8 +145,6 @@ def _devices(scenario: Scenario) -> Iterator[Finding]:
 
 
 def _builtin_links() -> list[str]:
-    from simulators.scenario import BUILTIN_LINKS
-
     return list(BUILTIN_LINKS)
 
 

@@ -20,9 +20,8 @@ from simulators.scenario import (
     BEHAVIOUR_MODELS,
     ForgedClips,
     Scenario,
-    load_scenario,
-    parse_scenario,
 )
+from simulators.scenario_load import load_scenario, parse_scenario
 
 ROOM_A = (31.2304, 121.4737)  # WGS-84
 ROOM_B_GCJ = (31.2243, 121.4800)  # as picked on AMap: GCJ-02

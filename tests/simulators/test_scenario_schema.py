@@ -19,9 +19,8 @@ from simulators.scenario import (
     PhotoElsewhere,
     ScenarioError,
     UplinkDown,
-    load_scenario,
-    parse_scenario,
 )
+from simulators.scenario_load import load_scenario, parse_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "scenarios"

@@ -28,7 +28,7 @@ from rich.console import Console
 from ingest_server.settings import Settings
 from simulators.replay import ReplayResult, exit_status, load_plan, run_replay
 from simulators.replay_timeline import SessionOutcome
-from simulators.scenario import load_scenario
+from simulators.scenario_load import load_scenario
 
 pytestmark = [pytest.mark.replay, pytest.mark.timeout(600)]
 

@@ -6,6 +6,10 @@ Used by the end-to-end tests of the window-proof rule: random bytes, a clip film
 day, one clip for every window, another classroom's footage uploaded first under the upload
 ids the session's own camera will use. Everything it sends would pass the broker's ACL and the
 manifest's signature check; only the server's own look at the clip can catch it.
+
+Given a ``Presence``, it also keeps the device looking alive as the agent does (retained
+status with its will, heartbeats on its clock): an adversary would, so that the camera's
+presence gives nothing away and only the clips can.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common import topics
 from common.chunks import sha256_bytes
-from common.clock import utc_now
+from common.clock import Clock, SystemClock, wait_event
 from common.commands import Command, CommandType
-from common.schemas import Event, EventType, Fin, Manifest, decode
+from common.heartbeat import Heartbeat
+from common.schemas import Event, EventType, Fin, Manifest, Status, StatusState, decode
 from common.signing import sign_manifest
+from edge_agent.heartbeat import cpu_temperature_c, disk_usage
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +100,28 @@ def real_clip(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """How a forger passes for a live camera (DESIGN.md §2), as the agent does: ``online``,
+    retained, on every connect, ``offline`` as its will and at a clean stop; a heartbeat every
+    ``heartbeat_s`` of its clock that says it records while it claims a session
+    (``Forger.claim_recording``), its spool growing by ``spool_bytes_per_s`` meanwhile, and the
+    free space of the filesystem holding ``disk``."""
+
+    heartbeat_s: float
+    firmware: str
+    disk: Path
+    spool_bytes_per_s: float = 0.0
+
+
 class Forger:
     """Connects as ``device_id`` (its username, password and client id) and signs with its key.
 
     ``answer``, when given, is called for every ``cut`` command the server sends this device
     and returns the clip to upload for it (``None``: stay silent); the upload id is the one
     ``upload_id_for(cmd)`` gives, and a ``cut_done`` event naming it follows, as a camera's.
+    Its times come from ``clock`` and it states ``clock_offset_s`` as its clock's offset;
+    with ``presence`` it also keeps the device looking alive (``Presence``).
     """
 
     def __init__(
@@ -113,10 +135,16 @@ class Forger:
         answer: Callable[[Command], ForgedClip | None] | None = None,
         upload_id_for: Callable[[str], str] | None = None,
         client_suffix: str = "",
+        clock: Clock | None = None,
+        clock_offset_s: float = 0.0,
+        presence: Presence | None = None,
     ) -> None:
         self.device_id = device_id
         self.key = key
         self.answer = answer
+        self.clock = clock or SystemClock()
+        self.clock_offset_s = clock_offset_s
+        self.presence = presence
         self.upload_id_for = upload_id_for or (lambda cmd_id: uuid.uuid4().hex)
         self.commands: list[Command] = []
         self.uploads: dict[str, str] = {}  # upload id -> final ack state
@@ -125,36 +153,82 @@ class Forger:
         self._lock = threading.Lock()
         self._work: queue.Queue[Command | None] = queue.Queue()
         self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._started_mono = self.clock.monotonic()
+        self._beat_seq = 0
+        self._bytes_sent = 0
+        self._recording: str | None = None  # the session it claims to record
+        self._recording_since = 0.0
+        self._recorded_s = 0.0
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=device_id + client_suffix,
             protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(device_id, password)
+        if presence is not None:
+            will = Status(
+                device_id=device_id, state=StatusState.OFFLINE, firmware=presence.firmware
+            )
+            self.client.will_set(topics.status(device_id), will.to_bytes(), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(host, port, 30)
         self._worker = threading.Thread(target=self._run, name=f"forger-{device_id}", daemon=True)
+        self._beats = threading.Thread(
+            target=self._heartbeats, name=f"forger-{device_id}-heartbeat", daemon=True
+        )
 
     # -- life --------------------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> Forger:
+        self._started_mono = self.clock.monotonic()
         self.client.loop_start()
         self._worker.start()
+        if self.presence is not None:
+            self._beats.start()
         if not self._connected.wait(timeout):
             raise TimeoutError(f"forger {self.device_id} did not connect")
         return self
 
     def stop(self) -> None:
+        """Stop answering and beating; with a presence, say ``offline`` as the agent does at a
+        clean stop (which fires no will); disconnect."""
+        self._stopping.set()
         self._work.put(None)
         self._worker.join(timeout=10)
+        if self._beats.is_alive():
+            self._beats.join(timeout=10)
+        if self.presence is not None and self.client.is_connected():
+            info = self.client.publish(
+                topics.status(self.device_id), self._status(StatusState.OFFLINE), 1, True
+            )
+            info.wait_for_publish(2.0)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def claim_recording(self, session_id: str | None) -> None:
+        """From now on the heartbeats say the camera records ``session_id`` (None: nothing)."""
+        mono = self.clock.monotonic()
+        with self._lock:
+            if self._recording is not None:
+                self._recorded_s += mono - self._recording_since
+            self._recording, self._recording_since = session_id, mono
+
+    def _status(self, state: StatusState) -> bytes:
+        firmware = self.presence.firmware if self.presence else None
+        at = self.clock.now()
+        return Status(device_id=self.device_id, state=state, at=at, firmware=firmware).to_bytes()
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
+        if rc.is_failure:
+            self.errors.append(f"connect refused: {rc}")
+            return
         client.subscribe(topics.down_all(self.device_id), qos=1)
+        if self.presence is not None:
+            client.publish(topics.status(self.device_id), self._status(StatusState.ONLINE), 1, True)
         self._connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -195,7 +269,51 @@ class Forger:
                 log.exception("forger %s failed to answer %s", self.device_id, cmd.cmd_id)
                 self.errors.append(repr(exc))
 
+    def _heartbeats(self) -> None:
+        topic = topics.heartbeat(self.device_id)
+        assert self.presence is not None
+        while not self._stopping.is_set():
+            if self.client.is_connected():
+                try:
+                    self.client.publish(topic, self.heartbeat().to_bytes(), qos=1)
+                except Exception as exc:  # one bad beat must not end the device's presence
+                    self.errors.append(repr(exc))
+            wait_event(self._stopping, self.presence.heartbeat_s, self.clock)
+
     # -- what a camera sends -----------------------------------------------------------------
+
+    def heartbeat(self) -> Heartbeat:
+        """The heartbeat the agent would send now, as far as the forger can pretend it:
+        recording the session it claims, its spool grown by as much, nothing waiting to go."""
+        presence = self.presence
+        assert presence is not None
+        now, mono = self.clock.now(), self.clock.monotonic()
+        free, total = disk_usage(presence.disk)
+        with self._lock:
+            self._beat_seq += 1
+            seq, session_id, recorded_s = self._beat_seq, self._recording, self._recorded_s
+            if session_id is not None:
+                recorded_s += mono - self._recording_since
+            sent = self._bytes_sent
+        return Heartbeat(
+            device_id=self.device_id,
+            at=now,
+            seq=seq,
+            uptime_s=max(0.0, mono - self._started_mono),
+            firmware=presence.firmware,
+            recording=session_id is not None,
+            session_id=session_id,
+            spool_bytes=int(recorded_s * presence.spool_bytes_per_s),
+            outbox_pending=0,
+            disk_free_bytes=free,
+            disk_total_bytes=total,
+            cpu_temp_c=cpu_temperature_c(),
+            clock_offset_s=self.clock_offset_s,
+            clock_source="server",
+            clock_synced=True,
+            bytes_sent_today=sent,
+            bytes_sent_month=sent,
+        )
 
     def emit(
         self,
@@ -206,19 +324,19 @@ class Forger:
         data: dict[str, Any] | None = None,
         at: datetime | None = None,
     ) -> None:
-        """Publish an event as the device would (device clock = server clock here)."""
-        fields: dict[str, Any] = {
-            "event_id": uuid.uuid4().hex,
-            "device_id": self.device_id,
-            "type": type_,
-            "at": at or utc_now(),
-            "session_id": session_id,
-            "cmd_id": cmd_id,
-            "data": data or {},
-        }
-        if "clock_offset_s" in Event.model_fields:
-            fields["clock_offset_s"] = 0.0
-        info = self.client.publish(topics.event(self.device_id), Event(**fields).to_bytes(), qos=1)
+        """Publish an event as the device would: ``at`` (default now) on the forger's clock,
+        with the offset it states."""
+        event = Event(
+            event_id=uuid.uuid4().hex,
+            device_id=self.device_id,
+            type=type_,
+            at=at or self.clock.now(),
+            clock_offset_s=self.clock_offset_s,
+            session_id=session_id,
+            cmd_id=cmd_id,
+            data=data or {},
+        )
+        info = self.client.publish(topics.event(self.device_id), event.to_bytes(), qos=1)
         info.wait_for_publish(10)
 
     def upload(
@@ -253,7 +371,7 @@ class Forger:
             frames=clip.frames,
             width=clip.width,
             height=clip.height,
-            created_at=utc_now(),
+            created_at=self.clock.now(),
         )
         acks: queue.Queue[dict[str, Any]] = queue.Queue()
         with self._lock:
@@ -266,6 +384,8 @@ class Forger:
         ]
         for info in infos:
             info.wait_for_publish(timeout)
+        with self._lock:
+            self._bytes_sent += len(data)
         fin = Fin(upload_id=upload_id, size=len(data), sha256=manifest.sha256)
         publish(topics.file_fin(self.device_id, upload_id), fin.to_bytes(), 1)
         state = "timeout"

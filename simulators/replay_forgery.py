@@ -1,6 +1,8 @@
 """A device in an adversary's hands during a replay (``ForgerPlan``): ``simulators.forger``
-connects with the device's credentials through the device's own link, reports its sessions as
-a camera would, and answers each cut with a forged, validly signed clip.
+connects with the device's credentials through the device's own link, keeps it looking alive
+as the agent would (status, heartbeats at the agent's period on the replay's clock, recording
+during its classes), reports its sessions as a camera would, and answers each cut with a
+forged, validly signed clip.
 
 - ``another_day``: a genuine recording whose manifest honestly says it was cut a day earlier;
 - ``another_classroom``: the very window cut from the other device's spool by the agent's own
@@ -17,22 +19,33 @@ from common.commands import Command
 from common.schemas import EventType
 from common.signing import load_private_key
 from edge_agent.clips import upload_id_for
+from edge_agent.config import load_config
 from edge_agent.cutter import cut_window
+from edge_agent.service import FIRMWARE
 from edge_agent.sessions import stopped_report
 from edge_agent.spool import Spool
-from simulators.forger import ForgedClip, Forger, real_clip
+from simulators.forger import ForgedClip, Forger, Presence, real_clip
 from simulators.plan import SessionPlan
+from simulators.sim_clock import SharedClock
 
 if TYPE_CHECKING:
     from simulators.replay_stack import DeviceRig, ReplayStack
 
 
 def start_forger(rig: DeviceRig, stack: ReplayStack) -> Forger:
-    """The forger for ``rig``, connected through its link."""
+    """The forger for ``rig``, connected through its link, on the replay's clock (with the
+    device's skew, which it states as the agent would once it has measured it)."""
     plan = rig.plan.forger
     assert plan is not None
     workdir = rig.device.root / "forgeries"
     workdir.mkdir(exist_ok=True)
+    config = load_config(rig.device.config_path)  # the agent's own: its period, its bitrate
+    presence = Presence(
+        heartbeat_s=config.heartbeat.interval_s,
+        firmware=FIRMWARE,
+        disk=rig.device.state_dir,
+        spool_bytes_per_s=config.recording.bitrate / 8,
+    )
 
     def answer(cmd: Command) -> ForgedClip | None:
         if cmd.start is None or cmd.end is None:
@@ -66,21 +79,31 @@ def start_forger(rig: DeviceRig, stack: ReplayStack) -> Forger:
         port=rig.link.port,
         answer=answer,
         upload_id_for=lambda cmd_id: upload_id_for(rig.device_id, cmd_id),
+        clock=SharedClock(stack.clock_path, skew_s=rig.plan.clock_skew_s),
+        clock_offset_s=rig.plan.clock_skew_s,
+        presence=presence,
     )
     return forger.start(timeout=30)
 
 
 def report_session(forger: Forger, session: SessionPlan, *, started: bool, at: datetime) -> None:
-    """What a camera says when a session starts or stops: the forger says it too, on time."""
+    """What a camera says when a session starts or stops, and from then on in its heartbeats
+    (recording or not): the forger says it too, on time (``at``, true time, stated in its
+    device clock)."""
+    skew = timedelta(seconds=forger.clock_offset_s)
     if started:
-        data = {"source": "timetable", "opened_at": at.isoformat(), "planned_end": None}
-        forger.emit(EventType.SESSION_STARTED, session_id=session.session_id, data=data, at=at)
+        data = {"source": "timetable", "opened_at": (at + skew).isoformat(), "planned_end": None}
+        forger.emit(
+            EventType.SESSION_STARTED, session_id=session.session_id, data=data, at=at + skew
+        )
+        forger.claim_recording(session.session_id)
         return
+    forger.claim_recording(None)
     data = stopped_report(
         reason="planned_end",
-        opened_at=session.start,
-        closed_at=at,
+        opened_at=session.start + skew,
+        closed_at=at + skew,
         gaps=[],
         recording_ids=[1],
     )
-    forger.emit(EventType.SESSION_STOPPED, session_id=session.session_id, data=data, at=at)
+    forger.emit(EventType.SESSION_STOPPED, session_id=session.session_id, data=data, at=at + skew)

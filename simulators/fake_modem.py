@@ -38,6 +38,9 @@ from pathlib import Path
 
 from common.clock import Clock, SystemClock
 
+# While a reboot is under way the loop looks at the clock this often (real seconds) to end it.
+REBOOT_POLL_S = 0.01
+
 
 @dataclass
 class FakeSignal:
@@ -197,6 +200,7 @@ class FakeModem:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._wake_r, self._wake_w = -1, -1  # wakes the loop from ``stop()``
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -210,6 +214,7 @@ class FakeModem:
         if self.vanish_on_reboot and self.link is None:
             raise ValueError("vanish_on_reboot needs a link path to vanish and come back")
         self._new_pty()
+        self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="fake-modem", daemon=True)
         self._thread.start()
         return self
@@ -217,9 +222,16 @@ class FakeModem:
     def stop(self) -> None:
         """Stop answering and remove the pty (and link)."""
         self._stop.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout=2)
         self._close_pty()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> FakeModem:
         return self.start()
@@ -261,16 +273,18 @@ class FakeModem:
     # -- the loop ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Blocks until the driver writes or ``stop()`` wakes it (looking at the clock only while
+        # a reboot is under way): an idle modem costs nothing, and a replay runs one per device.
         buffer = bytearray()
         while not self._stop.is_set():
             self._finish_reboot_if_due()
             fd = self._master
-            if fd is None:
-                time.sleep(0.005)
-                continue
+            waiting = [self._wake_r] if fd is None else [self._wake_r, fd]
             try:
-                ready, _, _ = select.select([fd], [], [], 0.01)
-                data = os.read(fd, 4096) if ready else b""
+                ready, _, _ = select.select(waiting, [], [], self._reboot_poll_s())
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 64)
+                data = os.read(fd, 4096) if fd is not None and fd in ready else b""
             except OSError:
                 data = b""
             buffer += data
@@ -283,6 +297,10 @@ class FakeModem:
                 del buffer[: end + 1]
                 if line:
                     self._handle(line)
+
+    def _reboot_poll_s(self) -> float | None:
+        """Real seconds the loop may block: for good unless a reboot is to end meanwhile."""
+        return None if self._reboot_until is None else REBOOT_POLL_S
 
     def _handle(self, cmd: str) -> None:
         with self._lock:

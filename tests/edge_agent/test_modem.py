@@ -352,3 +352,23 @@ def test_driver_module_imports_without_pyserial():
     code = "import sys; sys.modules['serial'] = None; import edge_agent.modem; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_an_idle_fake_modem_sleeps_until_spoken_to(clock: VirtualClock):
+    # A replay runs a fake modem per device in one process: idle, it must not wake up at all,
+    # and still answer at once when the driver writes.
+    with FakeModem(QUECTEL_EC25, clock=clock) as fake, driver(fake, clock) as modem:
+        assert fake._thread is not None
+        task = Path(f"/proc/self/task/{fake._thread.native_id}/status")
+
+        def switches() -> int:
+            lines = task.read_text().splitlines()
+            return sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+
+        before = switches()
+        time.sleep(0.5)
+        assert switches() - before <= 1  # polling every 10 ms woke it 50 times
+        real = time.monotonic()
+        assert modem.signal().csq == fake.signal.csq
+        assert time.monotonic() - real < 0.1
+    assert not fake._thread.is_alive()

@@ -7,8 +7,11 @@ the time it takes to encode it; ``ScaledClock`` runs real time ``speed`` times f
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -34,25 +37,90 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
 
 
-# Longest real wait between looks at a fast clock's speed while waiting on an event.
+# Longest real wait between looks at a fast clock's speed while waiting on an event, for a
+# clock that does not say when it changes.
 _EVENT_SLICE_S = 0.05
+# Longest real wait on a clock that says when it changes (``ClockChanges``): only a safety net.
+_CHANGES_SLICE_S = 2.0
 
 
-def wait_event(event: threading.Event, seconds: float, clock: Clock) -> bool:
-    """Wait until ``event`` is set or ``seconds`` of ``clock``'s time have passed; return
-    whether it was set. A clock that runs ``speed`` times faster than real time (``ScaledClock``,
-    the simulator's shared clock) waits that much less real time, looking at its speed again
-    every slice (a replay may change it); any other clock waits ``seconds`` real seconds, as
+class ClockChanges:
+    """Wakes the threads waiting in ``wait_event`` on a clock whose speed or reading may change
+    while they wait (the simulator's shared clock, when its conductor sets a new speed or jumps
+    ahead), so they need not look at the clock again and again meanwhile. ``changed()`` is
+    called by whoever learns of the change. The wake-up is what ``Event.wait`` calls a spurious
+    one (it returns True with the flag clear): anything else waiting on an event that
+    ``wait_event`` waits on with such a clock must look at ``is_set()``, as ``wait_event`` does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[threading.Event, int]] = {}
+        self.generation = 0
+
+    @contextlib.contextmanager
+    def watching(self, event: threading.Event) -> Iterator[None]:
+        """While inside, a change wakes threads blocked in ``event.wait``."""
+        key = id(event)
+        with self._lock:
+            _, count = self._waiting.get(key, (event, 0))
+            self._waiting[key] = (event, count + 1)
+        try:
+            yield
+        finally:
+            with self._lock:
+                count = self._waiting[key][1] - 1
+                if count:
+                    self._waiting[key] = (event, count)
+                else:
+                    del self._waiting[key]
+
+    def changed(self) -> None:
+        """The clock changed: every waiter looks at it again."""
+        with self._lock:
+            self.generation += 1
+            events = [event for event, _ in self._waiting.values()]
+        for event in events:
+            _wake(event)
+
+
+def _wake(event: threading.Event) -> None:
+    """Wake the threads blocked in ``event.wait`` without setting it (``wait`` then returns
+    True with the flag still clear; ``wait_event`` looks at the flag, not at that). Only an
+    Event's own condition can do this: there is no public way to wait on two things at once."""
+    cond = getattr(event, "_cond", None)
+    if isinstance(cond, threading.Condition):
+        with cond:
+            cond.notify_all()
+
+
+def wait_event(
+    event: threading.Event, seconds: float, clock: Clock, *, real_limit_s: float | None = None
+) -> bool:
+    """Wait until ``event`` is set or ``seconds`` of ``clock``'s time have passed (or, given
+    ``real_limit_s``, that many real seconds, whichever comes first); return whether it was set.
+    A clock that runs ``speed`` times faster than real time (``ScaledClock``, the simulator's
+    shared clock) waits that much less real time; one that may change its speed or jump
+    meanwhile either wakes the wait when it does (it has ``ClockChanges`` as ``changes``) or is
+    looked at again every slice. Any other clock waits ``seconds`` real seconds, as
     ``event.wait`` does (a ``VirtualClock`` only moves when something sleeps on it)."""
     if not isinstance(getattr(clock, "speed", None), int | float):
-        return event.wait(seconds)
+        return event.wait(seconds if real_limit_s is None else min(seconds, real_limit_s))
+    found = getattr(clock, "changes", None)
+    changes = found if isinstance(found, ClockChanges) else None
     deadline = clock.monotonic() + seconds
-    while not event.is_set():
-        left = deadline - clock.monotonic()
-        if left <= 0:
-            return False
-        speed = float(getattr(clock, "speed", 1.0))
-        event.wait(min(left / speed, _EVENT_SLICE_S))
+    real_deadline = time.monotonic() + (math.inf if real_limit_s is None else real_limit_s)
+    with contextlib.nullcontext() if changes is None else changes.watching(event):
+        while not event.is_set():
+            generation = None if changes is None else changes.generation
+            left = deadline - clock.monotonic()
+            real_left = real_deadline - time.monotonic()
+            if left <= 0 or real_left <= 0:
+                return False
+            real = min(left / float(getattr(clock, "speed", 1.0)), real_left)
+            if changes is None:
+                event.wait(min(real, _EVENT_SLICE_S))
+            elif changes.generation == generation:  # else it changed as we read it: again
+                event.wait(min(real, _CHANGES_SLICE_S))
     return True
 
 

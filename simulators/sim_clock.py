@@ -5,7 +5,10 @@ seconds after ``wall0``) at a moment of the machine's monotonic clock (``base_re
 process on one machine shares), and how fast it runs since (``speed``). Each process reads it
 through a ``SharedClock``, a ``common.clock.Clock`` like the system clock, so the server and the
 agents run their production code paths on simulated time. The conductor may change the speed or
-jump ahead (a night with nothing to do); it rewrites the file atomically and readers notice.
+jump ahead (a night with nothing to do); it rewrites the file atomically and readers notice:
+each read of the clock looks at the file's identity (one ``stat``), and threads waiting on the
+clock (``common.clock.wait_event``) are woken when the file is replaced (``ClockChanges``, fed by
+``simulators.file_watch``), so they need not look at it while nothing changes.
 """
 
 from __future__ import annotations
@@ -17,13 +20,39 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from common.clock import to_utc
+from common.clock import ClockChanges, to_utc
+from simulators.file_watch import watch_file
 
 # A sleep on the shared clock waits at least this long in real time: at high speeds a loop
 # that sleeps 0.1 simulated seconds would otherwise spin.
 MIN_REAL_SLEEP_S = 0.004
 # Longest real wait between looks at the file while sleeping (the speed may change meanwhile).
 MAX_REAL_SLICE_S = 0.05
+# After the file changed, waiters are woken again this long after (real seconds): one that was
+# between reading the clock and starting to wait missed the first wake-up.
+WAKE_AGAIN_S = (0.05, 0.5)
+
+_changes_lock = threading.Lock()
+_changes: dict[Path, ClockChanges | None] = {}
+
+
+def _changes_of(path: Path) -> ClockChanges | None:
+    """The one ``ClockChanges`` of this process for the clock file ``path`` (None when changes
+    to the file cannot be watched here)."""
+    path = path.absolute()
+    with _changes_lock:
+        if path not in _changes:
+            changes = ClockChanges()
+
+            def replaced() -> None:
+                changes.changed()
+                for delay in WAKE_AGAIN_S:
+                    again = threading.Timer(delay, changes.changed)
+                    again.daemon = True
+                    again.start()
+
+            _changes[path] = changes if watch_file(path, replaced) else None
+        return _changes[path]
 
 
 class _State:
@@ -92,6 +121,11 @@ class SharedClock:
     def speed(self) -> float:
         with self._lock:
             return self._refresh().speed
+
+    @property
+    def changes(self) -> ClockChanges | None:
+        """Wakes ``wait_event`` waiters when the conductor changes the speed or jumps."""
+        return _changes_of(self.path)
 
     def now(self) -> datetime:
         state, elapsed = self._elapsed()

@@ -150,3 +150,49 @@ def test_waiting_on_an_event_counts_simulated_time(conductor: ClockConductor) ->
     real = time.monotonic()
     assert wait_event(event, 3600, clock) is True
     assert time.monotonic() - real < 0.5
+
+
+def _switches(thread: threading.Thread) -> int:
+    """Context switches of ``thread`` so far (each one a wake-up, give or take)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+
+
+@pytest.mark.parametrize("change", ["jump", "speed"])
+def test_a_waiter_notices_a_jump_or_a_new_speed_at_once(
+    conductor: ClockConductor, change: str
+) -> None:
+    # Each agent waits out its heartbeat interval this way: at 1x it waits 30 real seconds,
+    # and when the replay then jumps ahead or speeds up the wait must end when simulated
+    # time says so, not 30 real seconds later.
+    conductor.set_speed(1.0)
+    clock = SharedClock(conductor.path)
+    event = threading.Event()
+    outcome: list[bool] = []
+    waiter = threading.Thread(target=lambda: outcome.append(wait_event(event, 30, clock)))
+    waiter.start()
+    time.sleep(0.3)  # the waiter is waiting (this is what is measured, not a condition)
+    real = time.monotonic()
+    if change == "jump":
+        conductor.jump(60)
+    else:
+        conductor.set_speed(1000.0)
+    waiter.join(5)
+    assert outcome == [False]
+    assert time.monotonic() - real < 0.3
+
+
+def test_a_waiter_on_a_steady_clock_does_not_look_at_it(conductor: ClockConductor) -> None:
+    conductor.set_speed(3.0)
+    clock = SharedClock(conductor.path)
+    event = threading.Event()
+    waiter = threading.Thread(target=wait_event, args=(event, 60, clock))
+    waiter.start()
+    time.sleep(0.2)
+    before = _switches(waiter)
+    time.sleep(1.0)
+    woke = _switches(waiter) - before
+    event.set()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert woke <= 2  # a sliced wait looked at the file 20 times a second

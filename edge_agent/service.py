@@ -9,6 +9,7 @@ threads anyway). Everything durable lives in SQLite under ``state_dir``.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -48,6 +49,11 @@ from edge_agent.uplink import LinkDown, MqttLink, Uploader
 
 log = logging.getLogger(__name__)
 FIRMWARE = "classcam-agent/0.1.0"
+# Real seconds between housekeeping passes (systemd's watchdog is fed from them, and a new
+# timetable or command is acted on); session starts and ends are met on time in between.
+HOUSEKEEPING_REAL_S = 0.5
+# Simulated seconds between the slow part of housekeeping (traffic counters, storage cleanup).
+SLOW_HOUSEKEEPING_S = 10.0
 
 
 def default_camera_factory(config: AgentConfig, clock: Clock) -> CameraFactory:
@@ -137,6 +143,7 @@ class AgentService:
             critical_bytes=config.storage.critical_mb * 1024 * 1024,
         )
         self.stop_event = threading.Event()
+        self._housekeeping_due = threading.Event()  # a timetable, a command or a stop
         self.events_ready = self.events.ready
         self.uploads_ready = threading.Event()
         self.storage_low = False
@@ -169,6 +176,7 @@ class AgentService:
             counters=self.link.counters,
         )
         self.link.on_sent = self._count_traffic
+        self.link.on_connected = self.uploads_ready.set
         self.link.on("cmd", self._on_cmd_message)
         self.link.on("schedule", self._on_schedule_message)
         self.link.on("ack", self.uploader.on_ack_message)
@@ -187,6 +195,7 @@ class AgentService:
     def _on_schedule_message(self, topic: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message
             self.state.put("schedule", None)
+            self._housekeeping_due.set()
             return
         try:
             schedule = decode(Schedule, payload)
@@ -196,6 +205,7 @@ class AgentService:
             return
         self.state.put("schedule", schedule.model_dump(mode="json"))
         log.info("timetable: %d session(s)", len(schedule.sessions))
+        self._housekeeping_due.set()
 
     def _on_ack(self, ack: Ack, sent_mono: float, received_mono: float) -> None:
         # Only answers to our own init/fin, timed on the monotonic clock, teach the offset:
@@ -398,21 +408,32 @@ class AgentService:
             except Exception:  # e.g. the state disk failing: the command is retried on restart
                 self.link.counters["command_worker_error"] += 1
                 log.exception("command %s could not be handled", cmd.cmd_id)
+            self._housekeeping_due.set()  # a session it opened has its own end
+            self.uploads_ready.set()  # it may have queued or released uploads
 
     def _housekeeping(self) -> None:
-        last_slow = 0.0
+        last_slow: float | None = None
         while not self.stop_event.is_set():
+            self._housekeeping_due.clear()
+            next_change: float | None = None
             try:
-                self.sessions.check_timetable()
+                next_change = self.sessions.check_timetable()
                 mono = self.clock.monotonic()
-                if mono - last_slow >= 10:
+                if last_slow is None or mono - last_slow >= SLOW_HOUSEKEEPING_S:
                     last_slow = mono
                     self._flush_traffic()
                     self.cleanup_storage()
                 self.notifier.watchdog()
             except Exception:
                 log.exception("housekeeping failed")
-            wait_event(self.stop_event, 0.5, self.clock)
+            # Half a real second (on a replay's faster clock, that many more simulated ones),
+            # or just past the timetable's next start or end if that comes first.
+            wait_event(
+                self._housekeeping_due,
+                math.inf if next_change is None else next_change + 0.001,
+                self.clock,
+                real_limit_s=HOUSEKEEPING_REAL_S,
+            )
 
     def _requeue_commands(self) -> None:
         """Commands delivered before a stop or a power cut but never answered run now."""
@@ -427,7 +448,7 @@ class AgentService:
         self.link.start()
         self.sessions.resume_open_sessions()
         for name, target in (
-            ("uploader", lambda: self.uploader.run(self.stop_event)),
+            ("uploader", lambda: self.uploader.run(self.stop_event, wake=self.uploads_ready)),
             ("commands", self._command_worker),
             ("events", lambda: self.events.run(self.stop_event)),
             ("heartbeat", self._heartbeats),
@@ -441,6 +462,8 @@ class AgentService:
     def stop(self) -> None:
         self.notifier.stopping()
         self.stop_event.set()
+        self._housekeeping_due.set()
+        self.uploads_ready.set()
         rec = self.recorder.stop()
         if rec:
             log.info("stopped recording session %s for shutdown", rec.session_id)
@@ -454,4 +477,5 @@ class AgentService:
 
     def run_forever(self) -> None:
         self.start()
-        self.stop_event.wait()
+        while not self.stop_event.is_set():  # a clock change wakes waiters (wait_event)
+            self.stop_event.wait()

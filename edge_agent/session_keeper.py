@@ -19,6 +19,7 @@ from edge_agent.sessions import (
     OpenSession,
     due_session,
     end_on_device_clock,
+    seconds_to_next_change,
     should_close,
     stopped_report,
 )
@@ -142,8 +143,9 @@ class SessionKeeper:
         """Server UTC now, as far as the clock offset knows (the device clock before any)."""
         return self.clock.now() - timedelta(seconds=self.offset.or_zero())
 
-    def check_timetable(self) -> None:
-        """Close the open session at its end; open the timetabled one that is due."""
+    def check_timetable(self) -> float | None:
+        """Close the open session at its end; open the timetabled one that is due. Return the
+        seconds until the timetable may decide something new (None: nothing planned)."""
         with self.lock:
             server_now, device_now = self.server_now(), self.clock.now()
             if self.open and should_close(self.open, server_now, device_now):
@@ -165,6 +167,7 @@ class SessionKeeper:
                     planned_end=due.end,
                     planned_start=due.start,
                 )
+            return seconds_to_next_change(schedule, self.open, server_now, device_now)
 
     def resume_open_sessions(self) -> None:
         """A restart during a class resumes its recording at once, whatever opened it (the

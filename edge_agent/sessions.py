@@ -39,6 +39,22 @@ def should_close(session: OpenSession, server_now: datetime, device_now: datetim
     return device_now - session.opened_at >= MAX_SESSION
 
 
+def seconds_to_next_change(
+    schedule: Schedule | None,
+    session: OpenSession | None,
+    server_now: datetime,
+    device_now: datetime,
+) -> float | None:
+    """Seconds until the timetable may decide something new: the open session's end, or the
+    next start or end of a timetabled session; None when nothing is planned."""
+    planned = schedule.sessions if schedule else []
+    ahead = [moment - server_now for s in planned for moment in (s.start, s.end)]
+    if session is not None:
+        ahead.append(end_on_device_clock(session, server_now, device_now) - device_now)
+    future = [delta.total_seconds() for delta in ahead if delta > timedelta(0)]
+    return min(future) if future else None
+
+
 def end_on_device_clock(
     session: OpenSession, server_now: datetime, device_now: datetime
 ) -> datetime:

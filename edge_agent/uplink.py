@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import random
@@ -82,6 +83,8 @@ class MqttLink:
         self.counters: Counter[str] = Counter()
         # Called with the bytes each publish puts on the wire (payload, topic, MQTT header).
         self.on_sent: Callable[[int], None] | None = None
+        # Called each time the link is up (connected and subscribed).
+        self.on_connected: Callable[[], None] | None = None
         broker = config.broker
         v5 = broker.protocol == "5"
         self.client = mqtt.Client(
@@ -182,6 +185,8 @@ class MqttLink:
         # broker has our subscription would find no session to wait in.
         if all(not rc.is_failure for rc in reason_codes):
             self.connected.set()
+            if self.on_connected is not None:
+                self.on_connected()
         else:
             self.counters["subscribe_refused"] += 1
             log.error("broker refused our subscription: %s", reason_codes)
@@ -523,13 +528,30 @@ class Uploader:
                 done += 1
         return done
 
-    def run(self, stop: threading.Event, idle_s: float = 1.0) -> None:
-        """Keep the outbox empty until ``stop`` is set."""
+    def run(
+        self, stop: threading.Event, idle_s: float = 1.0, wake: threading.Event | None = None
+    ) -> None:
+        """Keep the outbox empty until ``stop`` is set, looking at it every ``idle_s`` clock
+        seconds; with ``wake`` (set when there is new work: a clip queued, the link back, and
+        at the stop), every ``idle_s`` real seconds and when the next retry is due instead, so
+        a replay's faster clock does not make an idle device read its outbox more often."""
         while not stop.is_set():
+            if wake is not None:
+                wake.clear()
             try:
                 if self.drain(stop):
                     continue
             except Exception:  # one bad clip or a disk error must not end all uploads
                 self.link.counters["upload_error"] += 1
                 log.exception("uploader failed; retrying")
-            wait_event(stop, idle_s, self.clock)
+            if wake is None:
+                wait_event(stop, idle_s, self.clock)
+            else:
+                wait_event(wake, self._idle_wait_s(idle_s), self.clock, real_limit_s=idle_s)
+
+    def _idle_wait_s(self, idle_s: float) -> float:
+        """Clock seconds until the next retry is due, never less than ``idle_s``."""
+        due_at = self.outbox.next_due_at()
+        if due_at is None:
+            return math.inf
+        return max(idle_s, (due_at - self.clock.now()).total_seconds())

@@ -13,11 +13,17 @@ from typing import Any
 import pytest
 from agent_harness import Operator, field_device, later
 
-from common.commands import CommandType
+from common.commands import CommandType, Schedule, ScheduledSession
 from common.schemas import Event, EventType
 from edge_agent.commands import upload_id_for
 from edge_agent.service import AgentService
-from edge_agent.sessions import MAX_SESSION, OpenSession, end_on_device_clock, recorded_seconds
+from edge_agent.sessions import (
+    MAX_SESSION,
+    OpenSession,
+    end_on_device_clock,
+    recorded_seconds,
+    seconds_to_next_change,
+)
 from simulators.broker import MosquittoBroker
 from simulators.harness import ServerProcess
 
@@ -58,6 +64,35 @@ def test_a_session_ends_at_its_planned_end_on_the_device_clock_else_after_six_ho
     assert end_on_device_clock(planned, server_now, device_now) == _at(5400 + 1200)
     unplanned = OpenSession("s", "command", None, _at(0))
     assert end_on_device_clock(unplanned, server_now, device_now) == _at(0) + MAX_SESSION
+
+
+@pytest.mark.parametrize(
+    ("server_s", "open_session", "expected"),
+    [
+        (0, None, 600.0),  # before the first class: its start
+        (600, None, 1200.0),  # at its start, nothing open (closed early): its end
+        (700, OpenSession("a", "schedule", _at(1800), _at(700)), 1100.0),  # its end
+        (2400, None, 1200.0),  # between classes: the second's start
+        (4800, None, None),  # after the last one: nothing planned
+        # opened by command, no planned end: six hours after it opened, on the device clock
+        (4800, OpenSession("c", "command", None, _at(4800 + 300)), MAX_SESSION.total_seconds()),
+    ],
+)
+def test_the_timetable_next_changes_at_a_start_or_an_end(
+    server_s: float, open_session: OpenSession | None, expected: float | None
+):
+    schedule = Schedule(
+        device_id="dev",
+        issued_at=_at(0),
+        sessions=[
+            ScheduledSession(session_id="a", start=_at(600), duration_s=1200),
+            ScheduledSession(session_id="b", start=_at(3600), duration_s=1200),
+        ],
+    )
+    # The device clock runs 5 minutes ahead of the server's.
+    ahead = seconds_to_next_change(schedule, open_session, _at(server_s), _at(server_s + 300))
+    assert ahead == expected
+    assert seconds_to_next_change(None, None, _at(server_s), _at(server_s)) is None
 
 
 def test_an_upload_id_belongs_to_its_device_and_is_stable_per_command():

@@ -72,6 +72,7 @@ bench: system-deps $(STAMP)
 	$(PY) bench/broker_persistence.py
 	$(PY) bench/consumer_ack.py
 	$(PY) bench/feed_append.py
+	$(PY) bench/heartbeat_ingest.py
 	$(PY) bench/fleet_replay.py
 
 # The property and fuzz tests of the suite, run much longer: FUZZ_EXAMPLES examples per

@@ -326,9 +326,14 @@ class IngestConsumer:
     def _work(self) -> None:
         pending: list[Inbound] = []  # handled, not yet committed and acknowledged
         last_flush = time.monotonic()
+        oldest = 0.0  # when the first of ``pending`` was handled
         settings = self.settings
         while True:
-            wait = settings.flush_interval_s if pending else 0.5
+            if pending:
+                linger = oldest + settings.flush_linger_s - time.monotonic()
+                wait = max(0.0, min(settings.flush_interval_s, linger))
+            else:
+                wait = 0.5
             waited = self._queue.empty() and not pending
             try:
                 item = self._queue.get(timeout=wait)
@@ -348,10 +353,14 @@ class IngestConsumer:
                 if out is None:
                     break  # stopping while the database is away: leave it unacknowledged
                 self._publish(out)
+                if not pending:
+                    oldest = time.monotonic()
                 pending.append(item)
             now = time.monotonic()
+            # A dry queue commits once the oldest has lingered a little: at a steady trickle
+            # that groups a few dozen heartbeats per commit instead of one.
             due = pending and (
-                self._queue.empty()
+                (self._queue.empty() and now - oldest >= settings.flush_linger_s)
                 or len(pending) >= settings.flush_every_messages
                 or now - last_flush >= settings.flush_interval_s
             )

@@ -46,6 +46,7 @@ class ServerCore:
             self.clock,
             on_sessions_changed=self.sessions_changed,
             on_online=self.device_online,
+            batched=True,  # committed by the processor's flush, before the consumer acks
         )
         self.checker = ClipChecker(
             self.session_factory, self.store, self.sessions_changed, self.clock
@@ -57,6 +58,7 @@ class ServerCore:
             self.clock,
             device_messages=self.fleet.handle,
             on_clip_stored=self.checker.clip_stored,
+            flush_device_messages=self.fleet.flush,
         )
         self.scheduler = Scheduler(
             settings,
@@ -109,11 +111,17 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def run_server(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+async def run_server(
+    settings: Settings,
+    stop: asyncio.Event,
+    clock: Clock | None = None,
+    consumer_class: type[IngestConsumer] = IngestConsumer,
+) -> None:
     """Ingest, schedule and serve the API until ``stop`` is set, on ``clock`` (the system
-    clock unless given: a replay passes its shared simulated clock)."""
+    clock unless given: a replay passes its shared simulated clock). ``consumer_class`` lets a
+    bench time the real consumer (bench/heartbeat_ingest.py)."""
     core = ServerCore(settings, clock)
-    consumer = IngestConsumer(settings, core.processor)
+    consumer = consumer_class(settings, core.processor)
     # Heartbeat timeouts wait until the backlog at the broker is drained.
     core.fleet.caught_up = consumer.caught_up
     api: _EmbeddedServer | None = None

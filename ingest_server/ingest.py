@@ -66,10 +66,14 @@ class IngestProcessor:
         *,
         device_messages: Callable[[topics.UpTopic, bytes], list[Outgoing] | None] | None = None,
         on_clip_stored: Callable[[int], object] | None = None,
+        flush_device_messages: Callable[[], object] | None = None,
     ) -> None:
-        # Status, heartbeat and event messages go to ``device_messages``; ``on_clip_stored``
-        # hears of every clip once it is durable and recorded (checks, verdicts).
+        # Status, heartbeat and event messages go to ``device_messages``, and what it keeps
+        # for a group commit is committed by ``flush_device_messages`` in every ``flush``;
+        # ``on_clip_stored`` hears of every clip once it is durable and recorded (checks,
+        # verdicts).
         self.device_messages = device_messages
+        self.flush_device_messages = flush_device_messages
         self.on_clip_stored = on_clip_stored
         self.session_factory = session_factory
         self.store = store
@@ -134,9 +138,11 @@ class IngestProcessor:
         return out
 
     def flush(self) -> list[Outgoing]:
-        """Make pending chunk writes durable (fsync, then one transaction) and return the
-        chunk-level acks that were waiting for it."""
+        """Make pending chunk writes durable (fsync, then one transaction), commit the device
+        messages kept for it, and return the chunk-level acks that were waiting for it."""
         self._commit_pending()
+        if self.flush_device_messages is not None:
+            self.flush_device_messages()
         replies = list(self._deferred.values())
         self._deferred.clear()
         return [self._emit(reply) for reply in replies]

@@ -147,7 +147,7 @@ class AgentService:
         self.events_ready = self.events.ready
         self.uploads_ready = threading.Event()
         self.storage_low = False
-        self._cmd_queue: queue.Queue[Command] = queue.Queue()
+        self._cmd_queue: queue.Queue[Command | None] = queue.Queue()  # None: stop
         self._traffic = 0
         self._traffic_lock = threading.Lock()
         self._started_mono = self.clock.monotonic()
@@ -399,10 +399,9 @@ class AgentService:
 
     def _command_worker(self) -> None:
         while not self.stop_event.is_set():
-            try:
-                cmd = self._cmd_queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
+            cmd = self._cmd_queue.get()
+            if cmd is None:  # the stop
+                break
             try:
                 self.commands.execute(cmd)
             except Exception:  # e.g. the state disk failing: the command is retried on restart
@@ -464,6 +463,7 @@ class AgentService:
         self.stop_event.set()
         self._housekeeping_due.set()
         self.uploads_ready.set()
+        self._cmd_queue.put(None)
         rec = self.recorder.stop()
         if rec:
             log.info("stopped recording session %s for shutdown", rec.session_id)

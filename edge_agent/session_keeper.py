@@ -50,6 +50,8 @@ class SessionKeeper:
         self.events = events
         self.open: OpenSession | None = None
         self.lock = threading.RLock()
+        # The stored timetable as last read, and parsed (read twice a second, rarely changed).
+        self._schedule: tuple[object, Schedule | None] = (None, None)
 
     def open_session(
         self,
@@ -150,11 +152,12 @@ class SessionKeeper:
             server_now, device_now = self.server_now(), self.clock.now()
             if self.open and should_close(self.open, server_now, device_now):
                 self.close_session(self.open.session_id, reason="planned_end", announce=True)
-            raw = self.state.get("schedule")
-            schedule = Schedule.model_validate(raw) if raw else None
+            schedule = self._stored_schedule()
             closed = set()
             if schedule:
                 for s in schedule.sessions:
+                    if not s.start <= server_now < s.end:
+                        continue  # only a session under way can be due
                     row = self.state.session(s.session_id)
                     if row and row.closed_at:
                         closed.add(s.session_id)
@@ -168,6 +171,12 @@ class SessionKeeper:
                     planned_start=due.start,
                 )
             return seconds_to_next_change(schedule, self.open, server_now, device_now)
+
+    def _stored_schedule(self) -> Schedule | None:
+        raw = self.state.get("schedule")
+        if raw != self._schedule[0]:
+            self._schedule = (raw, Schedule.model_validate(raw) if raw else None)
+        return self._schedule[1]
 
     def resume_open_sessions(self) -> None:
         """A restart during a class resumes its recording at once, whatever opened it (the

@@ -18,6 +18,9 @@ one that raises anything else (a bug, or input no retry will change), is a poiso
 written to ``dead_letters`` in a committed transaction at once and then acknowledged, so it never
 holds the single worker (and every other device's messages) in backoff. If even that write fails
 the database is down, so nothing is acknowledged and the message is tried again until it passes.
+A flush is retried with backoff until it commits; what it applies for many messages at once
+(batched presence, ``device_messages``) sets its own poison messages aside as dead letters, so
+only a database error can hold it.
 """
 
 from __future__ import annotations
@@ -39,14 +42,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from common import topics
 from common.clock import SystemClock
 from ingest_server import audit
 from ingest_server.db import make_engine, make_session_factory
-from ingest_server.errors import StoreError
+from ingest_server.errors import RETRYABLE_ERRORS, error_text
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
@@ -54,12 +55,8 @@ from ingest_server.store import EvidenceStore
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_TEXT = 2000
 # Messages in a row that found the worker idle: the broker holds no backlog for us.
 CAUGHT_UP_WAITS = 32
-# What may pass if tried again: the database or the evidence store away or busy. Anything else
-# a message raises is the message's (or a bug's) and is dead-lettered on the first attempt.
-RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeout, StoreError, OSError)
 
 
 def backoff_delay(
@@ -96,7 +93,7 @@ def replay_dead_letters(
             processor.flush()
         except Exception as exc:
             failed += 1
-            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
+            error = error_text(exc)
             log.warning("dead letter %d still fails: %s", letter.id, error)
             with factory.begin() as db:
                 row = db.get(DeadLetter, letter.id)
@@ -393,7 +390,7 @@ class IngestConsumer:
                 out = self.processor.handle(item.topic, item.payload)
             except Exception as exc:
                 self.counters["handle_failed"] += 1
-                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
+                error = error_text(exc)
                 log.warning(
                     "handling %s failed (attempt %d): %s",
                     item.topic,

@@ -25,6 +25,9 @@ order; ``flush`` applies them all in one transaction, and the consumer calls it 
 processor's flush) before acknowledging them, so a heartbeat is still acknowledged to the broker
 only once its effect committed, but a batch costs one commit, not one per message. Before an
 event, what is waiting is flushed first, so every message takes effect in the order received.
+A message of the batch that raises anything but a database error is rolled back alone (a
+SAVEPOINT) and kept in ``dead_letters`` with the rest of the batch's commit, so it is
+acknowledged like the others instead of failing every flush after it.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ from common.schemas import (
     decode,
     event_id_of,
 )
+from ingest_server import feed
 from ingest_server.db import SessionFactory
+from ingest_server.errors import RETRYABLE_ERRORS, error_text
 from ingest_server.ingest import Outgoing
-from ingest_server.models import DeviceHealth, PresenceChange
+from ingest_server.models import DeadLetter, DeviceHealth, PresenceChange
 from ingest_server.sessions import append_feed, record_device_event
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,7 @@ class _Said:
 
     device_id: str
     message: Status | Heartbeat
+    payload: bytes  # as received, for ``dead_letters``
     received: datetime
     live: bool
 
@@ -106,7 +112,8 @@ class DeviceMessages:
     ``caught_up``, when set (the ingest consumer's), says whether the backlog at the broker has
     been drained; until it says so, ``sweep_timeouts`` marks nobody offline. ``batched``: keep
     statuses and heartbeats for ``flush`` (which the caller must call before it acknowledges
-    them) instead of committing each on its own.
+    them) instead of committing each on its own; ``counters["dead_lettered"]`` counts those
+    of them that ``flush`` set aside as dead letters.
     """
 
     def __init__(
@@ -147,9 +154,9 @@ class DeviceMessages:
         try:
             if up.kind is topics.UpKind.STATUS:
                 if payload:  # empty: a cleared retained message
-                    self._keep(up.device_id, decode(Status, payload))
+                    self._keep(up.device_id, decode(Status, payload), payload)
             elif up.kind is topics.UpKind.HEARTBEAT:
-                self._keep(up.device_id, decode(Heartbeat, payload))
+                self._keep(up.device_id, decode(Heartbeat, payload), payload)
             elif up.kind is topics.UpKind.EVENT:
                 self.flush()  # presence heard before the event takes effect before it
                 return self._event_payload(up.device_id, payload)
@@ -160,7 +167,7 @@ class DeviceMessages:
             log.warning("bad %s from %s: %s", up.kind.value, up.device_id, exc)
         return []
 
-    def _keep(self, device_id: str, message: Status | Heartbeat) -> None:
+    def _keep(self, device_id: str, message: Status | Heartbeat, payload: bytes) -> None:
         """Check a status or heartbeat now; apply it at ``flush`` (at once unless batched)."""
         if message.device_id != device_id:
             # The topic names the broker login; a message about someone else is not its word.
@@ -168,7 +175,7 @@ class DeviceMessages:
             self.counters[f"{kind}_device_mismatch"] += 1
             log.warning("%s from %s names device %s; ignored", kind, device_id, message.device_id)
             return
-        self._waiting.append(_Said(device_id, message, self.clock.now(), self._live()))
+        self._waiting.append(_Said(device_id, message, payload, self.clock.now(), self._live()))
         if not self.batched:
             try:
                 self.flush()
@@ -179,10 +186,39 @@ class DeviceMessages:
     def flush(self) -> None:
         """Apply the statuses and heartbeats kept since the last flush in one transaction, in
         the order received; then tell who came online. A database error raises with nothing
-        applied and everything still kept, so the next flush tries it all again."""
+        applied and everything still kept, so the next flush tries it all again.
+
+        Batched, a message whose applying raises anything else (a bug, a value nobody
+        foresaw) must not fail its batch for ever, holding every device's presence and the
+        consumer's acks: the batch is applied again with each message in a SAVEPOINT, and one
+        that still raises is rolled back alone and kept in ``dead_letters`` in the same
+        transaction, as the consumer keeps a poison message. Unbatched, the error reaches the
+        caller, which keeps (the consumer) or reports (a replay) its one message."""
         if not self._waiting:
             return
-        waiting = self._waiting
+        try:
+            came_online, counts = self._apply_all(self._waiting, guarded=False)
+        except RETRYABLE_ERRORS:
+            raise
+        except Exception as exc:
+            if not self.batched:
+                raise
+            # The fast way costs nothing per message; this one a savepoint each, only now.
+            log.warning(
+                "a batch of %d statuses and heartbeats failed (%s); applying each on its own",
+                len(self._waiting),
+                error_text(exc),
+            )
+            came_online, counts = self._apply_all(self._waiting, guarded=True)
+        self._waiting = []
+        self.counters.update(counts)
+        if self.on_online:
+            for device_id in came_online:
+                self.on_online(device_id)
+
+    def _apply_all(self, waiting: list[_Said], guarded: bool) -> tuple[list[str], Counter[str]]:
+        """Apply ``waiting`` in one transaction (each in its own savepoint when ``guarded``);
+        return who came online and the counts. On any error nothing is applied."""
         # Offlines heard in this batch count for its later messages at once; undone on failure.
         heard = {s.device_id: self._offline_heard.get(s.device_id) for s in waiting}
         came_online: list[str] = []
@@ -198,34 +234,83 @@ class DeviceMessages:
                     )
                 }
                 for said in waiting:
-                    try:
-                        if isinstance(said.message, Heartbeat):
-                            online = self._heartbeat(db, rows, said, said.message)
-                            counts["heartbeats"] += 1
-                        else:
-                            online = self._status(db, rows, said, said.message)
-                            counts[f"status_{said.message.state.value}"] += 1
-                    except (ValueError, OverflowError) as exc:
-                        # Values that passed validation but not date arithmetic: the message's
-                        # fault, counted like a malformed one (retrying would not change it).
-                        kind = "heartbeat" if isinstance(said.message, Heartbeat) else "status"
-                        counts[f"bad_{kind}"] += 1
-                        log.warning("bad %s from %s: %s", kind, said.device_id, exc)
-                        continue
+                    if guarded:
+                        online = self._apply_or_keep(db, rows, said, counts)
+                    else:
+                        online = self._apply(db, rows, said, counts)
                     if online:
                         came_online.append(said.device_id)
         except BaseException:
             for device_id, before in heard.items():
-                if before is None:
-                    self._offline_heard.pop(device_id, None)
-                else:
-                    self._offline_heard[device_id] = before
+                self._set_offline_heard(device_id, before)
             raise
-        self._waiting = []
-        self.counters.update(counts)
-        if self.on_online:
-            for device_id in came_online:
-                self.on_online(device_id)
+        return came_online, counts
+
+    def _set_offline_heard(self, device_id: str, at: datetime | None) -> None:
+        if at is None:
+            self._offline_heard.pop(device_id, None)
+        else:
+            self._offline_heard[device_id] = at
+
+    def _apply(
+        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, counts: Counter[str]
+    ) -> bool:
+        """Apply one status or heartbeat; True when its device came online."""
+        kind = "heartbeat" if isinstance(said.message, Heartbeat) else "status"
+        try:
+            if isinstance(said.message, Heartbeat):
+                online = self._heartbeat(db, rows, said, said.message)
+                counts["heartbeats"] += 1
+            else:
+                online = self._status(db, rows, said, said.message)
+                counts[f"status_{said.message.state.value}"] += 1
+        except (ValueError, OverflowError) as exc:
+            # Values that passed validation but not date arithmetic: the message's fault,
+            # counted like a malformed one (retrying would not change it).
+            counts[f"bad_{kind}"] += 1
+            log.warning("bad %s from %s: %s", kind, said.device_id, exc)
+            return False
+        return online
+
+    def _apply_or_keep(
+        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, counts: Counter[str]
+    ) -> bool:
+        """``_apply`` in a savepoint; if it raises anything but a database error, roll back
+        its effects alone and add it to ``dead_letters`` instead."""
+        offline_heard = self._offline_heard.get(said.device_id)
+        mine: Counter[str] = Counter()
+        try:
+            with feed.savepoint(db):
+                online = self._apply(db, rows, said, mine)
+        except RETRYABLE_ERRORS:
+            raise
+        except Exception as exc:
+            self._set_offline_heard(said.device_id, offline_heard)
+            row = rows.get(said.device_id)
+            if row is not None and row not in db:
+                del rows[said.device_id]  # made in the savepoint, gone with it
+            topic = topics.heartbeat if isinstance(said.message, Heartbeat) else topics.status
+            error = error_text(exc)
+            db.add(
+                DeadLetter(
+                    topic=topic(said.device_id),
+                    payload=said.payload,
+                    error=error,
+                    attempts=1,
+                    first_at=said.received,
+                    last_at=self.clock.now(),
+                )
+            )
+            counts["dead_lettered"] += 1
+            log.error(
+                "gave up on %s: kept as a dead letter (%s)",
+                topic(said.device_id),
+                error,
+                exc_info=exc,
+            )
+            return False
+        counts.update(mine)
+        return online
 
     def _health(self, db: Session, rows: dict[str, DeviceHealth], device_id: str) -> DeviceHealth:
         row = rows.get(device_id)

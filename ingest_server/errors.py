@@ -7,6 +7,9 @@ counter (STYLE.md: caught at loop tops only).
 
 from __future__ import annotations
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from common.errors import ClasscamError
 from common.schemas import RejectReason
 
@@ -47,3 +50,14 @@ class StoreConflict(StoreError):
     def __init__(self, path: str) -> None:
         super().__init__(f"a different file already exists at {path}")
         self.path = path
+
+
+# What may pass if tried again: the database or the evidence store away or busy. Anything else
+# a message raises is the message's (or a bug's): it is dead-lettered on the first attempt.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeout, StoreError, OSError)
+MAX_ERROR_TEXT = 2000  # of a dead letter's error
+
+
+def error_text(exc: BaseException) -> str:
+    """What a dead letter says of the error that stopped it."""
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]

@@ -19,7 +19,8 @@ begins ``IMMEDIATE`` and holds the database's one write lock already.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,22 @@ def defer_to_commit(db: Session, log_name: str, item: object) -> None:
         raise KeyError(f"no commit writer for {log_name}")
     pending: dict[str, list[Any]] = db.info.setdefault(_PENDING, {})
     pending.setdefault(log_name, []).append(item)
+
+
+@contextmanager
+def savepoint(db: Session) -> Iterator[None]:
+    """``db.begin_nested()`` whose rollback also drops what was deferred to commit inside it
+    (the deferred items are the session's, not the SAVEPOINT's, and would be written)."""
+    db.flush()  # what came before defers its own rows now, outside the savepoint
+    pending: dict[str, list[Any]] = db.info.setdefault(_PENDING, {})
+    marks = {log_name: len(items) for log_name, items in pending.items()}
+    try:
+        with db.begin_nested():
+            yield
+    except BaseException:
+        for log_name, items in pending.items():
+            del items[marks.get(log_name, 0) :]
+        raise
 
 
 def lock_appends(db: Session) -> None:

@@ -49,8 +49,9 @@ from edge_agent.uplink import LinkDown, MqttLink, Uploader
 
 log = logging.getLogger(__name__)
 FIRMWARE = "classcam-agent/0.1.0"
-# Real seconds between housekeeping passes (systemd's watchdog is fed from them, and a new
-# timetable or command is acted on); session starts and ends are met on time in between.
+# Real seconds between housekeeping passes when nothing else calls one (systemd's watchdog is
+# fed from them): a session's start or end, a new timetable, a command, a new clock offset or
+# the stop call one at once.
 HOUSEKEEPING_REAL_S = 0.5
 # Simulated seconds between the slow part of housekeeping (traffic counters, storage cleanup).
 SLOW_HOUSEKEEPING_S = 10.0
@@ -90,6 +91,8 @@ class AgentService:
         self.modem = modem
         self.notifier = notifier or SystemdNotifier()
         self.disk_probe = disk_probe or (lambda: disk_usage(config.state_dir))
+        # Set for a housekeeping pass now: a new timetable, a command, a new clock offset, a stop.
+        self._housekeeping_due = threading.Event()
         # The kernel speaks for the system clock only: an injected clock is its own truth.
         real_clock = type(self.clock) is SystemClock
         if clock_sync is None and real_clock:
@@ -100,7 +103,7 @@ class AgentService:
             boot_id=kernel_boot_id() if real_clock else None,
             max_jump_s=config.clock.max_jump_s,
             restored=self.state.get("clock_offset"),
-            on_change=lambda estimate: self.state.put("clock_offset", estimate),
+            on_change=self._offset_changed,
         )
         self.spool.timeline = self.offset
         self.events = EventQueue(self.state, self.link, self.clock, self.offset, config.device_id)
@@ -143,7 +146,6 @@ class AgentService:
             critical_bytes=config.storage.critical_mb * 1024 * 1024,
         )
         self.stop_event = threading.Event()
-        self._housekeeping_due = threading.Event()  # a timetable, a command or a stop
         self.events_ready = self.events.ready
         self.uploads_ready = threading.Event()
         self.storage_low = False
@@ -180,6 +182,12 @@ class AgentService:
         self.link.on("cmd", self._on_cmd_message)
         self.link.on("schedule", self._on_schedule_message)
         self.link.on("ack", self.uploader.on_ack_message)
+
+    def _offset_changed(self, estimate: dict[str, Any]) -> None:
+        """Keep the clock offset's new estimate; the timetable's next start or end, in server
+        time, has moved on the device clock."""
+        self.state.put("clock_offset", estimate)
+        self._housekeeping_due.set()
 
     # -- messages from the server -----------------------------------------------------------
 

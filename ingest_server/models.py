@@ -401,7 +401,8 @@ class PresenceChange(Base):
     device_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     online: Mapped[bool] = mapped_column(Boolean)
-    source: Mapped[str] = mapped_column(String(16))
+    # "status", "heartbeat" or "heartbeat_timeout" (migration 0011 widened it from 16).
+    source: Mapped[str] = mapped_column(String(32))
 
 
 class FeedEvent(Base):

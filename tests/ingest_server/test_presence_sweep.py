@@ -1,0 +1,75 @@
+"""The heartbeat-timeout sweep marks offline only devices that went silent (DESIGN.md §2).
+
+* The sweep's offline (source ``heartbeat_timeout``) fits its column on PostgreSQL, which
+  refuses what is too long where SQLite stores it anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from ingest_helpers import Harness
+from sqlalchemy import select
+
+from common import topics
+from common.heartbeat import Heartbeat
+from ingest_server.db import migrate
+from ingest_server.device_messages import DeviceMessages
+from ingest_server.models import DeviceHealth, PresenceChange
+
+TIMEOUT_S = 90.0
+
+
+def _beat(fleet: DeviceMessages, device_id: str, seq: int) -> None:
+    beat = Heartbeat(
+        device_id=device_id,
+        at=fleet.clock.now(),
+        seq=seq,
+        uptime_s=1.0,
+        firmware="test",
+        recording=False,
+        spool_bytes=0,
+        outbox_pending=0,
+        disk_free_bytes=1,
+        disk_total_bytes=2,
+        bytes_sent_today=0,
+        bytes_sent_month=0,
+    )
+    fleet.handle(topics.parse_up(topics.heartbeat(device_id)), beat.to_bytes())
+
+
+def _changes(harness: Harness, device_id: str) -> list[tuple[bool, str, datetime]]:
+    with harness.sessions() as db:
+        rows = db.scalars(
+            select(PresenceChange)
+            .where(PresenceChange.device_id == device_id)
+            .order_by(PresenceChange.id)
+        )
+        return [(row.online, row.source, row.at) for row in rows]
+
+
+@pytest.fixture
+def pg_harness(pg_url: str, tmp_path: Path) -> Iterator[Harness]:
+    migrate(pg_url)
+    harness = Harness(pg_url, tmp_path / "evidence")
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_the_timeout_sweep_records_its_offline_on_postgresql(pg_harness: Harness) -> None:
+    fleet = DeviceMessages(pg_harness.sessions, TIMEOUT_S, pg_harness.clock, batched=True)
+    _beat(fleet, "dev-1", 1)
+    fleet.flush()
+    pg_harness.clock.advance(TIMEOUT_S + 5)
+    assert fleet.sweep_timeouts() == ["dev-1"]
+    assert [change[:2] for change in _changes(pg_harness, "dev-1")] == [
+        (True, "heartbeat"),
+        (False, "heartbeat_timeout"),
+    ]
+    with pg_harness.sessions() as db:
+        assert db.get(DeviceHealth, "dev-1").status == "offline"  # type: ignore[union-attr]

@@ -292,7 +292,9 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     try:
         factory = _writer_sessions(settings, engine)
         if args.replay:
-            fleet = DeviceMessages(factory, settings.heartbeat_timeout_s)
+            # A replayed message is old news: stamped by the device's word (with the usual
+            # floors), never as if it happened now.
+            fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, caught_up=lambda: False)
             processor = IngestProcessor(
                 factory,
                 EvidenceStore(settings.evidence_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,11 @@ from ingest_helpers import START, Harness
 from sqlalchemy import select
 
 from common import topics
+from common.clock import utc_now
+from common.heartbeat import Heartbeat
 from common.schemas import Event, EventType
 from ingest_server.cli import main
-from ingest_server.models import DeadLetter, DeviceEvent
+from ingest_server.models import DeadLetter, DeviceEvent, DeviceHealth, PresenceChange
 
 
 def test_dead_letters_are_listed_and_replayed_through_ingest(
@@ -46,3 +49,45 @@ def test_dead_letters_are_listed_and_replayed_through_ingest(
     # Replayed letters are not replayed again.
     assert main([*data, "dead-letters", "--replay"]) == 0
     assert "replayed 0, still failing 0" in capsys.readouterr().out
+
+
+def test_a_replayed_heartbeat_counts_at_its_own_time_not_at_the_replay(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A dead letter is old news by the time it is replayed: its device comes online when the
+    heartbeat says (less its stated offset), not when an operator ran the replay days later."""
+    sent = utc_now() - timedelta(days=3)
+    beat = Heartbeat(
+        device_id="dev-1",
+        at=sent + timedelta(seconds=2),  # the device's clock ran 2 s ahead, as it says
+        clock_offset_s=2.0,
+        seq=7,
+        uptime_s=1.0,
+        firmware="test",
+        recording=False,
+        spool_bytes=0,
+        outbox_pending=0,
+        disk_free_bytes=1,
+        disk_total_bytes=2,
+        bytes_sent_today=0,
+        bytes_sent_month=0,
+    )
+    with harness.sessions.begin() as db:
+        db.add(
+            DeadLetter(
+                topic=topics.heartbeat("dev-1"),
+                payload=beat.to_bytes(),
+                error="RuntimeError: boom",
+                attempts=1,
+                first_at=sent,
+                last_at=sent,
+            )
+        )
+    data = ["--data-dir", str(tmp_path), "--database-url", harness.settings.database_url]
+    assert main([*data, "dead-letters", "--replay"]) == 0
+    with harness.sessions() as db:
+        change = db.scalars(select(PresenceChange)).one()
+        health = db.get(DeviceHealth, "dev-1")
+    assert change.online and change.source == "heartbeat"
+    assert abs((change.at - sent).total_seconds()) < 0.001
+    assert health is not None and health.last_heartbeat_at == change.at

@@ -14,10 +14,13 @@ presence gives nothing away and only the clips can.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,7 +124,8 @@ class Forger:
     and returns the clip to upload for it (``None``: stay silent); the upload id is the one
     ``upload_id_for(cmd)`` gives, and a ``cut_done`` event naming it follows, as a camera's.
     Its times come from ``clock`` and it states ``clock_offset_s`` as its clock's offset;
-    with ``presence`` it also keeps the device looking alive (``Presence``).
+    with ``presence`` it also keeps the device looking alive (``Presence``). ``cut_power``
+    and ``power_on`` do to it what a power cut does to a camera.
     """
 
     def __init__(
@@ -149,63 +153,121 @@ class Forger:
         self.commands: list[Command] = []
         self.uploads: dict[str, str] = {}  # upload id -> final ack state
         self.errors: list[str] = []
+        self._host, self._port = host, port
+        self._login = (device_id + client_suffix, password)
         self._acks: dict[str, queue.Queue[dict[str, Any]]] = {}
+        self._answered: set[str] = set()
         self._lock = threading.Lock()
         self._work: queue.Queue[Command | None] = queue.Queue()
         self._connected = threading.Event()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # this power-on's end: a stop or a power cut
+        self._threads: list[threading.Thread] = []
         self._started_mono = self.clock.monotonic()
         self._beat_seq = 0
         self._bytes_sent = 0
         self._recording: str | None = None  # the session it claims to record
         self._recording_since = 0.0
         self._recorded_s = 0.0
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=device_id + client_suffix,
-            protocol=mqtt.MQTTv5,
+        self.client = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        """A fresh MQTT client, as a rebooted device has: it logs in, says ``online`` on each
+        connect, and leaves ``offline`` as its will when there is a presence to keep."""
+        client_id, password = self._login
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
-        self.client.username_pw_set(device_id, password)
-        if presence is not None:
+        client.username_pw_set(self.device_id, password)
+        if self.presence is not None:
             will = Status(
-                device_id=device_id, state=StatusState.OFFLINE, firmware=presence.firmware
+                device_id=self.device_id, state=StatusState.OFFLINE, firmware=self.presence.firmware
             )
-            self.client.will_set(topics.status(device_id), will.to_bytes(), qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.connect_async(host, port, 30)
-        self._worker = threading.Thread(target=self._run, name=f"forger-{device_id}", daemon=True)
-        self._beats = threading.Thread(
-            target=self._heartbeats, name=f"forger-{device_id}-heartbeat", daemon=True
-        )
+            client.will_set(topics.status(self.device_id), will.to_bytes(), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        return client
 
     # -- life --------------------------------------------------------------------------------
 
+    @property
+    def powered(self) -> bool:
+        """Between ``power_on`` (or ``start``) and ``cut_power`` or ``stop``."""
+        return bool(self._threads)
+
     def start(self, timeout: float = 10.0) -> Forger:
-        self._started_mono = self.clock.monotonic()
-        self.client.loop_start()
-        self._worker.start()
-        if self.presence is not None:
-            self._beats.start()
+        """Power on and wait until connected."""
+        self.power_on()
         if not self._connected.wait(timeout):
             raise TimeoutError(f"forger {self.device_id} did not connect")
         return self
 
+    def power_on(self) -> None:
+        """Boot the device (again, after ``cut_power``): a new connection in the background,
+        heartbeats counted from the first again, cuts answered; a session it claimed before
+        the cut is claimed still, as a rebooted agent goes on recording its class."""
+        if self.powered:
+            return
+        mono = self.clock.monotonic()
+        with self._lock:
+            self._started_mono, self._beat_seq = mono, 0
+            self._recording_since = mono
+        self._stopping.clear()
+        self._work = queue.Queue()  # what was asked before the cut died with the power
+        self._threads = [
+            threading.Thread(target=self._run, name=f"forger-{self.device_id}", daemon=True)
+        ]
+        if self.presence is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self._heartbeats, name=f"forger-{self.device_id}-heartbeat", daemon=True
+                )
+            )
+        self._connected.clear()
+        self.client = self._new_client()  # nothing of the last power-on's connection is left
+        self.client.connect_async(self._host, self._port, 30)
+        self.client.loop_start()
+        for thread in self._threads:
+            thread.start()
+
+    def cut_power(self) -> None:
+        """The device loses power, as an agent SIGKILLed does: its connection drops without a
+        word (the broker then publishes its ``offline`` will), heartbeats and answers stop at
+        once, an upload under way is abandoned."""
+        if not self.powered:
+            return
+        self._end_threads()
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):  # plain TCP, as the replay's links are
+            # The kernel closes a killed process's sockets: the broker sees the connection go,
+            # with no DISCONNECT before it (paho's own loop would send one on ``disconnect``).
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.client.loop_stop()
+        with self._lock:
+            if self._recording is not None:
+                self._recorded_s += self.clock.monotonic() - self._recording_since
+
     def stop(self) -> None:
         """Stop answering and beating; with a presence, say ``offline`` as the agent does at a
-        clean stop (which fires no will); disconnect."""
-        self._stopping.set()
-        self._work.put(None)
-        self._worker.join(timeout=10)
-        if self._beats.is_alive():
-            self._beats.join(timeout=10)
+        clean stop (which fires no will); disconnect. Nothing to do after ``cut_power``."""
+        if not self.powered:
+            return
+        self._end_threads()
         if self.presence is not None and self.client.is_connected():
             info = self.client.publish(
                 topics.status(self.device_id), self._status(StatusState.OFFLINE), 1, True
             )
-            info.wait_for_publish(2.0)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(2.0)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _end_threads(self) -> None:
+        self._stopping.set()
+        self._work.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads = []
 
     def claim_recording(self, session_id: str | None) -> None:
         """From now on the heartbeats say the camera records ``session_id`` (None: nothing)."""
@@ -247,16 +309,16 @@ class Forger:
             self.errors.append(repr(exc))
 
     def _run(self) -> None:
-        answered: set[str] = set()
-        while (cmd := self._work.get()) is not None:
+        work = self._work
+        while (cmd := work.get()) is not None and not self._stopping.is_set():
             self.commands.append(cmd)
-            if self.answer is None or cmd.cmd_id in answered:
+            if self.answer is None or cmd.cmd_id in self._answered:
                 continue
             try:
                 clip = self.answer(cmd)
                 if clip is None:
                     continue
-                answered.add(cmd.cmd_id)
+                self._answered.add(cmd.cmd_id)
                 upload_id = self.upload_id_for(cmd.cmd_id)
                 self.upload(
                     upload_id,
@@ -266,6 +328,8 @@ class Forger:
                     requested=(cmd.start, cmd.end),
                 )
             except Exception as exc:
+                if self._stopping.is_set():  # the power went, or the stop came, mid-answer
+                    continue
                 log.exception("forger %s failed to answer %s", self.device_id, cmd.cmd_id)
                 self.errors.append(repr(exc))
 
@@ -279,6 +343,16 @@ class Forger:
                 except Exception as exc:  # one bad beat must not end the device's presence
                     self.errors.append(repr(exc))
             wait_event(self._stopping, self.presence.heartbeat_s, self.clock)
+
+    def _wait_published(self, info: mqtt.MQTTMessageInfo, timeout: float) -> None:
+        """Wait until paho has sent ``info``'s message, or give up when this power-on ends
+        (a cut leaves it unsent for good) or ``timeout`` real seconds pass."""
+        deadline = time.monotonic() + timeout
+        while not info.is_published() and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            info.wait_for_publish(min(left, 0.2))
 
     # -- what a camera sends -----------------------------------------------------------------
 
@@ -383,7 +457,7 @@ class Forger:
             for i, chunk in enumerate(chunks)
         ]
         for info in infos:
-            info.wait_for_publish(timeout)
+            self._wait_published(info, timeout)
         with self._lock:
             self._bytes_sent += len(data)
         fin = Fin(upload_id=upload_id, size=len(data), sha256=manifest.sha256)
@@ -393,7 +467,7 @@ class Forger:
         timer = threading.Timer(timeout, deadline.set)
         timer.start()
         try:
-            while not deadline.is_set():
+            while not deadline.is_set() and not self._stopping.is_set():
                 try:
                     ack = acks.get(timeout=0.2)
                 except queue.Empty:
@@ -405,6 +479,8 @@ class Forger:
                     break
         finally:
             timer.cancel()
+        if self._stopping.is_set() and state == "timeout":
+            state = "abandoned"  # the device stopped or lost its power before an answer
         self.uploads[upload_id] = state
         if state == "complete" and cmd_id:
             self.emit(

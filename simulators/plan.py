@@ -17,7 +17,7 @@ ActionKind = Literal[
     "link_down",  # the device's 4G link drops (every connection cut, new ones refused)
     "link_up",  # coverage is back
     "link_shape",  # the link becomes ``shape`` (rate, loss, latency)
-    "power_off",  # the device loses power: its agent process is SIGKILLed
+    "power_off",  # the device loses power: its agent process is SIGKILLed (or its forger cut off)
     "power_on",  # power is back: the agent process starts again on the same state
     "open_session",  # the lecturer's app opens ``session_id`` (API, lecturer token)
     "close_session",  # the lecturer's app closes ``session_id`` (API, lecturer token)

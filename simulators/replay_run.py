@@ -168,6 +168,10 @@ class ReplayRunner:
                     report_session(
                         rig.forger, step.session, started=step.kind == "forger_start", at=step.at
                     )
+                elif rig.forger is not None and step.kind == "forger_stop":
+                    # Unheard (no power or no link), but its class is over all the same: back
+                    # on, its heartbeats must not say it still records it.
+                    rig.forger.claim_recording(None)
         except Exception as exc:  # one failed step is reported, the replay goes on
             log.exception("step %s at %s failed", step.kind, step.at)
             self._step_failed(step, f"{type(exc).__name__}: {exc}")

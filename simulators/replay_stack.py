@@ -361,24 +361,30 @@ class ReplayStack:
             )
 
     def power_on(self, rig: DeviceRig) -> None:
-        """Start the device: its agent process on the same state, or its forger."""
+        """Start the device: its agent process on the same state, or its forger (again, after a
+        power cut: it connects in the background, as a rebooted agent does)."""
         rig.powered = True
         if rig.plan.forger is not None:
-            if rig.forger is None:
-                if self.start_forger is None:
-                    raise RuntimeError(f"{rig.plan.device_id} is planned as a forger, none given")
-                rig.forger = self.start_forger(rig, self)
+            if rig.forger is not None:
+                rig.forger.power_on()
+                return
+            if self.start_forger is None:
+                raise RuntimeError(f"{rig.plan.device_id} is planned as a forger, none given")
+            rig.forger = self.start_forger(rig, self)
             return
         if rig.process is None or rig.process.poll() is not None:
             rig.process = self._agent_cli(rig, "run")
 
     def power_off(self, rig: DeviceRig) -> None:
-        """A power cut: SIGKILL, nothing saved that was not already on disk."""
+        """A power cut: SIGKILL, nothing saved that was not already on disk; a forger's device
+        goes as abruptly (``Forger.cut_power``)."""
         rig.powered = False
         rig.power_cuts += 1
         if rig.process is not None:
             kill_process(rig.process)
             rig.process = None
+        if rig.forger is not None:
+            rig.forger.cut_power()
 
     def link_down(self, rig: DeviceRig) -> None:
         """Coverage lost: every connection dropped, new ones refused, the modem searching."""

@@ -7,35 +7,29 @@ only saves typing 100 classrooms by hand and keeps the file regular. Classes sta
 waves of twenty, 7 minutes apart, so at most twenty cameras record at once; six classes are
 frauds or faults, the rest honest.
 
-Why 6-minute classes at speed 3 (measured on the 2-core machine with the replay's settings,
-psutil over the agent processes; bench/fleet_replay.py prints the fleet's own figures):
+Why 6-minute classes at speed 3 (measured on the 2-core machine with the replay's settings;
+bench/fleet_replay.py prints the fleet's own figures, bench/camera_cost.py --idle-agents the
+idle agent's, bench/heartbeat_ingest.py the server's):
 
-* every agent process runs the whole replay, recording or not: ~96 MB RSS (~44 MB private)
-  idle, ~123 MB recording, so 100 of them are ~10 GB, which fits 23 GB;
-* an idle agent costs ~0.5 % of a core plus ~0.11 % per unit of speed (heartbeats, modem
-  queries and housekeeping run on simulated time): 2.8 % at speed 20, 1.1 % at 5. A hundred
-  of them alone are 2.8 cores at speed 20: the old 20x fleet could never keep up;
-* a recording camera adds ~0.33 s CPU per simulated minute (bench/camera_cost.py says 0.25
-  for the recorder alone), i.e. 0.0055 x speed cores.
+* every agent process runs the whole replay, recording or not: ~100-150 MB RSS each, so 100 of
+  them peak near 15 GB, which fits 23 GB;
+* an idle agent costs ~0.16 % of a core plus ~0.01 % per unit of speed (it wakes on real time
+  when idle and on the shared clock's changes, not by polling simulated time);
+* a recording camera costs ~0.2-0.3 s CPU per simulated minute, i.e. 0.004 x speed cores;
+* the server group-commits heartbeats (~0.6 ms CPU each) and answers upload init/fin within
+  ~60 ms at p99 while clip checks run.
 
-* the server's heartbeat and upload consumer wanted ~0.8 of a core at speed 4 (a hundred
-  heartbeats per 30 simulated seconds, reference stills, clips), the replay process (a hundred
-  shaped links and fake modems) ~0.2.
+Three 60 s windows still fit a 6-minute class, and every fraud here lasts the whole class or
+is a photo's. Measured 2026-11-29 (bench/fleet_replay.py, speed 3, device processes at nice 19):
+100 / 100 sessions as expected in 872 s of wall time for 46.8 simulated minutes (wall / the
+clock's own time 1.04), 1.08 cores on average, agents' peak RSS 15.0 GB.
 
-So the agents need 0.5 + speed x (0.113 + 0.0055 x cameras recording) cores: 1.4 at speed 4
-with twenty recording, which with the server's share is more than two cores (a first run at 4x
-fell ten simulated minutes behind on heartbeats, every camera offline); at speed 3 the sum is
-~1.9. bench/fleet_replay.py also runs the device processes at nice 19, so the server (in the
-field on its own machine) is not starved by a hundred of them. Shorter classes (three 60 s
-windows still fit a 6-minute class, and every fraud here lasts the whole class or is a
-photo's) keep the replay near 15 minutes of wall time.
-
-Not enough yet (second run, 3x, nice 19, 2026-11-29): after 19 minutes only 55 of the 300
-window clips had arrived. The server's consumer thread did not answer the agents' upload
-init/fin within the replay's 5 real seconds (1869 attempts failed no_answer, 474 windows asked
-again), heartbeats were read late enough for 22 sessions to carry camera_offline, and three
-honest classes lost their first window because twenty recorders starting in the same second
-began 10-21 simulated seconds late (clip_too_short, clip_outside_window).
+Earlier runs show why it is at speed 3 and why the agents' idle cost matters: before the idle
+agent stopped polling its simulated clock (0.5 % of a core plus 0.11 % per unit of speed, and
+each fake modem polling its pty every 10 ms) and before heartbeats were group-committed (one
+commit and fsync each), the server fell ten simulated minutes behind: init/fin went
+unanswered (1869 no_answer), 22 sessions carried camera_offline, and twenty recorders starting
+in the same second began 10-21 simulated seconds late (clip_too_short).
 """
 
 from __future__ import annotations

@@ -28,12 +28,17 @@ event, what is waiting is flushed first, so every message takes effect in the or
 A message of the batch that raises anything but a database error is rolled back alone (a
 SAVEPOINT) and kept in ``dead_letters`` with the rest of the batch's commit, so it is
 acknowledged like the others instead of failing every flush after it.
+
+The timeout sweep runs on the scheduler's thread and reads committed rows, so it also asks what
+``handle`` has heard and not yet committed (``_heard``): a heartbeat waiting for its group commit
+is the device seen, and must not let the sweep mark it offline meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +143,10 @@ class DeviceMessages:
         # Receipt time of each device's last offline heard while live: a floor for presence
         # drained from a later backlog (the device can only have come back after it).
         self._offline_heard: dict[str, datetime] = {}
+        # When each device was last heard alive, from receipt on, for the sweep on the
+        # scheduler's thread: what is waiting for ``flush`` is not in the database yet.
+        self._heard: dict[str, datetime] = {}
+        self._heard_lock = threading.Lock()
 
     def _live(self) -> bool:
         """Whether the messages handled now are happening now (no backlog being drained)."""
@@ -175,13 +184,34 @@ class DeviceMessages:
             self.counters[f"{kind}_device_mismatch"] += 1
             log.warning("%s from %s names device %s; ignored", kind, device_id, message.device_id)
             return
-        self._waiting.append(_Said(device_id, message, payload, self.clock.now(), self._live()))
+        said = _Said(device_id, message, payload, self.clock.now(), self._live())
+        self._note_heard(said)
+        self._waiting.append(said)
         if not self.batched:
             try:
                 self.flush()
             except BaseException:
                 self._waiting.clear()  # the caller handles this message again
                 raise
+
+    def _note_heard(self, said: _Said) -> None:
+        """Tell the sweep the device was seen: a heartbeat or an online status, at the time it
+        will count at (receipt when live; a backlog heartbeat's own time, less the floors that
+        can only make it later)."""
+        message = said.message
+        if isinstance(message, Heartbeat):
+            if said.live:
+                at = said.received
+            else:
+                at = device_time_to_server(message.at, message.clock_offset_s, said.received)
+        elif message.state == StatusState.ONLINE and said.live:
+            at = said.received
+        else:
+            return  # an offline, or a backlog status whose time needs the device's row
+        with self._heard_lock:
+            before = self._heard.get(said.device_id)
+            if before is None or at > before:
+                self._heard[said.device_id] = at
 
     def flush(self) -> None:
         """Apply the statuses and heartbeats kept since the last flush in one transaction, in
@@ -437,13 +467,18 @@ class DeviceMessages:
 
     def sweep_timeouts(self) -> list[str]:
         """Mark devices whose heartbeats stopped as offline, at the last time each was seen;
-        return them. Does nothing until the consumer has caught up with the broker."""
+        return them. Does nothing until the consumer has caught up with the broker. A device
+        heard within the timeout whose message is still waiting for its commit is not silent."""
         if self.caught_up is not None and not self.caught_up():
             self.counters["sweeps_deferred"] += 1
             return []
         now = self.clock.now()
         gone: list[str] = []
         cutoff = now - self.heartbeat_timeout
+        with self._heard_lock:
+            # Older than the cutoff, a receipt decides nothing (and is committed long since).
+            self._heard = {d: at for d, at in self._heard.items() if at >= cutoff}
+            heard = set(self._heard)
         with self.session_factory.begin() as db:
             # Only rows silent since the cutoff: a sweep every second must not load the fleet.
             rows = db.scalars(
@@ -457,6 +492,8 @@ class DeviceMessages:
                 )
             ).all()
             for row in rows:
+                if row.device_id in heard:
+                    continue  # heard within the timeout; its commit is still to come
                 last = _last_seen(row)
                 if last is not None and now - last > self.heartbeat_timeout:
                     self._change(db, row, False, last, "heartbeat_timeout")

@@ -1,5 +1,8 @@
 """The heartbeat-timeout sweep marks offline only devices that went silent (DESIGN.md §2).
 
+* A heartbeat received but still waiting for its group commit (the consumer lingers up to
+  ``flush_linger_s`` for more) is the device heard: the sweep on the scheduler's thread must not
+  mark it offline meanwhile, only to have it come back online at the commit.
 * The sweep's offline (source ``heartbeat_timeout``) fits its column on PostgreSQL, which
   refuses what is too long where SQLite stores it anyway.
 """
@@ -49,6 +52,25 @@ def _changes(harness: Harness, device_id: str) -> list[tuple[bool, str, datetime
             .order_by(PresenceChange.id)
         )
         return [(row.online, row.source, row.at) for row in rows]
+
+
+def test_a_heartbeat_waiting_for_its_commit_keeps_its_device_online(harness: Harness) -> None:
+    fleet = DeviceMessages(harness.sessions, TIMEOUT_S, harness.clock, batched=True)
+    _beat(fleet, "dev-1", 1)
+    fleet.flush()
+    harness.clock.advance(TIMEOUT_S - 0.02)  # the next beat comes just in time ...
+    _beat(fleet, "dev-1", 2)
+    harness.clock.advance(0.04)  # ... and the sweep runs before the consumer's commit
+    assert fleet.sweep_timeouts() == []
+    fleet.flush()
+    assert [change[:2] for change in _changes(harness, "dev-1")] == [(True, "heartbeat")]
+    # Once committed, the beat counts from the database; silence after it still times out.
+    harness.clock.advance(TIMEOUT_S + 1)
+    assert fleet.sweep_timeouts() == ["dev-1"]
+    assert [change[:2] for change in _changes(harness, "dev-1")] == [
+        (True, "heartbeat"),
+        (False, "heartbeat_timeout"),
+    ]
 
 
 @pytest.fixture

@@ -2,15 +2,18 @@
 
 A replay's shared clock is one small file that its conductor rewrites atomically (write a
 temporary file, rename it over the old one) when the speed changes or time jumps; every process
-of the replay must notice at once, but that happens a few times a replay. ``watch_file`` starts
-one thread per watched file and process that blocks on the kernel's inotify until the file is
-replaced or closed after writing, and then calls the listeners: nothing runs in between.
+of the replay must notice at once, but that happens a few times a replay. A process holds one
+inotify instance and one thread that blocks on it, whatever it watches (the per-user limit is
+128 instances, and a fleet's agents hold one each): ``watch_file`` adds a watch on the file's
+folder, shared by every file watched there, and ``FileWatch.close`` takes it off when the last
+of them goes. Nothing runs between changes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import struct
@@ -22,73 +25,142 @@ log = logging.getLogger(__name__)
 
 _IN_CLOSE_WRITE = 0x00000008
 _IN_MOVED_TO = 0x00000080
+_IN_IGNORED = 0x00008000  # the watch is gone (taken off, or its folder removed)
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
 
-_lock = threading.Lock()
-_watchers: dict[Path, _Watcher] = {}
+Listener = Callable[[], None]
 
 
-class _Watcher:
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.listeners: list[Callable[[], None]] = []
-        threading.Thread(target=self._run, name=f"watch {path.name}", daemon=True).start()
+class _Folder:
+    """One watched folder: its watch descriptor and the listeners of each file name in it."""
+
+    def __init__(self, path: Path, wd: int) -> None:
+        self.path, self.wd = path, wd
+        self.listeners: dict[bytes, list[Listener]] = {}
+
+
+class _Inotify:
+    """This process's inotify instance, its watched folders and the thread reading it."""
+
+    def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
+        self.libc, self.fd = libc, fd
+        self.folders: dict[Path, _Folder] = {}
+        self.by_wd: dict[int, _Folder] = {}
+        threading.Thread(target=self._run, name="file-watch", daemon=True).start()
 
     def _run(self) -> None:
-        name = os.fsencode(self.path.name)
         while True:
             try:
                 data = os.read(self.fd, 4096)
             except OSError:
-                log.exception("watching %s stopped", self.path)
+                log.exception("watching files stopped")
                 return
-            if name in _names(data):
-                with _lock:
-                    listeners = list(self.listeners)
-                for listener in listeners:
-                    listener()
+            calls: list[Listener] = []
+            with _lock:
+                for wd, mask, name in _events(data):
+                    folder = self.by_wd.get(wd)
+                    if folder is None:
+                        continue
+                    if mask & _IN_IGNORED:  # its folder was removed: the kernel dropped it
+                        self._forget(folder)
+                    else:
+                        calls += folder.listeners.get(name, ())
+            for listener in calls:
+                listener()
+
+    def add(self, path: Path, listener: Listener) -> _Folder | None:
+        folder = self.folders.get(path.parent)
+        if folder is None:
+            mask = _IN_CLOSE_WRITE | _IN_MOVED_TO
+            wd = self.libc.inotify_add_watch(self.fd, os.fsencode(path.parent), mask)
+            if wd < 0:  # no such folder, or the per-user limit of watches reached
+                return None
+            folder = self.folders[path.parent] = self.by_wd[wd] = _Folder(path.parent, wd)
+        folder.listeners.setdefault(os.fsencode(path.name), []).append(listener)
+        return folder
+
+    def remove(self, folder: _Folder, name: bytes, listener: Listener) -> None:
+        listeners = folder.listeners.get(name, [])
+        if listener in listeners:
+            listeners.remove(listener)
+        if not listeners:
+            folder.listeners.pop(name, None)
+        if not folder.listeners and self.folders.get(folder.path) is folder:
+            self.libc.inotify_rm_watch(self.fd, folder.wd)  # fails harmlessly if already gone
+            self._forget(folder)
+
+    def _forget(self, folder: _Folder) -> None:
+        if self.folders.get(folder.path) is folder:
+            del self.folders[folder.path]
+        if self.by_wd.get(folder.wd) is folder:
+            del self.by_wd[folder.wd]
 
 
-def _names(data: bytes) -> set[bytes]:
-    """The file names in a buffer of inotify events."""
-    names, offset = set(), 0
+def _events(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(watch descriptor, mask, file name) of each event in a buffer of inotify events."""
+    events, offset = [], 0
     while offset + _EVENT_HEADER.size <= len(data):
-        _, _, _, size = _EVENT_HEADER.unpack_from(data, offset)
+        wd, mask, _, size = _EVENT_HEADER.unpack_from(data, offset)
         offset += _EVENT_HEADER.size
-        names.add(data[offset : offset + size].rstrip(b"\0"))
+        events.append((wd, mask, data[offset : offset + size].rstrip(b"\0")))
         offset += size
-    return names
+    return events
 
 
-def _inotify_fd(folder: Path) -> int | None:
-    """An inotify descriptor watching ``folder`` for files written or renamed into it."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
         return None
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        fd = libc.inotify_init1(os.O_CLOEXEC)
-    except (OSError, AttributeError):  # not Linux
+        libc = ctypes.CDLL(name, use_errno=True)
+        libc.inotify_init1  # noqa: B018 (not Linux: no such function)
+    except (OSError, AttributeError):
         return None
-    if fd < 0:
-        return None
-    if libc.inotify_add_watch(fd, os.fsencode(folder), _IN_CLOSE_WRITE | _IN_MOVED_TO) < 0:
-        os.close(fd)
-        return None
-    return fd
+    return libc
 
 
-def watch_file(path: Path, listener: Callable[[], None]) -> bool:
-    """Call ``listener`` (from a thread of its own) each time ``path`` is replaced or written;
-    False when this system cannot say (no inotify): the caller must keep looking itself."""
+def _open_inotify() -> _Inotify | None:
+    libc = _libc()
+    if libc is None:
+        return None
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    if fd < 0:  # the per-user limit of instances reached: try again at the next watch
+        return None
+    return _Inotify(libc, fd)
+
+
+_lock = threading.Lock()
+_inotify: _Inotify | None = None
+
+
+class FileWatch:
+    """One listener of one file; ``close`` stops the calls (and, the last in its folder,
+    takes the watch off)."""
+
+    def __init__(self, inotify: _Inotify, folder: _Folder, name: bytes, listener: Listener):
+        self._inotify, self._folder, self._name, self._listener = inotify, folder, name, listener
+        self._closed = False
+
+    def close(self) -> None:
+        with _lock:
+            if not self._closed:
+                self._closed = True
+                self._inotify.remove(self._folder, self._name, self._listener)
+
+
+def watch_file(path: Path, listener: Listener) -> FileWatch | None:
+    """Call ``listener`` (from this process's watching thread) each time ``path`` is replaced
+    or written, until the returned watch is closed; None when this system cannot say (no
+    inotify, no such folder): the caller must keep looking itself."""
+    global _inotify
     path = Path(path).absolute()
     with _lock:
-        watcher = _watchers.get(path)
-        if watcher is None:
-            fd = _inotify_fd(path.parent)
-            if fd is None:
-                return False
-            watcher = _watchers[path] = _Watcher(path, fd)
-        watcher.listeners.append(listener)
-    return True
+        if _inotify is None:
+            _inotify = _open_inotify()
+        if _inotify is None:
+            return None
+        folder = _inotify.add(path, listener)
+        if folder is None:
+            return None
+        return FileWatch(_inotify, folder, os.fsencode(path.name), listener)

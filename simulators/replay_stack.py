@@ -207,6 +207,7 @@ class ReplayStack:
         this takes its seconds, and at the replay's speed from ``run_at_speed()``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conductor = ClockConductor(self.clock_path, self.plan.clock_start, 1.0)
+        self._exit.callback(self.conductor.close)
         broker = self._make_broker()
         devices = {
             d.device_id: self._provision(d, broker) for d in self.plan.devices
@@ -269,9 +270,9 @@ class ReplayStack:
         self._exit.callback(link.stop)
         # The modem tells the network's time: true simulated time, whatever the device's
         # own clock says (that difference is what the agent measures and reports).
-        modem = fake_modem.FakeModem(
-            modem_profile(plan.modem), clock=SharedClock(self.clock_path)
-        ).start()
+        modem_clock = SharedClock(self.clock_path)
+        self._exit.callback(modem_clock.close)
+        modem = fake_modem.FakeModem(modem_profile(plan.modem), clock=modem_clock).start()
         self._exit.callback(modem.stop)
         with contextlib.redirect_stderr(io.StringIO()):  # its how-to-register advice
             device = provision_quickly(

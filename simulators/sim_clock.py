@@ -17,11 +17,12 @@ import json
 import os
 import threading
 import time
+import weakref
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from common.clock import ClockChanges, to_utc
-from simulators.file_watch import watch_file
+from simulators.file_watch import FileWatch, watch_file
 
 # A sleep on the shared clock waits at least this long in real time: at high speeds a loop
 # that sleeps 0.1 simulated seconds would otherwise spin.
@@ -32,16 +33,25 @@ MAX_REAL_SLICE_S = 0.05
 # between reading the clock and starting to wait missed the first wake-up.
 WAKE_AGAIN_S = (0.05, 0.5)
 
-_changes_lock = threading.Lock()
-_changes: dict[Path, ClockChanges | None] = {}
+
+class _WatchedClock:
+    """A clock file watched in this process: its one ``ClockChanges`` and how many
+    ``SharedClock`` objects use it (the watch goes when the last one does)."""
+
+    def __init__(self, changes: ClockChanges | None, watch: FileWatch | None) -> None:
+        self.changes, self.watch, self.users = changes, watch, 0
 
 
-def _changes_of(path: Path) -> ClockChanges | None:
+_watched_lock = threading.Lock()
+_watched: dict[Path, _WatchedClock] = {}
+
+
+def _watch_clock(path: Path) -> ClockChanges | None:
     """The one ``ClockChanges`` of this process for the clock file ``path`` (None when changes
-    to the file cannot be watched here)."""
-    path = path.absolute()
-    with _changes_lock:
-        if path not in _changes:
+    to the file cannot be watched here), for one more user until ``_unwatch_clock``."""
+    with _watched_lock:
+        watched = _watched.get(path)
+        if watched is None:
             changes = ClockChanges()
 
             def replaced() -> None:
@@ -51,8 +61,22 @@ def _changes_of(path: Path) -> ClockChanges | None:
                     again.daemon = True
                     again.start()
 
-            _changes[path] = changes if watch_file(path, replaced) else None
-        return _changes[path]
+            watch = watch_file(path, replaced)
+            watched = _watched[path] = _WatchedClock(changes if watch else None, watch)
+        watched.users += 1
+        return watched.changes
+
+
+def _unwatch_clock(path: Path) -> None:
+    """One user of ``path``'s watch less; the last one takes the watch off."""
+    with _watched_lock:
+        watched = _watched[path]
+        watched.users -= 1
+        if watched.users:
+            return
+        del _watched[path]
+    if watched.watch is not None:
+        watched.watch.close()
 
 
 class _State:
@@ -92,7 +116,8 @@ class _State:
 
 class SharedClock:
     """Simulated time read from the conductor's file; ``skew_s`` puts this reader's wall clock
-    that far ahead (a device whose clock is wrong). Never goes backwards within a process."""
+    that far ahead (a device whose clock is wrong). Never goes backwards within a process.
+    ``close()``, or letting go of it, gives back its share of this process's watch on the file."""
 
     def __init__(self, path: Path, skew_s: float = 0.0) -> None:
         self.path = Path(path)
@@ -101,6 +126,9 @@ class SharedClock:
         self._stamp: tuple[int, int] | None = None
         self._state: _State | None = None
         self._last = 0.0
+        self._changes: ClockChanges | None = None
+        self._unwatch: weakref.finalize[[Path], SharedClock] | None = None
+        self._closed = False
         self._refresh()
 
     def _refresh(self) -> _State:
@@ -124,8 +152,26 @@ class SharedClock:
 
     @property
     def changes(self) -> ClockChanges | None:
-        """Wakes ``wait_event`` waiters when the conductor changes the speed or jumps."""
-        return _changes_of(self.path)
+        """Wakes ``wait_event`` waiters when the conductor changes the speed or jumps (None
+        when that cannot be watched here, or once closed: waiters then look at the file)."""
+        with self._lock:
+            if self._closed:
+                return None
+            if self._unwatch is None:
+                path = self.path.absolute()
+                self._changes = _watch_clock(path)
+                # Dropped without close(), the clock still gives its share of the watch back.
+                self._unwatch = weakref.finalize(self, _unwatch_clock, path)
+                self._unwatch.atexit = False  # the process's end takes every watch off
+            return self._changes
+
+    def close(self) -> None:
+        """No longer watch the file for this clock (the clock still reads it)."""
+        with self._lock:
+            self._closed = True
+            unwatch = self._unwatch
+        if unwatch is not None:
+            unwatch()
 
     def now(self) -> datetime:
         state, elapsed = self._elapsed()

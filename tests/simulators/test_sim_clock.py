@@ -3,8 +3,10 @@ its speed changes and jumps, applies its own skew, never goes back, and sleeps s
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from common.clock import wait_event
+from simulators.file_watch import watch_file
 from simulators.sim_clock import ClockConductor, SharedClock
 
 T0 = datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
@@ -196,3 +199,85 @@ def test_a_waiter_on_a_steady_clock_does_not_look_at_it(conductor: ClockConducto
     waiter.join(5)
     assert not waiter.is_alive()
     assert woke <= 2  # a sliced wait looked at the file 20 times a second
+
+
+def _inotify_fds() -> list[int]:
+    """This process's inotify instances (descriptors)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify":
+                found.append(int(name))
+        except OSError:  # closed meanwhile (listdir's own descriptor)
+            pass
+    return found
+
+
+def _inotify_watches() -> int:
+    """Watches held by this process's inotify instances (one line each in fdinfo)."""
+    return sum(
+        Path(f"/proc/self/fdinfo/{fd}").read_text().count("inotify wd:") for fd in _inotify_fds()
+    )
+
+
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads started since ``before``, but for the short-lived second wake-ups (timers)."""
+    return [
+        t for t in threading.enumerate() if t not in before and not isinstance(t, threading.Timer)
+    ]
+
+
+def test_many_clocks_share_one_inotify_instance_and_thread_and_give_their_watches_back(
+    tmp_path: Path,
+) -> None:
+    # A replay process (and the test suite) makes clocks over and over, one folder per run:
+    # the per-user limit is 128 inotify instances, and each agent of a fleet holds one.
+    threads_before = set(threading.enumerate())
+    watches_before = _inotify_watches()
+    clocks: list[SharedClock] = []
+    for run in range(20):
+        conductor = ClockConductor(tmp_path / f"run-{run}" / "clock.json", T0, speed=1.0)
+        readers = [SharedClock(conductor.path, skew_s=s) for s in (0.0, 5.0, -5.0)]
+        clocks += [conductor, *readers]
+        assert all(c.changes is not None for c in (conductor, *readers))
+    assert len(_inotify_fds()) <= 1
+    assert len(_new_threads(threads_before)) <= 1
+    assert _inotify_watches() == watches_before + 20  # one per clock folder, not per clock
+
+    # Shared, the watch still wakes each waiter when its own clock changes.
+    event = threading.Event()
+    outcome: list[bool] = []
+
+    def wait_on(clock: SharedClock) -> None:
+        outcome.append(wait_event(event, 30, clock))
+
+    waiter = threading.Thread(target=wait_on, args=(clocks[-1],))
+    waiter.start()
+    time.sleep(0.3)  # the waiter is waiting (this is what is measured, not a condition)
+    real = time.monotonic()
+    assert isinstance(clocks[-4], ClockConductor)
+    clocks[-4].jump(60)
+    waiter.join(5)
+    assert outcome == [False] and time.monotonic() - real < 0.3
+
+    for clock in clocks[:-4]:
+        clock.close()
+    assert _inotify_watches() == watches_before + 1
+    assert clocks[0].changes is None  # a closed clock is no longer watched
+
+    # The last run's folder is removed before its clocks are let go: nothing breaks, and a
+    # clock dropped without close() gives its watch back all the same.
+    shutil.rmtree(tmp_path / "run-19")
+    del clocks, conductor, readers
+    gc.collect()
+    assert _inotify_watches() == watches_before
+    again = ClockConductor(tmp_path / "run-19" / "clock.json", T0, speed=1.0)
+    assert again.changes is not None and _inotify_watches() == watches_before + 1
+    del again
+    gc.collect()
+    assert _inotify_watches() == watches_before
+    assert len(_inotify_fds()) <= 1 and len(_new_threads(threads_before)) <= 1
+
+
+def test_a_folder_that_cannot_be_watched_leaves_the_clock_to_be_looked_at(tmp_path: Path) -> None:
+    assert watch_file(tmp_path / "no-such-folder" / "clock.json", lambda: None) is None

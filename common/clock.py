@@ -42,6 +42,11 @@ class Clock(Protocol):
 _EVENT_SLICE_S = 0.05
 # Longest real wait on a clock that says when it changes (``ClockChanges``): only a safety net.
 _CHANGES_SLICE_S = 2.0
+# ``ClockChanges`` wakes a waiter through its Event's own condition, CPython's ``Event._cond``
+# (there is no public way to wait on two things at once). On a Python without it, waits on such
+# a clock look at it every ``_EVENT_SLICE_S`` instead; tests/simulators/test_sim_clock.py
+# fails on such a Python, so that it is noticed.
+WAKES_EVENT_WAITERS = isinstance(getattr(threading.Event(), "_cond", None), threading.Condition)
 
 
 class ClockChanges:
@@ -50,7 +55,8 @@ class ClockChanges:
     ahead), so they need not look at the clock again and again meanwhile. ``changed()`` is
     called by whoever learns of the change. The wake-up is what ``Event.wait`` calls a spurious
     one (it returns True with the flag clear): anything else waiting on an event that
-    ``wait_event`` waits on with such a clock must look at ``is_set()``, as ``wait_event`` does."""
+    ``wait_event`` waits on with such a clock must look at ``is_set()``, as ``wait_event`` does
+    (``while not event.is_set(): event.wait(...)``, never ``if event.wait(...)``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,7 +112,7 @@ def wait_event(
     if not isinstance(getattr(clock, "speed", None), int | float):
         return event.wait(seconds if real_limit_s is None else min(seconds, real_limit_s))
     found = getattr(clock, "changes", None)
-    changes = found if isinstance(found, ClockChanges) else None
+    changes = found if isinstance(found, ClockChanges) and WAKES_EVENT_WAITERS else None
     deadline = clock.monotonic() + seconds
     real_deadline = time.monotonic() + (math.inf if real_limit_s is None else real_limit_s)
     with contextlib.nullcontext() if changes is None else changes.watching(event):

@@ -265,7 +265,9 @@ class Picamera2Camera:
             started = self.clock.monotonic()
             picam2.start_recording(encoder, _as_picamera2_output(output))
             try:
-                while not stop.wait(0.5):
+                # Not ``while not stop.wait(0.5)``: a clock change may wake a wait on ``stop``
+                # with it still clear (common.clock.ClockChanges).
+                while not (stop.wait(0.5) and stop.is_set()):
                     last = output.last_frame_mono or started
                     if self.clock.monotonic() - last > self.stall_timeout_s:
                         return

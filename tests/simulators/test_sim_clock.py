@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.clock import wait_event
+from common.clock import WAKES_EVENT_WAITERS, ClockChanges, wait_event
 from simulators.file_watch import watch_file
 from simulators.sim_clock import ClockConductor, SharedClock
 
@@ -281,3 +281,50 @@ def test_many_clocks_share_one_inotify_instance_and_thread_and_give_their_watche
 
 def test_a_folder_that_cannot_be_watched_leaves_the_clock_to_be_looked_at(tmp_path: Path) -> None:
     assert watch_file(tmp_path / "no-such-folder" / "clock.json", lambda: None) is None
+
+
+class _ChangingClock:
+    """A fast clock that says when it changes, as the shared clock does (``changes``)."""
+
+    speed = 1.0
+
+    def __init__(self) -> None:
+        self.changes = ClockChanges()
+        self.ahead_s = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead_s
+
+    def now(self) -> datetime:
+        return T0 + timedelta(seconds=self.monotonic())
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def test_a_clock_change_wakes_a_waiter_on_this_python() -> None:
+    # ClockChanges wakes a waiter through its Event's own condition (CPython's Event._cond, as
+    # there is no public way to wait on two things at once). A Python whose Event works
+    # otherwise must fail here, not leave every agent's wait to its 2 s safety slice.
+    assert WAKES_EVENT_WAITERS
+    clock = _ChangingClock()
+    event = threading.Event()
+    outcome: list[bool] = []
+    waiter = threading.Thread(target=lambda: outcome.append(wait_event(event, 30, clock)))
+    plain: list[bool] = []
+    other = threading.Thread(target=lambda: plain.append(event.wait(10)))
+    real = time.monotonic()
+    waiter.start()
+    other.start()
+    # The conductor jumps past the waiter's end, again until both are back (a thread not yet
+    # waiting misses a wake-up, as the shared clock's second wake-ups allow for); without the
+    # wake-ups, they would be back after 2 s and 10 s.
+    while (waiter.is_alive() or other.is_alive()) and time.monotonic() - real < 1.0:
+        clock.ahead_s += 60.0
+        clock.changes.changed()
+        waiter.join(0.01)
+        other.join(0.01)
+    assert outcome == [False] and plain and time.monotonic() - real < 0.3
+    # The wake-up is a spurious one to anyone else waiting on that event: True, flag clear.
+    # So every other waiter on an event that wait_event waits on must look at is_set().
+    assert plain == [True] and not event.is_set()

@@ -326,8 +326,13 @@ class IngestConsumer:
         oldest = 0.0  # when the first of ``pending`` was handled
         settings = self.settings
         while True:
+            # The linger only once caught up: before that, a dry queue commits and acknowledges
+            # at once, so that finding it still dry after the acks tells a trickle (the broker
+            # has nothing more for us) from a backlog (it sends more as soon as we ack). With
+            # the linger, what we hold back would be counted as a backlog for ever.
+            linger_s = settings.flush_linger_s if self._drained else 0.0
             if pending:
-                linger = oldest + settings.flush_linger_s - time.monotonic()
+                linger = oldest + linger_s - time.monotonic()
                 wait = max(0.0, min(settings.flush_interval_s, linger))
             else:
                 wait = 0.5
@@ -354,10 +359,10 @@ class IngestConsumer:
                     oldest = time.monotonic()
                 pending.append(item)
             now = time.monotonic()
-            # A dry queue commits once the oldest has lingered a little: at a steady trickle
-            # that groups a few dozen heartbeats per commit instead of one.
+            # Caught up, a dry queue commits once the oldest has lingered a little: at a
+            # steady trickle that groups a few dozen heartbeats per commit instead of one.
             due = pending and (
-                (self._queue.empty() and now - oldest >= settings.flush_linger_s)
+                (self._queue.empty() and now - oldest >= linger_s)
                 or len(pending) >= settings.flush_every_messages
                 or now - last_flush >= settings.flush_interval_s
             )

@@ -86,9 +86,10 @@ class Settings(BaseSettings):
     # Group commit: flush (fsync + DB) at least this often while messages keep coming.
     flush_every_messages: int = Field(default=256, gt=0)
     flush_interval_s: float = Field(default=0.2, gt=0)
-    # When the queue runs dry, wait this long after the oldest message not yet committed for
-    # more before committing: at a fleet's steady ~300 heartbeats/s a commit per message cost
-    # ~0.5 ms of CPU each (bench/heartbeat_ingest.py). Upload init/fin and events answer at once.
+    # Once caught up with the broker, when the queue runs dry, wait this long after the oldest
+    # message not yet committed for more before committing: at a fleet's steady ~300
+    # heartbeats/s a commit per message cost ~0.5 ms of CPU each (bench/heartbeat_ingest.py).
+    # Upload init/fin and events answer at once.
     flush_linger_s: float = Field(default=0.05, ge=0)
     # Bounded uploads: an upload with no chunk this long is reaped (staged bytes dropped,
     # marked expired) by a pass every upload_reap_interval_s; a device may hold this many

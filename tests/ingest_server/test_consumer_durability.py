@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from common import topics
 from common.clock import utc_now
+from common.heartbeat import Heartbeat
 from common.schemas import Event, EventType
 from ingest_server.consumer import ConsumerThread
 from ingest_server.db import migrate
@@ -320,26 +321,64 @@ def test_a_steady_trickle_still_lets_the_consumer_say_it_has_caught_up(
     mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
 ) -> None:
     """Heartbeat sweeps wait for ``caught_up``; a fleet whose messages never leave a quiet gap
-    must not hold them off for ever."""
-    fleet = DeviceMessages(harness.sessions, 90.0, harness.clock)
+    must not hold them off for ever, nor may the group commit's linger: heartbeats batched as
+    in the server, the consumer says it has caught up while the trickle still runs, and then
+    groups them in fewer commits than messages."""
+    fleet = DeviceMessages(harness.sessions, 90.0, harness.clock, batched=True)
     processor = IngestProcessor(
         harness.sessions,
         harness.store,
         harness.settings,
         harness.clock,
         device_messages=fleet.handle,
+        flush_device_messages=fleet.flush,
     )
-    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=60.0)
-    thread = ConsumerThread(settings, processor)
-    with thread:
+    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=60.0, flush_linger_s=0.05)
+    stop = threading.Event()
+
+    def trickle() -> None:  # ~40 heartbeats a second: a fleet of 1,200 at a 30 s period
+        seq = 0
+        while not stop.wait(0.025):
+            seq += 1
+            device.publish(topics.heartbeat(device.device_id), _heartbeat(device.device_id, seq))
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    with ConsumerThread(settings, processor) as thread:
         consumer = thread.consumer
         assert consumer is not None
         assert not consumer.caught_up()  # no quiet gap yet, nothing seen
-        for _ in range(40):
-            device.event()  # waits for the broker's PUBACK: one at a time, a trickle
-            time.sleep(0.02)
-        wait_for(consumer.caught_up, what="caught up under a trickle")
+        sender.start()
+        try:
+            wait_for(consumer.caught_up, timeout=10.0, what="caught up under a trickle")
+            handled, flushes = consumer.counters["handled"], consumer.counters["flushes"]
+            wait_for(
+                lambda: consumer.counters["handled"] >= handled + 40,
+                what="the trickle still running after the catch-up",
+            )
+            assert consumer.caught_up()
+            more_flushes = consumer.counters["flushes"] - flushes
+            assert more_flushes < consumer.counters["handled"] - handled  # lingering again
+        finally:
+            stop.set()
+            sender.join(WAIT)
     assert not consumer.caught_up()  # disconnected: no longer
+
+
+def _heartbeat(device_id: str, seq: int) -> bytes:
+    return Heartbeat(
+        device_id=device_id,
+        at=utc_now(),
+        seq=seq,
+        uptime_s=1.0,
+        firmware="test",
+        recording=False,
+        spool_bytes=0,
+        outbox_pending=0,
+        disk_free_bytes=1,
+        disk_total_bytes=2,
+        bytes_sent_today=0,
+        bytes_sent_month=0,
+    ).to_bytes()
 
 
 class HeldProcessor(IngestProcessor):

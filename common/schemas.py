@@ -89,7 +89,9 @@ class Manifest(Message):
     chunk_size: int = Field(gt=0, le=MAX_CHUNK_SIZE)
     chunk_sha256: list[Sha256Hex]
     content_type: Literal["video/mp4", "image/jpeg"] = "video/mp4"
-    codec: str = "h264"
+    # Stored in a 32-character column: a longer name is the message's fault, refused here
+    # rather than failing the insert.
+    codec: str = Field(default="h264", min_length=1, max_length=32)
     duration_s: float = Field(ge=0, le=MAX_CLIP_S)
     frames: int = Field(ge=0, le=MAX_CLIP_S * 240)
     width: int = Field(gt=0)

@@ -155,3 +155,11 @@ def test_a_manifest_with_an_absurd_offset_or_duration_is_refused(field: str) -> 
     Manifest.model_validate({**good, field: 3600.0})
     with pytest.raises(ValidationError):
         Manifest.model_validate({**good, field: 1e12})
+
+
+def test_a_manifest_naming_an_absurd_codec_is_a_protocol_error() -> None:
+    good = make_manifest().model_dump(mode="json")
+    assert decode(Manifest, json.dumps({**good, "codec": "c" * 32}).encode()).codec == "c" * 32
+    for codec in ("c" * 33, ""):
+        with pytest.raises(ProtocolError, match="codec"):
+            decode(Manifest, json.dumps({**good, "codec": codec}).encode())

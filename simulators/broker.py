@@ -68,6 +68,27 @@ class BrokerAccounts:
         return password
 
 
+def accepts_login(host: str, port: int, username: str, password: str, timeout: float = 5.0) -> bool:
+    """Whether the broker at ``host:port`` takes this login (client id = username, as the
+    shipped ACL binds them, on a clean session); a broker that does not answer does not."""
+    import paho.mqtt.client as mqtt
+
+    answers: list[bool] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.on_connect = lambda c, data, flags, reason, props: answers.append(not reason.is_failure)
+    try:
+        client.connect(host, port, keepalive=10, clean_start=True)
+        deadline = time.monotonic() + timeout
+        while not answers and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    except OSError:
+        return False
+    finally:
+        client.disconnect()
+    return answers == [True]
+
+
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
     """SIGTERM, wait, SIGKILL if it will not go: a graceful stop that always ends."""
     if process is None or process.poll() is not None:

@@ -4,14 +4,15 @@ session's verdict against what the scenario expects.
 Without ``--broker``/``--server`` the replay starts its own Mosquitto and server (SQLite and a
 filesystem evidence store under the workdir). Otherwise:
 
-- ``--broker mqtt://host:port``: a broker that already accepts the server's accounts and every
-  device's (the replay provisions the devices and writes their passwords to
-  ``WORKDIR/broker-accounts.json`` for the broker's administrator);
-- ``--server URL`` (needs ``--broker``, the server's own): a server that runs on this replay's
-  shared clock (``python -m simulators.sim_server run`` with ``CLASSCAM_SIM_CLOCK`` =
-  ``WORKDIR/clock.json``, so on this machine), whose database ``classcam-server import`` reaches
-  from this shell's ``CLASSCAM_*`` environment, with an admin token from ``--token`` or
-  ``CLASSCAM_SIM_TOKEN``.
+- ``--broker mqtt://host:port``: a broker that already accepts the server's accounts; the
+  replay provisions the devices, writes their passwords to ``WORKDIR/broker-accounts.json``
+  and waits until the broker's administrator has added them;
+- ``--server URL`` (needs ``--broker``, the server's own): a server started before the replay
+  on its shared clock (``python -m simulators.sim_server run`` with ``CLASSCAM_SIM_CLOCK`` =
+  ``WORKDIR/clock.json`` of a fresh workdir, so on this machine; it waits for the file), whose
+  database ``classcam-server import`` reaches from this shell's ``CLASSCAM_*`` environment,
+  with an admin token from ``--token`` or ``CLASSCAM_SIM_TOKEN``. docs/scenarios.md has the
+  steps.
 
 Exit status 0 only when every session matched; 2 for a scenario with mistakes.
 """

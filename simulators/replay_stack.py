@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from simulators import fake_modem
-from simulators.broker import BrokerAccounts, MosquittoBroker, kill_process, stop_process
+from simulators.broker import MosquittoBroker, kill_process, stop_process
 from simulators.forger import Forger
 from simulators.harness import Broker, Device, ServerProcess
 from simulators.netlink import ShapedLink
 from simulators.plan import DevicePlan, LinkShape, ReplayPlan
+from simulators.replay_remote import RemoteBroker, wait_for_server
 from simulators.school import provision_quickly, wait_until
 from simulators.sim_clock import ClockConductor, SharedClock
 
@@ -94,30 +94,6 @@ def modem_profile(name: str) -> fake_modem.FakeProfile:
     if not isinstance(profile, fake_modem.FakeProfile):
         raise ValueError(f"unknown modem profile {name!r}")
     return profile
-
-
-class RemoteBroker:
-    """A broker the replay did not start (``--broker mqtt://host:port``). It must already accept
-    the server's accounts and the devices' (their passwords are written to
-    ``broker-accounts.json`` in the workdir for its administrator)."""
-
-    def __init__(self, url: str, accounts_file: Path) -> None:
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 1883
-        self.accounts = BrokerAccounts()
-        self.accounts_file = accounts_file
-
-    def add_account(self, username: str, password: str | None = None) -> str:
-        password = self.accounts.add(username, password)
-        self.accounts_file.write_text(json.dumps(self.accounts.passwords, indent=2))
-        return password
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        return None
 
 
 @dataclass
@@ -301,8 +277,19 @@ class ReplayStack:
         setup_file = self.workdir / "setup.json"
         setup_file.write_text(json.dumps(setup, ensure_ascii=False, indent=2))
         if self.server_url:
-            # Someone else's server: its database is reached by the CLASSCAM_* environment of
-            # this shell (classcam-server import), its API by the URL and token given.
+            # Someone else's server: its API is reached by the URL and token given, its database
+            # by the CLASSCAM_* environment of this shell (classcam-server import).
+            url = self.server_url.rstrip("/")
+            self.api_url = url if url.endswith("/api/v1") else f"{url}/api/v1"
+            if not self.given_token:
+                raise ValueError("--server needs an admin token (--token or CLASSCAM_SIM_TOKEN)")
+            self.admin_token = self.given_token
+            if self.plan.server_settings:
+                log.warning(
+                    "the server must run with this scenario's settings: %s",
+                    " ".join(f"{k}={v}" for k, v in sorted(self.plan.server_settings.items())),
+                )
+            wait_for_server(self.api_url, self.admin_token, self.clock_path)
             run = subprocess.run(
                 [sys.executable, "-m", "ingest_server.cli", "import", str(setup_file)],
                 capture_output=True,
@@ -311,11 +298,6 @@ class ReplayStack:
             )
             if run.returncode != 0:
                 raise RuntimeError(f"classcam-server import failed:\n{run.stdout}{run.stderr}")
-            url = self.server_url.rstrip("/")
-            self.api_url = url if url.endswith("/api/v1") else f"{url}/api/v1"
-            if not self.given_token:
-                raise ValueError("--server needs an admin token (--token or CLASSCAM_SIM_TOKEN)")
-            self.admin_token = self.given_token
             return
         assert isinstance(broker, MosquittoBroker)
         server = ServerProcess(

@@ -56,11 +56,15 @@ venv: $(STAMP)
 demo: demo-deps $(STAMP)
 	$(PY) -m simulators.demo
 
+# The replays first and alone: they run a process per camera on a shared clock and
+# need the CPU they were sized for. Then the rest on two workers, each test file on one
+# worker (module fixtures start brokers, servers and agents once, not once per worker).
 test: system-deps $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -m replay --durations=10
+	$(PY) -m pytest -m 'not replay' -n 2 --dist loadfile --durations=20
 
 bench: system-deps $(STAMP)
 	$(PY) bench/cut_upload.py

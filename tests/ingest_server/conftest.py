@@ -68,3 +68,15 @@ def harness(sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator
         yield h
     finally:
         h.close()
+
+
+@pytest.fixture
+def pg_harness(pg_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[Harness]:
+    """``harness`` on PostgreSQL: a migrated schema of its own, ``dev-1`` registered."""
+    migrate(pg_url)
+    h = Harness(pg_url, tmp_path / "evidence")
+    h.register("dev-1", key)
+    try:
+        yield h
+    finally:
+        h.close()

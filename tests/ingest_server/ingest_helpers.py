@@ -1,27 +1,35 @@
-"""Helpers for ingest server tests: random signed uploads and a processor harness."""
+"""Helpers for ingest server tests: random signed uploads, a processor harness, quiet heartbeats,
+a consumer's settings on a real broker, and a condition to wait for."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 
 from common import topics
 from common.chunks import digest_file
 from common.clock import VirtualClock
+from common.heartbeat import Heartbeat
 from common.schemas import Ack, Fin, Manifest, decode
 from common.signing import public_key_b64, sign_manifest
 from ingest_server import audit, crud
 from ingest_server.db import make_engine, make_session_factory
+from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
+from simulators.broker import SERVER_USER, MosquittoBroker
 
 START = datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
+WAIT = 20.0
 
 
 @dataclass
@@ -157,3 +165,69 @@ def acks(outgoing: list[Outgoing]) -> list[Ack]:
 def stored_files(root: Path) -> list[Path]:
     """Every regular file in a store, staging included."""
     return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def quiet_heartbeat(device_id: str, at: datetime, seq: int = 1, **overrides: object) -> Heartbeat:
+    """A heartbeat that says nothing but "alive": not recording, nothing spooled or pending, no
+    bytes sent; ``overrides`` set any other field (``recording``, ``clock_offset_s``, ...)."""
+    fields: dict[str, object] = {
+        "uptime_s": 1.0,
+        "firmware": "test",
+        "recording": False,
+        "spool_bytes": 0,
+        "outbox_pending": 0,
+        "disk_free_bytes": 1,
+        "disk_total_bytes": 2,
+        "bytes_sent_today": 0,
+        "bytes_sent_month": 0,
+    }
+    return Heartbeat.model_validate(
+        {**fields, **overrides, "device_id": device_id, "at": at, "seq": seq}
+    )
+
+
+def batched_processor(harness: Harness, fleet: DeviceMessages) -> IngestProcessor:
+    """A processor on the harness's database and store that hands device messages to ``fleet``
+    and commits them in its flush, as the running server wires them."""
+    return IngestProcessor(
+        harness.sessions,
+        harness.store,
+        harness.settings,
+        harness.clock,
+        device_messages=fleet.handle,
+        flush_device_messages=fleet.flush,
+    )
+
+
+def consumer_settings(
+    broker: MosquittoBroker, harness: Harness, client_id: str, **extra: object
+) -> Settings:
+    """The harness's settings for a consumer on ``broker``: the server's login, MQTT 5, the
+    shared group ``ingest``; ``extra`` sets any other setting."""
+    return harness.settings.model_copy(
+        update={
+            "mqtt_host": broker.host,
+            "mqtt_port": broker.port,
+            "mqtt_password": broker.accounts.passwords[SERVER_USER],
+            "mqtt_protocol": "5",
+            "mqtt_client_id": client_id,
+            "shared_group": "ingest",
+            **extra,
+        }
+    )
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float = WAIT,
+    what: str = "",
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds, saying
+    ``what`` was awaited and, if given, what ``detail()`` shows then."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            shown = f": {detail()}" if detail is not None else ""
+            pytest.fail(f"timed out waiting for {what or condition}{shown}")
+        time.sleep(0.02)

@@ -15,22 +15,28 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ingest_helpers import Harness, make_upload
+from ingest_helpers import (
+    WAIT,
+    Harness,
+    batched_processor,
+    consumer_settings,
+    make_upload,
+    quiet_heartbeat,
+    wait_for,
+)
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 from common import topics
 from common.clock import utc_now
-from common.heartbeat import Heartbeat
 from common.schemas import Event, EventType
 from ingest_server.consumer import ConsumerThread
-from ingest_server.db import migrate
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.models import DeadLetter, DeviceEvent, Upload
@@ -38,30 +44,17 @@ from ingest_server.settings import Settings
 from simulators.broker import SERVER_USER, MosquittoBroker
 
 HERE = Path(__file__).resolve().parent
-WAIT = 20.0
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        time.sleep(0.05)
-
-
-def consumer_settings(broker: MosquittoBroker, harness: Harness, **extra: object) -> Settings:
-    return harness.settings.model_copy(
-        update={
-            "mqtt_host": broker.host,
-            "mqtt_port": broker.port,
-            "mqtt_password": broker.accounts.passwords[SERVER_USER],
-            "mqtt_protocol": "5",
-            "mqtt_client_id": "ingest-durable",
-            "shared_group": "ingest",
-            "ingest_retry_base_s": 0.05,
-            "ingest_retry_cap_s": 0.2,
-            **extra,
-        }
+def durable_settings(broker: MosquittoBroker, harness: Harness, **extra: object) -> Settings:
+    """Retries kept short, so that a failing message is dead-lettered within a test's wait."""
+    return consumer_settings(
+        broker,
+        harness,
+        "ingest-durable",
+        ingest_retry_base_s=0.05,
+        ingest_retry_cap_s=0.2,
+        **extra,
     )
 
 
@@ -125,7 +118,7 @@ def test_messages_received_by_a_consumer_that_dies_before_commit_are_processed_o
     key: Ed25519PrivateKey,
 ) -> None:
     upload = make_upload(tmp_path / "d", key, "dev-1", "up-crash", size=20 * 4096)
-    settings = consumer_settings(mosquitto, harness)
+    settings = durable_settings(mosquitto, harness)
     with ConsumerThread(settings, harness.processor):
         device.publish(upload.init_topic(), upload.init_payload)
         wait_for(lambda: _upload_row(harness, "up-crash") is not None, what="init")
@@ -208,7 +201,7 @@ def test_a_poison_message_lands_in_dead_letters_and_later_ones_are_processed(
 ) -> None:
     processor = PoisonProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
     upload = make_upload(tmp_path / "d", key, "dev-1", "up-poison", size=8 * 4096)
-    settings = consumer_settings(mosquitto, harness, ingest_max_attempts=3)
+    settings = durable_settings(mosquitto, harness, ingest_max_attempts=3)
     with ConsumerThread(settings, processor) as thread:
         device.publish(upload.init_topic(), upload.init_payload)
         for offset, data in upload.chunks:
@@ -252,7 +245,7 @@ def test_a_database_error_is_retried_with_backoff_before_it_is_dead_lettered(
     mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
 ) -> None:
     processor = LockedProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
-    settings = consumer_settings(mosquitto, harness, ingest_max_attempts=3)
+    settings = durable_settings(mosquitto, harness, ingest_max_attempts=3)
     with ConsumerThread(settings, processor) as thread:
         device.publish(topics.event("dev-1"), b'{"note": "locked-for-ever"}')
         wait_for(lambda: _dead_letters(harness) != [], what="the dead letter")
@@ -266,17 +259,6 @@ def test_a_database_error_is_retried_with_backoff_before_it_is_dead_lettered(
 def _dead_letters(harness: Harness) -> list[DeadLetter]:
     with harness.sessions() as db:
         return list(db.scalars(select(DeadLetter)))
-
-
-@pytest.fixture
-def pg_harness(pg_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[Harness]:
-    migrate(pg_url)
-    h = Harness(pg_url, tmp_path / "evidence")
-    h.register("dev-1", key)
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 def test_messages_are_not_dropped_while_the_database_is_away_and_are_processed_after(
@@ -293,7 +275,7 @@ def test_messages_are_not_dropped_while_the_database_is_away_and_are_processed_a
     )
     schema = pg_url.rsplit("%3D", 1)[1]
     admin = harness.engine
-    settings = consumer_settings(mosquitto, harness, ingest_max_attempts=2)
+    settings = durable_settings(mosquitto, harness, ingest_max_attempts=2)
     with ConsumerThread(settings, processor):
         first = device.event()
         wait_for(lambda: _event_ids(harness) == {first.event_id}, what="first event")
@@ -325,22 +307,16 @@ def test_a_steady_trickle_still_lets_the_consumer_say_it_has_caught_up(
     in the server, the consumer says it has caught up while the trickle still runs, and then
     groups them in fewer commits than messages."""
     fleet = DeviceMessages(harness.sessions, 90.0, harness.clock, batched=True)
-    processor = IngestProcessor(
-        harness.sessions,
-        harness.store,
-        harness.settings,
-        harness.clock,
-        device_messages=fleet.handle,
-        flush_device_messages=fleet.flush,
-    )
-    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=60.0, flush_linger_s=0.05)
+    processor = batched_processor(harness, fleet)
+    settings = durable_settings(mosquitto, harness, ingest_quiet_s=60.0, flush_linger_s=0.05)
     stop = threading.Event()
 
     def trickle() -> None:  # ~40 heartbeats a second: a fleet of 1,200 at a 30 s period
         seq = 0
         while not stop.wait(0.025):
             seq += 1
-            device.publish(topics.heartbeat(device.device_id), _heartbeat(device.device_id, seq))
+            beat = quiet_heartbeat(device.device_id, utc_now(), seq)
+            device.publish(topics.heartbeat(device.device_id), beat.to_bytes())
 
     sender = threading.Thread(target=trickle, daemon=True)
     with ConsumerThread(settings, processor) as thread:
@@ -362,23 +338,6 @@ def test_a_steady_trickle_still_lets_the_consumer_say_it_has_caught_up(
             stop.set()
             sender.join(WAIT)
     assert not consumer.caught_up()  # disconnected: no longer
-
-
-def _heartbeat(device_id: str, seq: int) -> bytes:
-    return Heartbeat(
-        device_id=device_id,
-        at=utc_now(),
-        seq=seq,
-        uptime_s=1.0,
-        firmware="test",
-        recording=False,
-        spool_bytes=0,
-        outbox_pending=0,
-        disk_free_bytes=1,
-        disk_total_bytes=2,
-        bytes_sent_today=0,
-        bytes_sent_month=0,
-    ).to_bytes()
 
 
 class HeldProcessor(IngestProcessor):
@@ -403,7 +362,7 @@ def test_at_most_mqtt_max_inflight_messages_are_handed_over_unacknowledged(
         device_messages=fleet.handle,
     )
     processor.release = threading.Event()
-    settings = consumer_settings(mosquitto, harness, mqtt_max_inflight=5)
+    settings = durable_settings(mosquitto, harness, mqtt_max_inflight=5)
     with ConsumerThread(settings, processor) as thread:
         consumer = thread.consumer
         assert consumer is not None

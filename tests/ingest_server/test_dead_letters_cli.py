@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ingest_helpers import START, Harness
+from ingest_helpers import START, Harness, quiet_heartbeat
 from sqlalchemy import select
 
 from common import topics
 from common.clock import utc_now
-from common.heartbeat import Heartbeat
 from common.schemas import Event, EventType
 from ingest_server.cli import main
 from ingest_server.models import DeadLetter, DeviceEvent, DeviceHealth, PresenceChange
+
+
+def keep_dead_letter(
+    harness: Harness, topic: str, payload: bytes, attempts: int, at: datetime
+) -> None:
+    """A message ingest gave up on at ``at`` after ``attempts`` tries, as the consumer keeps it."""
+    with harness.sessions.begin() as db:
+        db.add(
+            DeadLetter(
+                topic=topic,
+                payload=payload,
+                error="RuntimeError: boom",
+                attempts=attempts,
+                first_at=at,
+                last_at=at,
+            )
+        )
 
 
 def test_dead_letters_are_listed_and_replayed_through_ingest(
@@ -25,17 +41,7 @@ def test_dead_letters_are_listed_and_replayed_through_ingest(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "250")
     event = Event(event_id="ev-dead-1", device_id="dev-1", type=EventType.ERROR, at=START)
-    with harness.sessions.begin() as db:
-        db.add(
-            DeadLetter(
-                topic=topics.event("dev-1"),
-                payload=event.to_bytes(),
-                error="RuntimeError: boom",
-                attempts=5,
-                first_at=START,
-                last_at=START,
-            )
-        )
+    keep_dead_letter(harness, topics.event("dev-1"), event.to_bytes(), attempts=5, at=START)
     data = ["--data-dir", str(tmp_path), "--database-url", harness.settings.database_url]
     assert main([*data, "dead-letters"]) == 0
     listed = capsys.readouterr().out
@@ -57,32 +63,9 @@ def test_a_replayed_heartbeat_counts_at_its_own_time_not_at_the_replay(
     """A dead letter is old news by the time it is replayed: its device comes online when the
     heartbeat says (less its stated offset), not when an operator ran the replay days later."""
     sent = utc_now() - timedelta(days=3)
-    beat = Heartbeat(
-        device_id="dev-1",
-        at=sent + timedelta(seconds=2),  # the device's clock ran 2 s ahead, as it says
-        clock_offset_s=2.0,
-        seq=7,
-        uptime_s=1.0,
-        firmware="test",
-        recording=False,
-        spool_bytes=0,
-        outbox_pending=0,
-        disk_free_bytes=1,
-        disk_total_bytes=2,
-        bytes_sent_today=0,
-        bytes_sent_month=0,
-    )
-    with harness.sessions.begin() as db:
-        db.add(
-            DeadLetter(
-                topic=topics.heartbeat("dev-1"),
-                payload=beat.to_bytes(),
-                error="RuntimeError: boom",
-                attempts=1,
-                first_at=sent,
-                last_at=sent,
-            )
-        )
+    # The device's clock ran 2 s ahead, as it says.
+    beat = quiet_heartbeat("dev-1", sent + timedelta(seconds=2), seq=7, clock_offset_s=2.0)
+    keep_dead_letter(harness, topics.heartbeat("dev-1"), beat.to_bytes(), attempts=1, at=sent)
     data = ["--data-dir", str(tmp_path), "--database-url", harness.settings.database_url]
     assert main([*data, "dead-letters", "--replay"]) == 0
     with harness.sessions() as db:

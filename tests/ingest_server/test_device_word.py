@@ -14,36 +14,25 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
 import pytest
-from ingest_helpers import Harness
+from ingest_helpers import WAIT, Harness, consumer_settings, quiet_heartbeat, wait_for
 from sqlalchemy import select
 
 from common import topics
 from common.clock import VirtualClock
-from common.heartbeat import Heartbeat
 from common.schemas import MAX_CLOCK_OFFSET_S, Event, EventType, Status, StatusState
 from ingest_server.consumer import ConsumerThread
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.models import DeadLetter, DeviceEvent, DeviceHealth, PresenceChange
-from ingest_server.settings import Settings
-from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.broker import MosquittoBroker
 
-WAIT = 20.0
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 HOSTILE_OFFSETS = ["NaN", "Infinity", "-Infinity", "1e300", "-1e12", str(MAX_CLOCK_OFFSET_S + 1)]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        time.sleep(0.02)
 
 
 def heartbeat_json(offset: str, at: str = "2026-11-02T09:00:00Z", seq: int = 1) -> bytes:
@@ -130,20 +119,6 @@ def device(mosquitto: MosquittoBroker) -> Iterator[DevicePublisher]:
         publisher.close()
 
 
-def consumer_settings(broker: MosquittoBroker, harness: Harness, **extra: object) -> Settings:
-    return harness.settings.model_copy(
-        update={
-            "mqtt_host": broker.host,
-            "mqtt_port": broker.port,
-            "mqtt_password": broker.accounts.passwords[SERVER_USER],
-            "mqtt_protocol": "5",
-            "mqtt_client_id": "ingest-word",
-            "shared_group": "ingest",
-            **extra,
-        }
-    )
-
-
 def test_nan_heartbeats_do_not_hold_up_the_next_event(
     mosquitto: MosquittoBroker, device: DevicePublisher, harness: Harness
 ) -> None:
@@ -156,7 +131,7 @@ def test_nan_heartbeats_do_not_hold_up_the_next_event(
         device_messages=fleet.handle,
     )
     # The shipped retry policy: before, each hostile message cost 5 attempts and ~3 s of backoff.
-    with ConsumerThread(consumer_settings(mosquitto, harness), processor) as thread:
+    with ConsumerThread(consumer_settings(mosquitto, harness, "ingest-word"), processor) as thread:
         for seq, offset in enumerate(HOSTILE_OFFSETS):
             device.publish(topics.heartbeat("dev-1"), heartbeat_json(offset, seq=seq))
         for payload in HOSTILE_STATUSES:
@@ -182,21 +157,7 @@ def _event_ids(harness: Harness) -> set[str]:
 
 
 def _beat(fleet: DeviceMessages, at: datetime, offset: float, seq: int) -> None:
-    beat = Heartbeat(
-        device_id="dev-1",
-        at=at,
-        seq=seq,
-        uptime_s=1,
-        firmware="x",
-        recording=True,
-        spool_bytes=0,
-        outbox_pending=0,
-        disk_free_bytes=1,
-        disk_total_bytes=2,
-        clock_offset_s=offset,
-        bytes_sent_today=0,
-        bytes_sent_month=0,
-    )
+    beat = quiet_heartbeat("dev-1", at, seq, recording=True, clock_offset_s=offset)
     fleet.handle(topics.parse_up(topics.heartbeat("dev-1")), beat.to_bytes())
 
 
@@ -283,7 +244,7 @@ def test_caught_up_waits_for_quiet_after_a_slow_batch_is_acknowledged(
     """The broker holds a backlog of 4 for the consumer's persistent session; handling them
     takes 1.4 s, longer than the quiet time. Right after their acks the broker may still hold
     more (it sends the next window only after our acks): not yet caught up."""
-    settings = consumer_settings(mosquitto, harness, ingest_quiet_s=1.0)
+    settings = consumer_settings(mosquitto, harness, "ingest-word", ingest_quiet_s=1.0)
     ConsumerThread(
         settings, IngestProcessor(harness.sessions, harness.store, harness.settings, harness.clock)
     ).start().stop()

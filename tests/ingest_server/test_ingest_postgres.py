@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import Harness, make_upload, stored_files
 from sqlalchemy import select
 
 from common.schemas import AckState, RejectReason
 from common.signing import generate_private_key
-from ingest_server.db import migrate
 from ingest_server.models import Clip, Rejection, Upload
-
-
-@pytest.fixture
-def pg_harness(pg_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> Iterator[Harness]:
-    migrate(pg_url)
-    h = Harness(pg_url, tmp_path / "evidence")
-    h.register("dev-1", key)
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 def test_happy_path_on_postgresql(

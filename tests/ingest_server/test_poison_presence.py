@@ -11,15 +11,20 @@ on a real Mosquitto.
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from ingest_helpers import Harness
+from ingest_helpers import (
+    WAIT,
+    Harness,
+    batched_processor,
+    consumer_settings,
+    quiet_heartbeat,
+    wait_for,
+)
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -28,23 +33,12 @@ from common import topics
 from common.heartbeat import Heartbeat
 from common.schemas import Status, StatusState
 from ingest_server.consumer import ConsumerThread
-from ingest_server.db import migrate
 from ingest_server.device_messages import DeviceMessages, _Said
-from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeadLetter, DeviceHealth, FeedEvent, PresenceChange
 from ingest_server.settings import Settings
-from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.broker import MosquittoBroker
 
-WAIT = 20.0
 POISON_SEQ = 13
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        time.sleep(0.02)
 
 
 class PoisonFleet(DeviceMessages):
@@ -81,20 +75,7 @@ def json_seq(heartbeat_json: str | None) -> int | None:
 
 
 def beat(device_id: str, seq: int) -> bytes:
-    return Heartbeat(
-        device_id=device_id,
-        at=datetime.now(UTC),
-        seq=seq,
-        uptime_s=1.0,
-        firmware="test",
-        recording=False,
-        spool_bytes=0,
-        outbox_pending=0,
-        disk_free_bytes=1,
-        disk_total_bytes=2,
-        bytes_sent_today=0,
-        bytes_sent_month=0,
-    ).to_bytes()
+    return quiet_heartbeat(device_id, datetime.now(UTC), seq).to_bytes()
 
 
 def send_heartbeat(fleet: DeviceMessages, device_id: str, seq: int) -> bytes:
@@ -170,16 +151,6 @@ def test_a_poison_heartbeat_is_dead_lettered_and_the_rest_of_its_batch_commits(
     check_poison_batch(harness)
 
 
-@pytest.fixture
-def pg_harness(pg_url: str, tmp_path: Path) -> Iterator[Harness]:
-    migrate(pg_url)
-    h = Harness(pg_url, tmp_path / "evidence")
-    try:
-        yield h
-    finally:
-        h.close()
-
-
 def test_a_poison_heartbeat_is_dead_lettered_on_postgresql_too(pg_harness: Harness) -> None:
     check_poison_batch(pg_harness)
 
@@ -253,37 +224,21 @@ def devices(mosquitto: MosquittoBroker) -> Iterator[dict[str, Device]]:
             device.close()
 
 
-def consumer_settings(broker: MosquittoBroker, harness: Harness) -> Settings:
-    return harness.settings.model_copy(
-        update={
-            "mqtt_host": broker.host,
-            "mqtt_port": broker.port,
-            "mqtt_password": broker.accounts.passwords[SERVER_USER],
-            "mqtt_protocol": "5",
-            "mqtt_client_id": "ingest-poison",
-            "shared_group": "ingest",
-            "ingest_retry_base_s": 0.05,
-            "ingest_retry_cap_s": 0.2,
-            "flush_linger_s": 0.3,  # the heartbeats below share a batch
-        }
-    )
-
-
-def batched_processor(harness: Harness, fleet: DeviceMessages) -> IngestProcessor:
-    return IngestProcessor(
-        harness.sessions,
-        harness.store,
-        harness.settings,
-        harness.clock,
-        device_messages=fleet.handle,
-        flush_device_messages=fleet.flush,
+def poison_consumer_settings(broker: MosquittoBroker, harness: Harness) -> Settings:
+    return consumer_settings(
+        broker,
+        harness,
+        "ingest-poison",
+        ingest_retry_base_s=0.05,
+        ingest_retry_cap_s=0.2,
+        flush_linger_s=0.3,  # the heartbeats below share a batch
     )
 
 
 def test_through_the_consumer_a_poison_heartbeat_is_dead_lettered_once_and_all_are_acked(
     mosquitto: MosquittoBroker, devices: dict[str, Device], harness: Harness
 ) -> None:
-    settings = consumer_settings(mosquitto, harness)
+    settings = poison_consumer_settings(mosquitto, harness)
     fleet = PoisonFleet(harness.sessions, 90.0, harness.clock, batched=True)
     with ConsumerThread(settings, batched_processor(harness, fleet)) as thread:
         consumer = thread.consumer
@@ -315,7 +270,7 @@ def test_through_the_consumer_a_poison_heartbeat_is_dead_lettered_once_and_all_a
 def test_through_the_consumer_nothing_is_acked_while_the_database_is_away(
     mosquitto: MosquittoBroker, devices: dict[str, Device], harness: Harness
 ) -> None:
-    settings = consumer_settings(mosquitto, harness)
+    settings = poison_consumer_settings(mosquitto, harness)
     fleet = PoisonFleet(harness.sessions, 90.0, harness.clock, batched=True)
     fleet.database_away = True
     with ConsumerThread(settings, batched_processor(harness, fleet)) as thread:

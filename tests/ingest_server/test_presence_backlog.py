@@ -10,43 +10,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import paho.mqtt.client as mqtt
-import pytest
-from ingest_helpers import Harness
+from ingest_helpers import WAIT, Harness, consumer_settings, quiet_heartbeat, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import select
 
 from common import topics
 from common.clock import SystemClock, utc_now
-from common.heartbeat import Heartbeat
 from common.schemas import Status, StatusState
 from ingest_server.consumer import ConsumerThread
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeviceHealth, PresenceChange
-from ingest_server.settings import Settings
-from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.broker import MosquittoBroker
 
 TIMEOUT_S = 2.0
 BEAT_S = 0.3
-WAIT = 20.0
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    timeout: float = WAIT,
-    what: str = "",
-    extra: Callable[[], object] = lambda: "",
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}: {extra()}")
-        time.sleep(0.05)
 
 
 class Camera:
@@ -78,21 +60,7 @@ class Camera:
     def beat(self) -> datetime:
         at = utc_now()
         self.seq += 1
-        beat = Heartbeat(
-            device_id=self.device_id,
-            at=at,
-            seq=self.seq,
-            uptime_s=float(self.seq),
-            firmware="test",
-            recording=False,
-            spool_bytes=0,
-            outbox_pending=0,
-            disk_free_bytes=1,
-            disk_total_bytes=2,
-            clock_offset_s=0.0,
-            bytes_sent_today=0,
-            bytes_sent_month=0,
-        )
+        beat = quiet_heartbeat(self.device_id, at, self.seq, clock_offset_s=0.0)
         self._publish(topics.heartbeat(self.device_id), beat.to_bytes())
         self.sent.append(at)
         return at
@@ -120,14 +88,8 @@ def test_an_outage_while_the_server_was_down_keeps_its_device_times_and_no_sweep
 ) -> None:
     for name in ("cam-a", "cam-b"):
         mosquitto.add_account(name)
-    settings: Settings = harness.settings.model_copy(
-        update={
-            "mqtt_host": mosquitto.host,
-            "mqtt_port": mosquitto.port,
-            "mqtt_password": mosquitto.accounts.passwords[SERVER_USER],
-            "mqtt_client_id": "ingest-presence",
-            "heartbeat_timeout_s": TIMEOUT_S,
-        }
+    settings = consumer_settings(
+        mosquitto, harness, "ingest-presence", heartbeat_timeout_s=TIMEOUT_S
     )
     fleet = DeviceMessages(harness.sessions, TIMEOUT_S, SystemClock())
     processor = IngestProcessor(
@@ -175,7 +137,7 @@ def test_an_outage_while_the_server_was_down_keeps_its_device_times_and_no_sweep
             wait_for(
                 lambda: _statuses(harness) == {"cam-a": "online", "cam-b": "online"},
                 what="both online after the drain",
-                extra=lambda: (_statuses(harness), _changes(harness), swept),
+                detail=lambda: (_statuses(harness), _changes(harness), swept),
             )
         finally:
             restarted.stop()

@@ -9,17 +9,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
-import pytest
-from ingest_helpers import Harness
+from ingest_helpers import Harness, quiet_heartbeat
 from sqlalchemy import select
 
 from common import topics
-from common.heartbeat import Heartbeat
-from ingest_server.db import migrate
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.models import DeviceHealth, PresenceChange
 
@@ -27,20 +22,7 @@ TIMEOUT_S = 90.0
 
 
 def _beat(fleet: DeviceMessages, device_id: str, seq: int) -> None:
-    beat = Heartbeat(
-        device_id=device_id,
-        at=fleet.clock.now(),
-        seq=seq,
-        uptime_s=1.0,
-        firmware="test",
-        recording=False,
-        spool_bytes=0,
-        outbox_pending=0,
-        disk_free_bytes=1,
-        disk_total_bytes=2,
-        bytes_sent_today=0,
-        bytes_sent_month=0,
-    )
+    beat = quiet_heartbeat(device_id, fleet.clock.now(), seq)
     fleet.handle(topics.parse_up(topics.heartbeat(device_id)), beat.to_bytes())
 
 
@@ -71,16 +53,6 @@ def test_a_heartbeat_waiting_for_its_commit_keeps_its_device_online(harness: Har
         (True, "heartbeat"),
         (False, "heartbeat_timeout"),
     ]
-
-
-@pytest.fixture
-def pg_harness(pg_url: str, tmp_path: Path) -> Iterator[Harness]:
-    migrate(pg_url)
-    harness = Harness(pg_url, tmp_path / "evidence")
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def test_the_timeout_sweep_records_its_offline_on_postgresql(pg_harness: Harness) -> None:

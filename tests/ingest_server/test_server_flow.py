@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from api_clients import authorize
 from fastapi.testclient import TestClient
+from ingest_helpers import quiet_heartbeat
 from rows import stored_clip, stored_upload
 
 from common.clock import VirtualClock
 from common.commands import Command, CommandType, Schedule
-from common.heartbeat import Heartbeat
 from common.schemas import Status, StatusState
 from common.signing import generate_private_key, public_key_b64
 from common.topics import UpKind, UpTopic
@@ -190,20 +190,7 @@ def test_windows_are_secret_until_the_session_is_over(
 
 
 def _heartbeat(clock: VirtualClock, seq: int) -> bytes:
-    return Heartbeat(
-        device_id="cam-1",
-        at=clock.now(),
-        seq=seq,
-        uptime_s=seq,
-        firmware="t",
-        recording=False,
-        spool_bytes=0,
-        outbox_pending=0,
-        disk_free_bytes=1,
-        disk_total_bytes=2,
-        bytes_sent_today=0,
-        bytes_sent_month=0,
-    ).to_bytes()
+    return quiet_heartbeat("cam-1", clock.now(), seq, uptime_s=seq).to_bytes()
 
 
 def test_presence_from_status_heartbeats_and_their_timeout(world: dict[str, Any]):

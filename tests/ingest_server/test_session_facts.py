@@ -313,8 +313,8 @@ def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_
     and comes back hours later: the real scheduler asks for the windows, the clips arrive late,
     and the verdict goes from pending to verified without ever passing through rejected."""
     from fastapi.testclient import TestClient
+    from ingest_helpers import quiet_heartbeat
 
-    from common.heartbeat import Heartbeat
     from common.schemas import Status, StatusState
     from common.topics import UpKind, UpTopic
     from ingest_server.api import create_app
@@ -354,20 +354,7 @@ def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_
     beats = iter(range(1, 10**6))
 
     def heartbeat() -> None:
-        beat = Heartbeat(
-            device_id="cam-0",
-            at=clock.now(),
-            seq=next(beats),
-            uptime_s=1,
-            firmware="t",
-            recording=True,
-            spool_bytes=0,
-            outbox_pending=0,
-            disk_free_bytes=1,
-            disk_total_bytes=2,
-            bytes_sent_today=0,
-            bytes_sent_month=0,
-        )
+        beat = quiet_heartbeat("cam-0", clock.now(), next(beats), recording=True)
         fleet.handle(UpTopic("cam-0", UpKind.HEARTBEAT), beat.to_bytes())
 
     def say(kind: EventType, **data: Any) -> None:

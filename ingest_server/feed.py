@@ -14,11 +14,19 @@ is readable: seq order is commit order. The lock is held for the insert and the 
 (not while the caller does its other work), and a transaction holding it waits for no row lock,
 so it cannot deadlock with the callers' own locks. SQLite needs no lock: every write transaction
 begins ``IMMEDIATE`` and holds the database's one write lock already.
+
+Readers that long-poll (``GET /api/v1/feed?wait=``) wait on ``commits``: once a transaction
+that appended to the feed has committed, the ``after_commit`` hook calls every listener, so a
+waiter in this process wakes within milliseconds. A commit in another process (a second ingest
+worker, a CLI) signals nobody here; waiters read the database again every
+``Settings.feed_recheck_s`` for those.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,9 +38,13 @@ from sqlalchemy.orm import Session, SessionTransaction
 from common.clock import Clock, SystemClock
 from ingest_server.models import FeedEvent
 
+log = logging.getLogger(__name__)
+
 # pg_advisory_xact_lock key of the ordered logs (feed and audit): "classcam" in ASCII.
 APPEND_LOCK_KEY = 0x636C61737363616D
 _PENDING = "classcam_commit_appends"
+# Set on a session whose transaction wrote feed rows, until it commits or rolls back.
+_APPENDED = "classcam_feed_appended"
 # Where a session keeps its factory's clock (``db.make_session_factory``).
 CLOCK_INFO = "classcam_clock"
 _SYSTEM_CLOCK = SystemClock()
@@ -101,13 +113,70 @@ def _write_deferred(db: Session) -> None:
         items = pending.get(log_name)
         if items:
             writer(db, items)
+    if pending.get("feed"):
+        db.info[_APPENDED] = True
     db.flush()
+
+
+@event.listens_for(Session, "after_commit")
+def _announce_appends(db: Session) -> None:
+    # Also called when a SAVEPOINT is released: its rows are visible only at the outer commit.
+    if db.in_nested_transaction() or not db.info.pop(_APPENDED, False):
+        return
+    commits.announce()
 
 
 @event.listens_for(Session, "after_transaction_end")
 def _drop_deferred(db: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the whole transaction, committed or rolled back
         db.info.pop(_PENDING, None)
+        db.info.pop(_APPENDED, None)
+
+
+class FeedCommits:
+    """Who wants to know that the feed grew: listeners called, in the committing thread, after
+    each commit that appended to it in this process. A listener must be quick and must not
+    touch the database (a long-poll's listener hands a wake-up to its event loop)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: set[Callable[[], None]] = set()
+
+    @contextmanager
+    def listening(self, listener: Callable[[], None], limit: int) -> Iterator[bool]:
+        """Call ``listener`` after each feed commit while in the block; yields False (and
+        adds nothing) when ``limit`` listeners are in already."""
+        with self._lock:
+            admitted = len(self._listeners) < limit
+            if admitted:
+                self._listeners.add(listener)
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self._lock:
+                    self._listeners.discard(listener)
+
+    @property
+    def listeners(self) -> int:
+        """How many listen now."""
+        with self._lock:
+            return len(self._listeners)
+
+    def announce(self) -> None:
+        """Call every listener; one that fails is logged, never raised into the commit that
+        is already durable."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a feed listener failed")
+
+
+# One per process: the commit hooks above are the process's, for every session factory.
+commits = FeedCommits()
 
 
 def _write_feed(db: Session, events: list[FeedEvent]) -> None:

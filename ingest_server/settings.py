@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
+    # A feed long-poll (GET /api/v1/feed?wait=) is held at most this long, whatever it asks
+    # (less when a proxy in front closes idle requests sooner); waiters read the database again
+    # this often for commits made in other processes, which wake nobody here
+    # (ingest_server.feed.commits); past this many waiters a long-poll is refused with 503.
+    feed_max_wait_s: float = Field(default=30.0, ge=0, le=30)
+    feed_recheck_s: float = Field(default=1.0, gt=0)
+    feed_max_waiters: int = Field(default=256, ge=1)
 
     @field_validator("data_dir", "evidence_dir", "audit_key_file", mode="after")
     @classmethod

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ingest_server import feed
 from ingest_server.api.deps import (
     ApiContext,
     Caller,
@@ -106,6 +107,7 @@ def upload_photo(
         )
         write.add(photo)
         write.flush()
+        feed.append(write, "photo_received", session_id, _photo_body(photo, relative))
         # A photo can put the lecturer in two places at once: their other sessions near in
         # time are judged again too (rules.photo_match.double_bookings).
         near = write.scalars(

@@ -3,12 +3,15 @@ reader's language, the fleet, and the append-only event feed read with a cursor.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AfterValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -287,14 +290,79 @@ def list_devices(
     return out
 
 
-@router.get("/feed", tags=["feed"])
-def read_feed(
+MAX_FEED_WAIT_S = 30
+FEED_BUSY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Too many long-polls wait already: ask again after ``Retry-After``",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"detail": {"type": "string"}}}
+            }
+        },
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _feed_page(db: Session, after: int, limit: int) -> dict[str, Any]:
+    """One page, and the session's transaction and connection given back at once: a long-poll
+    must not hold a snapshot (SQLite's WAL could not be checkpointed past it) or a pooled
+    connection while it waits."""
+    try:
+        return feed.read_page(db, after, limit).to_dict()
+    finally:
+        db.close()
+
+
+@router.get("/feed", tags=["feed"], responses=FEED_BUSY)
+async def read_feed(
+    request: Request,
     db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
     caller: Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR))],
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    wait: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_FEED_WAIT_S,
+            description="Seconds to wait for an event when there is none after ``after``"
+            " (long-poll): the answer comes as soon as one is committed, else an empty page"
+            " with the same ``next`` once the wait is over. 0: answer at once.",
+        ),
+    ] = 0,
 ) -> dict[str, Any]:
     """Events after cursor ``after``, oldest first; pass back ``next`` to continue. The feed
     is append-only and its ``seq`` follows commit order (``ingest_server.feed``), so a reader
-    that keeps its cursor never misses an event."""
-    return feed.read_page(db, after, limit).to_dict()
+    that keeps its cursor never misses an event. With ``wait`` the request is held until an
+    event is committed (seen within milliseconds when this server committed it, within
+    ``feed_recheck_s`` when another process did) or the wait is over."""
+    # The wait is the HTTP request's, in real seconds: not the server's (maybe simulated) clock.
+    settings = context.settings
+    wait_s = min(float(wait), settings.feed_max_wait_s)
+    if wait_s <= 0:
+        return await run_in_threadpool(_feed_page, db, after, limit)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    woken = asyncio.Event()
+
+    def wake() -> None:  # in the committing thread
+        with suppress(RuntimeError):  # the loop has closed: nobody waits there any more
+            loop.call_soon_threadsafe(woken.set)
+
+    with feed.commits.listening(wake, settings.feed_max_waiters) as admitted:
+        if not admitted:
+            await run_in_threadpool(db.close)
+            raise HTTPException(503, "too many feed long-polls", {"Retry-After": "1"})
+        while True:
+            # Listening before reading: a commit after this read sets ``woken`` again.
+            woken.clear()
+            page = await run_in_threadpool(_feed_page, db, after, limit)
+            remaining = deadline - loop.time()
+            if page["events"] or remaining <= 0:
+                return page
+            with suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(settings.feed_recheck_s, remaining))
+            if await request.is_disconnected():
+                return page  # nobody to answer: give the waiter's place back

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from common.ranges import Range
 from common.schemas import Manifest, RejectReason
+from ingest_server import feed
 from ingest_server.db import SessionFactory
 from ingest_server.models import Clip, ClipCheck, Upload, UploadState
 from ingest_server.store import Store
@@ -58,6 +59,22 @@ def clip_row(manifest: Manifest, upload_id: str, relative: str, now: datetime) -
     )
 
 
+def clip_event(clip: Clip) -> dict[str, object]:
+    """The feed's ``clip_stored`` payload: which clip, of what, and where it lies in time."""
+    return {
+        "clip_id": clip.id,
+        "upload_id": clip.upload_id,
+        "device_id": clip.device_id,
+        "kind": clip.kind,
+        "cmd_id": clip.cmd_id,
+        "sha256": clip.sha256,
+        "size": clip.size,
+        "cut_start": clip.cut_start.isoformat(),
+        "cut_end": clip.cut_end.isoformat(),
+        "duration_s": clip.duration_s,
+    }
+
+
 def record_clip(
     session_factory: SessionFactory, upload: OpenUpload, relative: str, now: datetime
 ) -> int | None:
@@ -73,6 +90,7 @@ def record_clip(
                 session.flush()
                 clip_id = clip.id
                 session.add(ClipCheck(clip_id=clip.id, attempts=0))
+                feed.append(session, "clip_stored", clip.session_id, clip_event(clip))
                 row.state = UploadState.COMPLETE.value
                 row.updated_at = now
     except IntegrityError:

@@ -100,7 +100,9 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
     """The API on a seeded database, its clock after the first session."""
-    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    # A feed long-poll with nothing new is held feed_max_wait_s: briefly here, so the fuzz
+    # goes through the wait without spending up to 30 s on each example that asks for one.
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url, feed_max_wait_s=0.05)
     engine = make_engine(sqlite_url)
     factory = make_session_factory(engine)
     doc = tmp_path / "setup.json"

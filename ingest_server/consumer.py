@@ -118,6 +118,7 @@ class Inbound:
     mid: int
     qos: int
     connection: int  # a message id means nothing on a later connection
+    received_at: float = 0.0  # time.monotonic() when paho handed it over (``ingest_lag_s``)
 
 
 _STOP = object()
@@ -145,6 +146,8 @@ class IngestConsumer:
         # after our acks, so quiet is measured from here as well as from the last receipt.
         self._last_acked = 0.0
         self._busy = False  # the worker holds messages not yet acknowledged
+        # When the oldest message the worker took and has not yet acknowledged was received.
+        self._uncommitted_since: float | None = None
         # Caught up since the (re)connect: sticky until the next one (see ``caught_up``).
         self._drained = False
         self._waits = 0  # messages in a row the worker had to wait for
@@ -242,6 +245,19 @@ class IngestConsumer:
             self._drained = True
         return self._drained
 
+    def ingest_lag_s(self) -> float:
+        """Seconds since the oldest message received and not yet committed and acknowledged
+        was received (0 when none waits): what the worker holds, else the head of its queue. A
+        backlog the broker still holds for us is not seen here (``caught_up`` says whether
+        there may be one). Read from any thread: a sample, not a lock-step figure."""
+        oldest = self._uncommitted_since
+        if oldest is None:
+            with self._queue.mutex:
+                head = self._queue.queue[0] if self._queue.queue else None
+            if isinstance(head, Inbound):
+                oldest = head.received_at
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
+
     def _on_connect(
         self,
         client: mqtt.Client,
@@ -300,10 +316,15 @@ class IngestConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         # paho's network thread: hand over and return; never process here.
-        item = Inbound(
-            message.topic, bytes(message.payload), message.mid, message.qos, self._connection
-        )
         self._last_received = time.monotonic()
+        item = Inbound(
+            message.topic,
+            bytes(message.payload),
+            message.mid,
+            message.qos,
+            self._connection,
+            self._last_received,
+        )
         self.counters["received"] += 1
         if item.qos == 0:
             try:
@@ -341,6 +362,8 @@ class IngestConsumer:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
                 item = None
+            if isinstance(item, Inbound) and self._uncommitted_since is None:
+                self._uncommitted_since = item.received_at
             self._waits = self._waits + 1 if waited else 0
             if self._waits >= CAUGHT_UP_WAITS and self.connected.is_set():
                 self._drained = True
@@ -349,6 +372,8 @@ class IngestConsumer:
             if isinstance(item, Inbound):
                 if item.connection != self._connection:
                     self.counters["stale"] += 1  # the broker sends it again on this connection
+                    if not pending:
+                        self._uncommitted_since = None
                     continue
                 self._busy = True
                 out = self._handle(item)
@@ -371,6 +396,7 @@ class IngestConsumer:
                     break
                 self._ack(pending)
                 pending = []
+                self._uncommitted_since = None
                 last_flush = time.monotonic()
             self._busy = bool(pending)
         # Stopping: whatever is handled but not durable is made so and acknowledged if the

@@ -19,6 +19,7 @@ from ingest_server.consumer import IngestConsumer
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
+from ingest_server.metrics import LiveIngest
 from ingest_server.scheduler import Scheduler, make_scheduler_client
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
@@ -87,7 +88,9 @@ class ServerCore:
     def device_online(self, device_id: str) -> None:
         self.scheduler.device_online(device_id)
 
-    def api_context(self) -> ApiContext:
+    def api_context(self, consumer: IngestConsumer | None = None) -> ApiContext:
+        """What the API routes need; with ``consumer``, /metrics also shows its counters."""
+        live = None if consumer is None else LiveIngest(consumer, self.processor, self.fleet)
         return ApiContext(
             self.settings,
             self.session_factory,
@@ -95,6 +98,7 @@ class ServerCore:
             recompute=self.verdicts.recompute,
             send_command=self.scheduler.send_command,
             clock=self.clock,
+            live_ingest=live,
         )
 
     def close(self) -> None:
@@ -128,7 +132,7 @@ async def run_server(
     if settings.api_port:
         api = _EmbeddedServer(
             uvicorn.Config(
-                create_app(core.api_context()),
+                create_app(core.api_context(consumer)),
                 host=settings.api_host,
                 port=settings.api_port,
                 log_level="warning",

@@ -54,7 +54,8 @@ class IngestProcessor:
     thread-safe (the consumer calls it from one worker thread at a time).
 
     ``counters`` counts refusals by ``RejectReason`` value (plus ``bad_topic``); ``stats``
-    counts the work done (chunks, bytes, duplicates, flushes, completed uploads).
+    counts the work done (chunks, bytes, duplicates, flushes, completed uploads, init and fin
+    answered rejected); ``messages`` counts the messages handled by topic kind (``/metrics``).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class IngestProcessor:
         self.clock = clock or SystemClock()
         self.counters: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()
         self._cache = UploadCache()
         self._limits = manifest.ManifestLimits(settings.max_upload_size, settings.max_chunk_size)
         self._rejections = RejectionLog(
@@ -105,6 +107,7 @@ class IngestProcessor:
                 refusal = ChunkRefused(RejectReason.BAD_OFFSET, chunk.upload_id, exc.why)
                 self._refuse_chunk(refusal, chunk)
             return []
+        self.messages[up.kind.value] += 1
         if up.upload_id is None:
             # Status, heartbeat and event messages belong to other handlers.
             if self.device_messages is not None:
@@ -125,6 +128,8 @@ class IngestProcessor:
                 reply = self._on_fin(up, payload)
         except Refusal as exc:
             self._record(exc, up)
+            if isinstance(exc, UploadRejected):
+                self.stats["uploads_rejected"] += 1
             reply = refusal_reply(exc, up, reply_to)
         except StoreError as exc:
             # The server's own trouble (disk full…): no answer, so the device times out and

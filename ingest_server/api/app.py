@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from ingest_server.api import photos, views
+from ingest_server.api import metrics, photos, views
 from ingest_server.api.deps import BODY_ROLES, ApiContext, token_role
 from ingest_server.api.guard import BodyGuard
+from ingest_server.metrics import metrics_registry
 
 # Room for the multipart framing and the form fields around the largest photo allowed.
 FORM_ALLOWANCE = 1024 * 1024
@@ -64,6 +65,10 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.context = context
     app.include_router(photos.router, prefix="/api/v1", responses=PHOTO_REFUSALS)
     app.include_router(views.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
+    app.include_router(metrics.router, responses=_refusals(401, 403))
+    app.state.metrics = metrics_registry(
+        context.session_factory, context.clock, context.live_ingest
+    )
     app.add_middleware(
         BodyGuard,
         token_role=partial(token_role, context),

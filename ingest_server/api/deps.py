@@ -11,10 +11,13 @@ Who may do what (roles in ``ingest_server.auth``):
 | ``POST /sessions/{id}/photos/{kind}`` | 403 | 403 | 403 | own |
 | ``GET /devices`` | all | all | in its classrooms | 403 |
 | ``GET /feed`` | all | all | 403 | 403 |
+| ``GET /metrics`` (Prometheus) | yes | yes | 403 | 403 |
 
 A photo is the lecturer's own testimony, so only the lecturer of the session uploads it. The
 feed is the supervision backend's integration stream; an institution reads its sessions
-instead. Lists are filtered in the query, so a scoped caller never pages through others' rows.
+instead. Metrics speak of the whole fleet, so only the roles that read everything scrape them
+(docs/metrics.md: a supervisor token in the scraper's ``authorization``). Lists are filtered
+in the query, so a scoped caller never pages through others' rows.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from common.clock import Clock, SystemClock
 from common.commands import Command
 from ingest_server.auth import Caller, Role, bearer_token, resolve_token
 from ingest_server.db import SessionFactory, reader_factory
+from ingest_server.metrics import LiveIngest
 from ingest_server.models import Classroom, ClassSession, Device
 from ingest_server.settings import Settings
 from ingest_server.store import EvidenceStore
@@ -53,6 +57,8 @@ class ApiContext:
     send_command: Callable[[str, Command], None] | None = None
     # What "now" is: the windows a view may show depend on it.
     clock: Clock = field(default_factory=SystemClock)
+    # The ingest running in this process, whose counters /metrics shows; None for an API alone.
+    live_ingest: LiveIngest | None = None
 
 
 def get_context(request: Request) -> ApiContext:

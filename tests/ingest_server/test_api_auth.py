@@ -353,7 +353,7 @@ def test_openapi_declares_the_bearer_scheme_on_every_route(world: World):
         "description": spec["components"]["securitySchemes"]["bearer"]["description"],
     }
     operations = [op for item in spec["paths"].values() for op in item.values()]
-    assert len(operations) == 6
+    assert len(operations) == 7  # six under /api/v1, and /metrics
     assert all(op.get("security") == [{"bearer": []}] for op in operations)
 
 

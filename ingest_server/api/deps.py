@@ -106,7 +106,14 @@ def get_caller(
     token = bearer_token(f"Bearer {credentials.credentials}" if credentials else None)
     if token is None:
         raise HTTPException(401, "missing token (Authorization: Bearer …)", UNAUTHENTICATED)
-    caller = resolve_token(db, token, context.clock.now())
+    try:
+        caller = resolve_token(db, token, context.clock.now())
+    finally:
+        # Give the connection back at once (the route's next read takes one again): a request
+        # holding a pooled connection while it waits for a worker thread or a long-poll could
+        # otherwise take the whole pool from the threads that would release it (~60 long-polls
+        # at once wedged the API for the pool's 30 s timeout).
+        db.close()
     if caller is None:
         raise HTTPException(401, "unknown, expired or revoked token", UNAUTHENTICATED)
     return caller

@@ -7,6 +7,7 @@ with exactly the 10,000, in order."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -391,6 +392,40 @@ def test_long_polls_past_the_cap_are_told_to_come_back(serve: Callable[..., Serv
     thread.join(20)
     assert len(answered[0].json()["events"]) == 1
     wait_for(lambda: feed.commits.listeners == 0, 10, "the waiter to leave")
+
+
+def test_a_hundred_long_polls_at_once_leave_the_pool_to_everyone(
+    serve: Callable[..., Server],
+) -> None:
+    """More waiters than the pool has connections (5 + 10) and the API has threads (40): each
+    request gives its connection back after reading its token, so none holds one while it
+    waits for a thread, and the pool cannot be taken from the threads that would free it."""
+    server = serve()
+    after = server.last_seq()
+    wait_for(lambda: feed.commits.listeners == 0, 10, "no waiter left")
+    headers = {"Authorization": f"Bearer {server.tokens['admin']}"}
+
+    async def herd() -> tuple[list[httpx.Response], httpx.Response, float]:
+        limits = httpx.Limits(max_connections=120)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=headers, timeout=40, limits=limits
+        ) as client:
+            polls = [
+                asyncio.create_task(client.get("/api/v1/feed", params={"after": after, "wait": 30}))
+                for _ in range(100)
+            ]
+            while feed.commits.listeners < 100:
+                await asyncio.sleep(0.05)
+            asked = time.monotonic()
+            other = await client.get("/api/v1/devices")
+            other_s = time.monotonic() - asked
+            await asyncio.to_thread(server.append)
+            return await asyncio.gather(*polls), other, other_s
+
+    answers, other, other_s = asyncio.run(asyncio.wait_for(herd(), 60))
+    assert other.status_code == 200 and other_s < 10, other_s
+    assert [a.status_code for a in answers] == [200] * 100
+    assert all(len(a.json()["events"]) == 1 for a in answers)
 
 
 def _feed_kinds(factory: SessionFactory) -> list[tuple[str, str | None, dict[str, Any]]]:

@@ -80,6 +80,7 @@ class JsonlSink:
         self.path = path
         self.last_seq = 0
         path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
         with open(path, "ab+") as f:
             f.seek(0)
             data = f.read()
@@ -91,6 +92,8 @@ class JsonlSink:
             lines = data[:whole].splitlines()
             if lines:
                 self.last_seq = int(json.loads(lines[-1])["seq"])
+        if not existed:
+            _fsync_folder(path.parent)  # a power cut must not lose the file behind the cursor
 
     def __call__(self, events: list[Event]) -> None:
         fresh = [e for e in events if e["seq"] > self.last_seq]
@@ -110,11 +113,17 @@ def consume(
     handle: Callable[[list[Event]], None],
     wait_s: int = 30,
     limit: int = 500,
+    handled_up_to: int | None = None,
 ) -> None:
     """Read the feed for ever from the saved cursor: each page to ``handle``, then its cursor
     saved. Network trouble and a busy server (503, with ``Retry-After``) are waited out with a
-    capped backoff; a refused token (401, 403) or a bad request ends the loop with an error."""
+    capped backoff, and so is a server error (5xx); a refused token (401, 403) or a bad
+    request ends the loop with an error. ``handled_up_to``: the last ``seq`` the handler holds
+    (the effect is the truth: if it has less than the cursor says, say a restored backup, the
+    read starts from it and the handler drops what it already has)."""
     cursor = cursor_file.load()
+    if handled_up_to is not None:
+        cursor = min(cursor, handled_up_to)
     backoff = 1.0
     while True:
         try:
@@ -129,7 +138,7 @@ def consume(
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             continue
-        if answer.status_code in (429, 502, 503, 504):
+        if answer.status_code == 429 or answer.status_code >= 500:
             retry_after = answer.headers.get("Retry-After", "")
             time.sleep(float(retry_after) if retry_after.isdigit() else backoff)
             backoff = min(backoff * 2, 30.0)
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=args.url, headers=headers) as client:
         try:
-            consume(client, CursorFile(args.cursor), JsonlSink(args.out), args.wait, args.limit)
+            sink = JsonlSink(args.out)
+            consume(client, CursorFile(args.cursor), sink, args.wait, args.limit, sink.last_seq)
         except httpx.HTTPStatusError as exc:
             print(
                 f"the feed refused: {exc.response.status_code} {exc.response.text}", file=sys.stderr

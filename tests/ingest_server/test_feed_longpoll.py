@@ -469,3 +469,28 @@ def test_a_photo_is_an_event(serve: Callable[..., Server]) -> None:
     assert session_id == "s-1"
     assert payload["id"] == answer.json()["id"] and payload["kind"] == "opening"
     assert payload["sha256"] == answer.json()["sha256"]
+
+
+def test_a_consumer_whose_output_was_lost_reads_it_again_rather_than_skip_it(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The cursor says 30 events were handled, but the output (restored from an older backup)
+    holds only the first 10: the consumer trusts the output and fills in the other 20."""
+    server = serve()
+    before = server.last_seq()
+    server.append(30)
+    cursor, out = tmp_path / "feed.cursor", tmp_path / "feed.jsonl"
+    cursor.write_text(f"{before + 30}\n")
+    with server.client("supervisor") as client:
+        first = client.get("/api/v1/feed", params={"after": before, "limit": 10}).json()
+    out.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in first["events"]))
+    env = dict(os.environ, CLASSCAM_TOKEN=server.tokens["supervisor"])
+    command = [sys.executable, str(CONSUMER), "--url", server.url, "--cursor", str(cursor)]
+    consumer = subprocess.Popen([*command, "--out", str(out), "--wait", "1"], env=env)
+    try:
+        wait_for(lambda: _holds_or_ended(out, 30, consumer), 20, "the lost events")
+    finally:
+        consumer.kill()
+        consumer.wait(10)
+    seqs = [json.loads(line)["seq"] for line in out.read_bytes().splitlines()]
+    assert seqs == list(range(before + 1, before + 31))

@@ -119,7 +119,8 @@ def test_a_clip_the_server_cannot_finish_does_not_block_the_clips_after_it(
         assert broken not in _clip_ids(server)
         heartbeat = service.heartbeat()
         assert heartbeat.outbox_parked == 1 and heartbeat.outbox_pending == 1
-        assert service.uploader.stats.failed_attempts >= 3
+        # The uploader counts the attempt just after the outbox has it durably: wait for it.
+        _wait(lambda: service.uploader.stats.failed_attempts >= 3, 10, "the third failure")
     finally:
         service.stop()
     # A restart neither forgets the budget spent nor the slow cadence.

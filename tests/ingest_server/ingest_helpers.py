@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -231,3 +232,33 @@ def wait_for(
             shown = f": {detail()}" if detail is not None else ""
             pytest.fail(f"timed out waiting for {what or condition}{shown}")
         time.sleep(0.02)
+
+
+def one_room_school(
+    device_id: str, device_key: str, lecturer_token: str, starts: dict[str, datetime]
+) -> dict[str, Any]:
+    """A setup document: one school, one classroom (Shanghai, WGS-84) with camera
+    ``device_id``, lecturer ``lect`` with an app token, class ``cls`` and a 90-minute
+    session per ``starts`` entry (id → start)."""
+    session = {"class_id": "cls", "classroom_id": "room", "lecturer_id": "lect", "duration_min": 90}
+    return {
+        "institutions": [{"id": "school", "name": "职业培训学校"}],
+        "classrooms": [
+            {
+                "id": "room",
+                "institution_id": "school",
+                "name": "101",
+                "lat": 31.2304,
+                "lon": 121.4737,
+                "datum": "wgs84",
+            }
+        ],
+        "devices": [{"device_id": device_id, "classroom_id": "room", "public_key": device_key}],
+        "lecturers": [
+            {"id": "lect", "institution_id": "school", "name": "王老师", "token": lecturer_token}
+        ],
+        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
+        "sessions": [
+            {"id": sid, "start": start.isoformat(), **session} for sid, start in starts.items()
+        ],
+    }

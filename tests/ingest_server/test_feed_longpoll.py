@@ -27,7 +27,7 @@ import httpx
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ingest_helpers import Harness, make_upload, wait_for
+from ingest_helpers import Harness, make_upload, one_room_school, wait_for
 from sqlalchemy import select
 
 from common.clock import VirtualClock
@@ -55,40 +55,8 @@ SEED = 20261129
 
 
 def _setup_doc() -> dict[str, Any]:
-    return {
-        "institutions": [{"id": "school", "name": "职业培训学校"}],
-        "classrooms": [
-            {
-                "id": "room",
-                "institution_id": "school",
-                "name": "101",
-                "lat": 31.2304,
-                "lon": 121.4737,
-                "datum": "wgs84",
-            }
-        ],
-        "devices": [
-            {
-                "device_id": "cam-1",
-                "classroom_id": "room",
-                "public_key": public_key_b64(generate_private_key()),
-            }
-        ],
-        "lecturers": [
-            {"id": "lect", "institution_id": "school", "name": "王老师", "token": LECTURER_TOKEN}
-        ],
-        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
-        "sessions": [
-            {
-                "id": "s-1",
-                "class_id": "cls",
-                "classroom_id": "room",
-                "lecturer_id": "lect",
-                "start": (T0 + timedelta(hours=1)).isoformat(),
-                "duration_min": 90,
-            }
-        ],
-    }
+    key = public_key_b64(generate_private_key())
+    return one_room_school("cam-1", key, LECTURER_TOKEN, {"s-1": T0 + timedelta(hours=1)})
 
 
 @dataclass

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from ingest_helpers import TestUpload, make_upload, quiet_heartbeat, wait_for
+from ingest_helpers import TestUpload, make_upload, one_room_school, quiet_heartbeat, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
@@ -61,28 +61,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def setup_doc(device_key: str, starts: dict[str, datetime]) -> dict[str, object]:
     """A school with a classroom camera, a lecturer (with an app token) and sessions starting
     at ``starts``."""
-    session = {"class_id": "cls", "classroom_id": "room", "lecturer_id": "lect", "duration_min": 90}
-    return {
-        "institutions": [{"id": "school", "name": "职业培训学校"}],
-        "classrooms": [
-            {
-                "id": "room",
-                "institution_id": "school",
-                "name": "101",
-                "lat": 31.2304,
-                "lon": 121.4737,
-                "datum": "wgs84",
-            }
-        ],
-        "devices": [{"device_id": "dev-1", "classroom_id": "room", "public_key": device_key}],
-        "lecturers": [
-            {"id": "lect", "institution_id": "school", "name": "王老师", "token": LECTURER_TOKEN}
-        ],
-        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
-        "sessions": [
-            {"id": sid, "start": start.isoformat(), **session} for sid, start in starts.items()
-        ],
-    }
+    return one_room_school("dev-1", device_key, LECTURER_TOKEN, starts)
 
 
 def seed(

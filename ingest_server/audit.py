@@ -79,17 +79,29 @@ class AuditKey:
         return hmac.new(self.secret, b"classcam audit key id", hashlib.sha256).hexdigest()[:16]
 
 
-class AuditKeyError(RuntimeError):
+class KeyFileError(RuntimeError):
+    """A secret key file is missing (and may not be made here) or holds too few bytes."""
+
+
+class AuditKeyError(KeyFileError):
     """The key file is missing (and may not be made here) or is not a key."""
 
 
-def load_key(path: Path, *, create: bool = True) -> AuditKey:
-    """The audit key in ``path``; with ``create`` and no file there, 32 random bytes are written
-    there first (mode 0600, fsynced; made whole under a temporary name and linked in, so two
-    processes starting at once end up with the same key)."""
+def load_secret(
+    path: Path,
+    *,
+    create: bool = True,
+    what: str = "audit key",
+    error: type[KeyFileError] = KeyFileError,
+) -> bytes:
+    """The 32 or more secret bytes in ``path`` (``what`` names them in logs and errors); with
+    ``create`` and no file there, 32 random bytes are written there first (mode 0600, fsynced;
+    made whole under a temporary name and linked in, so two processes starting at once end up
+    with the same secret). The audit key and the export signing key (``ingest_server.export``)
+    are both made here."""
     if not path.exists():
         if not create:
-            raise AuditKeyError(f"no audit key at {path}")
+            raise error(f"no {what} at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -109,13 +121,19 @@ def load_key(path: Path, *, create: bool = True) -> AuditKey:
             os.fsync(directory)
         finally:
             os.close(directory)
-        log.info("made a new audit key at %s", path)
+        log.info("made a new %s at %s", what, path)
     if path.stat().st_mode & 0o077:
-        log.warning("the audit key %s is readable by others than its owner (chmod 600)", path)
+        log.warning("the %s %s is readable by others than its owner (chmod 600)", what, path)
     secret = path.read_bytes()
     if len(secret) < KEY_BYTES:
-        raise AuditKeyError(f"{path} holds {len(secret)} bytes; an audit key has {KEY_BYTES}")
-    return AuditKey(secret)
+        raise error(f"{path} holds {len(secret)} bytes; a {what} has {KEY_BYTES}")
+    return secret
+
+
+def load_key(path: Path, *, create: bool = True) -> AuditKey:
+    """The audit key in ``path``; with ``create`` and no file there, 32 random bytes are written
+    there first (``load_secret``)."""
+    return AuditKey(load_secret(path, create=create, what="audit key", error=AuditKeyError))
 
 
 # Sessions from factories made without a key (tests, scripts) write with this one: random per
@@ -344,19 +362,34 @@ def record_list_view(
 
 
 def record_export(
-    db: Session, subject_type: str, subject_id: str, actor: str, document: bytes, fmt: str
+    db: Session,
+    subject_type: str,
+    subject_id: str,
+    actor: str,
+    document: bytes | Path,
+    fmt: str,
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """Record that ``document`` (the exported bytes, in format ``fmt``) left the system for
-    ``actor``; returns its SHA-256, which the export should carry so a copy can be matched to
-    this row. (The export routes are issue 10's; they call this.)"""
-    digest = hashlib.sha256(document).hexdigest()
+    """Record that ``document`` (the exported bytes, or the file holding them, in format
+    ``fmt``) left the system for ``actor``; returns its SHA-256, which the export should carry
+    so a copy can be matched to this row. ``extra`` adds details (an archive's sessions and
+    audit head, ``ingest_server.export``)."""
+    if isinstance(document, Path):
+        sha, size = hashlib.sha256(), 0
+        with document.open("rb") as fh:
+            while block := fh.read(1024 * 1024):
+                sha.update(block)
+                size += len(block)
+        digest = sha.hexdigest()
+    else:
+        digest, size = hashlib.sha256(document).hexdigest(), len(document)
     record(
         db,
         AuditAction.EXPORTED,
         subject_type,
         subject_id,
         actor,
-        {"format": fmt, "bytes": len(document), "sha256": digest},
+        {**(extra or {}), "format": fmt, "bytes": size, "sha256": digest},
     )
     return digest
 

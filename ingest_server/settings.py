@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # The audit log's HMAC key (ingest_server.audit): made on first use; keep it off the
     # database host and back it up apart from the database.
     audit_key_file: Path = Field(default_factory=lambda data: data["data_dir"] / "audit.key")
+    # The Ed25519 key that signs evidence exports (ingest_server.export): made on first use;
+    # its public half is in every archive and `classcam-server export-key` prints it to pin.
+    export_key_file: Path = Field(default_factory=lambda data: data["data_dir"] / "export.key")
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
@@ -148,7 +151,7 @@ class Settings(BaseSettings):
     feed_recheck_s: float = Field(default=1.0, gt=0)
     feed_max_waiters: int = Field(default=256, ge=1)
 
-    @field_validator("data_dir", "evidence_dir", "audit_key_file", mode="after")
+    @field_validator("data_dir", "evidence_dir", "audit_key_file", "export_key_file", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -244,6 +244,9 @@ class TrainingClass(Base):
         String(ID_LENGTH), ForeignKey("institutions.id"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
+    # How many people the course trains: statistics count verified trainee-hours with it
+    # (migration 0012; 0 where the setup file does not say).
+    trainees: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class SessionState(StrEnum):
@@ -305,6 +308,20 @@ class SessionWindow(Base):
     upload_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     failed_reason: Mapped[str | None] = mapped_column(String(32))
     failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class SessionReview(Base):
+    """A person's "reviewed" mark on a session (the dashboard's review queue): one per
+    reviewer (``role:name`` of the API caller) and session, set and cleared by that reviewer.
+    It says who looked, not what the verdict is: verdicts stay the rules' alone."""
+
+    __tablename__ = "session_reviews"
+    __table_args__ = (UniqueConstraint("session_id", "reviewer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("class_sessions.id"))
+    reviewer: Mapped[str] = mapped_column(String(200), index=True)
+    reviewed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Photo(Base):

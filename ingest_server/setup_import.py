@@ -73,10 +73,16 @@ class LecturerRow(Row):
     token: str = Field(min_length=16)
 
 
+# More people than any one course trains: a typo (an extra digit) is refused, not counted.
+MAX_TRAINEES = 10_000
+
+
 class ClassRow(Row):
     id: SafeId
     institution_id: SafeId
     name: str = Field(min_length=1)
+    # How many people the course trains (statistics: verified trainee-hours); optional.
+    trainees: int | None = Field(default=None, ge=0, le=MAX_TRAINEES)
 
 
 class SessionRow(Row):
@@ -360,7 +366,10 @@ def import_rows(
         )
         counts["lecturers"] += 1
     for _, r in parsed["classes"]:
-        db.merge(TrainingClass(id=r.id, institution_id=r.institution_id, name=r.name))
+        course = TrainingClass(id=r.id, institution_id=r.institution_id, name=r.name)
+        if r.trainees is not None:
+            course.trainees = r.trainees  # else kept as it was (0 for a new class)
+        db.merge(course)
         counts["classes"] += 1
     db.flush()
     for _, r in parsed["devices"]:

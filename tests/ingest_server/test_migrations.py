@@ -35,6 +35,7 @@ TABLES = {
     "dead_letters",
     "api_tokens",
     "device_commands",
+    "session_reviews",
 }
 
 

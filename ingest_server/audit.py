@@ -157,6 +157,9 @@ class AuditAction(StrEnum):
     VERDICT_CHANGED = "verdict_changed"
     VIEWED = "viewed"
     EXPORTED = "exported"
+    # Someone asked a classroom's camera for a still now (api/rollcall.py); the still served
+    # is then recorded as VIEWED.
+    ROLL_CALL = "roll_call"
 
 
 @dataclass(frozen=True)

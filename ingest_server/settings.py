@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     feed_max_wait_s: float = Field(default=30.0, ge=0, le=30)
     feed_recheck_s: float = Field(default=1.0, gt=0)
     feed_max_waiters: int = Field(default=256, ge=1)
+    # A roll call (POST /api/v1/devices/{id}/snapshot) holds the request this long for the
+    # camera's still before answering 504 with the follow-up's address; past this many
+    # requests waiting at once, across devices, one is refused with 503 (api/rollcall.py).
+    snapshot_wait_s: float = Field(default=10.0, ge=0, le=60)
+    snapshot_max_waiters: int = Field(default=32, ge=1)
 
     @field_validator("data_dir", "evidence_dir", "audit_key_file", "export_key_file", mode="after")
     @classmethod

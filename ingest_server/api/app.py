@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from ingest_server import dashboard
 from ingest_server.api import metrics, photos, views
 from ingest_server.api.deps import BODY_ROLES, ApiContext, token_role
 from ingest_server.api.guard import BodyGuard
@@ -66,6 +67,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(photos.router, prefix="/api/v1", responses=PHOTO_REFUSALS)
     app.include_router(views.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.include_router(metrics.router, responses=_refusals(401, 403))
+    # The people's pages under /ui (no OpenAPI entries; their refusals are pages, not JSON).
+    dashboard.install(app)
     app.state.metrics = metrics_registry(
         context.session_factory, context.clock, context.live_ingest
     )
@@ -74,5 +77,7 @@ def create_app(context: ApiContext) -> FastAPI:
         token_role=partial(token_role, context),
         body_roles=BODY_ROLES,
         max_body_bytes=context.settings.max_photo_bytes + FORM_ALLOWANCE,
+        open_forms=dashboard.FORM_PATHS,
+        max_form_bytes=dashboard.MAX_FORM_BYTES,
     )
     return app

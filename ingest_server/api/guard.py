@@ -7,6 +7,10 @@ credentials are checked on the headers alone and a refusal is sent without one `
 the server reads no more than the socket buffers hold (uvicorn stops reading a connection whose
 app is not receiving). A declared ``Content-Length`` over the cap is refused at once; a chunked
 body is counted as it streams and cut at the cap.
+
+The dashboard's forms (``open_forms``: the login form, and forms sent with the session cookie,
+which a browser cannot turn into a bearer header) are let in without a bearer token, capped at
+``max_form_bytes``: their routes authenticate the cookie and check the form's origin themselves.
 """
 
 from __future__ import annotations
@@ -54,8 +58,12 @@ class BodyGuard:
         token_role: Callable[[str], Role | None],
         max_body_bytes: int,
         body_roles: BodyRoles = (),
+        open_forms: re.Pattern[str] | None = None,
+        max_form_bytes: int = 0,
     ) -> None:
         self.app = app
+        self.open_forms = open_forms
+        self.max_form_bytes = max_form_bytes
         self.token_role = token_role
         self.max_body_bytes = max_body_bytes
         self.body_roles = body_roles
@@ -75,6 +83,9 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         token = bearer_token(headers.get("authorization"))
+        if token is None and self.open_forms and self.open_forms.fullmatch(scope["path"]):
+            await self._capped(scope, receive, send, self.max_form_bytes)
+            return
         role = None if token is None else await anyio.to_thread.run_sync(self.token_role, token)
         if role is None:
             await _reply(
@@ -96,14 +107,18 @@ class BodyGuard:
             if int(declared) > self.max_body_bytes:
                 await _reply(send, 413, self._too_large(), {})
                 return
-        await self._capped(scope, receive, send)
+        await self._capped(scope, receive, send, self.max_body_bytes)
 
     def _too_large(self) -> str:
         return f"request body over {self.max_body_bytes} bytes"
 
-    async def _capped(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app counting the body as it streams: past the cap the app sees the client
+    async def _capped(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        """Run the app counting the body as it streams: past ``cap`` the app sees the client
         go away and the caller gets 413 (if the app has not begun its own answer)."""
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            await _reply(send, 413, f"request body over {cap} bytes", {})
+            return
         received = 0
         cut = False
         app_answered = False
@@ -116,11 +131,11 @@ class BodyGuard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > cap:
                     cut = True
                     if not app_answered:
                         guard_answered = True
-                        await _reply(send, 413, self._too_large(), {})
+                        await _reply(send, 413, f"request body over {cap} bytes", {})
                     return {"type": "http.disconnect"}
             return message
 

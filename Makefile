@@ -31,8 +31,10 @@ demo-deps:
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(APT_MISSING)
 
-# What the tests need beside: systemd-analyze (the unit is verified), and
-# GStreamer's RTSP server with x264 for the RTSP camera tests (simulators/rtsp_server.py).
+# What the tests need beside: systemd-analyze (the unit is verified), GStreamer's RTSP
+# server with x264 for the RTSP camera tests (simulators/rtsp_server.py), and Debian's
+# Chromium, which Playwright drives in the dashboard tests (tests/dashboard/: no browser
+# download, the apt binary at /usr/bin/chromium).
 system-deps: demo-deps
 	@missing=""; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
@@ -41,6 +43,7 @@ system-deps: demo-deps
 	$(GST_HAS) videotestsrc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-base"; \
 	$(GST_HAS) rtph264pay 2>/dev/null || missing="$$missing gstreamer1.0-plugins-good"; \
 	$(GST_HAS) x264enc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-ugly"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	$(APT_MISSING)
 
 $(PY):

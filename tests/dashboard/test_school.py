@@ -1,0 +1,48 @@
+"""The seeded school is what the browser tests assume: every session ends with the verdict its
+plan says, finished sessions carry their real clips and photos, and the fleet's health is
+stored. A change in the rules or the ingest that alters the story fails here, by name, rather
+than as a puzzling page in a browser test."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import Dashboard
+from school import ROOMS, SESSIONS
+from sqlalchemy import select
+
+from ingest_server.models import ClassSession, Clip, DeviceHealth, Photo, PresenceChange
+
+
+def test_every_session_has_the_verdict_its_plan_says(dashboard: Dashboard) -> None:
+    with dashboard.school.factory() as db:
+        verdicts = {row.id: row.verdict for row in db.scalars(select(ClassSession))}
+    assert verdicts == {plan.id: plan.expect for plan in SESSIONS}
+
+
+def test_finished_sessions_carry_real_clips_and_photos(dashboard: Dashboard) -> None:
+    school = dashboard.school
+    with school.factory() as db:
+        for plan in SESSIONS:
+            clips = db.scalars(select(Clip).where(Clip.session_id == plan.id)).all()
+            assert len(clips) == len(plan.clips), plan.id
+            for clip in clips:
+                data = (school.store.root / clip.path).read_bytes()
+                assert data[4:8] == b"ftyp" and len(data) == clip.size, clip.path
+            photos = db.scalars(select(Photo).where(Photo.session_id == plan.id)).all()
+            finished = plan.opened and plan.clips
+            assert {p.kind for p in photos} == (
+                {"opening", "closing"} if finished else ({"opening"} if plan.opened else set())
+            ), plan.id
+
+
+def test_two_cameras_are_online_one_is_not_and_presence_changed(dashboard: Dashboard) -> None:
+    with dashboard.school.factory() as db:
+        status = {h.device_id: h.status for h in db.scalars(select(DeviceHealth))}
+        beats = {
+            h.device_id: json.loads(h.heartbeat or "{}") for h in db.scalars(select(DeviceHealth))
+        }
+        changes = db.scalars(select(PresenceChange)).all()
+    assert status == {"cam-a101": "online", "cam-a202": "offline", "cam-b301": "online"}
+    assert all(beats[r.device_id]["clock_offset_s"] == r.clock_offset_s for r in ROOMS)
+    assert any(not c.online and c.device_id == "cam-a202" for c in changes)

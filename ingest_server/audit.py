@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -367,16 +367,17 @@ def record_list_view(
 def record_export(
     db: Session,
     subject_type: str,
-    subject_id: str,
+    subject_id: str | Sequence[str],
     actor: str,
     document: bytes | Path,
     fmt: str,
     extra: dict[str, Any] | None = None,
 ) -> str:
     """Record that ``document`` (the exported bytes, or the file holding them, in format
-    ``fmt``) left the system for ``actor``; returns its SHA-256, which the export should carry
-    so a copy can be matched to this row. ``extra`` adds details (an archive's sessions and
-    audit head, ``ingest_server.export``)."""
+    ``fmt``) left the system for ``actor``: one row per subject when ``subject_id`` lists
+    several (a case of sessions), so each session's own entries show it. Returns the
+    document's SHA-256, which the export should carry so a copy can be matched to these rows.
+    ``extra`` adds details (an archive's sessions and audit head, ``ingest_server.export``)."""
     if isinstance(document, Path):
         sha, size = hashlib.sha256(), 0
         with document.open("rb") as fh:
@@ -386,14 +387,9 @@ def record_export(
         digest = sha.hexdigest()
     else:
         digest, size = hashlib.sha256(document).hexdigest(), len(document)
-    record(
-        db,
-        AuditAction.EXPORTED,
-        subject_type,
-        subject_id,
-        actor,
-        {**(extra or {}), "format": fmt, "bytes": size, "sha256": digest},
-    )
+    details = {**(extra or {}), "format": fmt, "bytes": size, "sha256": digest}
+    for subject in [subject_id] if isinstance(subject_id, str) else subject_id:
+        record(db, AuditAction.EXPORTED, subject_type, subject, actor, details)
     return digest
 
 

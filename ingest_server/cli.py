@@ -285,6 +285,64 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Write the verifiable archive of ``--session`` (repeatable: a case) to ``--out``,
+    recorded in the audit log as exported by ``cli:<user>`` before it is moved into place."""
+    import getpass
+    import os
+    from zoneinfo import ZoneInfo
+
+    from ingest_server.export import ExportRefused, export_sessions, load_export_key
+    from ingest_server.models import ClassSession
+
+    out = Path(args.out).resolve()
+    engine = make_engine(settings.database_url)
+    try:
+        factory = _writer_sessions(settings, engine)
+        with factory() as db:
+            rows = [db.get(ClassSession, session_id) for session_id in dict.fromkeys(args.session)]
+        unknown = [s for s, row in zip(dict.fromkeys(args.session), rows, strict=True) if not row]
+        if unknown:
+            print(f"no session {', '.join(unknown)}", file=sys.stderr)
+            return 1
+        result = export_sessions(
+            factory,
+            EvidenceStore(settings.evidence_dir),
+            [row for row in rows if row is not None],
+            directory=out.parent,
+            audit_key=audit.load_key(settings.audit_key_file, create=False),
+            signing_key=load_export_key(settings.export_key_file),
+            now=SystemClock().now(),
+            actor=f"cli:{getpass.getuser()}",
+            lang=args.lang,
+            tz=ZoneInfo(settings.timezone),
+        )
+    except (ExportRefused, audit.KeyFileError) as exc:
+        print(f"export refused: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    os.replace(result.path, out)
+    facts = result.facts
+    print(
+        f"{out}: {len(facts.session_ids)} session(s), {facts.clips} clip(s), {facts.photos}"
+        f" photo(s), {facts.entries} audit entries, head seq {facts.head_seq} {facts.head_hash};"
+        f" sha256 {result.sha256} (recorded in the audit log)"
+    )
+    return 0
+
+
+def cmd_export_key(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the export signing key's public half (PEM) and fingerprint, for a bureau to
+    publish and auditors to pin (``verify.py --server-key``); made on first use."""
+    from ingest_server.export import key_fingerprint, load_export_key, public_key_pem
+
+    key = load_export_key(settings.export_key_file)
+    sys.stdout.write(public_key_pem(key).decode())
+    print(f"fingerprint {key_fingerprint(key)}", file=sys.stderr)
+    return 0
+
+
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     """List the messages ingest gave up on; ``--replay`` feeds them back through the
     processor (events and presence included) and marks those that now pass."""
@@ -366,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--replay", action="store_true", help="feed them back through ingest")
     dead.add_argument("--id", type=int, action="append", help="only this one (repeatable)")
     dead.add_argument("--limit", type=int, default=50)
+    export = sub.add_parser("export", help="write a verifiable archive of sessions (a case)")
+    export.add_argument("--session", action="append", required=True, help="a session id (repeat)")
+    export.add_argument("--out", required=True, help="the .zip to write")
+    export.add_argument(
+        "--lang", default="zh-CN", choices=["zh-CN", "en"], help="reasons' language"
+    )
+    sub.add_parser("export-key", help="print the export signing key (PEM) to publish and pin")
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)
@@ -398,6 +463,8 @@ COMMANDS = {
     "run": cmd_run,
     "clips": cmd_clips,
     "dead-letters": cmd_dead_letters,
+    "export": cmd_export,
+    "export-key": cmd_export_key,
     "import": cmd_import,
     "audit": cmd_audit,
     "tls-init": cmd_tls_init,

@@ -19,7 +19,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest_server.dashboard import auth, templating
+from ingest_server.dashboard import auth, fleet, queue, session, statistics, templating
 
 STATIC = Path(__file__).parent / "static"
 # Served by name from this fixed set: a request can never name a path outside the folder.
@@ -33,6 +33,10 @@ MAX_FORM_BYTES = 4096
 
 router = APIRouter(include_in_schema=False)
 router.include_router(auth.router)
+router.include_router(queue.router)
+router.include_router(session.router)
+router.include_router(fleet.router)
+router.include_router(statistics.router)
 
 
 @router.get("/")

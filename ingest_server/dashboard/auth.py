@@ -91,13 +91,14 @@ def page_caller(
 PageCaller = Annotated[Caller, Depends(page_caller)]
 
 
-def page_require(*roles: Role) -> Callable[[Caller], Caller]:
-    """A dependency admitting only ``roles`` to a page (a 403 page for any other caller):
+def page_require(*roles: Role, refusal: str = "error_403") -> Callable[[Caller], Caller]:
+    """A dependency admitting only ``roles`` to a page; any other caller gets a 403 page
+    saying ``refusal`` (an ``i18n`` key):
     ``caller: Annotated[Caller, Depends(page_require(Role.ADMIN, ...))]``."""
 
     def admitted(caller: PageCaller) -> Caller:
         if caller.role not in roles:
-            raise HTTPException(403, f"the {caller.role} role may not see this page")
+            raise HTTPException(403, f"i18n:{refusal}")
         return caller
 
     return admitted

@@ -1,0 +1,123 @@
+"""One session's page (``/ui/sessions/{id}``): everything the verdict rests on, for a person.
+
+The facts are ``evidence.session_evidence`` — the same dict ``GET /api/v1/sessions/{id}``
+answers — drawn for people: the checked windows with their clips playable in the browser, the
+lecturer's photos, a distance diagram of where the photos were taken (no map tiles: the server
+needs no internet), a timeline in the deployment's zone, the verdict with every reason and its
+evidence, the verdict's history, and the reader's "reviewed" mark. Any caller who may read the
+session through the API may open its page (``api.deps.visible_session``: 404 for no such
+session, 403 for another's); every opening is audited as the API's is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from ingest_server import audit, evidence
+from ingest_server.api.deps import ApiContext, get_context, get_db, visible_session
+from ingest_server.auth import Caller
+from ingest_server.dashboard import diagrams, i18n, templating
+from ingest_server.dashboard.auth import REVIEWERS, PageCaller
+from ingest_server.dashboard.queue import reviewer_name
+from ingest_server.models import ID_LENGTH
+
+router = APIRouter()
+
+SessionId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH)]
+
+
+def _gather(
+    request: Request, db: Session, context: ApiContext, caller: Caller, session_id: str
+) -> tuple[dict[str, Any], bool]:
+    """The session's evidence in the reader's language and zone, and the reader's mark."""
+    row = visible_session(db, caller, session_id)
+    tz = templating.zone(context.settings.timezone)
+    facts = evidence.session_evidence(
+        db, row, now=context.clock.now(), lang=i18n.pick(request), tz=tz
+    )
+    marked = bool(evidence.reviewed_by(db, reviewer_name(caller), [row.id]))
+    db.close()
+    return facts, marked
+
+
+def _ended(facts: dict[str, Any], now: datetime) -> bool:
+    end = templating.parse_time(facts["session"]["scheduled_end"])
+    return end is not None and end <= now
+
+
+def download_name(session_id: str) -> str:
+    """A file name for the session's download: its id with anything but letters, digits, dot,
+    dash and underscore replaced (ids come from the setup file, quotes and all)."""
+    return "session-" + re.sub(r"[^A-Za-z0-9._-]", "_", session_id)[:80] + ".json"
+
+
+@router.get("/ui/sessions/{session_id}")
+def session_page(
+    request: Request,
+    session_id: SessionId,
+    db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
+    caller: PageCaller,
+) -> Response:
+    """The session's evidence page."""
+    facts, marked = _gather(request, db, context, caller, session_id)
+    audit.record_view(
+        context.session_factory,
+        audit.api_actor(caller.role, caller.name, caller.token_id),
+        "GET /ui/sessions/{id}",
+        facts["id"],
+    )
+    tz = templating.zone(context.settings.timezone)
+    return templating.render(
+        request,
+        "session.html",
+        {
+            "s": facts,
+            "summary": facts["session"],
+            "marked": marked,
+            "may_review": caller.role in REVIEWERS,
+            "map": diagrams.distance_map(facts["classroom"], facts["photos"]),
+            "timeline": diagrams.session_timeline(
+                facts["timeline"], facts["photos"], tz, context.clock.now()
+            ),
+            "session_over": _ended(facts, context.clock.now()),
+            "here": request.url.path,
+        },
+        caller=caller,
+    )
+
+
+@router.get("/ui/sessions/{session_id}/evidence.json")
+def session_json(
+    request: Request,
+    session_id: SessionId,
+    db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
+    caller: PageCaller,
+) -> Response:
+    """The same evidence as JSON (what ``GET /api/v1/sessions/{id}`` answers), downloadable
+    from the page with the session cookie; audited as a view."""
+    facts, _ = _gather(request, db, context, caller, session_id)
+    audit.record_view(
+        context.session_factory,
+        audit.api_actor(caller.role, caller.name, caller.token_id),
+        "GET /ui/sessions/{id}/evidence.json",
+        facts["id"],
+    )
+    body = json.dumps(facts, ensure_ascii=False, indent=2)
+    return Response(
+        body,
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="{download_name(facts["id"])}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

@@ -429,12 +429,23 @@ def session_timeline(
     }
 
 
+_FLAT_KEYS = (
+    "state",
+    "opened_at",
+    "closed_at",
+    "recorded_s",
+    "reported_recorded_s",
+    "device_clock_offset_s",
+)
+
+
 def session_evidence(
     db: Session, row: ClassSession, *, now: datetime, lang: str, tz: tzinfo = DEFAULT_TIMEZONE
 ) -> dict[str, Any]:
     """Everything shown of one session, JSON-ready (keys in ``docs``/interface: session,
-    classroom, windows, photos, verdict, timeline). The top level also carries ``id``,
-    ``windows_total`` and the summary's fields, so a reader of the older view still finds them."""
+    classroom, windows, photos, verdict, timeline). The top level also carries the older flat
+    view's fields (``id``, ``state``, ``opened_at``, ``windows_total``, ...), which replays and
+    backends read."""
     summary = session_summary(db, row, lang=lang, tz=tz)
     room = db.get(Classroom, row.classroom_id)
     institution = db.get(Institution, room.institution_id) if room else None
@@ -455,10 +466,14 @@ def session_evidence(
     }
     verdict = summary["verdict"] | {"history": verdict_history(db, row.id, lang, tz)}
     return {
+        # The fields of the older flat view, which replays and backends read.
         "id": row.id,
-        "state": row.state,
+        "class_id": row.class_id,
+        "classroom_id": row.classroom_id,
+        "lecturer_id": row.lecturer_id,
         "scheduled_start": summary["scheduled_start"],
         "duration_s": row.duration_s,
+        **{key: session[key] for key in _FLAT_KEYS},
         "session": session,
         "classroom": {
             "id": row.classroom_id,

@@ -14,6 +14,7 @@ a class (jumps stop ``lead`` before each one), so no verdict can be changed by i
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -94,6 +95,8 @@ class ReplayRunner:
         self.lead = timedelta(seconds=max(120.0, LEAD_REAL_S * stack.speed))
         self.steps = timeline_steps(plan)
         self.views: dict[str, dict[str, Any]] = {}
+        # Each view's state and verdict when it was read: read again only once they move.
+        self._view_marks: dict[str, str] = {}
         self.settled: set[str] = set()
         self.photos: dict[str, int] = {}
         self.next_step = 0  # steps[:next_step] have run
@@ -143,6 +146,10 @@ class ReplayRunner:
                     return False, time.monotonic() - began
                 time.sleep(TICK_REAL_S)
         finally:
+            try:
+                self._read_views(everything=True)  # the outcome is read from the last views
+            except httpx.HTTPError as exc:
+                log.warning("server did not answer the last read: %s", exc)
             self.client.close()
 
     def _finished(self, now: datetime) -> bool:
@@ -233,9 +240,7 @@ class ReplayRunner:
     def _poll(self, now: datetime) -> None:
         """Read every session's view, the feed since last time, the links and the outboxes."""
         try:
-            listed = self.client.get("/sessions", params={"limit": 500, "lang": "en"})
-            if listed.status_code == 200:
-                self.views = {v["id"]: v for v in listed.json()}
+            self._read_views()
             page = self.client.get("/feed", params={"after": self._feed_cursor, "limit": 1000})
             if page.status_code == 200 and page.json()["events"]:
                 self._feed_cursor = page.json()["next"]
@@ -269,6 +274,33 @@ class ReplayRunner:
                 self._outbox_busy = True
             elif self._outbox_due is None or due_true < self._outbox_due:
                 self._outbox_due = due_true
+
+    def _read_views(self, everything: bool = False) -> None:
+        """The server's view of every session in English: the list of summaries page by page,
+        then the whole evidence (``GET /sessions/{id}``) of each session whose state or verdict
+        moved since it was last read (``everything``: of each, for the outcome)."""
+        summaries: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 500, "lang": "en"}
+            if after is not None:
+                params["after"] = after
+            listed = self.client.get("/sessions", params=params)
+            if listed.status_code != 200:
+                return
+            page = listed.json()
+            summaries += page["sessions"]
+            after = page["next"]
+            if after is None:
+                break
+        for summary in summaries:
+            session_id = summary["id"]
+            mark = json.dumps([summary["state"], summary["verdict"]], sort_keys=True)
+            if not everything and self._view_marks.get(session_id) == mark:
+                continue
+            view = self.client.get(f"/sessions/{session_id}", params={"lang": "en"})
+            if view.status_code == 200:
+                self.views[session_id], self._view_marks[session_id] = view.json(), mark
 
     def _notice_agent_exits(self, now: datetime) -> None:
         """An agent process that ended while its device is powered (no planned power cut) is

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from ingest_server import dashboard
-from ingest_server.api import exports, metrics, photos, views
+from ingest_server.api import evidence, exports, metrics, photos, views
 from ingest_server.api.deps import BODY_ROLES, ApiContext, token_role
 from ingest_server.api.guard import BodyGuard
 from ingest_server.metrics import metrics_registry
@@ -65,6 +65,7 @@ def create_app(context: ApiContext) -> FastAPI:
     )
     app.state.context = context
     app.include_router(photos.router, prefix="/api/v1", responses=PHOTO_REFUSALS)
+    app.include_router(evidence.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.include_router(views.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.include_router(exports.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.include_router(metrics.router, responses=_refusals(401, 403))

@@ -168,6 +168,12 @@ ROUTES = [
     ("POST", "/api/v1/sessions/sa/photos/opening", True),
     ("GET", "/api/v1/devices", False),
     ("GET", "/api/v1/feed", False),
+    ("GET", "/api/v1/statistics", False),
+    ("PUT", "/api/v1/sessions/sa/review", False),
+    ("DELETE", "/api/v1/sessions/sa/review", False),
+    ("GET", "/api/v1/clips/1/video", False),
+    ("GET", "/api/v1/clips/1/manifest", False),
+    ("GET", "/api/v1/photos/1/image", False),
 ]
 
 
@@ -237,6 +243,25 @@ SCOPES = [
     ("inst-a", "GET", "/api/v1/feed", 403),
     ("lect-a", "GET", "/api/v1/feed", 403),
     ("app-a", "GET", "/api/v1/feed", 403),
+    # Statistics: the roles that read sessions in bulk; a lecturer has no business there.
+    ("admin", "GET", "/api/v1/statistics", 200),
+    ("supervisor", "GET", "/api/v1/statistics", 200),
+    ("inst-a", "GET", "/api/v1/statistics", 200),
+    ("lect-a", "GET", "/api/v1/statistics", 403),
+    ("app-a", "GET", "/api/v1/statistics", 403),
+    # The reviewed mark (the review queue's): not a lecturer's; an institution on its own.
+    ("admin", "PUT", "/api/v1/sessions/sb/review", 200),
+    ("supervisor", "DELETE", "/api/v1/sessions/sa/review", 200),
+    ("inst-a", "PUT", "/api/v1/sessions/sa/review", 200),
+    ("inst-a", "PUT", "/api/v1/sessions/sb/review", 403),
+    ("inst-b", "DELETE", "/api/v1/sessions/sa/review", 403),
+    ("inst-a", "PUT", "/api/v1/sessions/nowhere/review", 404),
+    ("lect-a", "PUT", "/api/v1/sessions/sa/review", 403),
+    ("app-a", "DELETE", "/api/v1/sessions/sa/review", 403),
+    # Files of evidence nobody stored: 404 for every role.
+    ("admin", "GET", "/api/v1/clips/99/video", 404),
+    ("inst-a", "GET", "/api/v1/photos/99/image", 404),
+    ("lect-a", "GET", "/api/v1/clips/99/manifest", 404),
 ]
 
 
@@ -273,12 +298,19 @@ def test_only_the_sessions_lecturer_uploads_its_photos(
 
 
 def test_lists_are_filtered_in_the_query_not_after(world: World):
-    assert [s["id"] for s in world.client("admin").get("/api/v1/sessions").json()] == ["sb", "sa"]
+    def ids(who: str, **params: Any) -> list[str]:
+        page = world.client(who).get("/api/v1/sessions", params=params).json()
+        return [s["id"] for s in page["sessions"]]
+
+    assert ids("admin") == ["sb", "sa"]
     # A page of one: school-b's newer session must not take school-a's place.
     for who in ("inst-a", "lect-a", "app-a"):
-        page = world.client(who).get("/api/v1/sessions", params={"limit": 1}).json()
-        assert [s["id"] for s in page] == ["sa"], who
-    assert [s["id"] for s in world.client("app-b").get("/api/v1/sessions").json()] == ["sb"]
+        assert ids(who, limit=1) == ["sa"], who
+        # Filtering on the other school's rows finds nothing, not its rows.
+        assert ids(who, institution="school-b") == [], who
+        assert ids(who, classroom="room-b") == [], who
+        assert ids(who, lecturer="lect-b") == [], who
+    assert ids("app-b") == ["sb"]
     devices = world.client("inst-a").get("/api/v1/devices").json()
     assert [d["device_id"] for d in devices] == ["cam-a"]
     assert f"{ICCID}b" not in json.dumps(devices)
@@ -353,7 +385,24 @@ def test_openapi_declares_the_bearer_scheme_on_every_route(world: World):
         "description": spec["components"]["securitySchemes"]["bearer"]["description"],
     }
     operations = [op for item in spec["paths"].values() for op in item.values()]
-    assert len(operations) == 7  # six under /api/v1, and /metrics
+    labels = {f"{method.upper()} {path}" for path, item in spec["paths"].items() for method in item}
+    v1 = "/api/v1"
+    assert {
+        f"GET {v1}/sessions",
+        f"GET {v1}/sessions/{{session_id}}",
+        f"POST {v1}/sessions/{{session_id}}/{{action}}",
+        f"POST {v1}/sessions/{{session_id}}/photos/{{kind}}",
+        f"PUT {v1}/sessions/{{session_id}}/review",
+        f"DELETE {v1}/sessions/{{session_id}}/review",
+        f"GET {v1}/clips/{{clip_id}}/video",
+        f"GET {v1}/clips/{{clip_id}}/manifest",
+        f"GET {v1}/photos/{{photo_id}}/image",
+        f"GET {v1}/devices",
+        f"GET {v1}/statistics",
+        f"GET {v1}/feed",
+        "GET /metrics",
+    } <= labels
+    # Every route, these and any other, needs the token.
     assert all(op.get("security") == [{"bearer": []}] for op in operations)
 
 
@@ -405,7 +454,7 @@ def test_cli_makes_lists_and_revokes_tokens(world: World, capsys: pytest.Capture
     assert token.startswith("cc_") and "shown once" in err
     world.context.clock = VirtualClock()  # the CLI stamps real time
     client = TestClient(create_app(world.context), headers={"Authorization": f"Bearer {token}"})
-    assert [s["id"] for s in client.get("/api/v1/sessions").json()] == ["sa"]
+    assert [s["id"] for s in client.get("/api/v1/sessions").json()["sessions"]] == ["sa"]
     assert main([*url, "token", "list"]) == 0
     listing = capsys.readouterr().out
     assert "ops-a" in listing and "school-a" in listing and token not in listing

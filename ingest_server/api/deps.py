@@ -7,17 +7,23 @@ Who may do what (roles in ``ingest_server.auth``):
 | route | admin | supervisor | institution | lecturer |
 |---|---|---|---|---|
 | ``GET /sessions``, ``GET /sessions/{id}`` | all | all | its classrooms' | own |
+| ``GET /clips/{id}/video``, ``/manifest`` | all | all | its devices' or sessions' | own sessions' |
+| ``GET /photos/{id}/image`` | all | all | its classrooms' sessions' | own sessions' |
+| ``PUT``, ``DELETE /sessions/{id}/review`` (own mark) | all | all | its classrooms' | 403 |
 | ``POST /sessions/{id}/open``, ``/close`` | all | 403 | its classrooms' | own |
 | ``POST /sessions/{id}/photos/{kind}`` | 403 | 403 | 403 | own |
 | ``GET /devices`` | all | all | in its classrooms | 403 |
+| ``GET /statistics`` | all | all | its classrooms' sessions | 403 |
 | ``GET /feed`` | all | all | 403 | 403 |
 | ``GET /metrics`` (Prometheus) | yes | yes | 403 | 403 |
 
 A photo is the lecturer's own testimony, so only the lecturer of the session uploads it. The
 feed is the supervision backend's integration stream; an institution reads its sessions
-instead. Metrics speak of the whole fleet, so only the roles that read everything scrape them
-(docs/metrics.md: a supervisor token in the scraper's ``authorization``). Lists are filtered
-in the query, so a scoped caller never pages through others' rows.
+instead. The reviewed mark is a reviewer's (the review queue's) and statistics count whole
+institutions: neither is a lecturer's business. Metrics speak of the whole fleet, so only the
+roles that read everything scrape them (docs/metrics.md: a supervisor token in the scraper's
+``authorization``). Lists are filtered in the query, so a scoped caller never pages through
+others' rows, even when it filters on them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from ingest_server import dashboard
-from ingest_server.api import evidence, exports, metrics, photos, views
+from ingest_server.api import evidence, exports, metrics, photos, rollcall, views
 from ingest_server.api.deps import BODY_ROLES, ApiContext, token_role
 from ingest_server.api.guard import BodyGuard
 from ingest_server.metrics import metrics_registry
@@ -69,6 +69,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(views.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.include_router(exports.router, prefix="/api/v1", responses=READ_AND_COMMAND_REFUSALS)
     app.include_router(metrics.router, responses=_refusals(401, 403))
+    app.include_router(rollcall.router, prefix="/api/v1", responses=_refusals(401))
     # The people's pages under /ui (no OpenAPI entries; their refusals are pages, not JSON).
     dashboard.install(app)
     app.state.metrics = metrics_registry(

@@ -54,6 +54,17 @@ ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
         },
     }
 }
+# A body that is not JSON at all is refused by FastAPI before validation.
+NOT_JSON: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "The body is not JSON",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"detail": {"type": "string"}}}
+            }
+        },
+    }
+}
 Exporter = Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR, Role.INSTITUTION))]
 SessionIdText = Annotated[str, Field(min_length=1, max_length=ID_LENGTH)]
 # The language of the sessions' evidence (reasons) in the archive: zh-CN unless asked.
@@ -112,7 +123,7 @@ def _delete(path: FilePath) -> None:
     path.unlink(missing_ok=True)
 
 
-@router.post("/exports", response_class=FileResponse, responses=ZIP_RESPONSE)
+@router.post("/exports", response_class=FileResponse, responses=ZIP_RESPONSE | NOT_JSON)
 def export_case(
     request: ExportRequest,
     context: Annotated[ApiContext, Depends(get_context)],

@@ -122,7 +122,8 @@ def _make_tokens(world_context: ApiContext, clock: VirtualClock) -> dict[str, st
 
 @pytest.fixture
 def world(tmp_path: Path, sqlite_url: str) -> Iterator[World]:
-    settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
+    # Nobody answers a roll call here: it times out (504) after this short wait.
+    settings = Settings(data_dir=tmp_path, database_url=sqlite_url, snapshot_wait_s=0.05)
     engine = make_engine(sqlite_url)
     factory = make_session_factory(engine)
     path = tmp_path / "setup.json"
@@ -168,6 +169,8 @@ ROUTES = [
     ("POST", "/api/v1/sessions/sa/photos/opening", True),
     ("GET", "/api/v1/devices", False),
     ("GET", "/api/v1/feed", False),
+    ("POST", "/api/v1/devices/cam-a/snapshot", False),
+    ("GET", "/api/v1/devices/cam-a/snapshots/rollcall-x", False),
     ("GET", "/api/v1/statistics", False),
     ("PUT", "/api/v1/sessions/sa/review", False),
     ("DELETE", "/api/v1/sessions/sa/review", False),
@@ -243,6 +246,18 @@ SCOPES = [
     ("inst-a", "GET", "/api/v1/feed", 403),
     ("lect-a", "GET", "/api/v1/feed", 403),
     ("app-a", "GET", "/api/v1/feed", 403),
+    # The roll call: admin, supervisor, an institution its own cameras (nobody answers: 504).
+    ("admin", "POST", "/api/v1/devices/cam-b/snapshot", 504),
+    ("supervisor", "POST", "/api/v1/devices/cam-a/snapshot", 504),
+    ("inst-a", "POST", "/api/v1/devices/cam-a/snapshot", 504),
+    ("inst-a", "POST", "/api/v1/devices/cam-b/snapshot", 403),
+    ("inst-b", "POST", "/api/v1/devices/cam-a/snapshot", 403),
+    ("inst-a", "POST", "/api/v1/devices/cam-nowhere/snapshot", 404),
+    ("lect-a", "POST", "/api/v1/devices/cam-a/snapshot", 403),
+    ("app-a", "POST", "/api/v1/devices/cam-a/snapshot", 403),
+    ("inst-a", "GET", "/api/v1/devices/cam-a/snapshots/rollcall-x", 404),
+    ("inst-b", "GET", "/api/v1/devices/cam-a/snapshots/rollcall-x", 403),
+    ("lect-a", "GET", "/api/v1/devices/cam-a/snapshots/rollcall-x", 403),
     # Statistics: the roles that read sessions in bulk; a lecturer has no business there.
     ("admin", "GET", "/api/v1/statistics", 200),
     ("supervisor", "GET", "/api/v1/statistics", 200),
@@ -324,6 +339,15 @@ def test_writes_reach_the_camera_of_the_session_only(world: World):
     assert [(device, cmd.session_id) for device, cmd in world.sent] == [("cam-a", "sa")]
 
 
+def test_roll_calls_reach_the_callers_cameras_only(world: World):
+    assert world.client("inst-a").post("/api/v1/devices/cam-b/snapshot").status_code == 403
+    assert world.client("inst-b").post("/api/v1/devices/cam-a/snapshot").status_code == 403
+    assert world.client("lect-a").post("/api/v1/devices/cam-a/snapshot").status_code == 403
+    assert world.sent == []
+    assert world.client("inst-a").post("/api/v1/devices/cam-a/snapshot").status_code == 504
+    assert [(device, cmd.type) for device, cmd in world.sent] == [("cam-a", "snapshot")]
+
+
 def test_tokens_are_stored_hashed_and_are_high_entropy(world: World):
     tokens = [world.tokens[w] for w in ("admin", "supervisor", "inst-a", "inst-b", "lect-a")]
     assert len(set(tokens)) == len(tokens)
@@ -400,6 +424,8 @@ def test_openapi_declares_the_bearer_scheme_on_every_route(world: World):
         f"GET {v1}/devices",
         f"GET {v1}/statistics",
         f"GET {v1}/feed",
+        f"POST {v1}/devices/{{device_id}}/snapshot",
+        f"GET {v1}/devices/{{device_id}}/snapshots/{{cmd_id}}",
         "GET /metrics",
     } <= labels
     # Every route, these and any other, needs the token.

@@ -9,6 +9,8 @@ at all (401 from every route, before anything else is looked at)."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,7 +26,8 @@ from fastapi.testclient import TestClient
 from fuzz_budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rows import stored_clip
+from PIL import Image
+from rows import stored_clip, stored_upload
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -35,6 +38,7 @@ from schemathesis.checks import (
 )
 from schemathesis.python.asgi import get_client
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from common.clock import VirtualClock
 from common.schemas import Event, EventType
@@ -43,7 +47,7 @@ from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.db import make_engine, make_session_factory
-from ingest_server.models import DeviceHealth, SessionWindow
+from ingest_server.models import Clip, DeviceCommand, DeviceHealth, SessionWindow
 from ingest_server.sessions import record_device_event
 from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
@@ -54,8 +58,22 @@ from simulators.phone import make_photo
 T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=4)  # the first session is over: its windows may be shown
 LECTURER_TOKEN = "lecturer-app-token-0123456789"
+ROLL_CALL = "rollcall-seeded"  # a roll call of cam-1 whose still is stored
+
+
+@schemathesis.check
+def not_a_server_error_but_a_silent_camera(ctx: Any, response: Any, case: Any) -> bool | None:
+    """``not_a_server_error``, except the roll call's 504: the camera did not answer in time
+    (nobody answers here), declared with its typed body, which the schema checks still read."""
+    roll_call = case.operation.label == "POST /api/v1/devices/{device_id}/snapshot"
+    if roll_call and response.status_code == 504:
+        assert response.json()["detail"]["code"] == "snapshot_timeout"
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
 CHECKS = [
-    not_a_server_error,
+    not_a_server_error_but_a_silent_camera,
     status_code_conformance,
     content_type_conformance,
     response_headers_conformance,
@@ -102,7 +120,9 @@ def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
     """The API on a seeded database, its clock after the first session."""
     # A feed long-poll with nothing new is held feed_max_wait_s: briefly here, so the fuzz
     # goes through the wait without spending up to 30 s on each example that asks for one.
-    settings = Settings(data_dir=tmp_path, database_url=sqlite_url, feed_max_wait_s=0.05)
+    settings = Settings(
+        data_dir=tmp_path, database_url=sqlite_url, feed_max_wait_s=0.05, snapshot_wait_s=0.05
+    )
     engine = make_engine(sqlite_url)
     factory = make_session_factory(engine)
     doc = tmp_path / "setup.json"
@@ -149,6 +169,7 @@ def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
             )
         )
         _, admin_token = create_token(db, Role.ADMIN, NOW, name="fuzz-admin")
+        seed_roll_call(db, EvidenceStore(settings.evidence_dir))
     keeper = VerdictKeeper(factory, settings, clock)
     recomputed: Counter[str] = Counter()
 
@@ -185,6 +206,46 @@ def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
         engine.dispose()
 
 
+def seed_roll_call(db: Session, store: EvidenceStore) -> None:
+    """A roll call of cam-1 answered with its still, so the fuzz reaches the JPEG answer."""
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), "gray").save(image, "JPEG")
+    jpeg = image.getvalue()
+    relative = f"snapshots/{ROLL_CALL}.jpg"
+    store.put_bytes(relative, jpeg)
+    db.add(
+        DeviceCommand(
+            cmd_id=ROLL_CALL,
+            device_id="cam-1",
+            type="snapshot",
+            payload="{}",
+            created_at=NOW,
+            expires_at=NOW + timedelta(minutes=15),
+            sends=1,
+        )
+    )
+    stored_upload(db, "cam-1", "up-snap", NOW)
+    db.add(
+        Clip(
+            upload_id="up-snap",
+            device_id="cam-1",
+            cmd_id=ROLL_CALL,
+            kind="snapshot",
+            sha256=hashlib.sha256(jpeg).hexdigest(),
+            size=len(jpeg),
+            path=relative,
+            cut_start=NOW,
+            cut_end=NOW,
+            duration_s=0.0,
+            frames=1,
+            width=64,
+            height=48,
+            codec="jpeg",
+            stored_at=NOW,
+        )
+    )
+
+
 def operations(app: FastAPI) -> list[Any]:
     schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
     return [result.ok() for result in schema.get_all_operations()]
@@ -196,6 +257,8 @@ KNOWN_PATHS = {
     "session_id": ["s-past", "s-next"],
     "action": ["open", "close"],
     "kind": ["opening", "closing"],
+    "device_id": ["cam-1", "cam-1"],
+    "cmd_id": [ROLL_CALL, "rollcall-never-sent"],
 }
 
 
@@ -311,6 +374,12 @@ def test_no_5xx_and_every_answer_as_declared_for_an_admin(api: Api) -> None:
     assert not [label for label in seen if label.endswith((" 500", " 502", " 503"))]
     # The fuzz reached past authentication into every read route.
     for label in ("GET /api/v1/sessions 200", "GET /api/v1/devices 200", "GET /api/v1/feed 200"):
+        assert seen[label] > 0, seen
+    # And into the roll call: a still served, and a roll call nobody answers timing out.
+    for label in (
+        "GET /api/v1/devices/{device_id}/snapshots/{cmd_id} 200",
+        "POST /api/v1/devices/{device_id}/snapshot 504",
+    ):
         assert seen[label] > 0, seen
 
 

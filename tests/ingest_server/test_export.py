@@ -16,9 +16,11 @@ import base64
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from ingest_helpers import START, Harness, TestUpload
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from common.chunks import digest_file
 from common.clock import VirtualClock
@@ -42,6 +44,7 @@ from ingest_server import audit, cli, export_verify
 from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
+from ingest_server.db import make_engine, migrate
 from ingest_server.export import ExportIntegrityError, export_sessions, load_export_key
 from ingest_server.models import AuditEntry, ClassSession, SessionWindow
 from ingest_server.settings import Settings
@@ -54,6 +57,9 @@ LECTURER_TOKEN = "lecturer-token-export-0123456789"
 LAT, LON = 31.2304, 121.4737
 SESSION_START = START - timedelta(minutes=10)
 AFTER = START + timedelta(hours=2)  # every session over: windows no longer secret
+# As conftest's pg_url, but for a whole module (``conftest`` is not importable by name here:
+# several test folders have one).
+PG_BASE = os.environ.get("CLASSCAM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _setup(device_key: str) -> dict[str, list[dict[str, Any]]]:
@@ -136,11 +142,37 @@ class World:
     root: Path
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest,
+    sqlite_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """A migrated database for the module: a copy of the SQLite template, or a PostgreSQL
+    schema of its own (dropped afterwards)."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("export-db") / "classcam.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(PG_BASE)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+        migrate(url)
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="module")
-def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("export-world")
-    shutil.copyfile(sqlite_template, root / "classcam.db")
-    url = f"sqlite:///{root / 'classcam.db'}"
+    url = database
     clock = VirtualClock(START + timedelta(minutes=5))
     settings = Settings(data_dir=root, database_url=url)
     h = Harness(url, root / "evidence", settings, clock)

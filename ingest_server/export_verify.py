@@ -626,10 +626,15 @@ def verify(
         except (ValueError, AttributeError) as exc:
             report.bad(MANIFEST, "malformed", detail=str(exc))
             return report
-        digests = check_files(export, manifest, report)
-        manifests = check_device_signatures(export, report)
-        entries, rows = check_audit(export, manifest, checkpoints or [], report, lang)
-        check_evidence(export, manifest, digests, manifests, entries, report)
+        try:
+            digests = check_files(export, manifest, report)
+            manifests = check_device_signatures(export, report)
+            entries, rows = check_audit(export, manifest, checkpoints or [], report, lang)
+            check_evidence(export, manifest, digests, manifests, entries, report)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            # Signed, yet not shaped as this script expects: say so rather than crash.
+            report.bad(MANIFEST, "malformed", detail=f"{type(exc).__name__}: {exc}")
+            return report
         head = manifest["audit_head"]
         report.lines.append(
             note(

@@ -516,6 +516,11 @@ def test_contents_the_server_key_signed_are_still_checked_against_each_other(
             lambda m: _edit_json(m, "audit/chain.json", lambda v: v["rows"].pop()),
             f"but the signed head is seq {head_seq}",
         ),
+        # Signed but not shaped as verify.py reads it: named, not a traceback.
+        (
+            lambda m: _edit_json(m, "MANIFEST.json", lambda v: v["clips"][0].pop("file")),
+            "FAIL MANIFEST.json: malformed: KeyError",
+        ),
     ]
     for index, (change, expected) in enumerate(cases):
         forged = tmp_path / f"forged-{index}.zip"

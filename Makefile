@@ -34,7 +34,8 @@ demo-deps:
 # What the tests need beside: systemd-analyze (the unit is verified), GStreamer's RTSP
 # server with x264 for the RTSP camera tests (simulators/rtsp_server.py), and Debian's
 # Chromium, which Playwright drives in the dashboard tests (tests/dashboard/: no browser
-# download, the apt binary at /usr/bin/chromium).
+# download, the apt binary at /usr/bin/chromium), with a Chinese font so that the pages and
+# their screenshots show characters rather than empty boxes.
 system-deps: demo-deps
 	@missing=""; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
@@ -44,6 +45,7 @@ system-deps: demo-deps
 	$(GST_HAS) rtph264pay 2>/dev/null || missing="$$missing gstreamer1.0-plugins-good"; \
 	$(GST_HAS) x264enc 2>/dev/null || missing="$$missing gstreamer1.0-plugins-ugly"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-wqy-microhei"; \
 	$(APT_MISSING)
 
 $(PY):

@@ -13,10 +13,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-WIDTH = 640.0
-HEIGHT = 260.0
+# About the width a chart gets on a desktop (half the page) and, scaled down, still readable
+# on a 375 px phone: labels are drawn at 15 units, some 11 px there.
+WIDTH = 480.0
+HEIGHT = 300.0
 # Room for the value axis' labels on the left and the category labels below.
-LEFT, RIGHT, TOP, BOTTOM = 48.0, 12.0, 12.0, 34.0
+LEFT, RIGHT, TOP, BOTTOM = 52.0, 10.0, 12.0, 38.0
+# Past this many bars their labels ("2026-11") no longer fit side by side: they are slanted,
+# with room below for them.
+MAX_LEVEL_LABELS = 5
+BOTTOM_SLANTED = 72.0
 MAX_TICKS = 5
 
 
@@ -63,6 +69,7 @@ class BarChart:
     series: tuple[str, ...]
     bars: tuple[Bar, ...]
     ticks: tuple[Tick, ...]
+    slanted_labels: bool
 
     @property
     def empty(self) -> bool:
@@ -96,7 +103,8 @@ def stacked_bars(
     step = nice_step(max(totals, default=0.0), whole=whole)
     top_value = max(step, math.ceil(max(totals, default=0.0) / step) * step)
     plot_left, plot_right = LEFT, width - RIGHT
-    baseline, top = height - BOTTOM, TOP
+    slanted = len(categories) > MAX_LEVEL_LABELS
+    baseline, top = height - (BOTTOM_SLANTED if slanted else BOTTOM), TOP
     scale = (baseline - top) / top_value
     slot = (plot_right - plot_left) / max(len(categories), 1)
     bar_width = min(slot * 0.6, 56.0)
@@ -115,7 +123,16 @@ def stacked_bars(
         Tick(step * i, baseline - step * i * scale) for i in range(round(top_value / step) + 1)
     )
     return BarChart(
-        width, height, plot_left, plot_right, baseline, top, tuple(series), tuple(bars), ticks
+        width,
+        height,
+        plot_left,
+        plot_right,
+        baseline,
+        top,
+        tuple(series),
+        tuple(bars),
+        ticks,
+        slanted,
     )
 
 

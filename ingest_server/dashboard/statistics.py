@@ -5,7 +5,7 @@ The figures are ``evidence.statistics`` within the caller's session scope, exact
 ``GET /api/v1/statistics`` answers (counts, not evidence: not audited, as there). The charts are
 inline SVG drawn from ``charts.stacked_bars`` on the server: no script, no chart library.
 Months and the date range are those of the deployment's zone; by default the twelve months up
-to the current one.
+to the current one, whole.
 """
 
 from __future__ import annotations
@@ -93,13 +93,15 @@ def _day(value: str | None, bad: list[str]) -> date | None:
 
 
 def read_range(request: Request, tz: tzinfo, now: datetime) -> StatsRange:
-    """``from``/``to`` days in the deployment's zone; by default the first day of the month
-    eleven months back to today. A reversed range is put the right way round, and one longer
+    """``from``/``to`` days in the deployment's zone; by default the twelve months up to the
+    current one, whole. A reversed range is put the right way round, and one longer
     than ``MAX_DAYS`` is cut at its start."""
     bad: list[str] = []
     today = now.astimezone(tz).date()
-    last = _day(request.query_params.get("to"), bad) or today
     default_first = date(today.year, today.month, 1)
+    # The whole current month: its sessions still to come count as pending.
+    month_end = date(today.year + (today.month == 12), today.month % 12 + 1, 1) - timedelta(1)
+    last = _day(request.query_params.get("to"), bad) or month_end
     for _ in range(DEFAULT_MONTHS - 1):
         default_first = date(
             default_first.year - (default_first.month == 1), (default_first.month - 2) % 12 + 1, 1

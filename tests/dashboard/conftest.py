@@ -189,6 +189,11 @@ def open_tab(browser: Browser, dashboard: Dashboard) -> Iterator[Callable[..., W
                 watched.console_errors.append(f"{message.text} at {message.location}")
 
         def failed(request: Request) -> None:
+            if request.resource_type == "media" and request.failure == "net::ERR_ABORTED":
+                # Chromium's media player cancels its own reads (the file's first bytes once
+                # the metadata is in, a range it no longer needs after a seek) and asks again
+                # with a Range header: not a failure of the page.
+                return
             watched.failed_requests.append(f"{request.method} {request.url}: {request.failure}")
 
         def answered(response: Response) -> None:

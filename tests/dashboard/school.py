@@ -499,6 +499,8 @@ class _Seeder:
         for plan in SESSIONS:
             if plan.id == "b-1127":
                 # The welding room's camera loses its link this morning and stays away.
+                self.move_to(NOW - timedelta(hours=3, seconds=30))
+                self.heartbeat(ROOM["a-202"], recording=False)
                 self.move_to(NOW - timedelta(hours=3))
                 self.status(ROOM["a-202"], False)
             self.session_day(plan, until=NOW)

@@ -19,7 +19,16 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest_server.dashboard import auth, fleet, queue, session, statistics, templating
+from ingest_server.dashboard import (
+    auth,
+    fleet,
+    media,
+    queue,
+    rollcall,
+    session,
+    statistics,
+    templating,
+)
 
 STATIC = Path(__file__).parent / "static"
 # Served by name from this fixed set: a request can never name a path outside the folder.
@@ -35,8 +44,10 @@ router = APIRouter(include_in_schema=False)
 router.include_router(auth.router)
 router.include_router(queue.router)
 router.include_router(session.router)
+router.include_router(media.router)
 router.include_router(fleet.router)
 router.include_router(statistics.router)
+router.include_router(rollcall.router)
 
 
 @router.get("/")
@@ -75,7 +86,7 @@ async def _page_refusal(request: Request, exc: Exception) -> Response:
     if not request.url.path.startswith("/ui"):
         return await http_exception_handler(request, exc)
     status = exc.status_code
-    key = f"error_{status}" if status in (400, 401, 403, 404) else "error_other"
+    key = f"error_{status}" if status in (400, 401, 403, 404, 409) else "error_other"
     if exc.detail == "csrf":
         key = "error_csrf"
     elif isinstance(exc.detail, str) and exc.detail.startswith("i18n:"):

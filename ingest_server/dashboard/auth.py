@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -50,11 +50,16 @@ class LoginRequired(Exception):
 
 def safe_next(value: str | None) -> str:
     """Where to go after signing in: a path of this dashboard only, never another site
-    (``//evil.example``, ``/\\evil``, ``https://…`` and anything outside ``/ui/`` go home)."""
+    (``//evil.example``, ``/\\evil``, ``https://…``, dot segments and anything outside
+    ``/ui/`` go home)."""
     if not value or not value.startswith("/ui/") or "\\" in value or value.startswith("//"):
         return HOME_PATH
     parts = urlsplit(value)
-    if parts.scheme or parts.netloc:
+    if (
+        parts.scheme
+        or parts.netloc
+        or any(seg in (".", "..") for seg in unquote(parts.path).split("/"))
+    ):
         return HOME_PATH
     return value
 

@@ -59,6 +59,10 @@ STRINGS: dict[str, dict[Lang, str]] = {
         "en": "A lecturer's account cannot read the review queue.",
     },
     "error_404": {"zh-CN": "找不到该内容。", "en": "Nothing was found here."},
+    "error_409": {
+        "zh-CN": "现在无法进行此操作（例如课程尚未结束）。",
+        "en": "This cannot be done now (the session may not be over yet).",
+    },
     "error_400": {"zh-CN": "请求有误。", "en": "The request is not valid."},
     "error_csrf": {
         "zh-CN": "请求来源不符，已拒绝（请从本站页面提交）。",

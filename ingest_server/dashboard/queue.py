@@ -36,6 +36,7 @@ from ingest_server.models import (
 router = APIRouter()
 
 PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
 REVIEWED_CHOICES = ("yes", "no")
 ReviewerDep = Annotated[Caller, Depends(page_require(*REVIEWERS))]
 
@@ -53,6 +54,7 @@ class QueueQuery:
     filter: evidence.SessionFilter
     reviewed: str | None
     after: str | None
+    limit: int
     form: dict[str, str]
     bad_dates: list[str]
 
@@ -101,10 +103,14 @@ def read_query(request: Request, tz: tzinfo) -> QueueQuery:
         "verdict": flt.verdict or "",
         "reviewed": reviewed if reviewed in REVIEWED_CHOICES else "",
     }
+    limit = params.get("limit", "")[:4]
     return QueueQuery(
         filter=flt,
         reviewed=form["reviewed"] or None,
         after=_text(params.get("after"), 512),
+        limit=min(int(limit), MAX_PAGE_SIZE)
+        if limit.isascii() and limit.isdigit() and int(limit) > 0
+        else PAGE_SIZE,
         form=form,
         bad_dates=bad,
     )
@@ -158,7 +164,7 @@ def review_queue(
     if extra is not None:
         scope = and_(scope, extra)
     try:
-        page = evidence.session_page(db, scope, query.filter, after=query.after, limit=PAGE_SIZE)
+        page = evidence.session_page(db, scope, query.filter, after=query.after, limit=query.limit)
     except evidence.BadCursor as exc:
         raise HTTPException(400, "bad cursor") from exc
     rows: list[dict[str, Any]] = [
@@ -171,7 +177,8 @@ def review_queue(
         context.session_factory,
         audit.api_actor(caller.role, caller.name, caller.token_id),
         "GET /ui/queue",
-        query.filter.to_query() | {"reviewed": query.reviewed, "after": query.after},
+        query.filter.to_query()
+        | {"reviewed": query.reviewed, "after": query.after, "limit": query.limit},
         [r["id"] for r in rows],
     )
     next_url = (

@@ -21,10 +21,11 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from ingest_server import audit, evidence
+from ingest_server.api import exports
 from ingest_server.api.deps import ApiContext, get_context, get_db, visible_session
 from ingest_server.auth import Caller
 from ingest_server.dashboard import diagrams, i18n, templating
-from ingest_server.dashboard.auth import REVIEWERS, PageCaller
+from ingest_server.dashboard.auth import REVIEWERS, PageCaller, page_require
 from ingest_server.dashboard.queue import reviewer_name
 from ingest_server.models import ID_LENGTH
 
@@ -83,6 +84,7 @@ def session_page(
             "summary": facts["session"],
             "marked": marked,
             "may_review": caller.role in REVIEWERS,
+            "may_export": caller.role in REVIEWERS,
             "map": diagrams.distance_map(facts["classroom"], facts["photos"]),
             "timeline": diagrams.session_timeline(
                 facts["timeline"], facts["photos"], tz, context.clock.now()
@@ -120,4 +122,19 @@ def session_json(
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
         },
+    )
+
+
+@router.get("/ui/sessions/{session_id}/export")
+def session_export(
+    request: Request,
+    session_id: SessionId,
+    db: Annotated[Session, Depends(get_db)],
+    context: Annotated[ApiContext, Depends(get_context)],
+    caller: Annotated[Caller, Depends(page_require(*REVIEWERS))],
+) -> Response:
+    """The session's verifiable archive (``GET /api/v1/sessions/{id}/export`` by cookie: the
+    same scope, refusals and audit row)."""
+    return exports.export_session(
+        session_id=session_id, context=context, db=db, caller=caller, lang=i18n.pick(request)
     )

@@ -177,6 +177,8 @@ ROUTES = [
     ("GET", "/api/v1/clips/1/video", False),
     ("GET", "/api/v1/clips/1/manifest", False),
     ("GET", "/api/v1/photos/1/image", False),
+    ("GET", "/api/v1/sessions/sa/export", False),
+    ("POST", "/api/v1/exports", False),
 ]
 
 
@@ -273,6 +275,17 @@ SCOPES = [
     ("inst-a", "PUT", "/api/v1/sessions/nowhere/review", 404),
     ("lect-a", "PUT", "/api/v1/sessions/sa/review", 403),
     ("app-a", "DELETE", "/api/v1/sessions/sa/review", 403),
+    # Exports: admin, supervisor, an institution its own; never a lecturer. Past the scope,
+    # these sessions are not over yet (their windows are still secret): 409.
+    ("admin", "GET", "/api/v1/sessions/sb/export", 409),
+    ("supervisor", "GET", "/api/v1/sessions/sa/export", 409),
+    ("inst-a", "GET", "/api/v1/sessions/sa/export", 409),
+    ("inst-a", "GET", "/api/v1/sessions/sb/export", 403),
+    ("inst-b", "GET", "/api/v1/sessions/sa/export", 403),
+    ("inst-a", "GET", "/api/v1/sessions/nowhere/export", 404),
+    ("lect-a", "GET", "/api/v1/sessions/sa/export", 403),
+    ("app-a", "GET", "/api/v1/sessions/sa/export", 403),
+    ("lect-a", "POST", "/api/v1/exports", 403),
     # Files of evidence nobody stored: 404 for every role.
     ("admin", "GET", "/api/v1/clips/99/video", 404),
     ("inst-a", "GET", "/api/v1/photos/99/image", 404),
@@ -426,6 +439,8 @@ def test_openapi_declares_the_bearer_scheme_on_every_route(world: World):
         f"GET {v1}/feed",
         f"POST {v1}/devices/{{device_id}}/snapshot",
         f"GET {v1}/devices/{{device_id}}/snapshots/{{cmd_id}}",
+        f"GET {v1}/sessions/{{session_id}}/export",
+        f"POST {v1}/exports",
         "GET /metrics",
     } <= labels
     # Every route, these and any other, needs the token.

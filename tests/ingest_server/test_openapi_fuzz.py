@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -53,11 +54,13 @@ from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import EvidenceStore
 from ingest_server.verdicts import VerdictKeeper
+from simulators.clip_files import write_mp4
 from simulators.phone import make_photo
 
 T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=4)  # the first session is over: its windows may be shown
 LECTURER_TOKEN = "lecturer-app-token-0123456789"
+CLIP_PATH = "clips/cam-1/2026-11-25/up-1.mp4"
 ROLL_CALL = "rollcall-seeded"  # a roll call of cam-1 whose still is stored
 
 
@@ -149,6 +152,7 @@ def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
             record_device_event(db, event, NOW)
         window = db.scalars(select(SessionWindow).where(SessionWindow.session_id == "s-past"))
         first = next(iter(window))
+        # Clip 1, with a real file behind it: the video route answers its bytes and ranges.
         stored_clip(
             db,
             "cam-1",
@@ -158,7 +162,11 @@ def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
             NOW,
             cmd_id=first.cmd_id,
             decoded=True,
+            path=CLIP_PATH,
         )
+        frames = [np.full((48, 64, 3), 90, dtype=np.uint8)] * 4
+        mp4 = write_mp4(tmp_path / "clip.mp4", frames, fps=2).read_bytes()
+        EvidenceStore(settings.evidence_dir).put_bytes(CLIP_PATH, mp4)
         db.add(
             DeviceHealth(
                 device_id="cam-1",
@@ -255,6 +263,8 @@ def operations(app: FastAPI) -> list[Any]:
 # for a session that does not exist, and the fuzz would not reach past the 404.
 KNOWN_PATHS = {
     "session_id": ["s-past", "s-next"],
+    "clip_id": [1, 1],
+    "photo_id": [1, 1],
     "action": ["open", "close"],
     "kind": ["opening", "closing"],
     "device_id": ["cam-1", "cam-1"],
@@ -373,7 +383,17 @@ def test_no_5xx_and_every_answer_as_declared_for_an_admin(api: Api) -> None:
     seen += fuzz(api.app, headers, GenerationMode.NEGATIVE, examples(15, 0.25))
     assert not [label for label in seen if label.endswith((" 500", " 502", " 503"))]
     # The fuzz reached past authentication into every read route.
-    for label in ("GET /api/v1/sessions 200", "GET /api/v1/devices 200", "GET /api/v1/feed 200"):
+    for label in (
+        "GET /api/v1/sessions 200",
+        "GET /api/v1/sessions/{session_id} 200",
+        "GET /api/v1/devices 200",
+        "GET /api/v1/feed 200",
+        "GET /api/v1/statistics 200",
+        "GET /api/v1/clips/{clip_id}/video 200",
+        "GET /api/v1/clips/{clip_id}/manifest 200",
+        "GET /api/v1/photos/{photo_id}/image 200",
+        "PUT /api/v1/sessions/{session_id}/review 200",
+    ):
         assert seen[label] > 0, seen
     # And into the roll call: a still served, and a roll call nobody answers timing out.
     for label in (

@@ -29,10 +29,11 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -303,6 +304,86 @@ def _suffix(path: str, default: str) -> str:
     return suffix if suffix.isascii() and 1 < len(suffix) <= 6 else default
 
 
+def _add_clips(
+    archive: _Archive, db: Session, store: EvidenceStore, clips: Sequence[Clip]
+) -> list[dict[str, Any]]:
+    """Each clip as stored, its manifest exactly as the camera sent it (the signature covers
+    those bytes) and its camera's key; returns the clips' index for MANIFEST.json."""
+    index, devices = [], set()
+    for clip in clips:
+        upload = db.get(Upload, (clip.upload_id, clip.device_id))
+        if upload is None:
+            raise ExportIntegrityError(f"clip {clip.id} has no upload row (its manifest)")
+        name = f"clips/{clip.id}{_suffix(clip.path, '.mp4')}"
+        stored = partial(evidence.clip_file, store, clip)
+        _add_evidence_file(archive, name, stored, clip.path, clip.sha256, f"clip {clip.id}")
+        manifest = f"manifests/{clip.device_id}/{clip.upload_id}.json"
+        archive.add_bytes(manifest, upload.manifest.encode())
+        devices.add(clip.device_id)
+        index.append(
+            {
+                "id": clip.id,
+                "session_id": clip.session_id,
+                "cmd_id": clip.cmd_id,
+                "device_id": clip.device_id,
+                "upload_id": clip.upload_id,
+                "sha256": clip.sha256,
+                "size": clip.size,
+                "file": name,
+                "manifest": manifest,
+            }
+        )
+    for device_id in sorted(devices):
+        device = db.get(Device, device_id)
+        if device is None:
+            raise ExportIntegrityError(f"device {device_id} is not registered (no key)")
+        key_file = f"{export_verify.DEVICE_KEYS}{device_id}.pub"
+        archive.add_bytes(key_file, device.public_key.encode() + b"\n")
+    return index
+
+
+def _add_photos(
+    archive: _Archive, store: EvidenceStore, photos: Sequence[Photo]
+) -> list[dict[str, Any]]:
+    """Each photo as received; returns the photos' index for MANIFEST.json."""
+    index = []
+    for photo in photos:
+        name = f"photos/{photo.id}{_suffix(photo.path, '.jpg')}"
+        stored = partial(evidence.photo_file, store, photo)
+        _add_evidence_file(archive, name, stored, photo.path, photo.sha256, f"photo {photo.id}")
+        index.append(
+            {
+                "id": photo.id,
+                "session_id": photo.session_id,
+                "kind": photo.kind,
+                "sha256": photo.sha256,
+                "file": name,
+            }
+        )
+    return index
+
+
+def _add_evidence_file(
+    archive: _Archive,
+    name: str,
+    stored: Callable[[], Path],
+    relative: str,
+    sha256: str,
+    what: str,
+) -> None:
+    """Copy a stored file in; ``ExportIntegrityError`` unless it still has the SHA-256 it
+    arrived with (a damaged store is the operator's to find, not the auditor's)."""
+    try:
+        digest = archive.add_file(name, stored())
+    except (OSError, ValueError) as exc:
+        raise ExportIntegrityError(f"{what}: its file cannot be read: {exc}") from exc
+    if digest != sha256:
+        raise ExportIntegrityError(
+            f"{what}: the stored file {relative} has SHA-256 {digest}, it arrived with "
+            f"{sha256}: the evidence store is damaged"
+        )
+
+
 def write_archive(
     db: Session,
     store: EvidenceStore,
@@ -345,76 +426,8 @@ def write_archive(
 
     with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
         archive = _Archive(zf, now)
-        clip_index, photo_index = [], []
-        for clip in clips:
-            upload = db.get(Upload, (clip.upload_id, clip.device_id))
-            if upload is None:
-                raise ExportIntegrityError(f"clip {clip.id} has no upload row (its manifest)")
-            manifest = f"manifests/{clip.device_id}/{clip.upload_id}.json"
-            name = f"clips/{clip.id}{_suffix(clip.path, '.mp4')}"
-            try:
-                source = evidence.clip_file(store, clip)
-                digest = archive.add_file(name, source)
-            except (OSError, ValueError) as exc:
-                raise ExportIntegrityError(
-                    f"clip {clip.id}: its file cannot be read: {exc}"
-                ) from exc
-            if digest != clip.sha256:
-                raise ExportIntegrityError(
-                    f"clip {clip.id}: the stored file {clip.path} has SHA-256 {digest}, the "
-                    f"clip was stored with {clip.sha256}: the evidence store is damaged"
-                )
-            clip_index.append(
-                {
-                    "id": clip.id,
-                    "session_id": clip.session_id,
-                    "cmd_id": clip.cmd_id,
-                    "device_id": clip.device_id,
-                    "upload_id": clip.upload_id,
-                    "sha256": clip.sha256,
-                    "size": clip.size,
-                    "file": name,
-                    "manifest": manifest,
-                }
-            )
-        for photo in photos:
-            name = f"photos/{photo.id}{_suffix(photo.path, '.jpg')}"
-            try:
-                digest = archive.add_file(name, evidence.photo_file(store, photo))
-            except (OSError, ValueError) as exc:
-                raise ExportIntegrityError(
-                    f"photo {photo.id}: its file cannot be read: {exc}"
-                ) from exc
-            if digest != photo.sha256:
-                raise ExportIntegrityError(
-                    f"photo {photo.id}: the stored file {photo.path} has SHA-256 {digest}, it "
-                    f"was received with {photo.sha256}: the evidence store is damaged"
-                )
-            photo_index.append(
-                {
-                    "id": photo.id,
-                    "session_id": photo.session_id,
-                    "kind": photo.kind,
-                    "sha256": photo.sha256,
-                    "file": name,
-                }
-            )
-        devices: set[str] = set()
-        for clip in clips:
-            upload = db.get(Upload, (clip.upload_id, clip.device_id))
-            assert upload is not None  # checked above
-            # The manifest exactly as the camera sent it: its signature covers these bytes.
-            archive.add_bytes(
-                f"manifests/{clip.device_id}/{clip.upload_id}.json", upload.manifest.encode()
-            )
-            devices.add(clip.device_id)
-        for device_id in sorted(devices):
-            device = db.get(Device, device_id)
-            if device is None:
-                raise ExportIntegrityError(f"device {device_id} is not registered (no key)")
-            archive.add_bytes(
-                f"{export_verify.DEVICE_KEYS}{device_id}.pub", device.public_key.encode() + b"\n"
-            )
+        clip_index = _add_clips(archive, db, store, clips)
+        photo_index = _add_photos(archive, store, photos)
         archive.add_bytes(export_verify.SERVER_KEY, public_key_pem(signing_key))
         for row in rows:
             shown = evidence.session_evidence(db, row, now=now, lang=lang, tz=tz)

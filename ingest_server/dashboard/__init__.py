@@ -22,9 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ingest_server.dashboard import (
     auth,
     fleet,
+    i18n,
     media,
     queue,
-    rollcall,
     session,
     statistics,
     templating,
@@ -47,7 +47,6 @@ router.include_router(session.router)
 router.include_router(media.router)
 router.include_router(fleet.router)
 router.include_router(statistics.router)
-router.include_router(rollcall.router)
 
 
 @router.get("/")
@@ -90,7 +89,8 @@ async def _page_refusal(request: Request, exc: Exception) -> Response:
     if exc.detail == "csrf":
         key = "error_csrf"
     elif isinstance(exc.detail, str) and exc.detail.startswith("i18n:"):
-        key = exc.detail.removeprefix("i18n:")
+        named = exc.detail.removeprefix("i18n:")
+        key = named if i18n.Translator("en").has(named) else key
     response = templating.render(
         request, "error.html", {"message_key": key, "status": status}, status_code=status
     )

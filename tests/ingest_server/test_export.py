@@ -46,7 +46,7 @@ from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.db import make_engine, migrate
 from ingest_server.export import ExportIntegrityError, export_sessions, load_export_key
-from ingest_server.models import AuditEntry, ClassSession, SessionWindow
+from ingest_server.models import AuditEntry, ClassSession, Clip, SessionWindow
 from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.verdicts import VerdictKeeper
@@ -663,3 +663,26 @@ def test_an_archive_with_a_name_twice_or_outside_is_unreadable(
     outside.write_bytes(buffer.getvalue())
     status, out = run_verify(outside, "--lang", "en")
     assert status == 2 and "unsafe name" in out, out
+
+
+def test_a_damaged_evidence_store_is_not_exported(world: World) -> None:
+    """A stored clip that no longer has the SHA-256 it arrived with is the operator's to find:
+    the server refuses rather than hand out an archive that fails (or a story that passes)."""
+    with world.harness.sessions() as db:
+        clip = db.scalars(select(Clip).where(Clip.session_id == "sess-1")).first()
+    assert clip is not None
+    path = world.harness.store.path_of(clip.path)
+    original, mode = path.read_bytes(), path.stat().st_mode
+    before = len(_exported_rows(world))
+    path.chmod(0o600)
+    path.write_bytes(_flip(original))
+    try:
+        refused = world.client.get("/api/v1/sessions/sess-1/export", headers=_auth(world, "admin"))
+    finally:
+        path.write_bytes(original)
+        path.chmod(mode)
+    assert refused.status_code == 409, refused.text
+    assert f"clip {clip.id}" in refused.json()["detail"] and "damaged" in refused.json()["detail"]
+    assert len(_exported_rows(world)) == before
+    # Nothing left behind: neither this refused archive nor the ones sent before.
+    assert list((world.root / "exports").iterdir()) == []

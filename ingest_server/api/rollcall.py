@@ -68,6 +68,7 @@ Code = Literal[
     "unknown_device",
     "not_in_scope",
     "device_offline",
+    "device_disabled",
     "no_command_link",
     "too_many_waiters",
     "not_queued",
@@ -90,6 +91,10 @@ MESSAGES: dict[str, dict[Lang, str]] = {
     "device_offline": {
         "zh-CN": "设备 {device} 当前离线（最后心跳：{last}），现在无法点名拍照",
         "en": "Device {device} is offline (last heartbeat: {last}); it cannot take a picture now",
+    },
+    "device_disabled": {
+        "zh-CN": "设备 {device} 已停用：服务器不再接收它的文件，无法点名拍照",
+        "en": "Device {device} is disabled: the server takes no files from it, so no picture",
     },
     "no_command_link": {
         "zh-CN": "服务器未连接消息代理，无法向设备 {device} 发送指令",
@@ -204,7 +209,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 POST_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: STILL,
     **PROBLEMS,
-    409: _problem("device_offline (answered at once), or no_command_link"),
+    409: _problem("device_offline (answered at once), device_disabled or no_command_link"),
     503: _problem("too_many_waiters or not_queued: ask again after Retry-After", ("Retry-After",)),
     504: _problem(
         "snapshot_timeout: nothing within snapshot_wait_s; the follow-up is in Location",
@@ -259,18 +264,28 @@ def _refuse(
 
 
 def _presence_of_visible(
-    db: Session, caller: Caller, device_id: str, now: datetime, timeout_s: float, sp: _Speaker
+    db: Session,
+    caller: Caller,
+    device_id: str,
+    now: datetime,
+    timeout_s: float,
+    sp: _Speaker,
+    *,
+    asking: bool,
 ) -> Presence:
-    """The device's presence, if ``caller`` may ask it (404 unknown, 403 out of scope); the
-    session's connection is given back before the request waits."""
+    """The device's presence, if ``caller`` may ask it (404 unknown, 403 out of scope; when
+    ``asking`` for a new picture, 409 for a disabled device, whose still the server would
+    refuse); the session's connection is given back before the request waits."""
     try:
-        visible = db.scalar(
-            select(Device.device_id).where(Device.device_id == device_id, device_scope(caller))
+        enabled = db.scalar(
+            select(Device.enabled).where(Device.device_id == device_id, device_scope(caller))
         )
-        if visible is None:
+        if enabled is None:
             if db.get(Device, device_id) is None:
                 raise _refuse(404, "unknown_device", sp, device_id)
             raise _refuse(403, "not_in_scope", sp, device_id)
+        if asking and not enabled:
+            raise _refuse(409, "device_disabled", sp, device_id)
         return device_presence(db, device_id, now, timeout_s)
     finally:
         db.close()
@@ -470,7 +485,14 @@ async def roll_call(
     sp = _Speaker(pick_language(lang or accept_language), settings.timezone)
     now = context.clock.now()
     presence = await run_in_threadpool(
-        _presence_of_visible, db, caller, device_id, now, settings.heartbeat_timeout_s, sp
+        _presence_of_visible,
+        db,
+        caller,
+        device_id,
+        now,
+        settings.heartbeat_timeout_s,
+        sp,
+        asking=True,
     )
     if not presence.online:
         raise _refuse(
@@ -561,7 +583,9 @@ def roll_call_result(
     settings = context.settings
     sp = _Speaker(pick_language(lang or accept_language), settings.timezone)
     now = context.clock.now()
-    presence = _presence_of_visible(db, caller, device_id, now, settings.heartbeat_timeout_s, sp)
+    presence = _presence_of_visible(
+        db, caller, device_id, now, settings.heartbeat_timeout_s, sp, asking=False
+    )
     outcome = _read(context, device_id, cmd_id)
     calls: RollCalls | None = getattr(request.app.state, "roll_calls", None)
     if outcome.final and calls is not None:

@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
 from subprocess import Popen
@@ -34,6 +34,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from fastapi.testclient import TestClient
 from ingest_helpers import wait_for
 from PIL import Image
 from sqlalchemy import select
@@ -53,12 +54,19 @@ from common.schemas import (
     decode,
 )
 from common.signing import generate_private_key, public_key_b64, sign_manifest
+from ingest_server.api import create_app
+from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory, migrate
-from ingest_server.models import AuditEntry, Clip, DeviceCommand
+from ingest_server.device_messages import DeviceMessages
+from ingest_server.models import AuditEntry, Clip, DeviceCommand, DeviceHealth
+from ingest_server.models import Device as DeviceRow
+from ingest_server.rollcall import Presence, RollCalls, presence_of
+from ingest_server.scheduler import Scheduler
 from ingest_server.settings import SCHEDULER_USER, SERVER_USER, Settings
 from ingest_server.setup_import import import_rows, read_rows
+from ingest_server.store import EvidenceStore
 from simulators.broker import BrokerAccounts, MosquittoBroker, free_port
 from simulators.fake_modem import QUECTEL_EC25, FakeModem
 from simulators.harness import Device, provision_device
@@ -563,3 +571,114 @@ def test_the_wait_holds_no_database_connection_and_a_late_still_is_not_a_new_ans
     fresh = stack.roll_call(LIVE, "admin")
     check_still(fresh, LIVE)
     assert fresh.headers["X-Classcam-Cmd-Id"] != late_cmd
+
+
+# -- the limits, in process: the API alone, a command link that nobody answers ----------------
+
+
+@dataclass
+class QuietApi:
+    client: TestClient
+    factory: Any
+    token: str
+
+    def sent(self) -> list[str]:
+        """The devices sent a roll call, in order."""
+        with self.factory() as db:
+            rows = db.scalars(select(DeviceCommand).order_by(DeviceCommand.created_at))
+            return [row.device_id for row in rows]
+
+
+@pytest.fixture
+def quiet_api(tmp_path: Path, sqlite_url: str) -> Iterator[QuietApi]:
+    """The API on its own database, its commands kept by the scheduler's ``send_command`` for
+    a broker nobody runs: every roll call waits out ``snapshot_wait_s`` (5 s), and only one
+    may wait at a time."""
+    settings = Settings(
+        data_dir=tmp_path, database_url=sqlite_url, snapshot_wait_s=5.0, snapshot_max_waiters=1
+    )
+    engine = make_engine(sqlite_url)
+    factory = make_session_factory(engine)
+    keys = {d: public_key_b64(generate_private_key()) for d in (LIVE, FORGER, NEVER, OTHER)}
+    doc = tmp_path / "setup.json"
+    doc.write_text(json.dumps(setup_doc(keys)))
+    now = datetime.now(UTC)
+    with factory.begin() as db:
+        import_rows(db, read_rows(doc), settings)
+        db.flush()
+        for device_id in (LIVE, FORGER, NEVER):
+            db.add(DeviceHealth(device_id=device_id, status="online", status_at=now))
+        disabled = db.get(DeviceRow, NEVER)
+        assert disabled is not None
+        disabled.enabled = False
+        _, token = create_token(db, Role.ADMIN, now, name="quiet-admin")
+    fleet = DeviceMessages(factory, settings.heartbeat_timeout_s)
+    scheduler = Scheduler(settings, factory, fleet, recompute=lambda ids: None)
+    context = ApiContext(
+        settings,
+        factory,
+        EvidenceStore(settings.evidence_dir),
+        recompute=lambda ids: None,
+        send_command=scheduler.send_command,
+    )
+    with TestClient(create_app(context), headers={"Authorization": f"Bearer {token}"}) as client:
+        yield QuietApi(client, factory, token)
+    engine.dispose()
+
+
+def test_past_the_waiters_bound_a_roll_call_is_refused_with_retry_after(quiet_api: QuietApi):
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(quiet_api.client.post, f"/api/v1/devices/{LIVE}/snapshot")
+        wait_for(lambda: quiet_api.sent() == [LIVE], what="the first roll call sent")
+        second = quiet_api.client.post(f"/api/v1/devices/{FORGER}/snapshot?lang=en")
+        assert second.status_code == 503, second.text
+        assert second.headers["Retry-After"]
+        assert second.json()["detail"]["code"] == "too_many_waiters"
+        assert second.json()["detail"]["message"].startswith("Too many roll calls")
+        assert first.result().status_code == 504
+    assert quiet_api.sent() == [LIVE]
+    # The waiter's place is given back.
+    assert quiet_api.client.app.state.roll_calls.waiters == 0  # type: ignore[attr-defined]
+
+
+def test_a_disabled_device_is_refused_at_once(quiet_api: QuietApi):
+    answer = quiet_api.client.post(f"/api/v1/devices/{NEVER}/snapshot")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"]["code"] == "device_disabled"
+    assert "停用" in answer.json()["detail"]["message"]
+    assert quiet_api.sent() == []
+
+
+def test_pending_roll_calls_are_joined_within_the_window_and_settled_on_an_answer():
+    clock = [0.0]
+    calls = RollCalls(max_waiters=2, join_window_s=60, monotonic=lambda: clock[0])
+    first, started = calls.claim("cam", "cmd-1")
+    assert started and first.cmd_id == "cmd-1"
+    joined, started = calls.claim("cam", "cmd-2")
+    assert not started and joined is first
+    other, started = calls.claim("cam-2", "cmd-3")
+    assert started and other.cmd_id == "cmd-3"
+    calls.settle("cam", "cmd-1")
+    assert calls.claim("cam", "cmd-4")[0].cmd_id == "cmd-4"
+    clock[0] = 61.0  # unanswered past the window: the next ask sends again
+    renewed, started = calls.claim("cam", "cmd-5")
+    assert started and renewed.cmd_id == "cmd-5"
+    calls.settle("cam", "cmd-4")  # a stale settle leaves the newer roll call alone
+    assert calls.pending("cam") == "cmd-5"
+    with calls.waiting() as a, calls.waiting() as b, calls.waiting() as c:
+        assert (a, b, c) == (True, True, False)
+        assert calls.waiters == 2
+    assert calls.waiters == 0
+
+
+def test_presence_is_the_status_and_a_fresh_heartbeat():
+    now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+    beat = now - timedelta(seconds=100)
+    assert presence_of(None, now, 90) == Presence(False, "unknown", None, None)
+    online = DeviceHealth(device_id="d", status="online", status_at=beat, last_heartbeat_at=beat)
+    assert not presence_of(online, now, 90).online  # its heartbeats stopped
+    assert presence_of(online, now, 120).online
+    just_connected = DeviceHealth(device_id="d", status="online", status_at=now)
+    assert presence_of(just_connected, now, 90).online
+    offline = DeviceHealth(device_id="d", status="offline", status_at=now, last_heartbeat_at=now)
+    assert not presence_of(offline, now, 90).online

@@ -13,12 +13,14 @@ Who may do what (roles in ``ingest_server.auth``):
 | ``POST /sessions/{id}/open``, ``/close`` | all | 403 | its classrooms' | own |
 | ``POST /sessions/{id}/photos/{kind}`` | 403 | 403 | 403 | own |
 | ``GET /devices`` | all | all | in its classrooms | 403 |
+| ``POST /devices/{id}/snapshot`` and its follow-up (roll call) | all | all | its classrooms | 403 |
 | ``GET /statistics`` | all | all | its classrooms' sessions | 403 |
 | ``GET /sessions/{id}/export``, ``POST /exports`` | all | all | its classrooms' | 403 |
 | ``GET /feed`` | all | all | 403 | 403 |
 | ``GET /metrics`` (Prometheus) | yes | yes | 403 | 403 |
 
-A photo is the lecturer's own testimony, so only the lecturer of the session uploads it. An
+A photo is the lecturer's own testimony, so only the lecturer of the session uploads it. A roll
+call (a camera's still now) only looks, so a supervisor may ask one, unlike open and close. An
 export is a case file for an auditor: the lecturer's own sessions are judged on it, not by it. The
 feed is the supervision backend's integration stream; an institution reads its sessions
 instead. The reviewed mark is a reviewer's (the review queue's) and statistics count whole

@@ -160,8 +160,9 @@ class ExportResult:
     facts: ArchiveFacts
 
 
-class _Archive:
-    """A zip being written, remembering each file's size and SHA-256 for MANIFEST.json."""
+class ArchiveWriter:
+    """A zip being written, remembering each file's size and SHA-256 for MANIFEST.json; files
+    are copied in blocks, never whole in memory."""
 
     def __init__(self, zf: zipfile.ZipFile, when: datetime) -> None:
         self.zf = zf
@@ -251,7 +252,7 @@ def _entries(db: Session, subjects: set[tuple[str, str]], head_seq: int) -> list
 
 
 def _write_chain(
-    db: Session, archive: _Archive, key: audit.AuditKey, first: int, head: AuditHead
+    db: Session, archive: ArchiveWriter, key: audit.AuditKey, first: int, head: AuditHead
 ) -> int:
     """Walk the HMAC chain from the row before ``first`` to ``head`` with the audit key while
     writing ``audit/chain.json`` from ``first``; ``ExportIntegrityError`` at the first row that
@@ -305,7 +306,7 @@ def _suffix(path: str, default: str) -> str:
 
 
 def _add_clips(
-    archive: _Archive, db: Session, store: EvidenceStore, clips: Sequence[Clip]
+    archive: ArchiveWriter, db: Session, store: EvidenceStore, clips: Sequence[Clip]
 ) -> list[dict[str, Any]]:
     """Each clip as stored, its manifest exactly as the camera sent it (the signature covers
     those bytes) and its camera's key; returns the clips' index for MANIFEST.json."""
@@ -343,7 +344,7 @@ def _add_clips(
 
 
 def _add_photos(
-    archive: _Archive, store: EvidenceStore, photos: Sequence[Photo]
+    archive: ArchiveWriter, store: EvidenceStore, photos: Sequence[Photo]
 ) -> list[dict[str, Any]]:
     """Each photo as received; returns the photos' index for MANIFEST.json."""
     index = []
@@ -364,7 +365,7 @@ def _add_photos(
 
 
 def _add_evidence_file(
-    archive: _Archive,
+    archive: ArchiveWriter,
     name: str,
     stored: Callable[[], Path],
     relative: str,
@@ -425,7 +426,7 @@ def write_archive(
     entries = _entries(db, _subjects(session_ids, clips, photos), head.seq)
 
     with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
-        archive = _Archive(zf, now)
+        archive = ArchiveWriter(zf, now)
         clip_index = _add_clips(archive, db, store, clips)
         photo_index = _add_photos(archive, store, photos)
         archive.add_bytes(export_verify.SERVER_KEY, public_key_pem(signing_key))

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -45,7 +46,12 @@ from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.db import make_engine, migrate
-from ingest_server.export import ExportIntegrityError, export_sessions, load_export_key
+from ingest_server.export import (
+    ArchiveWriter,
+    ExportIntegrityError,
+    export_sessions,
+    load_export_key,
+)
 from ingest_server.models import AuditEntry, ClassSession, Clip, SessionWindow
 from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
@@ -686,3 +692,25 @@ def test_a_damaged_evidence_store_is_not_exported(world: World) -> None:
     assert len(_exported_rows(world)) == before
     # Nothing left behind: neither this refused archive nor the ones sent before.
     assert list((world.root / "exports").iterdir()) == []
+
+
+def test_a_large_clip_is_streamed_into_the_archive_and_through_verify(tmp_path: Path) -> None:
+    """Clips may be hundreds of MB: the archive copies them in blocks and verify.py hashes
+    them in blocks, so neither holds a clip (let alone the archive) in memory."""
+    big = tmp_path / "big.mp4"
+    with big.open("wb") as fh:
+        for _ in range(48):
+            fh.write(os.urandom(1024 * 1024))
+    tracemalloc.start()
+    try:
+        with zipfile.ZipFile(tmp_path / "big.zip", "w", allowZip64=True) as zf:
+            archive = ArchiveWriter(zf, AFTER)
+            digest = archive.add_file("clips/1.mp4", big)
+        export = export_verify.Export(tmp_path / "big.zip")
+        assert export.digest("clips/1.mp4") == (digest, big.stat().st_size)
+        export.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert peak < 8 * 1024 * 1024, peak

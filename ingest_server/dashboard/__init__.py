@@ -25,6 +25,7 @@ from ingest_server.dashboard import (
     i18n,
     media,
     queue,
+    rollcall,
     session,
     statistics,
     templating,
@@ -47,6 +48,7 @@ router.include_router(session.router)
 router.include_router(media.router)
 router.include_router(fleet.router)
 router.include_router(statistics.router)
+router.include_router(rollcall.router)
 
 
 @router.get("/")
@@ -92,7 +94,11 @@ async def _page_refusal(request: Request, exc: Exception) -> Response:
         named = exc.detail.removeprefix("i18n:")
         key = named if i18n.Translator("en").has(named) else key
     response = templating.render(
-        request, "error.html", {"message_key": key, "status": status}, status_code=status
+        request,
+        "error.html",
+        {"message_key": key, "status": status},
+        caller=getattr(request.state, "caller", None),
+        status_code=status,
     )
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value

@@ -4,8 +4,9 @@ last heartbeat said: signal, disk, clock skew, recording, and when it was last h
 The rows are ``evidence.fleet`` within the caller's device scope (``api.deps.device_scope``),
 exactly what ``GET /api/v1/devices`` answers: an institution sees the cameras of its own
 classrooms, admins and supervisors all of them, a lecturer none (403). The page adds only how
-to read the figures (a signal's strength, a disk running low, a skew the verdicts would flag);
-times are shown in the deployment's zone.
+to read the figures (a signal's strength, a disk running low, a skew the verdicts would flag),
+and a roll call button beside each camera (``dashboard.rollcall``); times are shown in the
+deployment's zone.
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         school.store,
         recompute=lambda ids: None,
         clock=VirtualClock(start=NOW),
+        send_command=school.send_command,
     )
     port = free_port()
     server = uvicorn.Server(

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,8 +35,9 @@ from sqlalchemy import select
 from common import topics
 from common.chunks import digest_file
 from common.clock import VirtualClock
+from common.commands import Command, CommandType
 from common.heartbeat import Heartbeat, ModemHealth
-from common.schemas import Event, EventType, Fin, Manifest, Status, StatusState
+from common.schemas import ClipKind, Event, EventType, Fin, Manifest, Status, StatusState
 from common.signing import generate_private_key, public_key_b64, sign_manifest
 from ingest_server import audit
 from ingest_server.api import create_app
@@ -46,6 +48,7 @@ from ingest_server.db import SessionFactory, make_engine, make_session_factory, 
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import ClassSession, SessionWindow
+from ingest_server.scheduler import Scheduler
 from ingest_server.settings import Settings
 from ingest_server.setup_import import ClassRow, import_rows, read_rows
 from ingest_server.store import EvidenceStore
@@ -161,6 +164,8 @@ class School:
     store: EvidenceStore
     clock: VirtualClock
     tokens: dict[str, str] = field(default_factory=dict)
+    # The command link to the cameras: online ones answer a roll call with a still.
+    send_command: Callable[[str, Command], None] | None = None
 
     def session_ids(
         self, *, verdict: str | None = None, institution: str | None = None
@@ -266,6 +271,10 @@ class _Seeder:
             self.clock,
             on_sessions_changed=self.keeper.recompute,
         )
+        self.scheduler = Scheduler(
+            self.settings, self.factory, self.fleet, self.keeper.recompute, self.clock
+        )
+        self.camera_lock = threading.Lock()
         self.checker = ClipChecker(self.factory, self.store, self.keeper.recompute, self.clock)
         self.processor = IngestProcessor(
             self.factory,
@@ -412,6 +421,12 @@ class _Seeder:
             created_at=self.clock.now() + offset,
         )
         self.event(room, EventType.CUT_DONE, plan.id, cmd_id=window.cmd_id, upload_id=upload_id)
+        self.upload(room, path, manifest)
+
+    def upload(self, room: Room, path: Path, manifest: Manifest) -> None:
+        """The signed manifest, every chunk, and the end of the transfer, as the uploader
+        sends them."""
+        upload_id, chunk_size = manifest.upload_id, manifest.chunk_size
         self.send(
             topics.file_init(room.device_id, upload_id),
             sign_manifest(manifest, self.keys[room.device_id]),
@@ -423,8 +438,52 @@ class _Seeder:
                 data[offset_bytes : offset_bytes + chunk_size],
             )
         self.processor.flush()
-        fin = Fin(upload_id=upload_id, size=digest.size, sha256=digest.sha256)
+        fin = Fin(upload_id=upload_id, size=manifest.size, sha256=manifest.sha256)
         self.send(topics.file_fin(room.device_id, upload_id), fin.to_bytes())
+
+    # -- the camera, after the seeding ------------------------------------------------------
+
+    def send_command(self, device_id: str, command: Command) -> None:
+        """The server's command link for the running dashboard: the command is kept as the
+        scheduler keeps it, and an online camera answers a roll call with a still of its
+        classroom (its own thread, as a device answers over the broker)."""
+        self.scheduler.send_command(device_id, command)
+        if command.type is CommandType.SNAPSHOT:
+            threading.Thread(target=self.take_still, args=(device_id, command), daemon=True).start()
+
+    def take_still(self, device_id: str, command: Command) -> None:
+        """A still of the classroom now, signed and uploaded as the agent's roll call does."""
+        room = next(r for r in ROOMS if r.device_id == device_id)
+        with self.camera_lock:
+            taken = self.clock.now() + timedelta(seconds=room.clock_offset_s)
+            frame = next(_frames(room, taken, 1 / CLIP_FPS))
+            encoded, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            assert encoded
+            upload_id = f"still-{command.cmd_id}"[:64]
+            path = self.clips_dir / f"{upload_id}.jpg"
+            path.write_bytes(jpeg.tobytes())
+            digest = digest_file(path, 64 * 1024)
+            manifest = Manifest(
+                upload_id=upload_id,
+                device_id=device_id,
+                kind=ClipKind.SNAPSHOT,
+                cmd_id=command.cmd_id,
+                cut_start=taken,
+                cut_end=taken,
+                clock_offset_s=room.clock_offset_s,
+                size=digest.size,
+                sha256=digest.sha256,
+                chunk_size=64 * 1024,
+                chunk_sha256=digest.chunk_sha256,
+                content_type="image/jpeg",
+                codec="jpeg",
+                duration_s=0.0,
+                frames=1,
+                width=CLIP_SIZE[0],
+                height=CLIP_SIZE[1],
+                created_at=taken,
+            )
+            self.upload(room, path, manifest)
 
     # -- a day ------------------------------------------------------------------------------
 
@@ -519,7 +578,9 @@ class _Seeder:
             ):
                 _, tokens[who] = create_token(db, role, NOW, name=who, institution_id=institution)
         self.checker.close()
-        return School(self.settings, self.factory, self.store, self.clock, tokens)
+        return School(
+            self.settings, self.factory, self.store, self.clock, tokens, self.send_command
+        )
 
 
 def build_school(data_dir: Path, database_url: str) -> School:

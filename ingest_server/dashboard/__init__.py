@@ -25,7 +25,6 @@ from ingest_server.dashboard import (
     i18n,
     media,
     queue,
-    rollcall,
     session,
     statistics,
     templating,
@@ -48,7 +47,6 @@ router.include_router(session.router)
 router.include_router(media.router)
 router.include_router(fleet.router)
 router.include_router(statistics.router)
-router.include_router(rollcall.router)
 
 
 @router.get("/")

@@ -90,6 +90,8 @@ def page_caller(
     if caller is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target)
+    # For the error page, should the route refuse: it still shows who is signed in.
+    request.state.caller = caller
     return caller
 
 

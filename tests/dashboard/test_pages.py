@@ -417,6 +417,7 @@ def test_a_lecturer_cannot_read_the_review_queue(world: World) -> None:
         assert (
             "讲师账号不能查看审核队列" in page.text and 'data-testid="queue-row"' not in page.text
         )
+        assert 'data-testid="logout"' in page.text  # still signed in: the way out is there
     english = world.client("lecturer").get("/ui/queue?lang=en")
     assert "A lecturer&#39;s account cannot read the review queue." in english.text
     # Their own session they may read, as through the API; another's they may not.

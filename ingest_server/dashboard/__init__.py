@@ -25,6 +25,7 @@ from ingest_server.dashboard import (
     i18n,
     media,
     queue,
+    rollcall,
     session,
     statistics,
     templating,
@@ -47,6 +48,7 @@ router.include_router(session.router)
 router.include_router(media.router)
 router.include_router(fleet.router)
 router.include_router(statistics.router)
+router.include_router(rollcall.router)
 
 
 @router.get("/")

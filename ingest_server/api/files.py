@@ -7,6 +7,7 @@ through ``evidence_file_response``."""
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from fastapi import Request, Response
@@ -55,7 +56,10 @@ def evidence_file_response(
     whole (200), the ``Range`` asked for (206, ``Content-Range``; Starlette's ``FileResponse``
     parses it), 416 past the end, 304 for a matching ``If-None-Match``. ``FileNotFoundError``
     when there is no such file (the caller answers 404)."""
-    stat = os.stat(path)  # before answering: a missing file is a 404, not a failed stream
+    # Before answering: a missing file is a 404, not a stream that fails half-way.
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise FileNotFoundError(f"{path} is not a file")
     quoted = quoted_etag(etag)
     headers = {
         "ETag": quoted,
@@ -70,7 +74,7 @@ def evidence_file_response(
         path,
         media_type=media_type,
         headers=headers,
-        stat_result=stat,
+        stat_result=info,
         content_disposition_type="inline",
     )
 

@@ -882,3 +882,22 @@ def test_paging_and_marks_on_postgresql(pg_url: str, tmp_path: Path):
             assert reviewed_by(db, "admin:x", ["s-a1-0"]) == set()
     finally:
         engine.dispose()
+
+
+def test_a_snapshot_is_served_as_a_jpeg_and_a_folder_is_no_file(world: World):
+    still = make_photo(taken_at=None, lat=None, lon=None, scene_seed=9, size=(320, 240))
+    relative = clip_path("cam-a1", "snap-1", NOW, "image/jpeg")
+    world.context.store.put_bytes(relative, still)
+    with world.context.session_factory.begin() as db:
+        clip = db.get(Clip, world.clips["s-a1-0"])
+        assert clip is not None
+        clip.kind, clip.path = ClipKind.SNAPSHOT.value, relative
+    url = f"/api/v1/clips/{world.clips['s-a1-0']}/video"
+    image = world.get("inst-a", url)
+    assert image.status_code == 200 and image.content == still
+    assert image.headers["content-type"] == "image/jpeg"
+    with world.context.session_factory.begin() as db:
+        clip = db.get(Clip, world.clips["s-a1-0"])
+        assert clip is not None
+        clip.path = "clips/cam-a1"  # a folder of the store
+    assert world.client("admin", raise_server_exceptions=False).get(url).status_code == 404

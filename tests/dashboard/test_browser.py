@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 import pytest
 from conftest import DESKTOP, PHONE, Dashboard, Watched
 from playwright.sync_api import Page, ViewportSize, expect
 from school import CLASSES, DURATION_MIN, LECTURERS, ROOM, SESSIONS
+from sqlalchemy import func, select
+
+from common.commands import CommandType
+from ingest_server import audit
+from ingest_server.models import AuditEntry, DeviceCommand
+
+pytestmark = pytest.mark.browser
 
 VERIFIED_SESSION = "a-1013"  # three clips, two photos inside 100 m
 VIEWPORTS: dict[str, ViewportSize] = {"desktop": DESKTOP, "phone": PHONE}
@@ -35,6 +43,23 @@ PAGES = {
 PLAY = "v => { v.muted = true; return v.play().then(() => v.pause()); }"
 VIDEO_READY = "v => v.readyState >= 3"
 SEEKED_TO = "([v, t]) => Math.abs(v.currentTime - t) < 0.5 && !v.seeking && v.readyState >= 2"
+
+
+def roll_calls_sent(dashboard: Dashboard) -> int:
+    """Roll call commands the server has kept for sending, to any camera."""
+    with dashboard.school.factory() as db:
+        query = select(func.count()).where(DeviceCommand.type == CommandType.SNAPSHOT.value)
+        return int(db.scalar(query.select_from(DeviceCommand)) or 0)
+
+
+def roll_call_entries(dashboard: Dashboard) -> list[AuditEntry]:
+    """The audit log's roll calls of camera cam-a101, oldest first."""
+    with dashboard.school.factory() as db:
+        query = select(AuditEntry).where(
+            AuditEntry.action == audit.AuditAction.ROLL_CALL.value,
+            AuditEntry.subject_id == "cam-a101",
+        )
+        return list(db.scalars(query.order_by(AuditEntry.seq)))
 
 
 def no_sideways_scroll(page: Page) -> tuple[int, int]:
@@ -276,6 +301,7 @@ def test_a_roll_call_of_an_offline_camera_says_so_at_once(
 def test_another_institutions_camera_cannot_be_rolled_called(
     open_tab: Callable[..., Watched], dashboard: Dashboard
 ) -> None:
+    sent = roll_calls_sent(dashboard)
     tab = open_tab()
     tab.login(dashboard.token("institution:sch-b"), "/ui/fleet")
     # A form forged in the page (same origin), naming a camera of the other school.
@@ -287,11 +313,31 @@ def test_another_institutions_camera_cannot_be_rolled_called(
     )
     assert answer[0] == 403
     assert 'data-code="not_in_scope"' in answer[1]
+    assert roll_calls_sent(dashboard) == sent  # nothing was asked of the camera
+
+
+def test_a_roll_call_form_from_another_site_is_refused_and_sends_nothing(
+    dashboard: Dashboard,
+) -> None:
+    sent = roll_calls_sent(dashboard)
+    cookies = {"classcam_token": dashboard.token("admin")}
+    with httpx.Client(base_url=dashboard.url, cookies=cookies, timeout=20) as client:
+        forged = client.post(
+            "/ui/fleet/cam-a101/rollcall", headers={"Origin": "https://evil.example"}
+        )
+        bare = client.post("/ui/fleet/cam-a101/rollcall")  # no Origin, no Referer
+        traversal = client.post(
+            "/ui/fleet/..%2F..%2Fetc%2Fpasswd/rollcall", headers={"Origin": dashboard.url}
+        )
+    assert forged.status_code == 403 and bare.status_code == 403
+    assert traversal.status_code in (404, 422)
+    assert roll_calls_sent(dashboard) == sent
 
 
 def test_a_roll_call_shows_the_cameras_still_taken_now(
     open_tab: Callable[..., Watched], dashboard: Dashboard
 ) -> None:
+    before = len(roll_call_entries(dashboard))
     tab = open_tab()
     tab.login(dashboard.token("supervisor"), "/ui/fleet?lang=en")
     row = tab.page.locator('[data-testid="fleet-row"][data-device-id="cam-a101"]')
@@ -306,3 +352,7 @@ def test_a_roll_call_shows_the_cameras_still_taken_now(
     expect(tab.page.get_by_test_id("rollcall")).to_contain_text("2026-11-27 14:00:02")
     assert tab.problems() == []
     tab.screenshot("rollcall-desktop")
+    # Asked through the page, recorded as the API records it: who asked, which camera.
+    assert [e.actor.split("#")[0] for e in roll_call_entries(dashboard)[before:]] == [
+        "supervisor:supervisor"
+    ]

@@ -4,7 +4,10 @@ proprietary codecs; a build without them would show every clip as broken)."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import Browser
+
+pytestmark = pytest.mark.browser
 
 
 def test_chromium_renders_a_page_and_plays_h264(browser: Browser) -> None:

@@ -132,6 +132,11 @@ MESSAGES: dict[str, dict[Lang, str]] = {
         "zh-CN": "设备 {device} 的照片尚未到达，请稍后再取",
         "en": "The picture from device {device} has not arrived yet; ask again shortly",
     },
+    "pending_offline": {
+        "zh-CN": "设备 {device} 当前离线，照片尚未到达；设备重新上线后会收到点名指令",
+        "en": "Device {device} is offline and its picture has not arrived; it gets the roll"
+        " call once it is back online",
+    },
     "never": {"zh-CN": "从未上线", "en": "never"},
 }
 
@@ -612,7 +617,7 @@ def roll_call_result(
         )
     pending = RollCallPending(
         state="pending",
-        message=sp.say("pending", device=device_id),
+        message=sp.say("pending" if presence.online else "pending_offline", device=device_id),
         device_id=device_id,
         cmd_id=cmd_id,
         asked_at=outcome.asked_at,

@@ -639,6 +639,15 @@ def test_past_the_waiters_bound_a_roll_call_is_refused_with_retry_after(quiet_ap
     assert quiet_api.sent() == [LIVE]
     # The waiter's place is given back.
     assert quiet_api.client.app.state.roll_calls.waiters == 0  # type: ignore[attr-defined]
+    # Its camera goes offline: the follow-up says the roll call waits for it to come back.
+    with quiet_api.factory.begin() as db:
+        health = db.get(DeviceHealth, LIVE)
+        assert health is not None
+        health.status = "offline"
+    follow_up = first.result().headers["Location"]
+    pending = quiet_api.client.get(follow_up)
+    assert pending.status_code == 202 and pending.headers["Retry-After"]
+    assert pending.json()["device_online"] is False and "离线" in pending.json()["message"]
 
 
 def test_a_disabled_device_is_refused_at_once(quiet_api: QuietApi):

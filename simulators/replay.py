@@ -47,7 +47,7 @@ TIMEOUT_SLACK_S = 300.0
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
     """How a replay ended: its report (outcomes, counters), where its server answered, and the
-    server's last view of each session (``GET /sessions``, in English) to explain a mismatch
+    server's last view of each session (``GET /sessions/{id}``, in English) to explain a mismatch
     once the server is gone."""
 
     report: ReplayReport

@@ -31,6 +31,9 @@ DEFAULT_MONTHS = 12
 # The widest range a page counts over: the query reads every session in it.
 MAX_DAYS = 5 * 366
 SERIES = ("verified", "rejected", "pending")
+# The days a range may name: far wider than any deployment's records, and clear of the
+# calendar's ends.
+DAYS = (date(1970, 1, 1), date(2999, 12, 31))
 
 STRINGS: dict[str, dict[Lang, str]] = {
     "stats_title": {"zh-CN": "统计", "en": "Statistics"},
@@ -83,13 +86,18 @@ class StatsRange:
 
 
 def _day(value: str | None, bad: list[str]) -> date | None:
+    """A day from the form; a day outside ``DAYS`` counts as unreadable (9999-12-31 has no
+    next day to end the range at)."""
     if not value:
         return None
     try:
-        return date.fromisoformat(value.strip()[:10])
+        day = date.fromisoformat(value.strip()[:10])
     except ValueError:
+        day = None
+    if day is None or not DAYS[0] <= day <= DAYS[1]:
         bad.append(value[:40])
         return None
+    return day
 
 
 def read_range(request: Request, tz: tzinfo, now: datetime) -> StatsRange:

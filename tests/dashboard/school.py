@@ -509,6 +509,10 @@ class _Seeder:
         self.move_to(start + timedelta(minutes=3))
         self.photo(plan, "opening", start + timedelta(minutes=2))
         if plan.offline_min:
+            # Heard until the link drops: the server dates an offline status from the last
+            # word it had from the camera.
+            self.move_to(start + timedelta(minutes=35) - timedelta(seconds=20))
+            self.heartbeat(room, recording=True, session_id=plan.id)
             self.move_to(start + timedelta(minutes=35))
             self.status(room, False)
             self.move_to(start + timedelta(minutes=35 + plan.offline_min))

@@ -6,11 +6,13 @@ than as a puzzling page in a browser test."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from conftest import Dashboard
-from school import ROOMS, SESSIONS
+from school import ROOM, ROOMS, SESSIONS
 from sqlalchemy import select
 
+from ingest_server.facts import offline_intervals
 from ingest_server.models import ClassSession, Clip, DeviceHealth, Photo, PresenceChange
 
 
@@ -46,3 +48,13 @@ def test_two_cameras_are_online_one_is_not_and_presence_changed(dashboard: Dashb
     assert status == {"cam-a101": "online", "cam-a202": "offline", "cam-b301": "online"}
     assert all(beats[r.device_id]["clock_offset_s"] == r.clock_offset_s for r in ROOMS)
     assert any(not c.online and c.device_id == "cam-a202" for c in changes)
+
+
+def test_the_welding_rooms_camera_drops_out_as_planned(dashboard: Dashboard) -> None:
+    """Offline from its last word before the drop to its return, not from the class's start."""
+    plan = next(p for p in SESSIONS if p.offline_min)
+    with dashboard.school.factory() as db:
+        intervals = offline_intervals(db, ROOM[plan.room_id].device_id, plan.start)
+    first = intervals[0]
+    assert first.start == plan.start + timedelta(minutes=35, seconds=-20)
+    assert first.end == plan.start + timedelta(minutes=35 + plan.offline_min)

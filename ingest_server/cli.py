@@ -26,7 +26,7 @@ from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
-from ingest_server.store import EvidenceStore
+from ingest_server.store import open_store
 
 log = logging.getLogger("classcam.server")
 
@@ -307,7 +307,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         result = export_sessions(
             factory,
-            EvidenceStore(settings.evidence_dir),
+            open_store(settings),
             [row for row in rows if row is not None],
             directory=out.parent,
             audit_key=audit.load_key(settings.audit_key_file, create=False),
@@ -343,6 +343,28 @@ def cmd_export_key(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_s3_bucket(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the evidence bucket with Object Lock (and a default retention of the settings'
+    mode and days), or check that an existing one has it; exit 1 if it has not."""
+    from ingest_server.errors import StoreError
+    from ingest_server.s3_store import create_locked_bucket, make_client
+
+    bucket = args.bucket or settings.s3_bucket
+    try:
+        created = create_locked_bucket(
+            make_client(settings), bucket, settings.s3_lock_mode, settings.s3_retention_days
+        )
+    except StoreError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    state = "created with" if created else "already has"
+    print(
+        f"s3://{bucket} {state} Object Lock; evidence is locked {settings.s3_lock_mode}"
+        f" for {settings.s3_retention_days} days from when it is stored"
+    )
+    return 0
+
+
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     """List the messages ingest gave up on; ``--replay`` feeds them back through the
     processor (events and presence included) and marks those that now pass."""
@@ -355,7 +377,7 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
             fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, caught_up=lambda: False)
             processor = IngestProcessor(
                 factory,
-                EvidenceStore(settings.evidence_dir),
+                open_store(settings),
                 settings,
                 device_messages=fleet.handle,
             )
@@ -431,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", default="zh-CN", choices=["zh-CN", "en"], help="reasons' language"
     )
     sub.add_parser("export-key", help="print the export signing key (PEM) to publish and pin")
+    bucket = sub.add_parser(
+        "s3-bucket", help="create the S3 evidence bucket with Object Lock, or check it has it"
+    )
+    bucket.add_argument("--bucket", help="the bucket (default: the settings' s3_bucket)")
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)
@@ -465,6 +491,7 @@ COMMANDS = {
     "dead-letters": cmd_dead_letters,
     "export": cmd_export,
     "export-key": cmd_export_key,
+    "s3-bucket": cmd_s3_bucket,
     "import": cmd_import,
     "audit": cmd_audit,
     "tls-init": cmd_tls_init,

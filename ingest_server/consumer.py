@@ -51,7 +51,7 @@ from ingest_server.errors import RETRYABLE_ERRORS, error_text
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
-from ingest_server.store import EvidenceStore
+from ingest_server.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def backoff_delay(
 def build_processor(settings: Settings) -> IngestProcessor:
     """A processor on the settings' database and evidence store, with the system clock."""
     engine = make_engine(settings.database_url)
-    store = EvidenceStore(settings.evidence_dir)
+    store = open_store(settings)
     sessions = make_session_factory(engine, audit.load_key(settings.audit_key_file))
     return IngestProcessor(sessions, store, settings, SystemClock())
 

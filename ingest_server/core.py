@@ -22,7 +22,7 @@ from ingest_server.ingest import IngestProcessor
 from ingest_server.metrics import LiveIngest
 from ingest_server.scheduler import Scheduler, make_scheduler_client
 from ingest_server.settings import Settings
-from ingest_server.store import EvidenceStore
+from ingest_server.store import open_store
 from ingest_server.uploads.reaper import UploadReaper
 from ingest_server.verdicts import VerdictKeeper
 
@@ -39,7 +39,7 @@ class ServerCore:
         self.session_factory = make_session_factory(
             self.engine, audit.load_key(settings.audit_key_file), self.clock
         )
-        self.store = EvidenceStore(settings.evidence_dir)
+        self.store = open_store(settings)
         self.verdicts = VerdictKeeper(self.session_factory, settings, self.clock)
         self.fleet = DeviceMessages(
             self.session_factory,

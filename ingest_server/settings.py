@@ -56,6 +56,18 @@ class Settings(BaseSettings):
         default_factory=lambda data: f"sqlite:///{data['data_dir'] / 'classcam.db'}"
     )
     evidence_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "evidence")
+    # Where committed evidence is kept (docs/storage.md): "fs" under evidence_dir; "s3" in an
+    # S3-compatible bucket with Object Lock, evidence_dir then holding only the upload staging
+    # and a local cache of what was stored or read. Credentials come from boto3's standard
+    # chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role).
+    evidence_store: Literal["fs", "s3"] = "fs"
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    s3_bucket: str = "classcam-evidence"
+    s3_region: str = "us-east-1"
+    # COMPLIANCE: nobody, the bucket's root account included, can delete or shorten the lock
+    # before it ends; GOVERNANCE: holders of s3:BypassGovernanceRetention can.
+    s3_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    s3_retention_days: int = Field(default=1095, ge=1, le=36500)
     # The audit log's HMAC key (ingest_server.audit): made on first use; keep it off the
     # database host and back it up apart from the database.
     audit_key_file: Path = Field(default_factory=lambda data: data["data_dir"] / "audit.key")
@@ -191,7 +203,10 @@ class Settings(BaseSettings):
         """Where things live, with the database password masked: for logs and ``run``."""
         return {
             "database": re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.database_url),
-            "evidence": str(self.evidence_dir),
+            "evidence": str(self.evidence_dir)
+            if self.evidence_store == "fs"
+            else f"s3://{self.s3_bucket} ({self.s3_endpoint_url or 'AWS'}), cache"
+            f" {self.evidence_dir}",
             "broker": f"{self.mqtt_host}:{self.mqtt_port} (MQTT {self.mqtt_protocol})",
             "subscription": self.shared_group or "(plain, no $share)",
         }

@@ -3,7 +3,8 @@
 Chunks are written at their offsets into a staging file under ``root/.staging`` (the same
 filesystem as the clips, so the final move is an atomic rename). ``commit`` makes the file
 durable (fsync file, link into place, fsync directories) and never replaces a different file
-that already holds that name. ``Store`` is the contract an S3-compatible store will implement.
+that already holds that name. ``Store`` is the contract the ingest needs; ``ingest_server.s3_store``
+keeps the committed files in an S3 bucket instead, with the same staging.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import os
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from common.clock import to_utc
 from common.topics import validate_id
 from ingest_server.errors import StoreConflict, StoreError
+
+if TYPE_CHECKING:
+    from ingest_server.settings import Settings
 
 STAGING_DIR = ".staging"
 READ_BLOCK = 1024 * 1024
@@ -37,6 +41,17 @@ def clip_path(
     day = to_utc(cut_start).strftime("%Y-%m-%d")
     suffix = EXTENSIONS.get(content_type, ".bin")
     return f"clips/{validate_id(device_id)}/{day}/{validate_id(upload_id)}{suffix}"
+
+
+def open_store(settings: Settings) -> EvidenceStore:
+    """The evidence store the settings ask for: the filesystem, or an S3 bucket with Object
+    Lock (``StoreError`` if that bucket has no Object Lock)."""
+    if settings.evidence_store == "s3":
+        # Imported here: boto3 costs its import time only where the S3 store is used.
+        from ingest_server.s3_store import S3EvidenceStore
+
+        return S3EvidenceStore.from_settings(settings)
+    return EvidenceStore(settings.evidence_dir)
 
 
 class Store(Protocol):
@@ -106,17 +121,23 @@ class EvidenceStore:
         """The staging file of ``upload_id``."""
         return self.staging / f"{validate_id(upload_id, 'upload id')}.part"
 
-    def path_of(self, relative: str) -> Path:
-        """The absolute path of a stored file, refusing paths that leave the store."""
+    def local_path(self, relative: str) -> Path:
+        """Where a stored file lives (or is cached) on this machine; ``ValueError`` for a
+        path that would leave the store."""
         rel = PurePosixPath(relative)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise ValueError(f"not a path inside the store: {relative!r}")
         return self.root.joinpath(*rel.parts)
 
+    def path_of(self, relative: str) -> Path:
+        """A local file to read the stored file at ``relative`` from (here the file itself;
+        a store kept elsewhere fetches it first), refusing paths that leave the store."""
+        return self.local_path(relative)
+
     def put_bytes(self, relative: str, data: bytes) -> Path:
         """Store a small file (a photo) write-once: temp, fsync, link into place, fsync the
         directory. An existing file of that name is kept as it is: names carry the SHA-256."""
-        path = self.path_of(relative)
+        path = self.local_path(relative)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             return path
@@ -209,7 +230,7 @@ class EvidenceStore:
         return whole.hexdigest(), chunks
 
     def committed_sha256(self, relative: str) -> str | None:
-        path = self.path_of(relative)
+        path = self.local_path(relative)
         try:
             return _sha256_file(path)
         except FileNotFoundError:
@@ -222,7 +243,7 @@ class EvidenceStore:
         file is already in place, returns the path. ``StoreConflict`` if a different file is.
         """
         source = self.staging_path(upload_id)
-        dest = self.path_of(relative_dest)
+        dest = self.local_path(relative_dest)
         try:
             if not source.exists():
                 if dest.exists():

@@ -259,11 +259,13 @@ class _Seeder:
         )
         migrate(database_url)
         self.engine = make_engine(database_url)
+        # One clock for the whole story, stamping the feed and the audit log too (the verdict
+        # history is read from the feed).
+        self.clock = VirtualClock(start=_at(10, 1, 0))
         self.factory = make_session_factory(
-            self.engine, audit.load_key(self.settings.audit_key_file)
+            self.engine, audit.load_key(self.settings.audit_key_file), clock=self.clock
         )
         self.store = EvidenceStore(self.settings.evidence_dir)
-        self.clock = VirtualClock(start=_at(10, 1, 0))
         self.keeper = VerdictKeeper(self.factory, self.settings, self.clock)
         self.fleet = DeviceMessages(
             self.factory,

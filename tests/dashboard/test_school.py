@@ -6,12 +6,13 @@ than as a puzzling page in a browser test."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from conftest import Dashboard
-from school import ROOM, ROOMS, SESSIONS
+from school import NOW, ROOM, ROOMS, SESSIONS
 from sqlalchemy import select
 
+from ingest_server import evidence
 from ingest_server.facts import offline_intervals
 from ingest_server.models import ClassSession, Clip, DeviceHealth, Photo, PresenceChange
 
@@ -58,3 +59,17 @@ def test_the_welding_rooms_camera_drops_out_as_planned(dashboard: Dashboard) -> 
     first = intervals[0]
     assert first.start == plan.start + timedelta(minutes=35, seconds=-20)
     assert first.end == plan.start + timedelta(minutes=35 + plan.offline_min)
+
+
+def test_the_verdict_history_is_dated_within_the_story(dashboard: Dashboard) -> None:
+    """The feed and the audit log run on the school's clock: a session's verdict changes are
+    dated between its start and the page's now, not on the day the tests ran."""
+    plan = next(p for p in SESSIONS if p.id == "a-1117")
+    with dashboard.school.factory() as db:
+        history = evidence.verdict_history(db, plan.id, "en", UTC)
+    assert history, "a judged session has a history"
+    for entry in history:
+        assert plan.start <= datetime.fromisoformat(entry["at"]) <= NOW, entry
+    latest = max(history, key=lambda entry: entry["at"])
+    assert latest["state"] == "rejected"
+    assert {entry["state"] for entry in history} >= {"pending", "rejected"}

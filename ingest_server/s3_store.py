@@ -219,10 +219,25 @@ class S3EvidenceStore(EvidenceStore):
         )
 
     def committed_sha256(self, relative: str) -> str | None:
+        """SHA-256 of the object's first version; None if there is none.
+
+        A file already at ``relative`` locally with nothing in the bucket is a commit that a
+        crash cut between the local move and the put (only a verified commit or a fetch from
+        the bucket puts a file there): the put is finished now, so the ingest's retried
+        ``fin`` finds the clip stored instead of asking the device for every chunk again.
+        """
         stored = self.original_version(relative)
+        if stored is None:
+            local = self.local_path(relative)
+            if not local.is_file():
+                return None
+            self._put_locked(relative, local, None)
+            stored = self.original_version(relative)
+            if stored is None:
+                raise StoreError(f"s3://{self.bucket}/{self.key_of(relative)} not there after put")
         # "" for an object whose hash we cannot tell: never equal to a manifest's, so the
         # ingest commits again and the commit fails as a conflict instead of trusting it.
-        return None if stored is None else stored.sha256 or ""
+        return stored.sha256 or ""
 
     def commit(self, upload_id: str, relative_dest: str) -> Path:
         """Commit locally (write-once), then put the file to the bucket, locked.

@@ -37,7 +37,7 @@ from ingest_server.ingest import IngestProcessor
 from ingest_server.models import Clip
 from ingest_server.s3_store import S3EvidenceStore, create_locked_bucket, make_client
 from ingest_server.settings import Settings
-from ingest_server.store import open_store, staging_key
+from ingest_server.store import EvidenceStore, clip_path, open_store, staging_key
 
 ACCESS_KEY = "classcam-test"
 SECRET_KEY = "classcam-test-secret"
@@ -334,8 +334,8 @@ def test_committing_again_is_idempotent_and_other_bytes_are_a_conflict(
     # A crash between the local move and the put: the retry finishes the put.
     second = "clips/dev-1/2026-03-02/up-4.mp4"
     stage(store, "up-4", clip)
-    super(S3EvidenceStore, store).commit("up-4", second)  # the local half only
-    assert store.committed_sha256(second) is None
+    EvidenceStore.commit(store, "up-4", second)  # the local half only
+    assert versions(seaweed.client, bucket, second) == []
     store.commit("up-4", second)
     assert store.committed_sha256(second) == hashlib.sha256(clip).hexdigest()
     assert len(versions(seaweed.client, bucket, second)) == 1
@@ -383,10 +383,12 @@ def test_a_bucket_without_object_lock_is_refused(
     assert "already has Object Lock" in capsys.readouterr().out
 
 
-def _signed_clip(directory: Path, key: Ed25519PrivateKey, upload_id: str) -> TestUpload:
+def _signed_clip(
+    directory: Path, key: Ed25519PrivateKey, upload_id: str, seed: int = 7
+) -> TestUpload:
     """A real MP4 with its signed manifest, split into 4 KiB chunks, as a device sends it."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = real_mp4(directory / f"{upload_id}.mp4", frames=24, seed=7)
+    path = real_mp4(directory / f"{upload_id}.mp4", frames=24, seed=seed)
     chunk_size = 4096
     digest = digest_file(path, chunk_size)
     manifest = Manifest(
@@ -464,6 +466,23 @@ def test_a_signed_clip_uploaded_in_chunks_lands_locked_in_the_bucket(
         with harness.sessions() as db:
             assert len(db.scalars(select(Clip)).all()) == 1
         assert harness.store.path_of(clip.path).read_bytes() == upload.data
+
+        # A crash between the local move and the put, then the device's fin again: the clip
+        # is finished from what is on disk, no chunk asked for again, one version locked.
+        cut = _signed_clip(tmp_path / "device", key, "up-s3-crash", seed=8)
+        harness.send(cut.init_topic(), cut.init_payload)
+        harness.send_chunks(cut)
+        relative = clip_path("dev-1", "up-s3-crash", cut.manifest.cut_start)
+        EvidenceStore.commit(harness.store, staging_key("dev-1", "up-s3-crash"), relative)
+        assert versions(seaweed.client, bucket, relative) == []
+        [finished] = harness.send(cut.fin_topic(), cut.fin_payload())
+        assert (finished.state, finished.missing) == (AckState.COMPLETE, [])
+        [version] = versions(seaweed.client, bucket, relative)
+        head = seaweed.client.head_object(Bucket=bucket, Key=relative)
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        assert head["Metadata"]["sha256"] == cut.manifest.sha256
+        with harness.sessions() as db:
+            assert db.scalars(select(Clip.path).order_by(Clip.id)).all() == [clip.path, relative]
     finally:
         harness.close()
 

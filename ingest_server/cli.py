@@ -362,6 +362,18 @@ def cmd_s3_bucket(settings: Settings, args: argparse.Namespace) -> int:
         f"s3://{bucket} {state} Object Lock; evidence is locked {settings.s3_lock_mode}"
         f" for {settings.s3_retention_days} days from when it is stored"
     )
+    if args.prune_cache_days is not None:
+        from datetime import UTC, datetime, timedelta
+
+        from ingest_server.s3_store import S3EvidenceStore
+
+        store = S3EvidenceStore.from_settings(settings.model_copy(update={"s3_bucket": bucket}))
+        cutoff = datetime.now(UTC) - timedelta(days=args.prune_cache_days)
+        deleted, kept = store.prune_cache(cutoff)
+        print(
+            f"local cache {settings.evidence_dir}: {deleted} file(s) deleted (safe in the"
+            f" bucket), {kept} kept (not in the bucket yet)"
+        )
     return 0
 
 
@@ -457,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
         "s3-bucket", help="create the S3 evidence bucket with Object Lock, or check it has it"
     )
     bucket.add_argument("--bucket", help="the bucket (default: the settings' s3_bucket)")
+    bucket.add_argument(
+        "--prune-cache-days",
+        type=float,
+        help="then delete local copies unread this many days that the bucket holds",
+    )
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")
     clips.add_argument("--limit", type=int, default=50)

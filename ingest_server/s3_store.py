@@ -20,7 +20,7 @@ Reads go through a local cache: ``path_of`` returns the local file, fetching the
 into ``evidence_dir`` when it is not there yet (checked against its SHA-256 before it is kept).
 Every reader (the clip checks' PyAV, the API's ranged ``FileResponse``, the export's zip) then
 works on an ordinary file, unchanged. A cached file may be deleted at any time; it is fetched
-again when next read.
+again when next read (``prune_cache``, ``classcam-server s3-bucket --prune-cache-days``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest_server.errors import StoreConflict, StoreError
 from ingest_server.settings import Settings
-from ingest_server.store import READ_BLOCK, EvidenceStore, _fsync_dir
+from ingest_server.store import READ_BLOCK, STAGING_DIR, EvidenceStore, _fsync_dir
 
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
 CONTENT_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
@@ -301,6 +301,31 @@ class S3EvidenceStore(EvidenceStore):
     def _same_or_conflict(self, relative: str, stored: StoredVersion, digest: bytes) -> None:
         if stored.sha256 != digest.hex():
             raise StoreConflict(f"s3://{self.bucket}/{self.key_of(relative)}")
+
+    def prune_cache(self, older_than: datetime) -> tuple[int, int]:
+        """Delete cached files last read or written before ``older_than`` whose bucket copy
+        is confirmed (same SHA-256); return (deleted, kept because the bucket lacks them).
+        Staging files are never touched; a deleted file is fetched again when next read."""
+        limit = older_than.timestamp()
+        deleted = kept = 0
+        for path in sorted(self.root.rglob("*")):
+            relative = path.relative_to(self.root)
+            if relative.parts[0] == STAGING_DIR or path.name.startswith("."):
+                continue  # staging, and temp files of a put or fetch under way
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            if not path.is_file() or max(info.st_atime, info.st_mtime) >= limit:
+                continue
+            stored = self.original_version(relative.as_posix())
+            if stored is None or stored.sha256 != _sha256_of(path).hex():
+                # Never delete the only copy: a commit whose put has not happened yet.
+                kept += 1
+                continue
+            path.unlink(missing_ok=True)
+            deleted += 1
+        return deleted, kept
 
     def path_of(self, relative: str) -> Path:
         """The local copy of the stored file, fetched from the bucket's first version into the

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -356,6 +357,32 @@ def test_committing_again_is_idempotent_and_other_bytes_are_a_conflict(
         store.commit("up-never", "clips/dev-1/2026-03-02/up-never.mp4")
 
 
+def test_the_cache_prune_deletes_only_old_copies_the_bucket_holds(
+    store: S3EvidenceStore, seaweed: Seaweed, bucket: str, tmp_path: Path
+) -> None:
+    clip = real_mp4(tmp_path / "clip.mp4").read_bytes()
+    safe = "clips/dev-1/2026-03-02/safe.mp4"
+    stage(store, "safe", clip)
+    store.commit("safe", safe)
+    unsent = "clips/dev-1/2026-03-02/unsent.mp4"
+    stage(store, "unsent", clip)
+    EvidenceStore.commit(store, "unsent", unsent)  # a put a crash cut off
+    fresh = "photos/fresh.jpg"
+    store.put_bytes(fresh, real_jpeg(3))
+    stage(store, "staged", b"x" * 10_000)
+    old = time.time() - 3 * 86400
+    for relative in (safe, unsent):
+        os.utime(store.local_path(relative), (old, old))
+    os.utime(store.staging_path("staged"), (old, old))
+
+    assert store.prune_cache(datetime.now(UTC) - timedelta(days=1)) == (1, 1)
+    assert not store.local_path(safe).exists()
+    assert store.local_path(unsent).read_bytes() == clip  # the only copy: kept
+    assert store.local_path(fresh).exists()  # read recently
+    assert store.staging_path("staged").exists()
+    assert store.path_of(safe).read_bytes() == clip  # fetched again on the next read
+
+
 def test_a_bucket_without_object_lock_is_refused(
     seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
@@ -379,8 +406,14 @@ def test_a_bucket_without_object_lock_is_refused(
     assert "created with Object Lock" in capsys.readouterr().out
     config = seaweed.client.get_object_lock_configuration(Bucket=made)["ObjectLockConfiguration"]
     assert config["Rule"]["DefaultRetention"] == {"Mode": "COMPLIANCE", "Days": 3}
-    assert server_cli(["--data-dir", data_dir, "s3-bucket", "--bucket", made]) == 0
-    assert "already has Object Lock" in capsys.readouterr().out
+    assert (
+        server_cli(
+            ["--data-dir", data_dir, "s3-bucket", "--bucket", made, "--prune-cache-days", "1"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "already has Object Lock" in out and "0 file(s) deleted" in out
 
 
 def _signed_clip(

@@ -5,7 +5,7 @@ The figures are ``evidence.statistics`` within the caller's session scope, exact
 ``GET /api/v1/statistics`` answers (counts, not evidence: not audited, as there). The charts are
 inline SVG drawn from ``charts.stacked_bars`` on the server: no script, no chart library.
 Months and the date range are those of the deployment's zone; by default the twelve months up
-to the current one, whole.
+to the current one, whole. Each row links to the review queue showing its sessions.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -125,6 +126,20 @@ def read_range(request: Request, tz: tzinfo, now: datetime) -> StatsRange:
     return StatsRange(first, last, start, end, capped, bad)
 
 
+def queue_link(span: StatsRange, **narrowed: str) -> str:
+    """The review queue showing the sessions behind a row: the page's days (a month's row: that
+    month's days within them) and the row's institution or classroom."""
+    first, last = span.first, span.last
+    month = narrowed.pop("month", None)
+    if month:
+        year, number = (int(part) for part in month.split("-"))
+        month_first = date(year, number, 1)
+        month_last = date(year + (number == 12), number % 12 + 1, 1) - timedelta(1)
+        first, last = max(first, month_first), min(last, month_last)
+    query = {"from": first.isoformat(), "to": last.isoformat(), **narrowed}
+    return "/ui/queue?" + urlencode(query)
+
+
 def verified_share(tally: dict[str, Any]) -> float | None:
     """Verified sessions among those decided (verified or rejected), or None if none is."""
     decided = tally["verified"] + tally["rejected"]
@@ -156,6 +171,7 @@ def statistics_page(
             "hours_chart": charts.stacked_bars(months, "month", ("verified_trainee_hours",)),
             "share": verified_share,
             "institution_names": {r["id"]: r["name"] for r in stats["by_institution"]},
+            "queue_link": lambda **narrowed: queue_link(span, **narrowed),
         },
         caller=caller,
     )

@@ -352,7 +352,33 @@ def test_a_roll_call_shows_the_cameras_still_taken_now(
     expect(tab.page.get_by_test_id("rollcall")).to_contain_text("2026-11-27 14:00:02")
     assert tab.problems() == []
     tab.screenshot("rollcall-desktop")
+    tab.page.set_viewport_size(PHONE)
+    width, inner = no_sideways_scroll(tab.page)
+    assert width <= inner, f"the roll call page scrolls sideways on a phone: {width} > {inner}"
+    tab.screenshot("rollcall-phone")
     # Asked through the page, recorded as the API records it: who asked, which camera.
     assert [e.actor.split("#")[0] for e in roll_call_entries(dashboard)[before:]] == [
         "supervisor:supervisor"
     ]
+
+
+def test_a_statistics_row_leads_to_the_queue_of_its_sessions(
+    open_tab: Callable[..., Watched], dashboard: Dashboard
+) -> None:
+    tab = open_tab()
+    tab.login(dashboard.token("supervisor"), "/ui/statistics?from=2026-11-01&to=2026-11-30")
+    room = tab.page.locator('[data-testid="stats-by-classroom"] tr[data-id="a-202"]')
+    with tab.page.expect_navigation():
+        room.get_by_test_id("stats-queue-link").click()
+    assert "/ui/queue?" in tab.page.url
+    november_welding = {
+        p.id for p in SESSIONS if p.room_id == "a-202" and p.start.strftime("%Y-%m") == "2026-11"
+    }
+    assert november_welding == {"a-1117", "a-1130"}
+    assert queue_ids(tab.page) == november_welding
+    tab.goto("/ui/statistics")
+    october = tab.page.locator('[data-testid="stats-by-month"] tr[data-month="2026-10"]')
+    with tab.page.expect_navigation():
+        october.get_by_test_id("stats-queue-link").click()
+    assert queue_ids(tab.page) == {p.id for p in SESSIONS if p.start.month == 10}
+    assert tab.problems() == []

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from common.commands import CommandType
 from ingest_server import audit
-from ingest_server.models import AuditEntry, DeviceCommand
+from ingest_server.models import AuditEntry, Clip, DeviceCommand, Photo
 
 pytestmark = pytest.mark.browser
 
@@ -171,6 +171,33 @@ def test_an_institution_sees_only_its_own_sessions_and_cameras(
     assert tab.page.get_by_test_id("photo-image").count() == 0
     other_lecturer = LECTURERS[next(p.lecturer_id for p in SESSIONS if p.id == other)][1]
     assert other_lecturer not in tab.page.locator("main").inner_text()
+
+    # Nor its clips or photos, by guessing their ids, nor its evidence as JSON.
+    mine = next(iter(own & dashboard.school.session_ids(verdict="verified")))
+    with dashboard.school.factory() as db:
+        clips = {
+            sid: db.scalar(select(Clip.id).where(Clip.session_id == sid).limit(1))
+            for sid in (mine, other)
+        }
+        photos = {
+            sid: db.scalar(select(Photo.id).where(Photo.session_id == sid).limit(1))
+            for sid in (mine, other)
+        }
+
+    def statuses(session_id: str) -> list[int]:
+        urls = [
+            f"/ui/clips/{clips[session_id]}/video",
+            f"/ui/photos/{photos[session_id]}/image",
+            f"/ui/sessions/{session_id}/evidence.json",
+        ]
+        return list(
+            tab.page.evaluate(
+                "async urls => Promise.all(urls.map(async u => (await fetch(u)).status))", urls
+            )
+        )
+
+    assert statuses(mine) == [200, 200, 200]
+    assert all(status in (403, 404) for status in statuses(other)), statuses(other)
 
     tab.goto("/ui/fleet")
     rows = tab.page.get_by_test_id("fleet-row")

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import START, Harness, TestUpload, wait_for
 from PIL import Image
 from sqlalchemy import select
+from test_evidence_api import World, world  # noqa: F401  (the evidence API's fixture)
 
 from common.chunks import digest_file
 from common.schemas import AckReplyTo, AckState, Manifest
@@ -118,6 +119,9 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
         "-s3.port.lance=0",
         "-master.telemetry=false",
         "-metricsPort=0",
+        # Its unix sockets default to /tmp/seaweedfs-*-<port>.sock: keep them in the temp dir.
+        f"-filer.localSocket={data / 'filer.sock'}",
+        f"-s3.localSocket={data / 's3.sock'}",
     ]
     log = (data / "weed.log").open("wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data)
@@ -518,6 +522,33 @@ def test_a_signed_clip_uploaded_in_chunks_lands_locked_in_the_bucket(
             assert db.scalars(select(Clip.path).order_by(Clip.id)).all() == [clip.path, relative]
     finally:
         harness.close()
+
+
+def test_the_api_serves_a_clip_from_the_bucket_when_the_cache_lost_it(
+    world: World,  # noqa: F811  (the fixture imported above)
+    seaweed: Seaweed,
+    bucket: str,
+) -> None:
+    # The evidence API's own world, its files then moved to the bucket and off the local disk:
+    # the route serves ranges of the bucket's locked version, scoped as before.
+    settings = seaweed.settings(world.tmp, bucket)
+    s3 = open_store(settings)
+    assert isinstance(s3, S3EvidenceStore) and s3.root == world.context.store.root
+    clip_id = world.clips["s-a1-0"]
+    data = world.clip_bytes[clip_id]
+    with world.context.session_factory() as db:
+        relative = db.get(Clip, clip_id).path  # type: ignore[union-attr]
+    assert s3.committed_sha256(relative) == hashlib.sha256(data).hexdigest()  # pushed now
+    s3.local_path(relative).unlink()
+    world.context = replace(world.context, store=s3)
+
+    url = f"/api/v1/clips/{clip_id}/video"
+    piece = world.get("inst-a", url, headers={"Range": "bytes=100-199"})
+    assert piece.status_code == 206 and piece.content == data[100:200]
+    assert s3.local_path(relative).read_bytes() == data  # cached by that read
+    assert world.get("inst-b", url).status_code in (403, 404)  # another school's: still not
+    head = seaweed.client.head_object(Bucket=bucket, Key=relative)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
 
 
 def test_the_server_checks_credentials(seaweed: Seaweed) -> None:

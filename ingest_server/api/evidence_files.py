@@ -5,7 +5,9 @@ in the audit log once per viewing (``_audit_file``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
@@ -23,6 +25,7 @@ from ingest_server.api.deps import (
     session_scope,
 )
 from ingest_server.api.files import evidence_file_response, file_responses, starts_the_file
+from ingest_server.errors import StoreError
 from ingest_server.evidence import clip_file, clip_media_type, photo_file, signature_status
 from ingest_server.feed import session_clock
 from ingest_server.models import (
@@ -157,11 +160,17 @@ def _record_view(
         )
 
 
-def _send(request: Request, path_of: Any, media_type: str, sha256: str) -> Response:
+def _send(
+    request: Request, path_of: Callable[[], FilePath], media_type: str, sha256: str
+) -> Response:
     try:
         return evidence_file_response(request, path_of(), media_type, sha256)
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         raise HTTPException(404, "the stored file is missing") from exc
+    except StoreError as exc:
+        # A bucket that cannot be read now (or whose object no longer matches its hash): the
+        # evidence is not served, and the client may ask again.
+        raise HTTPException(503, "the evidence store cannot serve this file now") from exc
 
 
 @router.get(

@@ -30,6 +30,10 @@ def file_responses(*media_types: str) -> dict[int | str, dict[str, Any]]:
         },
         304: {"description": "Not modified: ``If-None-Match`` names this file's ETag"},
         400: {"content": {"text/plain": BINARY}, "description": "A malformed ``Range``"},
+        503: {
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "The evidence store cannot serve the file now (ask again later)",
+        },
         416: {
             "content": {"text/plain": BINARY},
             "headers": {"Content-Range": {"schema": {"type": "string"}}},

@@ -35,6 +35,7 @@ from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.db import make_engine, make_session_factory, migrate
+from ingest_server.errors import StoreError
 from ingest_server.evidence import (
     SessionFilter,
     mark_reviewed,
@@ -901,3 +902,18 @@ def test_a_snapshot_is_served_as_a_jpeg_and_a_folder_is_no_file(world: World):
         assert clip is not None
         clip.path = "clips/cam-a1"  # a folder of the store
     assert world.client("admin", raise_server_exceptions=False).get(url).status_code == 404
+
+
+class UnreachableStore(EvidenceStore):
+    """A store whose bucket cannot be read now (as the S3 store says when it cannot fetch)."""
+
+    def path_of(self, relative: str) -> Path:
+        raise StoreError(f"cannot reach the bucket for {relative}")
+
+
+def test_a_store_that_cannot_serve_now_is_503_not_a_crash(world: World):
+    world.context.store = UnreachableStore(world.context.settings.evidence_dir)
+    client = world.client("inst-a", raise_server_exceptions=False)
+    response = client.get(f"/api/v1/clips/{world.clips['s-a1-0']}/video")
+    assert response.status_code == 503 and "evidence store" in response.json()["detail"]
+    assert _downloads(world, "clip") == []  # nothing was sent: no download logged

@@ -109,7 +109,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     finally:
         server.should_exit = True
         thread.join(10)
-        school.store.close()
+        school.close()
 
 
 def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from common import topics
 from common.chunks import digest_file
@@ -50,7 +50,7 @@ from ingest_server.ingest import IngestProcessor
 from ingest_server.models import ClassSession, SessionWindow
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import Settings
-from ingest_server.setup_import import ClassRow, import_rows, read_rows
+from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import EvidenceStore
 from ingest_server.verdicts import VerdictKeeper
 from simulators.clip_files import write_mp4
@@ -160,12 +160,17 @@ class School:
     """The seeded database and store, and the login tokens of each kind of reader."""
 
     settings: Settings
+    engine: Engine
     factory: SessionFactory
     store: EvidenceStore
     clock: VirtualClock
     tokens: dict[str, str] = field(default_factory=dict)
     # The command link to the cameras: online ones answer a roll call with a still.
     send_command: Callable[[str, Command], None] | None = None
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
 
     def session_ids(
         self, *, verdict: str | None = None, institution: str | None = None
@@ -183,8 +188,6 @@ class School:
 
 def setup_document(keys: dict[str, Ed25519PrivateKey], tokens: dict[str, str]) -> dict[str, Any]:
     """The school as an operator's setup file."""
-    # trainees: a class's size, for the statistics' trainee-hours (once the import knows it).
-    with_trainees = "trainees" in ClassRow.model_fields
     return {
         "institutions": [{"id": i, "name": n} for i, n in INSTITUTIONS.items()],
         "classrooms": [
@@ -211,8 +214,8 @@ def setup_document(keys: dict[str, Ed25519PrivateKey], tokens: dict[str, str]) -
             for lid, (inst, name) in LECTURERS.items()
         ],
         "classes": [
-            {"id": cid, "institution_id": inst, "name": name}
-            | ({"trainees": trainees} if with_trainees else {})
+            # trainees: the class's size, for the statistics' verified trainee-hours.
+            {"id": cid, "institution_id": inst, "name": name, "trainees": trainees}
             for cid, (inst, name, trainees) in CLASSES.items()
         ],
         "sessions": [
@@ -585,7 +588,13 @@ class _Seeder:
                 _, tokens[who] = create_token(db, role, NOW, name=who, institution_id=institution)
         self.checker.close()
         return School(
-            self.settings, self.factory, self.store, self.clock, tokens, self.send_command
+            self.settings,
+            self.engine,
+            self.factory,
+            self.store,
+            self.clock,
+            tokens,
+            self.send_command,
         )
 
 

@@ -362,12 +362,21 @@ def cmd_s3_bucket(settings: Settings, args: argparse.Namespace) -> int:
         f"s3://{bucket} {state} Object Lock; evidence is locked {settings.s3_lock_mode}"
         f" for {settings.s3_retention_days} days from when it is stored"
     )
+    if not args.upload_local and args.prune_cache_days is None:
+        return 0
+    from datetime import UTC, datetime, timedelta
+
+    from ingest_server.s3_store import S3EvidenceStore
+
+    store = S3EvidenceStore.from_settings(settings.model_copy(update={"s3_bucket": bucket}))
+    if args.upload_local:
+        try:
+            put, present = store.upload_local()
+        except StoreError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        print(f"local files: {put} put to the bucket, locked; {present} already there")
     if args.prune_cache_days is not None:
-        from datetime import UTC, datetime, timedelta
-
-        from ingest_server.s3_store import S3EvidenceStore
-
-        store = S3EvidenceStore.from_settings(settings.model_copy(update={"s3_bucket": bucket}))
         cutoff = datetime.now(UTC) - timedelta(days=args.prune_cache_days)
         deleted, kept = store.prune_cache(cutoff)
         print(
@@ -473,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prune-cache-days",
         type=float,
         help="then delete local copies unread this many days that the bucket holds",
+    )
+    bucket.add_argument(
+        "--upload-local",
+        action="store_true",
+        help="then put every local file the bucket lacks (moving from the filesystem store)",
     )
     clips = sub.add_parser("clips", help="list stored clips")
     clips.add_argument("--device-id")

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -302,23 +303,44 @@ class S3EvidenceStore(EvidenceStore):
         if stored.sha256 != digest.hex():
             raise StoreConflict(f"s3://{self.bucket}/{self.key_of(relative)}")
 
+    def _local_files(self) -> Iterator[tuple[str, Path]]:
+        """Committed or cached files on local disk (relative path, path): not staging, nor
+        the temp files of a put or fetch under way."""
+        for path in sorted(self.root.rglob("*")):
+            relative = path.relative_to(self.root)
+            if relative.parts[0] == STAGING_DIR or path.name.startswith("."):
+                continue
+            if path.is_file():
+                yield relative.as_posix(), path
+
+    def upload_local(self) -> tuple[int, int]:
+        """Put, locked, every local file the bucket lacks (moving an ``fs`` store's files into
+        the bucket, or finishing puts a crash cut off); return (put, already there).
+        ``StoreConflict`` for a local file that differs from the bucket's."""
+        put = present = 0
+        for relative, path in self._local_files():
+            stored = self.original_version(relative)
+            self._put_locked(relative, path, stored)
+            if stored is None:
+                put += 1
+            else:
+                present += 1
+        return put, present
+
     def prune_cache(self, older_than: datetime) -> tuple[int, int]:
         """Delete cached files last read or written before ``older_than`` whose bucket copy
         is confirmed (same SHA-256); return (deleted, kept because the bucket lacks them).
         Staging files are never touched; a deleted file is fetched again when next read."""
         limit = older_than.timestamp()
         deleted = kept = 0
-        for path in sorted(self.root.rglob("*")):
-            relative = path.relative_to(self.root)
-            if relative.parts[0] == STAGING_DIR or path.name.startswith("."):
-                continue  # staging, and temp files of a put or fetch under way
+        for relative, path in self._local_files():
             try:
                 info = path.stat()
             except FileNotFoundError:
                 continue
-            if not path.is_file() or max(info.st_atime, info.st_mtime) >= limit:
+            if max(info.st_atime, info.st_mtime) >= limit:
                 continue
-            stored = self.original_version(relative.as_posix())
+            stored = self.original_version(relative)
             if stored is None or stored.sha256 != _sha256_of(path).hex():
                 # Never delete the only copy: a commit whose put has not happened yet.
                 kept += 1

@@ -192,7 +192,7 @@ def real_jpeg(seed: int = 1) -> bytes:
     return out.getvalue()
 
 
-def stage(store: S3EvidenceStore, upload_id: str, data: bytes, chunk: int = 4096) -> None:
+def stage(store: EvidenceStore, upload_id: str, data: bytes, chunk: int = 4096) -> None:
     """Stage ``data`` as the ingest does: sized, chunks out of order, synced."""
     store.prepare(upload_id, len(data))
     for offset in reversed(range(0, len(data), chunk)):
@@ -348,7 +348,7 @@ def test_committing_again_is_idempotent_and_other_bytes_are_a_conflict(
     # Other bytes under a stored name: refused, and the bucket still holds one version.
     other = real_mp4(tmp_path / "b.mp4", seed=2).read_bytes()
     elsewhere = open_store(seaweed.settings(tmp_path / "other-worker", bucket))
-    stage(elsewhere, "up-3", other)  # type: ignore[arg-type]
+    stage(elsewhere, "up-3", other)
     with pytest.raises(StoreConflict):
         elsewhere.commit("up-3", relative)
     with pytest.raises(StoreConflict):
@@ -418,6 +418,23 @@ def test_a_bucket_without_object_lock_is_refused(
     )
     out = capsys.readouterr().out
     assert "already has Object Lock" in out and "0 file(s) deleted" in out
+
+    # Moving from the filesystem store: its files are put to the bucket, locked, once.
+    old_store = EvidenceStore(tmp_path / "cli" / "evidence")
+    photo = real_jpeg(5)
+    old_store.put_bytes("photos/s-1/arrival-old.jpg", photo)
+    stage(old_store, "left-staged", b"not evidence")
+    old_store.close()
+    upload = ["--data-dir", data_dir, "s3-bucket", "--bucket", made, "--upload-local"]
+    assert server_cli(upload) == 0
+    assert "1 put to the bucket, locked; 0 already there" in capsys.readouterr().out
+    assert server_cli(upload) == 0
+    assert "0 put to the bucket, locked; 1 already there" in capsys.readouterr().out
+    [only] = seaweed.client.list_object_versions(Bucket=made)["Versions"]
+    assert only["Key"] == "photos/s-1/arrival-old.jpg"
+    head = seaweed.client.head_object(Bucket=made, Key=only["Key"])
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    assert seaweed.client.get_object(Bucket=made, Key=only["Key"])["Body"].read() == photo
 
 
 def _signed_clip(

@@ -48,6 +48,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Shared memory in /tmp instead: a container's /dev/shm is often 64 MB, which full-page
+    # screenshots of long pages outgrow (the renderer then crashes).
+    "--disable-dev-shm-usage",
 ]
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 375, "height": 740}

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -150,6 +151,10 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
                 process.kill()
                 process.wait()
             log.close()
+            # Its gRPC unix sockets have no flag and are named by port: remove ours.
+            for port in ports.values():
+                for leftover in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                    leftover.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -182,6 +182,9 @@ def open_tab(browser: Browser, dashboard: Dashboard) -> Iterator[Callable[..., W
     contexts: list[BrowserContext] = []
 
     def open_(viewport: ViewportSize | None = None, **options: Any) -> Watched:
+        # A browser as a supervisor's desk in China has it (its own date inputs in Chinese);
+        # the pages' language and times must not depend on it anyway.
+        options = {"locale": "zh-CN", "timezone_id": "Asia/Shanghai", **options}
         context = browser.new_context(viewport=viewport or DESKTOP, **options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)

@@ -26,7 +26,7 @@ from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
-from ingest_server.store import open_store
+from ingest_server.stores import open_store
 
 log = logging.getLogger("classcam.server")
 

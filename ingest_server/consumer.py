@@ -51,7 +51,7 @@ from ingest_server.errors import RETRYABLE_ERRORS, error_text
 from ingest_server.ingest import IngestProcessor, Outgoing
 from ingest_server.models import DeadLetter
 from ingest_server.settings import Settings
-from ingest_server.store import open_store
+from ingest_server.stores import open_store
 
 log = logging.getLogger(__name__)
 

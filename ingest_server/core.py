@@ -22,7 +22,7 @@ from ingest_server.ingest import IngestProcessor
 from ingest_server.metrics import LiveIngest
 from ingest_server.scheduler import Scheduler, make_scheduler_client
 from ingest_server.settings import Settings
-from ingest_server.store import open_store
+from ingest_server.stores import open_store
 from ingest_server.uploads.reaper import UploadReaper
 from ingest_server.verdicts import VerdictKeeper
 

@@ -15,14 +15,11 @@ import os
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from common.clock import to_utc
 from common.topics import validate_id
 from ingest_server.errors import StoreConflict, StoreError
-
-if TYPE_CHECKING:
-    from ingest_server.settings import Settings
 
 STAGING_DIR = ".staging"
 READ_BLOCK = 1024 * 1024
@@ -41,17 +38,6 @@ def clip_path(
     day = to_utc(cut_start).strftime("%Y-%m-%d")
     suffix = EXTENSIONS.get(content_type, ".bin")
     return f"clips/{validate_id(device_id)}/{day}/{validate_id(upload_id)}{suffix}"
-
-
-def open_store(settings: Settings) -> EvidenceStore:
-    """The evidence store the settings ask for: the filesystem, or an S3 bucket with Object
-    Lock (``StoreError`` if that bucket has no Object Lock)."""
-    if settings.evidence_store == "s3":
-        # Imported here: boto3 costs its import time only where the S3 store is used.
-        from ingest_server.s3_store import S3EvidenceStore
-
-        return S3EvidenceStore.from_settings(settings)
-    return EvidenceStore(settings.evidence_dir)
 
 
 class Store(Protocol):

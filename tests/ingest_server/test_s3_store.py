@@ -40,7 +40,8 @@ from ingest_server.ingest import IngestProcessor
 from ingest_server.models import Clip
 from ingest_server.s3_store import S3EvidenceStore, create_locked_bucket, make_client
 from ingest_server.settings import Settings
-from ingest_server.store import EvidenceStore, clip_path, open_store, staging_key
+from ingest_server.store import EvidenceStore, clip_path, staging_key
+from ingest_server.stores import open_store
 
 ACCESS_KEY = "classcam-test"
 SECRET_KEY = "classcam-test-secret"

@@ -11,7 +11,7 @@ The "reviewed" mark is per person (``role:name`` of the token), set with a small
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -24,6 +24,7 @@ from ingest_server.api.deps import ApiContext, get_context, get_db, session_scop
 from ingest_server.auth import Caller
 from ingest_server.dashboard import i18n, templating
 from ingest_server.dashboard.auth import REVIEWERS, check_origin, page_require, safe_next
+from ingest_server.dashboard.forms import form_day
 from ingest_server.models import (
     ID_LENGTH,
     Classroom,
@@ -65,23 +66,13 @@ def _text(value: str | None, limit: int = ID_LENGTH) -> str | None:
     return value[:limit] if value else None
 
 
-def _local_day(value: str | None, tz: tzinfo, bad: list[str]) -> date | None:
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value.strip()[:10])
-    except ValueError:
-        bad.append(value[:40])
-        return None
-
-
 def read_query(request: Request, tz: tzinfo) -> QueueQuery:
     """The filters of a queue request. Dates are days in the deployment's zone, both ends
     included: ``from=2026-11-01&to=2026-11-30`` is November as people there count it."""
     params = request.query_params
     bad: list[str] = []
-    first = _local_day(params.get("from"), tz, bad)
-    last = _local_day(params.get("to"), tz, bad)
+    first = form_day(params.get("from"), bad)
+    last = form_day(params.get("to"), bad)
     start = datetime.combine(first, time(), tz) if first else None
     end = datetime.combine(last + timedelta(days=1), time(), tz) if last else None
     verdict = _text(params.get("verdict"))

@@ -24,6 +24,7 @@ from ingest_server.api.deps import ApiContext, get_context, get_db, session_scop
 from ingest_server.auth import Caller
 from ingest_server.dashboard import charts, i18n, templating
 from ingest_server.dashboard.auth import REVIEWERS, page_require
+from ingest_server.dashboard.forms import form_day
 from ingest_server.rules.reasons import Lang
 
 router = APIRouter()
@@ -32,9 +33,6 @@ DEFAULT_MONTHS = 12
 # The widest range a page counts over: the query reads every session in it.
 MAX_DAYS = 5 * 366
 SERIES = ("verified", "rejected", "pending")
-# The days a range may name: far wider than any deployment's records, and clear of the
-# calendar's ends.
-DAYS = (date(1970, 1, 1), date(2999, 12, 31))
 
 STRINGS: dict[str, dict[Lang, str]] = {
     "stats_title": {"zh-CN": "统计", "en": "Statistics"},
@@ -86,21 +84,6 @@ class StatsRange:
     bad: list[str]
 
 
-def _day(value: str | None, bad: list[str]) -> date | None:
-    """A day from the form; a day outside ``DAYS`` counts as unreadable (9999-12-31 has no
-    next day to end the range at)."""
-    if not value:
-        return None
-    try:
-        day = date.fromisoformat(value.strip()[:10])
-    except ValueError:
-        day = None
-    if day is None or not DAYS[0] <= day <= DAYS[1]:
-        bad.append(value[:40])
-        return None
-    return day
-
-
 def read_range(request: Request, tz: tzinfo, now: datetime) -> StatsRange:
     """``from``/``to`` days in the deployment's zone; by default the twelve months up to the
     current one, whole. A reversed range is put the right way round, and one longer
@@ -110,12 +93,12 @@ def read_range(request: Request, tz: tzinfo, now: datetime) -> StatsRange:
     default_first = date(today.year, today.month, 1)
     # The whole current month: its sessions still to come count as pending.
     month_end = date(today.year + (today.month == 12), today.month % 12 + 1, 1) - timedelta(1)
-    last = _day(request.query_params.get("to"), bad) or month_end
+    last = form_day(request.query_params.get("to"), bad) or month_end
     for _ in range(DEFAULT_MONTHS - 1):
         default_first = date(
             default_first.year - (default_first.month == 1), (default_first.month - 2) % 12 + 1, 1
         )
-    first = _day(request.query_params.get("from"), bad) or default_first
+    first = form_day(request.query_params.get("from"), bad) or default_first
     if first > last:
         first, last = last, first
     capped = (last - first).days + 1 > MAX_DAYS

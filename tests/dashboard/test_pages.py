@@ -472,6 +472,18 @@ def test_a_date_that_is_not_one_is_said_and_ignored(world: World) -> None:
     assert 'data-testid="filter-error"' in page.text and "2026-13-45" in page.text
 
 
+@pytest.mark.parametrize(
+    "query", ["to=9999-12-31", "from=0001-01-01", "from=0001-01-01&to=9999-12-31"]
+)
+def test_days_at_the_calendars_ends_are_said_and_ignored(world: World, query: str) -> None:
+    # The day after 9999-12-31 does not exist, and 0001-01-01 in Shanghai is before UTC's first
+    # day: both once made the queue answer 500.
+    page = world.client("admin").get(f"/ui/queue?{query}&verdict=rejected")
+    assert page.status_code == 200
+    assert queue_ids(page.text) == ["sa2"]
+    assert 'data-testid="filter-error"' in page.text
+
+
 def test_pages_follow_the_cursor_without_repeats(world: World) -> None:
     admin = world.client("admin")
     seen: list[str] = []

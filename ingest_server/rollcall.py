@@ -33,31 +33,10 @@ from sqlalchemy.orm import Session
 from common.commands import Command, CommandType
 from common.schemas import ClipKind, EventType
 from ingest_server.models import Clip, DeviceCommand, DeviceEvent, DeviceHealth
+from ingest_server.presence import Presence, presence_of
 
 # Roll call commands are told apart from window cuts ("cut-…") and open/close by this prefix.
 CMD_PREFIX = "rollcall-"
-
-
-@dataclass(frozen=True, slots=True)
-class Presence:
-    """Whether a device can be asked now: its retained status says online and its heartbeats
-    have not stopped for longer than the timeout (as ``GET /devices`` decides ``online``)."""
-
-    online: bool
-    status: str  # "online", "offline", or "unknown" when the device never spoke
-    status_at: datetime | None
-    last_heartbeat_at: datetime | None
-
-
-def presence_of(health: DeviceHealth | None, now: datetime, heartbeat_timeout_s: float) -> Presence:
-    """The presence ``health`` (a device's latest word, None if it never spoke) shows at
-    ``now``. A device online by its status but without a heartbeat yet counts as online: it
-    has just connected and beats within its interval."""
-    if health is None:
-        return Presence(False, "unknown", None, None)
-    last = health.last_heartbeat_at
-    fresh = last is None or (now - last).total_seconds() <= heartbeat_timeout_s
-    return Presence(health.status == "online" and fresh, health.status, health.status_at, last)
 
 
 def device_presence(

@@ -39,9 +39,9 @@ from ingest_server.api.deps import (
 )
 from ingest_server.db import reader_factory
 from ingest_server.models import ID_LENGTH, Device
+from ingest_server.presence import Presence
 from ingest_server.rollcall import (
     Outcome,
-    Presence,
     RollCalls,
     RollCallState,
     device_presence,

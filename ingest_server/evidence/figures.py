@@ -20,6 +20,7 @@ from ingest_server.models import (
     Institution,
     TrainingClass,
 )
+from ingest_server.presence import presence_of
 from ingest_server.rules.reasons import DEFAULT_TIMEZONE
 
 # -- Statistics -------------------------------------------------------------------------------
@@ -135,11 +136,7 @@ def fleet(
             beat = None
         beat = beat if isinstance(beat, dict) else None
         last = health.last_heartbeat_at if health else None
-        online = bool(
-            health
-            and health.status == "online"
-            and (last is None or (now - last).total_seconds() <= heartbeat_timeout_s)
-        )
+        online = presence_of(health, now, heartbeat_timeout_s).online
         modem = (beat or {}).get("modem") or {}
         modem = modem if isinstance(modem, dict) else {}
         out.append(

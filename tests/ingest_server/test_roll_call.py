@@ -62,7 +62,8 @@ from ingest_server.db import make_engine, make_session_factory, migrate
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.models import AuditEntry, Clip, DeviceCommand, DeviceHealth
 from ingest_server.models import Device as DeviceRow
-from ingest_server.rollcall import Presence, RollCalls, presence_of
+from ingest_server.presence import Presence, presence_of
+from ingest_server.rollcall import RollCalls
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import SCHEDULER_USER, SERVER_USER, Settings
 from ingest_server.setup_import import import_rows, read_rows

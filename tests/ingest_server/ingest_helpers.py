@@ -65,6 +65,47 @@ class TestUpload:
         ).to_bytes()
 
 
+# What a clip of ``sess-1``'s one-minute window at START says of itself, unless told otherwise.
+CLIP_FACTS: dict[str, Any] = {
+    "session_id": "sess-1",
+    "requested_start": START,
+    "requested_end": START + timedelta(seconds=60),
+    "cut_start": START - timedelta(seconds=1),
+    "cut_end": START + timedelta(seconds=61),
+    "duration_s": 62.0,
+    "frames": 1550,
+    "width": 1280,
+    "height": 720,
+    "created_at": START + timedelta(seconds=70),
+}
+
+
+def signed_upload(
+    path: Path,
+    key: Ed25519PrivateKey,
+    device_id: str,
+    upload_id: str,
+    chunk_size: int = 4096,
+    manifest_device_id: str | None = None,
+    **facts: Any,
+) -> TestUpload:
+    """The file at ``path`` as a device sends it: a manifest of its size and hashes signed with
+    ``key`` (``facts`` over CLIP_FACTS for the rest), and the file in ``chunk_size`` chunks."""
+    digest = digest_file(path, chunk_size)
+    manifest = Manifest(
+        upload_id=upload_id,
+        device_id=manifest_device_id or device_id,
+        size=digest.size,
+        sha256=digest.sha256,
+        chunk_size=chunk_size,
+        chunk_sha256=digest.chunk_sha256,
+        **(CLIP_FACTS | facts),
+    )
+    data = path.read_bytes()
+    chunks = [(o, data[o : o + chunk_size]) for o in range(0, len(data), chunk_size)]
+    return TestUpload(device_id, upload_id, path, manifest, sign_manifest(manifest, key), chunks)
+
+
 def make_upload(
     directory: Path,
     key: Ed25519PrivateKey,
@@ -78,28 +119,7 @@ def make_upload(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{upload_id}.mp4"
     path.write_bytes(os.urandom(size))
-    digest = digest_file(path, chunk_size)
-    manifest = Manifest(
-        upload_id=upload_id,
-        device_id=manifest_device_id or device_id,
-        session_id="sess-1",
-        requested_start=START,
-        requested_end=START + timedelta(seconds=60),
-        cut_start=START - timedelta(seconds=1),
-        cut_end=START + timedelta(seconds=61),
-        size=digest.size,
-        sha256=digest.sha256,
-        chunk_size=chunk_size,
-        chunk_sha256=digest.chunk_sha256,
-        duration_s=62.0,
-        frames=1550,
-        width=1280,
-        height=720,
-        created_at=START + timedelta(seconds=70),
-    )
-    data = path.read_bytes()
-    chunks = [(o, data[o : o + chunk_size]) for o in range(0, size, chunk_size)]
-    return TestUpload(device_id, upload_id, path, manifest, sign_manifest(manifest, key), chunks)
+    return signed_upload(path, key, device_id, upload_id, chunk_size, manifest_device_id)
 
 
 class Harness:

@@ -34,13 +34,12 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from ingest_helpers import START, Harness, TestUpload
+from ingest_helpers import START, Harness, TestUpload, signed_upload
 from sqlalchemy import select, text
 
-from common.chunks import digest_file
 from common.clock import VirtualClock
-from common.schemas import AckState, Manifest
-from common.signing import generate_private_key, public_key_b64, sign_manifest
+from common.schemas import AckState
+from common.signing import generate_private_key, public_key_b64
 from ingest_server import audit, cli, export_verify
 from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
@@ -112,30 +111,24 @@ def _clip_upload(
     rng = np.random.default_rng(seed)
     frames = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(20)]
     path = write_mp4(directory / f"{upload_id}.mp4", frames, fps=10)
-    chunk_size = 16 * 1024
-    digest = digest_file(path, chunk_size)
-    manifest = Manifest(
-        upload_id=upload_id,
-        device_id="dev-1",
+    return signed_upload(
+        path,
+        key,
+        "dev-1",
+        upload_id,
+        16 * 1024,
         session_id=window.session_id,
         cmd_id=window.cmd_id,
         requested_start=window.start,
         requested_end=window.end,
         cut_start=window.start - timedelta(seconds=1),
         cut_end=window.end + timedelta(seconds=1),
-        size=digest.size,
-        sha256=digest.sha256,
-        chunk_size=chunk_size,
-        chunk_sha256=digest.chunk_sha256,
         duration_s=2.0,
         frames=20,
         width=128,
         height=96,
         created_at=window.end + timedelta(seconds=30),
     )
-    data = path.read_bytes()
-    chunks = [(o, data[o : o + chunk_size]) for o in range(0, len(data), chunk_size)]
-    return TestUpload("dev-1", upload_id, path, manifest, sign_manifest(manifest, key), chunks)
 
 
 @dataclass

@@ -26,14 +26,12 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ingest_helpers import START, Harness, TestUpload, wait_for
+from ingest_helpers import Harness, TestUpload, signed_upload, wait_for
 from PIL import Image
 from sqlalchemy import select
 from test_evidence_api import World, world  # noqa: F401  (the evidence API's fixture)
 
-from common.chunks import digest_file
-from common.schemas import AckReplyTo, AckState, Manifest
-from common.signing import sign_manifest
+from common.schemas import AckReplyTo, AckState
 from ingest_server.cli import main as server_cli
 from ingest_server.errors import StoreConflict, StoreError
 from ingest_server.ingest import IngestProcessor
@@ -449,29 +447,9 @@ def _signed_clip(
     """A real MP4 with its signed manifest, split into 4 KiB chunks, as a device sends it."""
     directory.mkdir(parents=True, exist_ok=True)
     path = real_mp4(directory / f"{upload_id}.mp4", frames=24, seed=seed)
-    chunk_size = 4096
-    digest = digest_file(path, chunk_size)
-    manifest = Manifest(
-        upload_id=upload_id,
-        device_id="dev-1",
-        session_id="sess-1",
-        requested_start=START,
-        requested_end=START + timedelta(seconds=60),
-        cut_start=START - timedelta(seconds=1),
-        cut_end=START + timedelta(seconds=61),
-        size=digest.size,
-        sha256=digest.sha256,
-        chunk_size=chunk_size,
-        chunk_sha256=digest.chunk_sha256,
-        duration_s=2.0,
-        frames=24,
-        width=160,
-        height=120,
-        created_at=START + timedelta(seconds=70),
+    return signed_upload(
+        path, key, "dev-1", upload_id, duration_s=2.0, frames=24, width=160, height=120
     )
-    data = path.read_bytes()
-    chunks = [(o, data[o : o + chunk_size]) for o in range(0, len(data), chunk_size)]
-    return TestUpload("dev-1", upload_id, path, manifest, sign_manifest(manifest, key), chunks)
 
 
 def test_a_signed_clip_uploaded_in_chunks_lands_locked_in_the_bucket(

@@ -35,9 +35,15 @@ SessionId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH)]
 
 
 def _gather(
-    request: Request, db: Session, context: ApiContext, caller: Caller, session_id: str
+    request: Request,
+    db: Session,
+    context: ApiContext,
+    caller: Caller,
+    session_id: str,
+    route: str,
 ) -> tuple[dict[str, Any], bool]:
-    """The session's evidence in the reader's language and zone, and the reader's mark."""
+    """The session's evidence in the reader's language and zone, and the reader's mark; the
+    reading is audited as a view by ``route``."""
     row = visible_session(db, caller, session_id)
     tz = templating.zone(context.settings.timezone)
     facts = evidence.session_evidence(
@@ -45,6 +51,12 @@ def _gather(
     )
     marked = bool(evidence.reviewed_by(db, reviewer_name(caller), [row.id]))
     db.close()
+    audit.record_view(
+        context.session_factory,
+        audit.api_actor(caller.role, caller.name, caller.token_id),
+        route,
+        facts["id"],
+    )
     return facts, marked
 
 
@@ -68,13 +80,7 @@ def session_page(
     caller: PageCaller,
 ) -> Response:
     """The session's evidence page."""
-    facts, marked = _gather(request, db, context, caller, session_id)
-    audit.record_view(
-        context.session_factory,
-        audit.api_actor(caller.role, caller.name, caller.token_id),
-        "GET /ui/sessions/{id}",
-        facts["id"],
-    )
+    facts, marked = _gather(request, db, context, caller, session_id, "GET /ui/sessions/{id}")
     tz = templating.zone(context.settings.timezone)
     return templating.render(
         request,
@@ -106,12 +112,8 @@ def session_json(
 ) -> Response:
     """The same evidence as JSON (what ``GET /api/v1/sessions/{id}`` answers), downloadable
     from the page with the session cookie; audited as a view."""
-    facts, _ = _gather(request, db, context, caller, session_id)
-    audit.record_view(
-        context.session_factory,
-        audit.api_actor(caller.role, caller.name, caller.token_id),
-        "GET /ui/sessions/{id}/evidence.json",
-        facts["id"],
+    facts, _ = _gather(
+        request, db, context, caller, session_id, "GET /ui/sessions/{id}/evidence.json"
     )
     body = json.dumps(facts, ensure_ascii=False, indent=2)
     return Response(

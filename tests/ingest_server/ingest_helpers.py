@@ -1,11 +1,15 @@
-"""Helpers for ingest server tests: random signed uploads, a processor harness, quiet heartbeats,
-a consumer's settings on a real broker, and a condition to wait for."""
+"""Helpers for ingest server tests: signed uploads (random or of a given file), a processor
+harness, the whole server in a thread, quiet heartbeats, a consumer's settings on a real broker,
+and a condition to wait for."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +26,7 @@ from common.heartbeat import Heartbeat
 from common.schemas import Ack, Fin, Manifest, decode
 from common.signing import public_key_b64, sign_manifest
 from ingest_server import audit, crud
+from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
@@ -120,6 +125,35 @@ def make_upload(
     path = directory / f"{upload_id}.mp4"
     path.write_bytes(os.urandom(size))
     return signed_upload(path, key, device_id, upload_id, chunk_size, manifest_device_id)
+
+
+@contextmanager
+def server_thread(settings: Settings, name: str) -> Iterator[Callable[[], None]]:
+    """The whole server, as ``classcam-server run`` starts it, in a thread of its own, stopped
+    on leaving. Yields a check that raises what the thread raised, for the waits to call."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            loop.run_until_complete(run_server(settings, stop))
+        except BaseException as exc:  # shown by the test, not lost in the thread
+            failure.append(exc)
+
+    def check() -> None:
+        if failure:
+            raise failure[0]
+
+    thread = threading.Thread(target=serve, name=name, daemon=True)
+    thread.start()
+    try:
+        yield check
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+    assert not thread.is_alive() and not failure
 
 
 class Harness:

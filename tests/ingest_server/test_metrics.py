@@ -6,7 +6,6 @@ over a bounded range of recent sessions."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import queue
 import threading
@@ -21,7 +20,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from ingest_helpers import TestUpload, make_upload, one_room_school, quiet_heartbeat, wait_for
+from ingest_helpers import (
+    TestUpload,
+    make_upload,
+    one_room_school,
+    quiet_heartbeat,
+    server_thread,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
@@ -31,7 +37,6 @@ from common.signing import generate_private_key, public_key_b64
 from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
-from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.models import ClassSession, FeedEvent
 from ingest_server.settings import SCHEDULER_USER, SERVER_USER, Settings
@@ -138,36 +143,18 @@ def server(
         api_port=free_port(),
     )
     tokens = seed(settings, tmp_path, public_key_b64(key), datetime.now(UTC))
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    failure: list[BaseException] = []
+    with server_thread(settings, "metrics-server") as check:
+        running = RunningServer(settings, tokens)
 
-    def serve() -> None:
-        try:
-            loop.run_until_complete(run_server(settings, stop))
-        except BaseException as exc:  # shown by the test, not lost in the thread
-            failure.append(exc)
+        def connected() -> bool:
+            check()
+            try:
+                return value(running.scrape(), "classcam_ingest_connected") == 1.0
+            except OSError:
+                return False  # uvicorn not listening yet
 
-    thread = threading.Thread(target=serve, name="metrics-server", daemon=True)
-    thread.start()
-    running = RunningServer(settings, tokens)
-
-    def connected() -> bool:
-        if failure:
-            raise failure[0]
-        try:
-            return value(running.scrape(), "classcam_ingest_connected") == 1.0
-        except OSError:
-            return False  # uvicorn not listening yet
-
-    try:
         wait_for(connected, what="the API and the ingest consumer")
         yield running
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
-    assert not thread.is_alive() and not failure
 
 
 class Device:

@@ -13,7 +13,6 @@ every ask and every still served is in the audit log."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -35,7 +34,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from ingest_helpers import wait_for
+from ingest_helpers import server_thread, wait_for
 from PIL import Image
 from sqlalchemy import select
 
@@ -57,7 +56,6 @@ from common.signing import generate_private_key, public_key_b64, sign_manifest
 from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
-from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory, migrate
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.models import AuditEntry, Clip, DeviceCommand, DeviceHealth
@@ -330,44 +328,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ]
         }
     engine.dispose()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            loop.run_until_complete(run_server(settings, stop))
-        except BaseException as exc:  # shown by the test, not lost in the thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=serve, name="roll-call-server", daemon=True)
-    thread.start()
-    agent = live.spawn("run")
-    built = Stack(settings, tokens, live, agent, forger, root)
-
-    def online() -> bool:
-        if failure:
-            raise failure[0]
-        try:
-            return built.online(LIVE) and built.online(FORGER)
-        except OSError:
-            return False  # uvicorn not listening yet
-
     try:
-        wait_for(online, 60, "the server, and the agent and the scripted device online")
-        yield built
+        with server_thread(settings, "roll-call-server") as check:
+            agent = live.spawn("run")
+            built = Stack(settings, tokens, live, agent, forger, root)
+
+            def online() -> bool:
+                check()
+                try:
+                    return built.online(LIVE) and built.online(FORGER)
+                except OSError:
+                    return False  # uvicorn not listening yet
+
+            try:
+                wait_for(online, 60, "the server, and the agent and the scripted device online")
+                yield built
+            finally:
+                for process in (built.agent,):
+                    with_resumed(process)
+                    process.terminate()
+                    process.wait(20)
+                forger.close()
     finally:
-        for process in (built.agent,):
-            with_resumed(process)
-            process.terminate()
-            process.wait(20)
-        forger.close()
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
         broker.stop()
         modem.stop()
-    assert not thread.is_alive() and not failure
 
 
 def with_resumed(process: Popen[bytes]) -> None:

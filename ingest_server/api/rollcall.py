@@ -27,7 +27,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ingest_server import audit, feed
+from ingest_server import audit
+from ingest_server.api import longpoll
 from ingest_server.api.deps import (
     ApiContext,
     Caller,
@@ -367,29 +368,19 @@ async def _await_outcome(
     HTTP request's, not the server's maybe simulated clock). A stored still wakes the wait
     within milliseconds (``feed.commits``: its clip is a feed event); a device's failure is
     found by a re-read every ``RECHECK_S``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    woken = asyncio.Event()
-
-    def wake() -> None:  # in the committing thread
-        with suppress(RuntimeError):  # the loop has closed: nobody waits there any more
-            loop.call_soon_threadsafe(woken.set)
-
     settings = context.settings
     # Our own bound (RollCalls.waiting) admitted us already; the feed's listeners count long
-    # polls and roll calls alike, so its limit here leaves room for both.
-    limit = settings.feed_max_waiters + settings.snapshot_max_waiters
-    with feed.commits.listening(wake, limit):
-        while True:
-            woken.clear()  # before the read: a commit after it wakes us again
-            outcome = await run_in_threadpool(_read, context, device_id, cmd_id)
-            remaining = deadline - loop.time()
-            if outcome.final or remaining <= 0:
-                return outcome
-            with suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(RECHECK_S, remaining))
-            if await request.is_disconnected():
-                return outcome  # nobody to answer: the roll call stays pending for others
+    # polls and roll calls alike, so its limit here leaves room for both. A client gone leaves
+    # the roll call pending for others.
+    return await longpoll.read_until(
+        request,
+        lambda: _read(context, device_id, cmd_id),
+        lambda outcome: outcome.final,
+        wait_s=wait_s,
+        recheck_s=RECHECK_S,
+        limit=settings.feed_max_waiters + settings.snapshot_max_waiters,
+        poll_when_full=True,
+    )
 
 
 async def _join_or_send(

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.commands import Command, CommandType
 from ingest_server import feed
+from ingest_server.api import longpoll
 from ingest_server.api.deps import (
     ApiContext,
     Caller,
@@ -131,26 +130,15 @@ async def read_feed(
     wait_s = min(float(wait), settings.feed_max_wait_s)
     if wait_s <= 0:
         return await run_in_threadpool(_feed_page, db, after, limit)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    woken = asyncio.Event()
-
-    def wake() -> None:  # in the committing thread
-        with suppress(RuntimeError):  # the loop has closed: nobody waits there any more
-            loop.call_soon_threadsafe(woken.set)
-
-    with feed.commits.listening(wake, settings.feed_max_waiters) as admitted:
-        if not admitted:
-            await run_in_threadpool(db.close)
-            raise HTTPException(503, "too many feed long-polls", {"Retry-After": "1"})
-        while True:
-            # Listening before reading: a commit after this read sets ``woken`` again.
-            woken.clear()
-            page = await run_in_threadpool(_feed_page, db, after, limit)
-            remaining = deadline - loop.time()
-            if page["events"] or remaining <= 0:
-                return page
-            with suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(settings.feed_recheck_s, remaining))
-            if await request.is_disconnected():
-                return page  # nobody to answer: give the waiter's place back
+    try:
+        return await longpoll.read_until(
+            request,
+            lambda: _feed_page(db, after, limit),
+            lambda page: bool(page["events"]),
+            wait_s=wait_s,
+            recheck_s=settings.feed_recheck_s,
+            limit=settings.feed_max_waiters,
+        )
+    except longpoll.TooManyWaiters:
+        await run_in_threadpool(db.close)
+        raise HTTPException(503, "too many feed long-polls", {"Retry-After": "1"}) from None

@@ -30,9 +30,9 @@ from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
-from ingest_server.settings import Settings
+from ingest_server.settings import SCHEDULER_USER, Settings
 from ingest_server.store import EvidenceStore
-from simulators.broker import SERVER_USER, MosquittoBroker
+from simulators.broker import SERVER_USER, MosquittoBroker, free_port
 
 START = datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
 WAIT = 20.0
@@ -125,6 +125,26 @@ def make_upload(
     path = directory / f"{upload_id}.mp4"
     path.write_bytes(os.urandom(size))
     return signed_upload(path, key, device_id, upload_id, chunk_size, manifest_device_id)
+
+
+def server_settings(
+    broker: MosquittoBroker, data_dir: Path, database_url: str, client_id: str, **extra: Any
+) -> Settings:
+    """Settings for the whole server on ``broker``: the server's and the scheduler's logins,
+    the shared group ``ingest``, a free API port; ``extra`` sets any other setting."""
+    passwords = broker.accounts.passwords
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        mqtt_password=passwords[SERVER_USER],
+        mqtt_scheduler_password=passwords[SCHEDULER_USER],
+        mqtt_client_id=client_id,
+        shared_group="ingest",
+        api_port=free_port(),
+        **extra,
+    )
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from ingest_helpers import (
     make_upload,
     one_room_school,
     quiet_heartbeat,
+    server_settings,
     server_thread,
     wait_for,
 )
@@ -39,10 +40,10 @@ from ingest_server.api.deps import ApiContext
 from ingest_server.auth import Role, create_token
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.models import ClassSession, FeedEvent
-from ingest_server.settings import SCHEDULER_USER, SERVER_USER, Settings
+from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import EvidenceStore
-from simulators.broker import MosquittoBroker, free_port
+from simulators.broker import MosquittoBroker
 
 ACK_TIMEOUT = 10.0
 LECTURER_TOKEN = "lecturer-app-token-metrics-0123456789"
@@ -130,18 +131,7 @@ def server(
     """The whole server, as ``classcam-server run`` starts it, in a thread of its own."""
     mosquitto.add_account("dev-1")
     mosquitto.reload()
-    passwords = mosquitto.accounts.passwords
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=sqlite_url,
-        mqtt_host=mosquitto.host,
-        mqtt_port=mosquitto.port,
-        mqtt_password=passwords[SERVER_USER],
-        mqtt_scheduler_password=passwords[SCHEDULER_USER],
-        mqtt_client_id="ingest-metrics",
-        shared_group="ingest",
-        api_port=free_port(),
-    )
+    settings = server_settings(mosquitto, tmp_path / "data", sqlite_url, "ingest-metrics")
     tokens = seed(settings, tmp_path, public_key_b64(key), datetime.now(UTC))
     with server_thread(settings, "metrics-server") as check:
         running = RunningServer(settings, tokens)

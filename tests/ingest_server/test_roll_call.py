@@ -34,7 +34,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from ingest_helpers import server_thread, wait_for
+from ingest_helpers import server_settings, server_thread, wait_for
 from PIL import Image
 from sqlalchemy import select
 
@@ -63,10 +63,10 @@ from ingest_server.models import Device as DeviceRow
 from ingest_server.presence import Presence, presence_of
 from ingest_server.rollcall import RollCalls
 from ingest_server.scheduler import Scheduler
-from ingest_server.settings import SCHEDULER_USER, SERVER_USER, Settings
+from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import EvidenceStore
-from simulators.broker import BrokerAccounts, MosquittoBroker, free_port
+from simulators.broker import BrokerAccounts, MosquittoBroker
 from simulators.fake_modem import QUECTEL_EC25, FakeModem
 from simulators.harness import Device, provision_device
 
@@ -293,18 +293,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         NEVER: public_key_b64(generate_private_key()),
         OTHER: public_key_b64(generate_private_key()),
     }
-    passwords = broker.accounts.passwords
-    database = root / "classcam.db"
-    settings = Settings(
-        data_dir=root / "server",
-        database_url=f"sqlite:///{database}",
-        mqtt_host=broker.host,
-        mqtt_port=broker.port,
-        mqtt_password=passwords[SERVER_USER],
-        mqtt_scheduler_password=passwords[SCHEDULER_USER],
-        mqtt_client_id="ingest-roll-call",
-        shared_group="ingest",
-        api_port=free_port(),
+    settings = server_settings(
+        broker,
+        root / "server",
+        f"sqlite:///{root / 'classcam.db'}",
+        "ingest-roll-call",
         scheduler_interval_s=0.2,
         snapshot_wait_s=WAIT_S,
     )

@@ -377,7 +377,8 @@ def record_export(
     ``fmt``) left the system for ``actor``: one row per subject when ``subject_id`` lists
     several (a case of sessions), so each session's own entries show it. Returns the
     document's SHA-256, which the export should carry so a copy can be matched to these rows.
-    ``extra`` adds details (an archive's sessions and audit head, ``ingest_server.export``)."""
+    ``extra`` adds details (an archive's audit head, ``ingest_server.export``): the same for
+    every row, so it must not name the other subjects (a case may join institutions)."""
     if isinstance(document, Path):
         sha, size = hashlib.sha256(), 0
         with document.open("rb") as fh:

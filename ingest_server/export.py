@@ -300,6 +300,19 @@ def _write_chain(
     return written
 
 
+def _with_commands(db: Session, row: ClassSession, shown: dict[str, Any]) -> dict[str, Any]:
+    """The session's evidence with each window's ``cmd_id``: the command the camera answered,
+    which its signed manifest names, so ``verify.py`` can tie a window's clip to the window by
+    what the camera signed rather than by the server's word. (The session is over: the windows
+    and their commands are no longer secret.)"""
+    query = select(SessionWindow.idx, SessionWindow.cmd_id).where(
+        SessionWindow.session_id == row.id
+    )
+    commands = {idx: cmd_id for idx, cmd_id in db.execute(query)}
+    windows = [w | {"cmd_id": commands.get(w["index"])} for w in shown["windows"]]
+    return shown | {"windows": windows}
+
+
 def _suffix(path: str, default: str) -> str:
     suffix = PurePosixPath(path).suffix.lower()
     return suffix if suffix.isascii() and 1 < len(suffix) <= 6 else default
@@ -432,7 +445,7 @@ def write_archive(
         archive.add_bytes(export_verify.SERVER_KEY, public_key_pem(signing_key))
         for row in rows:
             shown = evidence.session_evidence(db, row, now=now, lang=lang, tz=tz)
-            archive.add_bytes(f"sessions/{row.id}.json", _json(shown))
+            archive.add_bytes(f"sessions/{row.id}.json", _json(_with_commands(db, row, shown)))
         for entry in entries:
             archive.add_bytes(f"audit/{entry.seq}.json", _entry_json(entry))
         first = entries[0].seq if entries else head.seq
@@ -518,8 +531,11 @@ def export_sessions(
                 actor,
                 path,
                 "zip",
+                # Each session's row names that session only (its subject): a case may join
+                # several institutions' sessions, and one institution's export of its own
+                # session carries that row. The archive's SHA-256 links the case's rows.
                 {
-                    "sessions": list(facts.session_ids),
+                    "case_sessions": len(facts.session_ids),
                     "audit_head": {"seq": facts.head_seq, "hash": facts.head_hash},
                 },
             )

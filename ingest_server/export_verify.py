@@ -17,14 +17,18 @@ What it checks (docs/export.md says what each proves, and what it does not):
    verifies with that camera's key (``keys/devices/<device>.pub``) over the same canonical bytes
    the server checks: the JSON object without its ``signature``, keys sorted, no spaces, UTF-8.
 4. Each clip's SHA-256 is the one its signed manifest states (and its ``clip_stored`` audit
-   entry's); each photo's is the one its ``photo_received`` audit entry states.
+   entry's); each photo's is the one its ``photo_received`` audit entry states. Each clip's
+   index entry has its signed manifest's session, command, device and upload; the manifest
+   names an exported session or the command of one of its windows; a window's clip was signed
+   for that session and that window's command, asked for a span covering the window.
 5. Each audit entry (``audit/<seq>.json``) is the row of that seq in ``audit/chain.json``
    (same ``hash`` and ``prev_hash``), and the chain's links run unbroken from its first row to
    the head the server signed. ``--checkpoint SEQ:HASH`` (repeatable) compares the chain with
    a head written down elsewhere earlier (``classcam-server audit verify`` prints it).
 
 Exit status: 0 when everything holds, 1 naming each file that does not, 2 when the export
-cannot be read at all. Output in Simplified Chinese unless ``--lang en``.
+cannot be read at all (including a zip with bytes its central directory does not account
+for). Output in Simplified Chinese unless ``--lang en``.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ import argparse
 import base64
 import binascii
 import hashlib
+import io
 import json
 import os
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -141,6 +148,29 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the session evidence says {what} {id} has SHA-256 {want}, its file has {got}",
     ),
     "no_session": ("缺少会话 {session} 的证据文件", "no evidence file for session {session}"),
+    "clip_claim": (
+        "MANIFEST.json 记此片段的 {field} 为 {want}，设备签名清单 {manifest} 记为 {got}",
+        "MANIFEST.json gives the clip's {field} as {want}, its device-signed manifest"
+        " {manifest} says {got}",
+    ),
+    "clip_foreign": (
+        "片段 {clip} 的设备签名清单属于会话 {session}（指令 {cmd}），不是本包导出的会话，"
+        "也不对应其任何时段",
+        "clip {clip}'s device-signed manifest is for session {session} (command {cmd}): not"
+        " a session this archive exports, nor a window of one",
+    ),
+    "window_clip": (
+        "第 {number} 个时段（会话 {session}，指令 {want}）的片段 {clip}，其设备签名清单却属于"
+        "会话 {got_session}、指令 {got}",
+        "window {number} (session {session}, command {want}) shows clip {clip}, whose"
+        " device-signed manifest is for session {got_session}, command {got}",
+    ),
+    "window_cover": (
+        "第 {number} 个时段 {start}–{end} 不在片段 {clip} 签名清单所请求的 {got_start}–{got_end}"
+        " 之内",
+        "window {number} ({start} to {end}) is not within what clip {clip}'s signed manifest"
+        " says was asked for ({got_start} to {got_end})",
+    ),
 }
 NOTES: dict[str, tuple[str, str]] = {
     "fingerprint": (
@@ -193,6 +223,80 @@ class Unreadable(Exception):
     """The export as a whole cannot be read (not a zip, not a folder, unsafe names)."""
 
 
+LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+CENTRAL_HEADER = struct.Struct("<4s24xHHH12x")  # signature, ..., name, extra, comment lengths
+END_RECORD = struct.Struct("<4s16xH")  # signature, ..., comment length
+ZIP64_LOCATOR_SIZE = 20
+DATA_DESCRIPTOR_FLAG = 0x08
+ZIP64_EXTRA = 0x0001
+
+
+def _has_zip64_extra(extra: bytes) -> bool:
+    at = 0
+    while at + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, at)
+        if tag == ZIP64_EXTRA:
+            return True
+        at += 4 + size
+    return False
+
+
+def zip_layout_problem(fh: BinaryIO, infos: list[zipfile.ZipInfo], start_dir: int) -> str | None:
+    """What in the zip's bytes its central directory does not account for, or None.
+
+    A zip reader believes the central directory at the end, which may ignore bytes before the
+    first entry or between entries (Python's zipfile even shifts its offsets past prepended
+    data). A tool that reads the local headers from the start (a streaming unzip, some viewers)
+    would then show a file this script never checked. So every byte must belong to one
+    listed entry, in order from offset 0, then the directory and its end record, up to the
+    file's end."""
+    size = fh.seek(0, os.SEEK_END)
+    at = 0
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if info.header_offset != at:
+            return (
+                f"bytes {at}-{info.header_offset - 1} before {info.filename!r} belong to no "
+                "entry the directory lists (data prepended or slipped in)"
+                if info.header_offset > at
+                else f"{info.filename!r} overlaps the entry before it"
+            )
+        fh.seek(at)
+        head = fh.read(LOCAL_HEADER.size)
+        if len(head) < LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+            return f"no local header for {info.filename!r} at offset {at}"
+        _, name_len, extra_len = LOCAL_HEADER.unpack(head)
+        fh.seek(at + LOCAL_HEADER.size + name_len)
+        extra = fh.read(extra_len)
+        at += LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+        if info.flag_bits & DATA_DESCRIPTOR_FLAG:
+            fh.seek(at)
+            signed = fh.read(4) == b"PK\x07\x08"
+            at += (4 if signed else 0) + (20 if _has_zip64_extra(extra) else 12)
+    if at != start_dir:
+        return f"bytes {at}-{start_dir - 1} after the last entry belong to no entry"
+    fh.seek(at)
+    for _ in infos:
+        head = fh.read(CENTRAL_HEADER.size)
+        if len(head) < CENTRAL_HEADER.size or head[:4] != b"PK\x01\x02":
+            return f"the central directory is not where it is said to be (offset {at})"
+        _, name_len, extra_len, comment_len = CENTRAL_HEADER.unpack(head)
+        at += CENTRAL_HEADER.size + name_len + extra_len + comment_len
+        fh.seek(at)
+    record = fh.read(4)
+    if record == b"PK\x06\x06":  # the zip64 end record (its size follows), then its locator
+        (rest,) = struct.unpack("<Q", fh.read(8))
+        at += 12 + rest + ZIP64_LOCATOR_SIZE
+        fh.seek(at)
+        record = fh.read(4)
+    end = record + fh.read(END_RECORD.size - 4)
+    if len(end) < END_RECORD.size or end[:4] != b"PK\x05\x06":
+        return f"bytes after the central directory (offset {at}) are not its end record"
+    (comment_len,) = END_RECORD.unpack(end)[1:]
+    if at + END_RECORD.size + comment_len != size:
+        return f"{size - at - END_RECORD.size - comment_len} bytes follow the end record"
+    return None
+
+
 class Export:
     """The files of an export, from a .zip or an extracted folder, by their posix names."""
 
@@ -208,6 +312,11 @@ class Export:
                     self._files[path.relative_to(location).as_posix()] = path
         elif zipfile.is_zipfile(location):
             self._zip = zipfile.ZipFile(location)
+            with location.open("rb") as fh:
+                layout = zip_layout_problem(fh, self._zip.infolist(), self._zip.start_dir)
+            if layout is not None:
+                self._zip.close()
+                raise Unreadable(f"the zip's layout is not what its directory says: {layout}")
             names = [i.filename for i in self._zip.infolist() if not i.is_dir()]
             if len(set(names)) != len(names):
                 twice = sorted({n for n in names if names.count(n) > 1})
@@ -225,6 +334,10 @@ class Export:
 
     def has(self, name: str) -> bool:
         return name in self._files
+
+    def open(self, name: str) -> Any:
+        """A binary file object of ``name``, to read in blocks."""
+        return self._open(name)
 
     def _open(self, name: str) -> Any:
         if self._zip is not None:
@@ -410,59 +523,189 @@ def check_device_signatures(export: Export, report: Report) -> dict[str, dict[st
     return good
 
 
+class ChainFormatError(ValueError):
+    """``audit/chain.json`` is not ``{"head": …, "columns": …, "rows": [[seq, prev, hash], …]}``."""
+
+
+class _ChainReader:
+    """``audit/chain.json`` read a block at a time: the chain runs from the first exported
+    entry to the head, which on a busy server may be millions of rows, so it is never held
+    whole (neither the file nor its rows). ``rows()`` yields each row as it is read; the other
+    members (``head``, ``columns``) are kept in ``header``."""
+
+    READ = 64 * 1024
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buf, self.pos, self.eof = "", 0, False
+        self.header: dict[str, Any] = {}
+        self.decoder = json.JSONDecoder()
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        block = self.stream.read(self.READ)
+        if not block:
+            self.eof = True
+            return False
+        if self.pos > len(self.buf) // 2:
+            self.buf, self.pos = self.buf[self.pos :], 0
+        self.buf += block
+        return True
+
+    def _char(self) -> str:
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                raise ChainFormatError("the file ends early")
+
+    def _expect(self, chars: str) -> str:
+        char = self._char()
+        if char not in chars:
+            raise ChainFormatError(f"{char!r} at character {self.pos}, expected {chars!r}")
+        self.pos += 1
+        return char
+
+    def _value(self) -> Any:
+        self._char()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                if self._fill():
+                    continue
+                raise ChainFormatError(str(exc)) from exc
+            # A value that ends where the buffer does may go on (a number): read on first.
+            if end == len(self.buf) and self._fill():
+                continue
+            self.pos = end
+            return value
+
+    def rows(self) -> Any:
+        self._expect("{")
+        if self._char() == "}":
+            self.pos += 1
+            return
+        while True:
+            name = self._value()
+            if not isinstance(name, str):
+                raise ChainFormatError("a member name that is not a string")
+            self._expect(":")
+            if name == "rows":
+                self._expect("[")
+                if self._char() == "]":
+                    self.pos += 1
+                else:
+                    while True:
+                        yield self._value()
+                        if self._expect(",]") == "]":
+                            break
+            else:
+                self.header[name] = self._value()
+            if self._expect(",}") == "}":
+                break
+        if self._char_or_end() is not None:
+            raise ChainFormatError("data after the end of the JSON object")
+
+    def _char_or_end(self) -> str | None:
+        try:
+            return self._char()
+        except ChainFormatError:
+            return None
+
+
+@dataclass
+class ChainSummary:
+    """What the walk of ``audit/chain.json`` found: its first and last row and how many."""
+
+    count: int = 0
+    first: list[Any] | None = None
+    last: list[Any] | None = None
+
+
 def check_audit(
     export: Export,
     manifest: dict[str, Any],
     checkpoints: list[tuple[int, str]],
     report: Report,
     lang: str,
-) -> tuple[dict[int, dict[str, Any]], list[list[Any]]]:
+) -> tuple[dict[int, dict[str, Any]], ChainSummary]:
     """Step 5: entries are rows of the chain, the chain is continuous up to the signed head,
-    and it agrees with the auditor's checkpoints. Returns the entries by seq and the rows."""
-    chain = _json(export, CHAIN, report)
-    rows: list[list[Any]] = []
+    and it agrees with the auditor's checkpoints. Returns the entries by seq and what the
+    chain held. The chain is walked once, a block at a time, keeping only the rows an entry or
+    a checkpoint needs."""
     head = manifest["audit_head"]
-    if isinstance(chain, dict) and isinstance(chain.get("rows"), list):
-        rows = chain["rows"]
-        if chain.get("head") != head:
-            report.bad(
-                CHAIN,
-                "chain_head",
-                seq=chain.get("head"),
-                hash="",
-                head_seq=head["seq"],
-                head_hash=head["hash"],
-            )
-    elif chain is not None:
-        report.bad(CHAIN, "malformed", detail="expected {head, rows}")
+    entry_files: dict[int, str] = {}
+    for name in sorted(n for n in export.names() if n.startswith("audit/") and n != CHAIN):
+        parts = PurePosixPath(name).parts
+        stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else ""
+        if len(parts) == 2 and stem.isdigit():
+            entry_files[int(stem)] = name
+    wanted = set(entry_files) | {seq for seq, _ in checkpoints}
     by_seq: dict[int, list[Any]] = {}
-    for index, row in enumerate(rows):
-        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], int)):
-            report.bad(CHAIN, "malformed", detail=f"row {index} is not [seq, prev_hash, hash]")
-            return {}, []
-        if index and row[0] != rows[index - 1][0] + 1:
-            report.bad(CHAIN, "chain_gap", a=rows[index - 1][0], b=row[0])
-        elif index and row[1] != rows[index - 1][2]:
-            report.bad(CHAIN, "chain_link", seq=row[0], prev=rows[index - 1][0])
-        by_seq[row[0]] = row
-    if rows and (rows[-1][0], rows[-1][2]) != (head["seq"], head["hash"]):
+    summary = ChainSummary()
+    reader: _ChainReader | None = None
+    try:
+        with export.open(CHAIN) as raw:
+            reader = _ChainReader(io.TextIOWrapper(raw, encoding="utf-8"))
+            prev: list[Any] | None = None
+            for row in reader.rows():
+                if not (
+                    isinstance(row, list)
+                    and len(row) == 3
+                    and isinstance(row[0], int)
+                    and not isinstance(row[0], bool)
+                ):
+                    detail = f"row {summary.count} is not [seq, prev_hash, hash]"
+                    report.bad(CHAIN, "malformed", detail=detail)
+                    return {}, ChainSummary()
+                if prev is not None and row[0] != prev[0] + 1:
+                    report.bad(CHAIN, "chain_gap", a=prev[0], b=row[0])
+                elif prev is not None and row[1] != prev[2]:
+                    report.bad(CHAIN, "chain_link", seq=row[0], prev=prev[0])
+                if row[0] in wanted:
+                    by_seq[row[0]] = row
+                summary.first = summary.first or row
+                summary.count += 1
+                prev = summary.last = row
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        report.bad(CHAIN, "unreadable", detail=str(exc))
+        return {}, ChainSummary()
+    except (UnicodeDecodeError, ChainFormatError, RecursionError) as exc:
+        report.bad(CHAIN, "malformed", detail=f"not JSON {{head, rows}} ({exc})")
+        return {}, ChainSummary()
+    header = reader.header if reader is not None else {}
+    if header.get("head") != head:
         report.bad(
             CHAIN,
             "chain_head",
-            seq=rows[-1][0],
-            hash=rows[-1][2],
+            seq=header.get("head"),
+            hash="",
             head_seq=head["seq"],
             head_hash=head["hash"],
         )
-    if not rows and (head["seq"], head["hash"]) != (0, GENESIS):
+    last = summary.last
+    if last is not None and (last[0], last[2]) != (head["seq"], head["hash"]):
+        report.bad(
+            CHAIN,
+            "chain_head",
+            seq=last[0],
+            hash=last[2],
+            head_seq=head["seq"],
+            head_hash=head["hash"],
+        )
+    if last is None and (head["seq"], head["hash"]) != (0, GENESIS):
         report.bad(
             CHAIN, "chain_head", seq=0, hash=GENESIS, head_seq=head["seq"], head_hash=head["hash"]
         )
     for seq, want in checkpoints:
         marked = by_seq.get(seq)
         if marked is None:
-            first, last = (rows[0][0], rows[-1][0]) if rows else (0, 0)
-            report.lines.append(note("checkpoint_outside", lang, seq=seq, first=first, last=last))
+            first, final = (summary.first[0], last[0]) if summary.first and last else (0, 0)
+            report.lines.append(note("checkpoint_outside", lang, seq=seq, first=first, last=final))
         elif marked[2] != want:
             report.bad(CHAIN, "checkpoint", seq=seq, got=marked[2], want=want)
         else:
@@ -489,7 +732,7 @@ def check_audit(
             report.bad(name, "entry_hash", field="prev_hash", seq=listed[0])
         else:
             entries[entry["seq"]] = entry
-    return entries, rows
+    return entries, summary
 
 
 def _details(entry: dict[str, Any]) -> dict[str, Any]:
@@ -507,9 +750,10 @@ def check_evidence(
     manifests: dict[str, dict[str, Any]],
     entries: dict[int, dict[str, Any]],
     report: Report,
-) -> None:
+) -> dict[str, dict[str, Any]]:
     """Step 4: clips match their signed manifests, photos their audit entries, and the session
-    evidence names only files the archive holds, with their hashes."""
+    evidence names only files the archive holds, with their hashes. Returns the session
+    evidence read, by session id."""
     stored = {
         e["subject_id"]: (seq, _details(e))
         for seq, e in entries.items()
@@ -567,6 +811,7 @@ def check_evidence(
                 entry=f"audit/{seq}.json",
                 want=details.get("sha256"),
             )
+    evidences: dict[str, dict[str, Any]] = {}
     for session_id in manifest["sessions"]:
         name = f"sessions/{session_id}.json"
         if not export.has(name):
@@ -577,6 +822,7 @@ def check_evidence(
         evidence = _json(export, name, report)
         if not isinstance(evidence, dict):
             continue
+        evidences[session_id] = evidence
         shown = [
             ("clip", w["clip"], clip_sha)
             for w in evidence.get("windows") or []
@@ -594,6 +840,120 @@ def check_evidence(
                     id=item_id,
                     want=item.get("sha256"),
                     got=known[item_id],
+                )
+    return evidences
+
+
+def _instant(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _asked(signed: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """The span a camera's signed manifest says it was asked to cut, in server time: the
+    requested window, or (a clip not cut for a request) its cut bounds through its clock
+    offset."""
+    start, end = _instant(signed.get("requested_start")), _instant(signed.get("requested_end"))
+    if start is not None and end is not None:
+        return start, end
+    offset = signed.get("clock_offset_s") or 0.0
+    cut_start, cut_end = _instant(signed.get("cut_start")), _instant(signed.get("cut_end"))
+    if cut_start is None or cut_end is None or not isinstance(offset, (int, float)):
+        return None, None
+    return cut_start - timedelta(seconds=offset), cut_end - timedelta(seconds=offset)
+
+
+def check_clip_claims(
+    manifest: dict[str, Any],
+    manifests: dict[str, dict[str, Any]],
+    evidences: dict[str, dict[str, Any]],
+    report: Report,
+) -> None:
+    """Step 4 (continued): each clip is the exported sessions' by what its camera signed, not
+    by what the server's index says. The index entry's session, command, device and upload
+    are the device-signed manifest's; the clip is for an exported session, or answers the
+    command of one of its windows; and a clip a window shows was signed for that session and
+    that window's command, asked for a span covering the window."""
+    windows: dict[str, tuple[str, dict[str, Any]]] = {}
+    for session_id, evidence in evidences.items():
+        for window in evidence.get("windows") or []:
+            if isinstance(window, dict) and isinstance(window.get("cmd_id"), str):
+                windows[window["cmd_id"]] = (session_id, window)
+    signed_by_id: dict[str, dict[str, Any]] = {}
+    for clip in manifest["clips"]:
+        clip_id, name = str(clip["id"]), clip["file"]
+        signed = manifests.get(clip["manifest"])
+        if signed is None:
+            continue  # no verified manifest: named already
+        signed_by_id[clip_id] = signed
+        for key in ("session_id", "cmd_id", "device_id", "upload_id"):
+            if clip.get(key) != signed.get(key):
+                report.bad(
+                    name,
+                    "clip_claim",
+                    field=key,
+                    want=clip.get(key),
+                    manifest=clip["manifest"],
+                    got=signed.get(key),
+                )
+        if signed.get("session_id") not in manifest["sessions"] and (
+            signed.get("cmd_id") not in windows
+        ):
+            report.bad(
+                name,
+                "clip_foreign",
+                clip=clip_id,
+                session=signed.get("session_id"),
+                cmd=signed.get("cmd_id"),
+            )
+    for session_id, evidence in evidences.items():
+        name = f"sessions/{session_id}.json"
+        for window in evidence.get("windows") or []:
+            if not isinstance(window, dict) or not isinstance(window.get("clip"), dict):
+                continue
+            clip_id = str(window["clip"].get("id"))
+            signed = signed_by_id.get(clip_id)
+            if signed is None:
+                continue  # a clip the archive does not hold, or unsigned: named already
+            number = window.get("number")
+            if (signed.get("session_id"), signed.get("cmd_id")) != (
+                session_id,
+                window.get("cmd_id"),
+            ):
+                report.bad(
+                    name,
+                    "window_clip",
+                    number=number,
+                    session=session_id,
+                    want=window.get("cmd_id"),
+                    clip=clip_id,
+                    got_session=signed.get("session_id"),
+                    got=signed.get("cmd_id"),
+                )
+                continue
+            start, end = _instant(window.get("start")), _instant(window.get("end"))
+            asked_start, asked_end = _asked(signed)
+            if (
+                start is None
+                or end is None
+                or asked_start is None
+                or asked_end is None
+                or not asked_start <= start < end <= asked_end
+            ):
+                report.bad(
+                    name,
+                    "window_cover",
+                    number=number,
+                    start=window.get("start"),
+                    end=window.get("end"),
+                    clip=clip_id,
+                    got_start=asked_start and asked_start.isoformat(),
+                    got_end=asked_end and asked_end.isoformat(),
                 )
 
 
@@ -629,8 +989,9 @@ def verify(
         try:
             digests = check_files(export, manifest, report)
             manifests = check_device_signatures(export, report)
-            entries, rows = check_audit(export, manifest, checkpoints or [], report, lang)
-            check_evidence(export, manifest, digests, manifests, entries, report)
+            entries, chain = check_audit(export, manifest, checkpoints or [], report, lang)
+            evidences = check_evidence(export, manifest, digests, manifests, entries, report)
+            check_clip_claims(manifest, manifests, evidences, report)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             # Signed, yet not shaped as this script expects: say so rather than crash.
             report.bad(MANIFEST, "malformed", detail=f"{type(exc).__name__}: {exc}")
@@ -644,8 +1005,8 @@ def verify(
                 clips=len(manifest["clips"]),
                 photos=len(manifest["photos"]),
                 entries=len(entries),
-                rows=len(rows),
-                first=rows[0][0] if rows else 0,
+                rows=chain.count,
+                first=chain.first[0] if chain.first else 0,
                 head_seq=head["seq"],
                 head_hash=head["hash"],
             )

@@ -602,7 +602,14 @@ def test_every_export_is_in_the_audit_log_with_the_archives_sha256(
     assert sorted(r.subject_id for r in rows) == ["sess-1", "sess-2"]
     details = json.loads(rows[0].details)
     assert details["format"] == "zip" and details["bytes"] == len(answer.content)
-    assert details["sessions"] == ["sess-1", "sess-2"]
+    # Each row names its own session only; the archive's SHA-256 links the case's rows.
+    assert details["case_sessions"] == 2
+    assert all(
+        other not in r.details
+        for r in rows
+        for other in ("sess-1", "sess-2")
+        if other != r.subject_id
+    )
     assert all(r.actor.startswith("admin:admin#token") for r in rows)
     archive = tmp_path / "case.zip"
     archive.write_bytes(answer.content)
@@ -707,3 +714,135 @@ def test_a_large_clip_is_streamed_into_the_archive_and_through_verify(tmp_path: 
         tracemalloc.stop()
     assert digest == hashlib.sha256(big.read_bytes()).hexdigest()
     assert peak < 8 * 1024 * 1024, peak
+
+
+def test_a_case_row_does_not_name_another_institutions_session(world: World) -> None:
+    """A case may join two institutions' sessions; each institution later exports its own
+    session, whose archive carries the case's row about it: that row must not name the other
+    institution's session."""
+    case = {"session_ids": ["sess-1", "sess-other"]}
+    answer = world.client.post("/api/v1/exports", json=case, headers=_auth(world, "admin"))
+    assert answer.status_code == 200, answer.text
+    digest = hashlib.sha256(answer.content).hexdigest()
+    own = world.client.get("/api/v1/sessions/sess-other/export", headers=_auth(world, "other"))
+    assert own.status_code == 200, own.text
+    with zipfile.ZipFile(io.BytesIO(own.content)) as zf:
+        entries = [json.loads(zf.read(n)) for n in zf.namelist() if n.startswith("audit/")]
+    exported = [e for e in entries if e.get("action") == "exported"]
+    assert [json.loads(e["details"])["sha256"] for e in exported] == [digest]
+    assert exported[0]["subject_id"] == "sess-other"
+    assert not [e["seq"] for e in entries if "sess-1" in json.dumps(e)]
+
+
+def _shift(value: str, minutes: int) -> str:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(value) + timedelta(minutes=minutes)).isoformat()
+
+
+def test_a_clip_claimed_for_another_session_or_window_fails(
+    world: World, case_zip: Path, tmp_path: Path
+) -> None:
+    """Re-signed with the real server key, an archive that passes one session's clips off as
+    another's, or moves a window away from what the camera was asked to cut, fails: the
+    device-signed manifest names the session, the command and the requested window."""
+    key = load_export_key(world.settings.export_key_file, create=False)
+    manifest = json.loads(zipfile.ZipFile(case_zip).read("MANIFEST.json"))
+    clip = manifest["clips"][0]
+    with world.harness.sessions() as db:
+        other_cmd = db.scalars(
+            select(SessionWindow.cmd_id).where(SessionWindow.session_id == "sess-2")
+        ).first()
+
+    def as_sess_2(members: dict[str, bytes], *, index_too: bool, bare: bool = False) -> None:
+        # sess-1's evidence and clips presented as sess-2's (a session with no clip of its
+        # own), its windows moved to sess-2's times, the clips' index edited to match; or
+        # (``bare``) the clips only carried along, no window showing them.
+        evidence = json.loads(members.pop("sessions/sess-1.json"))
+        evidence["id"] = evidence["session"]["id"] = "sess-2"
+        for window in evidence["windows"]:
+            window["start"], window["end"] = (_shift(window[k], 60) for k in ("start", "end"))
+            if bare:
+                window["cmd_id"] = window["clip"] = None
+        members["sessions/sess-2.json"] = json.dumps(evidence).encode()
+
+        def claim(m: dict[str, Any]) -> None:
+            m["sessions"] = ["sess-2"]
+            if index_too:
+                for c in m["clips"]:
+                    c["session_id"] = "sess-2"
+
+        _edit_json(members, "MANIFEST.json", claim)
+
+    def moved_window(members: dict[str, bytes]) -> None:
+        def move(evidence: dict[str, Any]) -> None:
+            window = evidence["windows"][0]
+            window["start"], window["end"] = (_shift(window[k], 5) for k in ("start", "end"))
+
+        _edit_json(members, "sessions/sess-1.json", move)
+
+    def other_command(members: dict[str, bytes]) -> None:
+        _edit_json(
+            members,
+            "sessions/sess-1.json",
+            lambda v: v["windows"][0].__setitem__("cmd_id", other_cmd),
+        )
+
+    cases: list[tuple[Callable[[dict[str, bytes]], None], list[str]]] = [
+        (
+            lambda m: as_sess_2(m, index_too=False),
+            [
+                "FAIL sessions/sess-2.json: window 1 (session sess-2, command cut-sess-1-0)"
+                f" shows clip {clip['id']}, whose device-signed manifest is for session sess-1",
+            ],
+        ),
+        (
+            lambda m: as_sess_2(m, index_too=False, bare=True),
+            [
+                f"FAIL {clip['file']}: clip {clip['id']}'s device-signed manifest is for"
+                " session sess-1 (command cut-sess-1-0): not a session this archive exports",
+            ],
+        ),
+        (
+            lambda m: as_sess_2(m, index_too=True),
+            [
+                f"FAIL {clip['file']}: MANIFEST.json gives the clip's session_id as sess-2,"
+                f" its device-signed manifest {clip['manifest']} says sess-1",
+            ],
+        ),
+        (moved_window, ["FAIL sessions/sess-1.json: window 1 (", "is not within what clip"]),
+        (
+            other_command,
+            [f"FAIL sessions/sess-1.json: window 1 (session sess-1, command {other_cmd})"],
+        ),
+    ]
+    for index, (change, expected) in enumerate(cases):
+        forged = tmp_path / f"forged-{index}.zip"
+        _resign(case_zip, forged, key, change)
+        status, out = run_verify(forged, "--lang", "en", script=Path(export_verify.__file__))
+        assert status == 1, (index, out)
+        assert all(e in out for e in expected), (index, out)
+
+
+def test_bytes_the_zip_directory_does_not_account_for_are_refused(
+    case_zip: Path, tmp_path: Path
+) -> None:
+    """A local entry (another "clip") slipped in before the real archive: zip readers that
+    believe the central directory skip it, a streaming unzip shows it. verify refuses the
+    archive, saying where; so it does for bytes after the end record."""
+    real = case_zip.read_bytes()
+    clip = _member(case_zip, "clips/")
+    fake = io.BytesIO()
+    with zipfile.ZipFile(fake, "w") as zf:
+        zf.writestr(clip, b"NOT THE CLIP " * 100)
+    local_only = fake.getvalue()[: fake.getvalue().find(b"PK\x01\x02")]
+    first = min(zipfile.ZipFile(case_zip).infolist(), key=lambda i: i.header_offset).filename
+    prefixed, trailed = tmp_path / "prefixed.zip", tmp_path / "trailed.zip"
+    prefixed.write_bytes(local_only + real)
+    trailed.write_bytes(real + b"\0" * 7)
+    script = Path(export_verify.__file__)
+    status, out = run_verify(prefixed, "--lang", "en", script=script)
+    assert status == 2, out
+    assert f"bytes 0-{len(local_only) - 1} before {first!r} belong to no entry" in out, out
+    status, out = run_verify(trailed, "--lang", "en", script=script)
+    assert status == 2 and "7 bytes follow the end record" in out, out

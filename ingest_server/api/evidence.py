@@ -30,7 +30,7 @@ from ingest_server.api.deps import (
     visible_session,
 )
 from ingest_server.api.evidence_files import actor_of, get_clip_video, get_photo_image
-from ingest_server.api.params import AcceptLanguage, Lang, SessionId, UtcBound
+from ingest_server.api.params import AcceptLanguage, Id, Lang, SessionId, UtcBound
 from ingest_server.evidence import (
     BadCursor,
     SessionFilter,
@@ -44,7 +44,8 @@ from ingest_server.evidence import (
     statistics,
     unmark_reviewed,
 )
-from ingest_server.models import ID_LENGTH, SessionReview
+from ingest_server.evidence.reviews import reviewer_of
+from ingest_server.models import SessionReview
 from ingest_server.rules.reasons import pick_language
 
 # The file routes' functions are named here too: the dashboard's media routes (cookie sign-in)
@@ -54,8 +55,6 @@ __all__ = ["get_clip_video", "get_photo_image", "router"]
 router = APIRouter()
 # The file routes are part of this router (the app includes one router for the evidence API).
 router.include_router(evidence_files.router)
-
-ScopeId = Annotated[str | None, Query(min_length=1, max_length=ID_LENGTH)]
 
 
 def _cursor(value: str | None) -> str | None:
@@ -74,11 +73,6 @@ Cursor = Annotated[
 ]
 
 
-def reviewer_of(caller: Caller) -> str:
-    """Whose "reviewed" mark a caller sets and sees: its role and name."""
-    return f"{caller.role}:{caller.name}"
-
-
 def _zone(context: ApiContext) -> ZoneInfo:
     return ZoneInfo(context.settings.timezone)
 
@@ -90,9 +84,9 @@ def list_sessions(
     caller: CallerDep,
     start: UtcBound = None,
     end: UtcBound = None,
-    institution: ScopeId = None,
-    classroom: ScopeId = None,
-    lecturer: ScopeId = None,
+    institution: Id | None = None,
+    classroom: Id | None = None,
+    lecturer: Id | None = None,
     verdict: Literal["verified", "pending", "rejected"] | None = None,
     after: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

@@ -13,7 +13,7 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from ingest_server.api.deps import (
     require,
     visible_session,
 )
+from ingest_server.api.params import AcceptLanguage, Id, Lang, SessionId
 from ingest_server.export import (
     MAX_SESSIONS,
     ExportIntegrityError,
@@ -36,7 +37,7 @@ from ingest_server.export import (
     export_sessions,
     load_export_key,
 )
-from ingest_server.models import ID_LENGTH, ClassSession
+from ingest_server.models import ClassSession
 from ingest_server.rules.reasons import pick_language
 
 router = APIRouter(tags=["exports"])
@@ -66,16 +67,12 @@ NOT_JSON: dict[int | str, dict[str, Any]] = {
     }
 }
 Exporter = Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR, Role.INSTITUTION))]
-SessionIdText = Annotated[str, Field(min_length=1, max_length=ID_LENGTH)]
-# The language of the sessions' evidence (reasons) in the archive: zh-CN unless asked.
-Lang = Annotated[str | None, Query(max_length=64)]
-AcceptLanguage = Annotated[str | None, Header(max_length=1024)]
 
 
 class ExportRequest(BaseModel):
     """The sessions of a case, each one the caller may read."""
 
-    session_ids: list[SessionIdText] = Field(min_length=1, max_length=MAX_SESSIONS)
+    session_ids: list[Id] = Field(min_length=1, max_length=MAX_SESSIONS)
 
 
 def _send(
@@ -132,14 +129,15 @@ def export_case(
     accept_language: AcceptLanguage = None,
     lang: Lang = None,
 ) -> FileResponse:
-    """The verifiable archive of a case: up to 50 sessions, each over (a session whose
+    """The verifiable archive of a case (the sessions' reasons in zh-CN unless ``lang`` or
+    ``Accept-Language`` ask for English): up to 50 sessions, each over (a session whose
     windows are still secret is refused with 409)."""
     return _send(db, context, caller, request.session_ids, lang or accept_language)
 
 
 @router.get("/sessions/{session_id}/export", response_class=FileResponse, responses=ZIP_RESPONSE)
 def export_session(
-    session_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH)],
+    session_id: SessionId,
     context: Annotated[ApiContext, Depends(get_context)],
     db: Annotated[Session, Depends(get_db)],
     caller: Exporter,

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.responses import FileResponse
+
+from ingest_server.errors import StoreError
+
+# A store that cannot serve a file now is worth asking again after this long.
+STORE_RETRY_AFTER_S = 30
 
 # What the file routes may answer besides 200, for the OpenAPI document.
 BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -32,6 +39,7 @@ def file_responses(*media_types: str) -> dict[int | str, dict[str, Any]]:
         400: {"content": {"text/plain": BINARY}, "description": "A malformed ``Range``"},
         503: {
             "content": {"application/json": {"schema": {"type": "object"}}},
+            "headers": {"Retry-After": {"schema": {"type": "string"}}},
             "description": "The evidence store cannot serve the file now (ask again later)",
         },
         416: {
@@ -40,6 +48,24 @@ def file_responses(*media_types: str) -> dict[int | str, dict[str, Any]]:
             "description": "The ``Range`` starts past the end of the file",
         },
     }
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Reading a stored evidence file, as every route that serves one answers its failures: a
+    file that is not there (or a path that would leave the store) is a 404; a store that
+    cannot serve it now (a bucket out of reach, an object that no longer matches its hash) a
+    503 with ``Retry-After``: the evidence is not served, and the client may ask again."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        raise HTTPException(404, "the stored file is missing") from exc
+    except StoreError as exc:
+        raise HTTPException(
+            503,
+            "the evidence store cannot serve this file now",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+        ) from exc
 
 
 def quoted_etag(sha256: str) -> str:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,8 @@ from ingest_server.api.deps import (
     require,
     visible_session,
 )
-from ingest_server.models import ID_LENGTH, ClassSession, Photo
+from ingest_server.api.params import SessionId
+from ingest_server.models import ClassSession, Photo
 from ingest_server.photos import PhotoRejected, PhotoRejectReason, read_photo
 from ingest_server.rules.photo_match import PhotoKind
 
@@ -35,7 +36,7 @@ EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "HEIC": ".heic"}
 
 @router.post("/sessions/{session_id}/photos/{kind}", status_code=201)
 def upload_photo(
-    session_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH)],
+    session_id: SessionId,
     kind: PhotoKind,
     context: Annotated[ApiContext, Depends(get_context)],
     db: Annotated[Session, Depends(get_db)],

@@ -1,8 +1,13 @@
-"""What the dashboard reads from its GET forms, shared by the pages that filter by day."""
+"""What the dashboard reads from its paths and GET forms: ids, and days for the pages that
+filter by them."""
 
 from __future__ import annotations
 
 from datetime import date
+
+from fastapi import HTTPException
+
+from ingest_server.api.params import is_id
 
 # The days a form may name: far wider than any deployment's records, and clear of the
 # calendar's ends (9999-12-31 has no next day to end a range at; 0001-01-01 in a zone east of
@@ -23,3 +28,19 @@ def form_day(value: str | None, bad: list[str]) -> date | None:
         bad.append(value[:40])
         return None
     return day
+
+
+def path_id(value: str) -> str:
+    """An id (session, device, command) from a page's path, as the API's ``params.Id`` takes
+    it; one no row can have is no such page: a 404 page, never the query (PostgreSQL answers a
+    NUL in a string with an error, not an empty result)."""
+    if not is_id(value):
+        raise HTTPException(404, "no such page")
+    return value
+
+
+def filter_id(value: str | None) -> str | None:
+    """An id to filter by, from a form field already trimmed (None: no filter). One no row can
+    have is kept as ``""``, which no row has either: the list is empty, as it should be, and
+    the text never reaches the database."""
+    return value if value is None or is_id(value) else ""

@@ -16,24 +16,24 @@ from sqlalchemy.orm import Session
 
 from ingest_server.api import evidence as api_evidence
 from ingest_server.api.deps import ApiContext, get_context, get_db
+from ingest_server.api.params import MAX_ROW_ID
 from ingest_server.dashboard.auth import PageCaller
 
 router = APIRouter()
 
-# As the API's ids: a positive 64-bit integer.
-MAX_ID = 2**63 - 1
-
 
 def _file_id(value: str) -> int:
-    """A clip's or photo's id from the path; anything else is no such file (a page's 404, not
-    a validation error in JSON)."""
+    """A clip's or photo's id from the path (as the API's: a positive 64-bit integer); anything
+    else is no such file (a page's 404, not a validation error in JSON)."""
     if not (value.isascii() and value.isdigit() and len(value) <= 19) or not (
-        1 <= int(value) <= MAX_ID
+        1 <= int(value) <= MAX_ROW_ID
     ):
         raise HTTPException(404, f"no such file {value[:40]}")
     return int(value)
 
 
+# HEAD as the API's file routes answer it: the headers alone, no viewing logged.
+@router.head("/ui/clips/{clip_id}/video")
 @router.get("/ui/clips/{clip_id}/video")
 def clip_video(
     clip_id: str,
@@ -48,6 +48,7 @@ def clip_video(
     )
 
 
+@router.head("/ui/photos/{photo_id}/image")
 @router.get("/ui/photos/{photo_id}/image")
 def photo_image(
     photo_id: str,

@@ -5,7 +5,8 @@ The list is ``evidence.session_page`` within the caller's scope (``api.deps.sess
 exactly as ``GET /api/v1/sessions`` pages it, and is audited the same way (one ``viewed`` row
 per page shown). Admins and supervisors see every session, an institution its own classrooms';
 a lecturer's token cannot read the queue (a lecturer reads their own sessions through the app).
-The "reviewed" mark is per person (``role:name`` of the token), set with a small POST form.
+The "reviewed" mark is per person (``evidence.reviews.reviewer_of``: one token's), set with a
+small POST form.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ingest_server.api.deps import ApiContext, get_context, get_db, session_scop
 from ingest_server.auth import Caller
 from ingest_server.dashboard import i18n, templating
 from ingest_server.dashboard.auth import REVIEWERS, check_origin, page_require, safe_next
-from ingest_server.dashboard.forms import form_day
+from ingest_server.dashboard.forms import filter_id, form_day, path_id
+from ingest_server.evidence.reviews import reviewer_of
 from ingest_server.models import (
     ID_LENGTH,
     Classroom,
@@ -40,12 +42,6 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 REVIEWED_CHOICES = ("yes", "no")
 ReviewerDep = Annotated[Caller, Depends(page_require(*REVIEWERS))]
-
-
-def reviewer_name(caller: Caller) -> str:
-    """Whose "reviewed" mark this is: the token's role and name, as the API's review routes
-    spell it."""
-    return f"{caller.role}:{caller.name}"
 
 
 @dataclass(frozen=True)
@@ -77,20 +73,22 @@ def read_query(request: Request, tz: tzinfo) -> QueueQuery:
     end = datetime.combine(last + timedelta(days=1), time(), tz) if last else None
     verdict = _text(params.get("verdict"))
     reviewed = _text(params.get("reviewed"))
+    typed = {name: _text(params.get(name)) for name in ("institution", "classroom", "lecturer")}
     flt = evidence.SessionFilter(
         start=start,
         end=end,
-        institution_id=_text(params.get("institution")),
-        classroom_id=_text(params.get("classroom")),
-        lecturer_id=_text(params.get("lecturer")),
+        institution_id=filter_id(typed["institution"]),
+        classroom_id=filter_id(typed["classroom"]),
+        lecturer_id=filter_id(typed["lecturer"]),
         verdict=verdict if verdict in evidence.VERDICTS else None,
     )
     form = {
         "from": first.isoformat() if first else "",
         "to": last.isoformat() if last else "",
-        "institution": flt.institution_id or "",
-        "classroom": flt.classroom_id or "",
-        "lecturer": flt.lecturer_id or "",
+        # As typed (the template escapes it), even when it could name no row.
+        "institution": typed["institution"] or "",
+        "classroom": typed["classroom"] or "",
+        "lecturer": typed["lecturer"] or "",
         "verdict": flt.verdict or "",
         "reviewed": reviewed if reviewed in REVIEWED_CHOICES else "",
     }
@@ -149,7 +147,7 @@ def review_queue(
     tz = templating.zone(context.settings.timezone)
     lang = i18n.pick(request)
     query = read_query(request, tz)
-    reviewer = reviewer_name(caller)
+    reviewer = reviewer_of(caller)
     scope = session_scope(caller)
     extra = _reviewed_clause(reviewer, query.reviewed)
     if extra is not None:
@@ -208,12 +206,12 @@ def set_reviewed(
     """Set (``reviewed=1``) or clear (``reviewed=0``) the reader's own mark on a session they
     may read, then go back to the page the form was on."""
     check_origin(request)
-    row = visible_session(db, caller, session_id[: ID_LENGTH + 1])
+    row = visible_session(db, caller, path_id(session_id))
     target_id = row.id
     db.close()
     with context.session_factory.begin() as write:
         if reviewed == "1":
-            evidence.mark_reviewed(write, target_id, reviewer_name(caller), context.clock.now())
+            evidence.mark_reviewed(write, target_id, reviewer_of(caller), context.clock.now())
         else:
-            evidence.unmark_reviewed(write, target_id, reviewer_name(caller))
+            evidence.unmark_reviewed(write, target_id, reviewer_of(caller))
     return RedirectResponse(safe_next(next or f"/ui/sessions/{target_id}"), status_code=303)

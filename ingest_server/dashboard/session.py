@@ -16,7 +16,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
@@ -26,12 +26,10 @@ from ingest_server.api.deps import ApiContext, get_context, get_db, visible_sess
 from ingest_server.auth import Caller
 from ingest_server.dashboard import diagrams, i18n, templating
 from ingest_server.dashboard.auth import REVIEWERS, PageCaller, page_require
-from ingest_server.dashboard.queue import reviewer_name
-from ingest_server.models import ID_LENGTH
+from ingest_server.dashboard.forms import path_id
+from ingest_server.evidence.reviews import reviewer_of
 
 router = APIRouter()
-
-SessionId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH)]
 
 
 def _gather(
@@ -44,12 +42,12 @@ def _gather(
 ) -> tuple[dict[str, Any], bool]:
     """The session's evidence in the reader's language and zone, and the reader's mark; the
     reading is audited as a view by ``route``."""
-    row = visible_session(db, caller, session_id)
+    row = visible_session(db, caller, path_id(session_id))
     tz = templating.zone(context.settings.timezone)
     facts = evidence.session_evidence(
         db, row, now=context.clock.now(), lang=i18n.pick(request), tz=tz
     )
-    marked = bool(evidence.reviewed_by(db, reviewer_name(caller), [row.id]))
+    marked = bool(evidence.reviewed_by(db, reviewer_of(caller), [row.id]))
     db.close()
     audit.record_view(
         context.session_factory,
@@ -74,7 +72,7 @@ def download_name(session_id: str) -> str:
 @router.get("/ui/sessions/{session_id}")
 def session_page(
     request: Request,
-    session_id: SessionId,
+    session_id: str,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: PageCaller,
@@ -105,7 +103,7 @@ def session_page(
 @router.get("/ui/sessions/{session_id}/evidence.json")
 def session_json(
     request: Request,
-    session_id: SessionId,
+    session_id: str,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: PageCaller,
@@ -130,7 +128,7 @@ def session_json(
 @router.get("/ui/sessions/{session_id}/export")
 def session_export(
     request: Request,
-    session_id: SessionId,
+    session_id: str,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: Annotated[Caller, Depends(page_require(*REVIEWERS))],
@@ -138,5 +136,9 @@ def session_export(
     """The session's verifiable archive (``GET /api/v1/sessions/{id}/export`` by cookie: the
     same scope, refusals and audit row)."""
     return exports.export_session(
-        session_id=session_id, context=context, db=db, caller=caller, lang=i18n.pick(request)
+        session_id=path_id(session_id),
+        context=context,
+        db=db,
+        caller=caller,
+        lang=i18n.pick(request),
     )

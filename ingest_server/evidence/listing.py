@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from common.clock import to_utc
+from common.topics import ID_PATTERN
 from ingest_server.models import Classroom, ClassSession, Institution, Lecturer, TrainingClass
 from ingest_server.rules.reasons import DEFAULT_TIMEZONE, Reason, ReasonCode, render
 
@@ -95,7 +96,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         start = to_utc(datetime.fromisoformat(start_text))
     except (binascii.Error, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadCursor("not a cursor of this list") from exc
-    if not isinstance(session_id, str) or start.tzinfo is None:
+    # Only an id a session can have: anything else (a NUL, which PostgreSQL refuses with an
+    # error) never came from ``encode_cursor``.
+    if not (isinstance(session_id, str) and ID_PATTERN.fullmatch(session_id)):
+        raise BadCursor("not a cursor of this list")
+    if start.tzinfo is None:
         raise BadCursor("not a cursor of this list")
     return start, session_id
 

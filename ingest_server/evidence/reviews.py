@@ -11,11 +11,24 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from common.clock import to_utc
+from ingest_server.audit import api_actor
+from ingest_server.auth import Caller
 from ingest_server.models import SessionReview
+
+# Room in the 200-character ``reviewer`` column for the role and ``#token<id>`` (up to 19
+# digits) after a token's name, however long the name: cut, the id would be lost.
+_NAME_ROOM = 150
+
+
+def reviewer_of(caller: Caller) -> str:
+    """Whose "reviewed" mark a caller sets and sees: one token's, named as the audit log names
+    its caller (``role:name#token<id>``). Token names are neither unique nor required, so the
+    name alone would let two people share marks; a person given a new token starts afresh."""
+    return api_actor(caller.role, caller.name[:_NAME_ROOM], caller.token_id)
 
 
 def mark_reviewed(db: Session, session_id: str, reviewer: str, now: datetime) -> None:
-    """Mark ``session_id`` reviewed by ``reviewer`` (``role:name``); marking twice keeps the
+    """Mark ``session_id`` reviewed by ``reviewer`` (``reviewer_of``); marking twice keeps the
     first time. Insert-or-nothing in one statement, so two requests at once cannot collide."""
     values = {"session_id": session_id, "reviewer": reviewer[:200], "reviewed_at": to_utc(now)}
     dialect = db.get_bind().dialect.name

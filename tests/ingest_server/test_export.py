@@ -846,3 +846,22 @@ def test_bytes_the_zip_directory_does_not_account_for_are_refused(
     assert f"bytes 0-{len(local_only) - 1} before {first!r} belong to no entry" in out, out
     status, out = run_verify(trailed, "--lang", "en", script=script)
     assert status == 2 and "7 bytes follow the end record" in out, out
+
+
+def test_a_chain_that_is_not_whole_json_is_named(
+    world: World, case_zip: Path, tmp_path: Path
+) -> None:
+    """verify.py reads audit/chain.json a block at a time (it may be millions of rows): a file
+    cut short, with data after its end or a row of another shape still fails, naming it."""
+    key = load_export_key(world.settings.export_key_file, create=False)
+    chain = zipfile.ZipFile(case_zip).read("audit/chain.json")
+    cases = {
+        "cut": chain[: len(chain) // 2],
+        "trailing": chain + b"[1, 2, 3]",
+        "shape": chain.replace(b'"rows": [\n  [', b'"rows": [\n  ["x", 0], ['),
+    }
+    for label, data in cases.items():
+        forged = tmp_path / f"{label}.zip"
+        _resign(case_zip, forged, key, lambda m, data=data: m.update({"audit/chain.json": data}))
+        status, out = run_verify(forged, "--lang", "en", script=Path(export_verify.__file__))
+        assert status == 1 and "FAIL audit/chain.json: malformed" in out, (label, out)

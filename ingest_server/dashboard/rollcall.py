@@ -23,11 +23,11 @@ from ingest_server.api.deps import ApiContext, get_context, get_db
 from ingest_server.auth import Caller
 from ingest_server.dashboard import i18n, templating
 from ingest_server.dashboard.auth import REVIEWERS, check_origin, page_require
+from ingest_server.dashboard.forms import path_id
 from ingest_server.rules.reasons import Lang
 
 router = APIRouter()
 Inspector = Annotated[Caller, Depends(page_require(*REVIEWERS))]
-DeviceId = api_rollcall.IdPath
 
 STRINGS: dict[str, dict[Lang, str]] = {
     "rollcall_button": {"zh-CN": "点名拍照", "en": "Roll call"},
@@ -91,13 +91,14 @@ def _page(
 @router.post("/ui/fleet/{device_id}/rollcall")
 async def roll_call_page(
     request: Request,
-    device_id: DeviceId,
+    device_id: str,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: Inspector,
 ) -> Response:
     """Ask ``device_id`` for a still now and show it, or the reason there is none."""
     check_origin(request)
+    device_id = path_id(device_id)
     try:
         answer = await api_rollcall.roll_call(
             request, device_id, db, context, caller, None, i18n.pick(request)
@@ -110,13 +111,14 @@ async def roll_call_page(
 @router.get("/ui/fleet/{device_id}/rollcall/{cmd_id}")
 def roll_call_result_page(
     request: Request,
-    device_id: DeviceId,
-    cmd_id: DeviceId,
+    device_id: str,
+    cmd_id: str,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: Inspector,
 ) -> Response:
     """A roll call whose picture was late: shown once it is in, else where it stands."""
+    device_id, cmd_id = path_id(device_id), path_id(cmd_id)
     try:
         answer = api_rollcall.roll_call_result(
             request, device_id, cmd_id, db, context, caller, None, i18n.pick(request)

@@ -70,7 +70,9 @@ def register_device(
         raise DeviceExists(f"device {device_id} is registered with another key")
     device.public_key = public_key_b64
     device.enabled = True
-    if classroom_id is not None:
+    if classroom_id is not None and classroom_id != device.classroom_id:
+        # A move: the clips it took before are not its new classroom's (evidence.scope).
+        device.classroom_since = (clock or SystemClock()).now()
         device.classroom_id = classroom_id
     return device
 

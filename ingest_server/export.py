@@ -39,12 +39,13 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.clock import to_utc
 from ingest_server import audit, evidence, export_verify
 from ingest_server.db import SessionFactory, reader_factory
+from ingest_server.evidence import scope
 from ingest_server.models import (
     AuditEntry,
     AuditHead,
@@ -427,12 +428,8 @@ def write_archive(
     )
     if head is None:
         raise ExportIntegrityError("audit_head is missing: the database was not migrated")
-    cmd_ids = select(SessionWindow.cmd_id).where(SessionWindow.session_id.in_(session_ids))
-    clips = db.scalars(
-        select(Clip)
-        .where(or_(Clip.session_id.in_(session_ids), Clip.cmd_id.in_(cmd_ids)))
-        .order_by(Clip.id)
-    ).all()
+    # Only clips that belong to the sessions (their camera's), not every clip naming them.
+    clips = scope.session_clips(db, rows)
     photos = db.scalars(
         select(Photo).where(Photo.session_id.in_(session_ids)).order_by(Photo.id)
     ).all()

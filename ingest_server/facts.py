@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.clock import to_utc
 from common.geo import Coordinate, Datum
 from common.schemas import MAX_CLIP_S, EventType
 from ingest_server.models import (
@@ -60,7 +61,8 @@ def recording_events(db: Session, session_id: str) -> list[RecordingEvent]:
     """The device's started/stopped/gap reports for a session, in server time.
 
     ``DeviceEvent.at`` is stored in server time already; the gap bounds in an event's data are
-    in the device's clock and are mapped with the offset the event stated.
+    in the device's clock and are mapped with the offset the event stated; a bound that is not
+    a time (or not a string) drops the gap.
     """
     out: list[RecordingEvent] = []
     rows = db.scalars(select(DeviceEvent).where(DeviceEvent.session_id == session_id)).all()
@@ -72,8 +74,14 @@ def recording_events(db: Session, session_id: str) -> list[RecordingEvent]:
             offset = timedelta(seconds=row.clock_offset_s or 0.0)
             try:
                 data = json.loads(row.data)
-                start = datetime.fromisoformat(data["start"]) - offset
-                end = datetime.fromisoformat(data["end"]) - offset if data.get("end") else None
+                # A camera may write either bound with or without an offset: both are read
+                # as aware UTC (naive as UTC), or gaps of one session could not be compared.
+                start = to_utc(datetime.fromisoformat(data["start"])) - offset
+                end = (
+                    to_utc(datetime.fromisoformat(data["end"])) - offset
+                    if data.get("end")
+                    else None
+                )
             except (KeyError, TypeError, ValueError, OverflowError):
                 continue
             out.append(RecordingEvent(kind, start, end))

@@ -80,6 +80,9 @@ class Device(Base):
     device_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     public_key: Mapped[str] = mapped_column(String(64))
     classroom_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # Since when it is installed in ``classroom_id`` (None: since before this was kept). A
+    # session-less clip taken earlier is not its present classroom's (``evidence.scope``).
+    classroom_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 

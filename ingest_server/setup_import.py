@@ -385,6 +385,9 @@ def import_rows(
                 )
             )
         else:
+            if existing.classroom_id != r.classroom_id:
+                # A move: the clips it took before are not its new classroom's (evidence.scope).
+                existing.classroom_since = utc_now()
             existing.public_key, existing.classroom_id = r.public_key, r.classroom_id
         counts["devices"] += 1
     db.flush()

@@ -1,17 +1,19 @@
 """Evidence files for people and machines: a clip's video (or still), its signed manifest, a
 photo's JPEG. A caller reads a clip of its own devices or sessions, a photo of its own sessions;
 the bytes are served with ranges and the SHA-256 as ETag (``api.files``), and each download is
-in the audit log once per viewing (``_audit_file``)."""
+in the audit log once per viewing (``_audit_file``). Whose a clip is, whatever its manifest
+claims, is ``evidence.scope``'s to say."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingest_server import audit
@@ -27,6 +29,7 @@ from ingest_server.api.deps import (
 from ingest_server.api.files import evidence_file_response, file_responses, starts_the_file
 from ingest_server.errors import StoreError
 from ingest_server.evidence import clip_file, clip_media_type, photo_file, signature_status
+from ingest_server.evidence.scope import clip_home
 from ingest_server.feed import session_clock
 from ingest_server.models import (
     AuditEntry,
@@ -34,7 +37,6 @@ from ingest_server.models import (
     Clip,
     Device,
     Photo,
-    SessionWindow,
     Upload,
 )
 
@@ -55,26 +57,27 @@ def actor_of(caller: Caller) -> str:
 
 
 def clip_visible(db: Session, caller: Caller, clip: Clip) -> bool:
-    """Whether ``caller`` may read ``clip``: its device is within the caller's devices, or it
-    belongs to a session the caller may read (the session its manifest names, or the session
-    of the window it answers). A clip with no session is its device's classroom's."""
+    """Whether ``caller`` may read ``clip`` (``evidence.scope.clip_home``): a clip naming a
+    session when it belongs to a session the caller may read (its device is that session's
+    camera); a session-less clip when its device was installed in one of the caller's
+    classrooms when it took it. A camera naming another school's session, or moved to another
+    school, shows that school nothing; readers of everything see every clip, the attempt
+    included."""
     if caller.reads_everything:
         return True
-    own_device = select(Device.device_id).where(
-        Device.device_id == clip.device_id, device_scope(caller)
-    )
-    if db.scalar(own_device) is not None:
-        return True
-    windows = select(SessionWindow.session_id).where(SessionWindow.cmd_id == clip.cmd_id)
-    sessions = [ClassSession.id == clip.session_id] if clip.session_id else []
-    if clip.cmd_id:
-        sessions.append(ClassSession.id.in_(windows))
-    if not sessions:
+    home = clip_home(db, clip)
+    if home.names_a_session:
+        mine = select(ClassSession.id).where(
+            ClassSession.id.in_(home.sessions), session_scope(caller)
+        )
+        return bool(home.sessions) and db.scalar(mine.limit(1)) is not None
+    room = home.classroom
+    if room is None:
         return False
-    return (
-        db.scalar(select(ClassSession.id).where(session_scope(caller), or_(*sessions)).limit(1))
-        is not None
+    own_device = select(Device.device_id).where(
+        Device.device_id == clip.device_id, Device.classroom_id == room, device_scope(caller)
     )
+    return db.scalar(own_device) is not None
 
 
 def visible_clip(db: Session, caller: Caller, clip_id: int) -> Clip:
@@ -113,13 +116,14 @@ def _audit_file(
     makes many range requests of one clip while it plays and seeks, and one row each would
     bury the log (and cost a write per request). A request that starts the file (no
     ``Range``, or a range from byte 0) is always logged; a later range only when this caller
-    has no row for the file within ``SAME_VIEWING``, so a download that skips byte 0 is
+    has no download row of this file by this route within ``SAME_VIEWING`` — any other row
+    (the manifest read, the session page) is no download, so a download that skips byte 0 is
     logged all the same."""
     actor = actor_of(caller)
     if not starts_the_file(request):
         with context.session_factory() as probe:  # no statement: only its factory's clock
             now = session_clock(probe).now()
-        if _viewed_since(db, actor, subject, now - SAME_VIEWING):
+        if _downloaded_since(db, actor, subject, route, now - SAME_VIEWING):
             return
     # The range as asked (cut: the header is the caller's to fill, the log is for ever).
     asked = request.headers.get("range")
@@ -127,17 +131,28 @@ def _audit_file(
     _record_view(context, caller, route, subject, details)
 
 
-def _viewed_since(db: Session, actor: str, subject: tuple[str, str], since: datetime) -> bool:
-    """Whether the log holds a ``viewed`` row of ``actor`` for ``subject`` since ``since``."""
+def _downloaded_since(
+    db: Session, actor: str, subject: tuple[str, str], route: str, since: datetime
+) -> bool:
+    """Whether the log holds a download row (``_audit_file``'s: ``download`` set, the same
+    ``route``) of ``actor`` for ``subject`` since ``since``."""
     subject_type, subject_id = subject
-    seen = select(AuditEntry.seq).where(
+    seen = select(AuditEntry.details).where(
         AuditEntry.subject_id == subject_id,
         AuditEntry.subject_type == subject_type,
         AuditEntry.actor == actor,
         AuditEntry.action == audit.AuditAction.VIEWED.value,
         AuditEntry.at >= since,
     )
-    return db.scalar(seen.limit(1)) is not None
+    for text in db.scalars(seen):
+        try:
+            details = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        downloaded = isinstance(details, dict) and details.get("download") is True
+        if downloaded and details.get("route") == route:
+            return True
+    return False
 
 
 def _record_view(

@@ -38,8 +38,9 @@ from ingest_server.api.deps import (
     get_db,
     require,
 )
+from ingest_server.api.evidence_files import clip_visible
 from ingest_server.db import reader_factory
-from ingest_server.models import ID_LENGTH, Device
+from ingest_server.models import ID_LENGTH, Clip, Device
 from ingest_server.presence import Presence
 from ingest_server.rollcall import (
     Outcome,
@@ -316,6 +317,12 @@ def _serve_still(
     recorded. No caching anywhere: every view of evidence is to be recorded."""
     still = outcome.still
     assert still is not None
+    with reader_factory(context.session_factory)() as db:
+        # The camera may be in the caller's classrooms now yet have taken this still elsewhere
+        # (moved since): a still is the caller's only as any clip is (evidence.scope).
+        clip = db.get(Clip, still.clip_id)
+        if clip is None or not clip_visible(db, caller, clip):
+            raise _refuse(403, "not_in_scope", sp, outcome.device_id, cmd_id=outcome.cmd_id)
     data = context.store.path_of(still.path).read_bytes()
     if hashlib.sha256(data).hexdigest() != still.sha256:
         raise _refuse(500, "snapshot_corrupt", sp, outcome.device_id, cmd_id=outcome.cmd_id)

@@ -12,11 +12,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.clock import to_utc
 from common.errors import ProtocolError, SignatureInvalid
 from common.geo import Coordinate, Datum, distance_m
 from common.signing import parse_signed_manifest
 from ingest_server.evidence.files import clip_media_type
 from ingest_server.evidence.listing import iso_or_none, reasons_view, session_summary
+from ingest_server.evidence.scope import window_clip_belongs
 from ingest_server.facts import (
     offline_intervals,
     recording_events,
@@ -128,8 +130,9 @@ def session_over(row: ClassSession, now: datetime) -> bool:
 def shown_windows(
     db: Session, row: ClassSession, now: datetime, lang: str, tz: tzinfo
 ) -> list[dict[str, Any]]:
-    """The session's windows with the clip that speaks for each (``rules.clip_proof``); none
-    before the session is over."""
+    """The session's windows with the clip that speaks for each (``rules.clip_proof``) among
+    the clips that belong to the session (``evidence.scope``: another camera's clip naming a
+    window is never shown as the session's); none before the session is over."""
     if not session_over(row, now):
         return []
     windows = db.scalars(
@@ -142,7 +145,8 @@ def shown_windows(
         if w.end > now:
             continue
         evidence = window_evidence(db, w)
-        proof = best_proof(evidence.facts, evidence.clips, installed or "", None, offsets)
+        clips = tuple(c for c in evidence.clips if window_clip_belongs(db, c.clip_id, row))
+        proof = best_proof(evidence.facts, clips, installed or "", None, offsets)
         clip = db.get(Clip, proof.clip.clip_id) if proof else None
         clip_data = None
         if clip is not None and proof is not None:
@@ -158,7 +162,7 @@ def shown_windows(
                 "end": iso_or_none(w.end),
                 "requested_at": iso_or_none(w.requested_at),
                 "failed_reason": w.failed_reason,
-                "clips_offered": len(evidence.clips),
+                "clips_offered": len(clips),
                 "clip": clip_data,
             }
         )
@@ -230,7 +234,12 @@ def session_timeline(
     """The session on one axis: as planned and as it happened, its (shown) windows, the
     recording gaps the camera reported and when the camera was offline, in server time."""
     end = row.scheduled_start + timedelta(seconds=row.duration_s)
-    gaps = [(e.at, e.end) for e in recording_events(db, row.id) if e.kind is RecordingEventKind.GAP]
+    # Aware UTC on both ends whatever the camera wrote, so that gaps sort (and print) alike.
+    gaps = [
+        (to_utc(e.at), to_utc(e.end) if e.end is not None else None)
+        for e in recording_events(db, row.id)
+        if e.kind is RecordingEventKind.GAP
+    ]
     device_id = session_camera(db, row)
     last = max(t for t in (end, row.closed_at) if t is not None)
     first = min(t for t in (row.scheduled_start, row.opened_at) if t is not None)

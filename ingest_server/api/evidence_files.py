@@ -26,8 +26,13 @@ from ingest_server.api.deps import (
     get_db,
     session_scope,
 )
-from ingest_server.api.files import evidence_file_response, file_responses, starts_the_file
-from ingest_server.errors import StoreError
+from ingest_server.api.files import (
+    evidence_file_response,
+    file_responses,
+    starts_the_file,
+    store_errors,
+)
+from ingest_server.api.params import MAX_ROW_ID
 from ingest_server.evidence import clip_file, clip_media_type, photo_file, signature_status
 from ingest_server.evidence.scope import clip_home
 from ingest_server.feed import session_clock
@@ -45,10 +50,9 @@ router = APIRouter()
 # A file range read again by the same caller within this long is the same viewing: not
 # logged again (a player asks for many ranges of one clip), whatever byte it starts at.
 SAME_VIEWING = timedelta(hours=1)
-MAX_ID = 2**63 - 1
 
-ClipId = Annotated[int, Path(ge=1, le=MAX_ID)]
-PhotoId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ClipId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+PhotoId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 def actor_of(caller: Caller) -> str:
@@ -178,16 +182,19 @@ def _record_view(
 def _send(
     request: Request, path_of: Callable[[], FilePath], media_type: str, sha256: str
 ) -> Response:
-    try:
+    with store_errors():
         return evidence_file_response(request, path_of(), media_type, sha256)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        raise HTTPException(404, "the stored file is missing") from exc
-    except StoreError as exc:
-        # A bucket that cannot be read now (or whose object no longer matches its hash): the
-        # evidence is not served, and the client may ask again.
-        raise HTTPException(503, "the evidence store cannot serve this file now") from exc
 
 
+def _sent_bytes(request: Request, response: Response) -> bool:
+    # A HEAD is answered with the headers alone and a 304 with none of the file: no evidence
+    # was shown, so neither is a viewing to log (a client may probe a file's size and ETag).
+    return request.method != "HEAD" and response.status_code != 304
+
+
+# HEAD answers as GET does without the body (Starlette's FileResponse sends only headers);
+# left out of the OpenAPI document, as HTTP implies it of every GET.
+@router.head("/clips/{clip_id}/video", include_in_schema=False)
 @router.get(
     "/clips/{clip_id}/video",
     tags=["evidence"],
@@ -210,7 +217,7 @@ def get_clip_video(
     response = _send(
         request, lambda: clip_file(context.store, clip), clip_media_type(clip), clip.sha256
     )
-    if response.status_code != 304:
+    if _sent_bytes(request, response):
         details = {"session_id": clip.session_id, "sha256": clip.sha256}
         _audit_file(
             request, db, context, caller, "GET /clips/{id}/video", ("clip", str(clip.id)), details
@@ -243,6 +250,7 @@ def get_clip_manifest(
     }
 
 
+@router.head("/photos/{photo_id}/image", include_in_schema=False)
 @router.get(
     "/photos/{photo_id}/image",
     tags=["evidence"],
@@ -260,7 +268,7 @@ def get_photo_image(
     may read its session. Logged once per viewing, as clips are."""
     photo = visible_photo(db, caller, photo_id)
     response = _send(request, lambda: photo_file(context.store, photo), "image/jpeg", photo.sha256)
-    if response.status_code != 304:
+    if _sent_bytes(request, response):
         details = {"session_id": photo.session_id, "sha256": photo.sha256}
         _audit_file(
             request,

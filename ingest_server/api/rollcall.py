@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -39,8 +39,11 @@ from ingest_server.api.deps import (
     require,
 )
 from ingest_server.api.evidence_files import clip_visible
+from ingest_server.api.files import store_errors
+from ingest_server.api.params import AcceptLanguage, Id
+from ingest_server.api.params import Lang as LangQuery
 from ingest_server.db import reader_factory
-from ingest_server.models import ID_LENGTH, Clip, Device
+from ingest_server.models import Clip, Device
 from ingest_server.presence import Presence
 from ingest_server.rollcall import (
     Outcome,
@@ -61,9 +64,6 @@ RECHECK_S = 0.5
 # A pending follow-up is worth asking again after this long.
 RETRY_AFTER_S = 2
 
-IdPath = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=r"^[A-Za-z0-9_-]+$")]
-Lang_ = Annotated[str | None, Query(max_length=64, description="zh-CN (default) or en")]
-AcceptLanguage = Annotated[str | None, Header(max_length=1024)]
 Inspector = Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR, Role.INSTITUTION))]
 
 Code = Literal[
@@ -79,7 +79,12 @@ Code = Literal[
     "snapshot_expired",
     "snapshot_corrupt",
     "unknown_roll_call",
+    "still_missing",
+    "store_unavailable",
 ]
+# The file routes' refusals of a stored file (``api.files.store_errors``), said as the roll
+# call says its own.
+STORE_REFUSALS: dict[int, Code] = {404: "still_missing", 503: "store_unavailable"}
 
 MESSAGES: dict[str, dict[Lang, str]] = {
     "unknown_device": {
@@ -129,6 +134,14 @@ MESSAGES: dict[str, dict[Lang, str]] = {
     "unknown_roll_call": {
         "zh-CN": "设备 {device} 没有编号为 {cmd} 的点名",
         "en": "Device {device} has no roll call {cmd}",
+    },
+    "still_missing": {
+        "zh-CN": "点名照片 {cmd} 的存储文件已不存在",
+        "en": "The stored file of roll call {cmd} is missing",
+    },
+    "store_unavailable": {
+        "zh-CN": "证据存储暂时无法提供点名照片 {cmd}，请稍后再试",
+        "en": "The evidence store cannot serve the still of roll call {cmd} now; ask again later",
     },
     "pending": {
         "zh-CN": "设备 {device} 的照片尚未到达，请稍后再取",
@@ -209,7 +222,7 @@ def _problem(description: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: _problem("A lecturer, or a device outside the institution's classrooms"),
-    404: _problem("No such device (or no such roll call of it)"),
+    404: _problem("No such device (or no such roll call of it, or its stored file is missing)"),
     502: _problem("snapshot_failed: the device answered that it could not take the picture"),
     500: _problem("snapshot_corrupt: the stored file does not match its signed digest"),
 }
@@ -217,7 +230,11 @@ POST_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: STILL,
     **PROBLEMS,
     409: _problem("device_offline (answered at once), device_disabled or no_command_link"),
-    503: _problem("too_many_waiters or not_queued: ask again after Retry-After", ("Retry-After",)),
+    503: _problem(
+        "too_many_waiters or not_queued, or the evidence store cannot serve the still now: ask"
+        " again after Retry-After",
+        ("Retry-After",),
+    ),
     504: _problem(
         "snapshot_timeout: nothing within snapshot_wait_s; the follow-up is in Location",
         ("Location",),
@@ -232,6 +249,10 @@ GET_ANSWERS: dict[int | str, dict[str, Any]] = {
     },
     **PROBLEMS,
     410: _problem("snapshot_expired: no answer within command_ttl_s; no longer sent"),
+    503: _problem(
+        "The evidence store cannot serve the still now: ask again after Retry-After",
+        ("Retry-After",),
+    ),
 }
 
 
@@ -323,7 +344,20 @@ def _serve_still(
         clip = db.get(Clip, still.clip_id)
         if clip is None or not clip_visible(db, caller, clip):
             raise _refuse(403, "not_in_scope", sp, outcome.device_id, cmd_id=outcome.cmd_id)
-    data = context.store.path_of(still.path).read_bytes()
+    # Read as the file routes read a clip: missing is 404, a store out of reach 503.
+    try:
+        with store_errors():
+            data = context.store.path_of(still.path).read_bytes()
+    except HTTPException as exc:
+        code = STORE_REFUSALS[exc.status_code]
+        raise _refuse(
+            exc.status_code,
+            code,
+            sp,
+            outcome.device_id,
+            headers=dict(exc.headers or {}),
+            cmd_id=outcome.cmd_id,
+        ) from exc
     if hashlib.sha256(data).hexdigest() != still.sha256:
         raise _refuse(500, "snapshot_corrupt", sp, outcome.device_id, cmd_id=outcome.cmd_id)
     _record(
@@ -449,12 +483,12 @@ def _failure(outcome: Outcome, sp: _Speaker) -> HTTPException:
 )
 async def roll_call(
     request: Request,
-    device_id: IdPath,
+    device_id: Id,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: Inspector,
     accept_language: AcceptLanguage = None,
-    lang: Lang_ = None,
+    lang: LangQuery = None,
 ) -> Response:
     """Ask the camera ``device_id`` for a still now and answer with the JPEG.
 
@@ -563,13 +597,13 @@ async def roll_call(
 )
 def roll_call_result(
     request: Request,
-    device_id: IdPath,
-    cmd_id: IdPath,
+    device_id: Id,
+    cmd_id: Id,
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: Inspector,
     accept_language: AcceptLanguage = None,
-    lang: Lang_ = None,
+    lang: LangQuery = None,
 ) -> Response:
     """The picture of roll call ``cmd_id`` of camera ``device_id`` (the ``Location`` of a
     504 ``snapshot_timeout``), answered at once:

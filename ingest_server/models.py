@@ -315,8 +315,8 @@ class SessionWindow(Base):
 
 class SessionReview(Base):
     """A person's "reviewed" mark on a session (the dashboard's review queue): one per
-    reviewer (``role:name`` of the API caller) and session, set and cleared by that reviewer.
-    It says who looked, not what the verdict is: verdicts stay the rules' alone."""
+    reviewer (``evidence.reviews.reviewer_of``: one token's) and session, set and cleared by
+    that reviewer. It says who looked, not what the verdict is: verdicts stay the rules' alone."""
 
     __tablename__ = "session_reviews"
     __table_args__ = (UniqueConstraint("session_id", "reviewer"),)

@@ -105,6 +105,58 @@ def session_camera(db: Session, session: ClassSession) -> str | None:
     return session.device_id or installed_camera(db, session.classroom_id)
 
 
+def taken_at(clip: Clip) -> datetime:
+    """When the clip was taken, at the latest: the start of its cut in server time (through
+    the offset its manifest stated), or when it was stored if that is earlier — a device's
+    clock cannot make a clip younger than its arrival."""
+    stored = to_utc(clip.stored_at)
+    try:
+        cut = to_utc(clip.cut_start) - timedelta(seconds=clip.clock_offset_s or 0.0)
+    except OverflowError:
+        return stored
+    return min(stored, cut)
+
+
+def classroom_when_taken(db: Session, clip: Clip) -> str | None:
+    """The classroom the clip's camera was installed in when it took the clip, if the server
+    knows: its present classroom when the present installation (``Device.classroom_since``,
+    set by every move) began before the clip. The server keeps no older installations: a
+    clip from before the present one is in no classroom."""
+    device = db.get(Device, clip.device_id)
+    if device is None or device.classroom_id is None:
+        return None
+    since = device.classroom_since
+    if since is not None and taken_at(clip) < to_utc(since):
+        return None
+    return device.classroom_id
+
+
+def clip_belongs(db: Session, clip: Clip, session: ClassSession) -> bool:
+    """Whether ``clip`` is ``session``'s own: its device is the session's camera (bound when
+    it began; for one that never began, its classroom's, installed there when it took the
+    clip, so that a camera moved in since brings no earlier footage along)."""
+    if session.device_id is not None:
+        return clip.device_id == session.device_id
+    return installed_camera(
+        db, session.classroom_id
+    ) == clip.device_id and session.classroom_id == classroom_when_taken(db, clip)
+
+
+def clip_counts_for(db: Session, clip: Clip, session: ClassSession) -> bool:
+    """Whether ``clip``, which names ``session``, is evidence about it at all: it is the
+    session's own (``clip_belongs``), or its camera was then installed in another classroom
+    of the session's institution — a neighbour's camera, which the rules refuse by name
+    (``clip_wrong_device``). Another institution's camera never counts: what it signs
+    neither changes nor shows in another school's session (its row keeps the claim)."""
+    if clip_belongs(db, clip, session):
+        return True
+    room = classroom_when_taken(db, clip)
+    if room is None:
+        return False
+    theirs, ours = db.get(Classroom, room), db.get(Classroom, session.classroom_id)
+    return theirs is not None and ours is not None and theirs.institution_id == ours.institution_id
+
+
 def reported_recorded_seconds(db: Session, session_id: str) -> float | None:
     """What the camera itself said it recorded, in its latest ``session_stopped``."""
     rows = db.scalars(
@@ -166,11 +218,16 @@ def _decoded(check: ClipCheck | None) -> DecodedClip | None:
     )
 
 
-def window_clips(db: Session, cmd_id: str) -> tuple[ClipFacts, ...]:
-    """Every stored clip whose signed manifest answers ``cmd_id``, from any device, with what
-    its check found and the window (if any) its bytes were first given for."""
+def window_clips(
+    db: Session, cmd_id: str, session: ClassSession | None = None
+) -> tuple[ClipFacts, ...]:
+    """Every stored clip whose signed manifest answers ``cmd_id`` (of ``session``'s window:
+    only those that count for it, ``clip_counts_for``), with what its check found and the
+    window (if any) its bytes were first given for."""
     out = []
-    for clip in db.scalars(select(Clip).where(Clip.cmd_id == cmd_id).order_by(Clip.id)):
+    for clip in db.scalars(select(Clip).where(Clip.cmd_id == cmd_id).order_by(Clip.id)).all():
+        if session is not None and not clip_counts_for(db, clip, session):
+            continue
         first = db.execute(
             select(Clip.cmd_id, Clip.device_id)
             .where(
@@ -334,7 +391,7 @@ class FactReader:
             .where(SessionWindow.session_id == row.id)
             .order_by(SessionWindow.idx)
         ):
-            windows.append(window_evidence(db, w))
+            windows.append(window_evidence(db, w, row))
         room = ClassroomFacts(
             classroom.id,
             Coordinate(classroom.lat, classroom.lon, Datum(classroom.datum)),
@@ -378,11 +435,14 @@ class FactReader:
         )
 
 
-def window_evidence(db: Session, w: SessionWindow) -> WindowEvidence:
-    """A window, the clips offered for it, when it was asked for, whether its cut failed."""
+def window_evidence(
+    db: Session, w: SessionWindow, session: ClassSession | None = None
+) -> WindowEvidence:
+    """A window, the clips offered for it (of ``session``, the window's: those that count
+    for it), when it was asked for, whether its cut failed."""
     return WindowEvidence(
         facts=WindowFacts(number=w.idx + 1, window=Window(w.start, w.end), cmd_id=w.cmd_id),
-        clips=window_clips(db, w.cmd_id),
+        clips=window_clips(db, w.cmd_id, session),
         requested_at=w.requested_at,
         cut_failed=w.failed_reason,
     )

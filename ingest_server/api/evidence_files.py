@@ -62,11 +62,11 @@ def actor_of(caller: Caller) -> str:
 
 def clip_visible(db: Session, caller: Caller, clip: Clip) -> bool:
     """Whether ``caller`` may read ``clip`` (``evidence.scope.clip_home``): a clip naming a
-    session when it belongs to a session the caller may read (its device is that session's
-    camera); a session-less clip when its device was installed in one of the caller's
-    classrooms when it took it. A camera naming another school's session, or moved to another
-    school, shows that school nothing; readers of everything see every clip, the attempt
-    included."""
+    session when it counts for a session the caller may read (its device is that session's
+    camera, or was a camera of the same school when it took it); a session-less clip when its
+    device was installed in one of the caller's classrooms when it took it. A camera naming
+    another school's session, or moved to another school, shows that school nothing; readers
+    of everything see every clip, the attempt included."""
     if caller.reads_everything:
         return True
     home = clip_home(db, clip)

@@ -18,7 +18,6 @@ from common.geo import Coordinate, Datum, distance_m
 from common.signing import parse_signed_manifest
 from ingest_server.evidence.files import clip_media_type
 from ingest_server.evidence.listing import iso_or_none, reasons_view, session_summary
-from ingest_server.evidence.scope import window_clip_belongs
 from ingest_server.facts import (
     offline_intervals,
     recording_events,
@@ -131,8 +130,8 @@ def shown_windows(
     db: Session, row: ClassSession, now: datetime, lang: str, tz: tzinfo
 ) -> list[dict[str, Any]]:
     """The session's windows with the clip that speaks for each (``rules.clip_proof``) among
-    the clips that belong to the session (``evidence.scope``: another camera's clip naming a
-    window is never shown as the session's); none before the session is over."""
+    the clips that count for the session (``facts.clip_counts_for``: another school's camera
+    naming a window is never shown); none before the session is over."""
     if not session_over(row, now):
         return []
     windows = db.scalars(
@@ -144,9 +143,8 @@ def shown_windows(
     for w in windows:
         if w.end > now:
             continue
-        evidence = window_evidence(db, w)
-        clips = tuple(c for c in evidence.clips if window_clip_belongs(db, c.clip_id, row))
-        proof = best_proof(evidence.facts, clips, installed or "", None, offsets)
+        evidence = window_evidence(db, w, row)
+        proof = best_proof(evidence.facts, evidence.clips, installed or "", None, offsets)
         clip = db.get(Clip, proof.clip.clip_id) if proof else None
         clip_data = None
         if clip is not None and proof is not None:
@@ -162,7 +160,7 @@ def shown_windows(
                 "end": iso_or_none(w.end),
                 "requested_at": iso_or_none(w.requested_at),
                 "failed_reason": w.failed_reason,
-                "clips_offered": len(clips),
+                "clips_offered": len(evidence.clips),
                 "clip": clip_data,
             }
         )

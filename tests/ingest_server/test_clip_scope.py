@@ -26,6 +26,7 @@ from ingest_server.models import AuditEntry, ClassSession, Clip, Device, DeviceC
 from ingest_server.sessions import record_device_event
 from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import clip_path
+from ingest_server.verdicts import VerdictKeeper
 from simulators.phone import make_photo
 
 
@@ -38,6 +39,7 @@ def _forge_into_b(world: World, *, with_window: bool, bound: bool) -> int:
             assert session is not None
             session.device_id = "cam-b1"
         window = _first_window(db, "s-b1-1")
+        window.requested_at = window.end + timedelta(minutes=1)  # school b's camera was asked
         clip, _ = store_clip(
             db, world.context.store, world.keys["a1"], world.tmp, window, "cam-a1", 77
         )
@@ -81,10 +83,50 @@ def test_a_camera_cannot_file_footage_in_another_schools_session(
             subject = (entry.get("subject_type"), entry.get("subject_id"))
             assert subject != ("clip", str(clip_id)), name
 
+    # Nor does it count in school b's verdict: the window still lacks its own camera's clip.
+    _recompute(world, "s-b1-1")
+    reasons = world.get("inst-b", "/api/v1/sessions/s-b1-1").json()["verdict"]["reasons"]
+    assert "cam-a1" not in json.dumps(reasons, ensure_ascii=False)
+    first = [r["code"] for r in reasons if r["params"].get("window_no") == 1]
+    assert first == ["clip_missing"], reasons  # as if nothing had come, not a wrong device
+
     # The row keeps what the camera signed: evidence of the attempt.
     with world.context.session_factory() as db:
         clip = db.get(Clip, clip_id)
         assert clip is not None and clip.session_id == "s-b1-1"
+
+
+def _recompute(world: World, session_id: str) -> None:
+    keeper = VerdictKeeper(world.context.session_factory, world.context.settings, NOW_CLOCK)
+    keeper.recompute({session_id})
+
+
+NOW_CLOCK = VirtualClock(start=NOW)
+
+
+def test_a_neighbours_camera_of_the_same_school_is_offered_and_refused_by_name(world: World):
+    """cam-a2 (school a's next classroom) answers s-a1-1's window: school a sees the attempt
+    in its own session — shown, exported, and refused as ``clip_wrong_device`` — and school b
+    sees none of it."""
+    with world.context.session_factory.begin() as db:
+        window = _first_window(db, "s-a1-1")
+        window.requested_at = window.end + timedelta(minutes=1)
+        clip, _ = store_clip(
+            db, world.context.store, world.keys["a2"], world.tmp, window, "cam-a2", 78
+        )
+        clip_id = clip.id
+    _recompute(world, "s-a1-1")
+    view = world.get("inst-a", "/api/v1/sessions/s-a1-1").json()
+    shown = view["windows"][0]
+    assert shown["clips_offered"] == 1 and shown["clip"]["device_id"] == "cam-a2"
+    assert shown["clip"]["proof"] == "failed"
+    wrong = [r for r in view["verdict"]["reasons"] if r["code"] == "clip_wrong_device"]
+    assert [r["params"]["device_id"] for r in wrong] == ["cam-a2"]
+    assert world.get("inst-a", f"/api/v1/clips/{clip_id}/video").status_code == 200
+    assert world.get("inst-b", f"/api/v1/clips/{clip_id}/video").status_code == 403
+    export = world.get("inst-a", "/api/v1/sessions/s-a1-1/export")
+    index = json.loads(zipfile.ZipFile(io.BytesIO(export.content)).read("MANIFEST.json"))
+    assert clip_id in [c["id"] for c in index["clips"]]
 
 
 def _still(world: World, device_id: str, upload_id: str, at: datetime, cmd_id: str | None) -> int:

@@ -57,9 +57,11 @@ PHONE: ViewportSize = {"width": 375, "height": 740}
 TIMEOUT_MS = 20_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, for the whole run."""
+    """Debian's Chromium, headless, for one test file. Not for the whole run: Playwright's
+    sync API keeps an asyncio loop running in the main thread while it is open, and a later
+    test file on the same worker that calls ``asyncio.run`` would fail."""
     if not CHROMIUM.is_file():
         pytest.fail(
             f"{CHROMIUM} is missing: the dashboard tests drive Debian's Chromium; install it with"

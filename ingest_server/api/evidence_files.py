@@ -1,5 +1,6 @@
 """Evidence files for people and machines: a clip's video (or still), its signed manifest, a
-photo's JPEG. A caller reads a clip of its own devices or sessions, a photo of its own sessions;
+photo's JPEG. A caller reads a clip of its own sessions (taken by their cameras) or, for a
+session-less one, of its classrooms' cameras while installed there; a photo of its own sessions;
 the bytes are served with ranges and the SHA-256 as ETag (``api.files``), and each download is
 in the audit log once per viewing (``_audit_file``). Whose a clip is, whatever its manifest
 claims, is ``evidence.scope``'s to say."""
@@ -210,9 +211,11 @@ def get_clip_video(
 ) -> Response:
     """The clip's file as stored (an MP4; a snapshot or reference still is a JPEG), with HTTP
     range requests (206 with ``Content-Range``; 416 past the end) so a browser can play and
-    seek it; its ``ETag`` is its SHA-256. Only a clip the caller may read: one of its
-    classrooms' devices or sessions. Logged once per viewing (``_audit_file``): the first
-    request of a player (no range, or from byte 0), not each later range of the same file."""
+    seek it; its ``ETag`` is its SHA-256. Only a clip the caller may read: one naming a session
+    of the caller's, taken by that session's camera or another camera of the same school, or
+    one naming no session, taken by a camera while installed in one of the caller's classrooms.
+    Logged once per viewing (``_audit_file``): the first request of a player (no range, or
+    from byte 0), not each later download range of the same file by the same caller."""
     clip = visible_clip(db, caller, clip_id)
     response = _send(
         request, lambda: clip_file(context.store, clip), clip_media_type(clip), clip.sha256

@@ -86,10 +86,13 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def evidence_lines(result: ReplayResult) -> list[str]:
-    """Where people see each session's evidence (until the dashboard exists: the API)."""
-    lines = [f"API {result.api_url}  (header  Authorization: Bearer {result.admin_token})"]
+    """Where people see each session's evidence: its dashboard page (sign in with the admin
+    token), and the API for machines."""
+    site = result.api_url.removesuffix("/api/v1")
+    lines = [f"dashboard {site}/ui/  (sign in with the admin token {result.admin_token})"]
     for o in result.outcomes:
-        lines.append(f"  {result.api_url}/sessions/{o.session.session_id}?lang=en")
+        lines.append(f"  {site}/ui/sessions/{o.session.session_id}")
+    lines.append(f"API {result.api_url}  (header  Authorization: Bearer {result.admin_token})")
     return lines
 
 

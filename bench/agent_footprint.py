@@ -10,12 +10,15 @@ camera hands them over for free), measured in this same run. Run with ``make ben
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from figures import Figure, report
 from rich.console import Console
 from rich.table import Table
 
@@ -63,6 +66,21 @@ class MemorySampler(threading.Thread):
                 self.peak_anon = max(self.peak_anon, memory_mb(self.pid)["RssAnon"])
             except (OSError, KeyError):
                 return
+
+
+# The floor any Python agent on this stack pays: an interpreter with the libraries the agent
+# loads for the IP-camera path (PyAV for the stream copy, paho, cryptography), doing nothing.
+FLOOR = (
+    "import av, paho.mqtt.client, cryptography.hazmat.primitives.asymmetric.ed25519, pathlib\n"
+    "print(next(l for l in pathlib.Path('/proc/self/status').read_text().splitlines()"
+    " if l.startswith('VmHWM')).split()[1])"
+)
+
+
+def library_floor_mb() -> float:
+    """Peak RSS of a bare interpreter that imported the agent's libraries, in MB."""
+    out = subprocess.run([sys.executable, "-c", FLOOR], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
 
 
 def synthesis_cpu_per_frame() -> float:
@@ -221,6 +239,38 @@ def main() -> int:
         "",
     )
     console.print(table)
+    command = "make bench (bench/agent_footprint.py)"
+    figures = [
+        Figure(
+            "agent_idle_cpu",
+            "agent idle CPU (between sessions)",
+            synthetic["idle_cpu"] * 100,
+            "% core",
+            None,
+            "",
+            "<=",
+            2.0,
+            "measured",
+            command,
+        )
+    ]
+    if rtsp is not None:
+        figures.insert(
+            0,
+            Figure(
+                "agent_rss_ipcam",
+                "agent peak RSS, IP camera (stream copy)",
+                rtsp["hwm"],
+                "MB",
+                library_floor_mb(),
+                "bare python + av, paho",
+                "<=",
+                80.0,
+                "measured",
+                command,
+            ),
+        )
+    report("agent footprint: issue 11 goals", figures, console)
     return 0
 
 

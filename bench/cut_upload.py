@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from figures import Figure, report
 from rich.console import Console
 from rich.table import Table
 
@@ -73,16 +74,19 @@ def bench_cut(work: Path) -> tuple[dict[str, float], Spool, object]:
 
 
 def bare_paho_goodput(broker: MosquittoBroker, total_bytes: int, chunk: int = 65536) -> float:
-    """MB/s of QoS 1 chunk messages from one paho client to another, through ``broker``."""
+    """MB/s of QoS 1 chunk messages from one paho client to another, through ``broker``.
+
+    The broker drops QoS 1 messages past a subscriber's queue limit when the subscriber falls
+    behind, so the rate is of the bytes that arrived, up to the last arrival (waiting until
+    every message came or none came for 3 s); drops are reported."""
     n = max(1, total_bytes // chunk)
-    got = threading.Event()
     count = 0
+    last = 0.0
 
     def on_message(client, userdata, message):  # type: ignore[no-untyped-def]
-        nonlocal count
+        nonlocal count, last
         count += 1
-        if count >= n:
-            got.set()
+        last = time.perf_counter()
 
     broker.add_account("bench-pub")
     sub = mqtt.Client(
@@ -105,12 +109,16 @@ def bare_paho_goodput(broker: MosquittoBroker, total_bytes: int, chunk: int = 65
     began = time.perf_counter()
     for i in range(n):
         pub.publish(f"classcam/v1/up/bench-pub/file/b/chunk/{i * chunk}", payload, qos=1)
-    got.wait(120)
-    elapsed = time.perf_counter() - began
+    seen = -1
+    while count < n and count != seen:
+        seen = count
+        time.sleep(3)
     for c in (pub, sub):
         c.loop_stop()
         c.disconnect()
-    return n * chunk / elapsed / 1e6
+    if count < n:
+        console.print(f"[yellow]bare paho: the broker dropped {n - count} of {n} messages")
+    return count * chunk / (last - began) / 1e6
 
 
 def _prepared_device(
@@ -182,6 +190,9 @@ def bench_upload(work: Path, spool: Spool, window: tuple) -> dict[str, float]:  
         server.start()
         one_bytes, one_s = _upload_all(one)
         fleet_bytes, fleet_s = _upload_all(fleet)
+        # The bare pair alone on the broker: the server, subscribed to up/#, would otherwise
+        # take the same bytes as chunks of an unknown upload and compete for the two cores.
+        server.stop()
         bare = bare_paho_goodput(broker, fleet_bytes)
         return {
             "upload_mb": one_bytes / 1e6,
@@ -193,7 +204,8 @@ def bench_upload(work: Path, spool: Spool, window: tuple) -> dict[str, float]:  
             "fleet_vs_bare": fleet_bytes / fleet_s / 1e6 / bare,
         }
     finally:
-        server.stop()
+        if server.process is not None:
+            server.stop()
         broker.stop()
 
 
@@ -218,6 +230,49 @@ def main() -> int:
     table.add_row("[bold]one device / bare paho", f"[bold]{up['ours_vs_bare']:.2f}")
     table.add_row("[bold]fleet / bare paho", f"[bold]{up['fleet_vs_bare']:.2f}")
     console.print(table)
+    command = "make bench (bench/cut_upload.py)"
+    report(
+        "cut and upload: issue 11 goals",
+        [
+            Figure(
+                "cut_60s",
+                "cut a 60 s window (stream copy)",
+                cut["cut_60s_ms"],
+                "ms",
+                cut["copyfile_ms"],
+                "shutil.copyfile",
+                "<=",
+                3.0,
+                "ratio",
+                command,
+            ),
+            Figure(
+                "clip_ingest_fleet",
+                "clip ingest, 8 agents → stored",
+                up["fleet_mb_s"],
+                "MB/s",
+                up["bare_paho_mb_s"],
+                "bare paho sub",
+                ">=",
+                0.8,
+                "ratio",
+                command,
+            ),
+            Figure(
+                "clip_ingest_one",
+                "clip ingest, 1 agent → stored",
+                up["agent_to_stored_mb_s"],
+                "MB/s",
+                up["bare_paho_mb_s"],
+                "bare paho sub",
+                ">=",
+                0.8,
+                "ratio",
+                command,
+            ),
+        ],
+        console,
+    )
     return 0
 
 

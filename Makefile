@@ -77,6 +77,7 @@ bench: system-deps $(STAMP)
 	rm -f var/bench/figures.jsonl
 	$(PY) bench/cut_upload.py
 	$(PY) bench/uplink_link.py
+	$(PY) bench/verdict_latency.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/ingest_processor.py
 	$(PY) bench/photo_reuse.py

@@ -4,8 +4,9 @@ A ``<video>`` or ``<img>`` element cannot send a bearer header, so the page poin
 routes, which take the caller from the cookie and then answer exactly as the API's file routes
 do: the same scope (``evidence.scope``: a clip of a session the caller may read and filmed by
 that session's camera, a still by where its camera was installed when it was taken, a photo of
-a session they may read), the same range requests, ETag and 304, and the same audit rows (once per viewing). They
-call the API's route functions rather than repeat them, so the two cannot drift apart.
+a session they may read), the same range requests, ETag and 304, and the same audit rows
+(once per viewing). They call the API's route functions rather than repeat them, so the two
+cannot drift apart.
 """
 
 from __future__ import annotations

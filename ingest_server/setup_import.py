@@ -21,11 +21,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.clock import to_utc, utc_now
+from common.clock import to_utc
 from common.geo import Datum
 from common.schemas import SafeId
 from common.signing import load_public_key_b64
 from ingest_server.auth import hash_token
+from ingest_server.feed import session_clock
 from ingest_server.models import (
     Classroom,
     ClassSession,
@@ -200,6 +201,39 @@ def cameras_shared(db: Session, devices: list[tuple[int, Any]]) -> list[RowError
     return errors
 
 
+def _owners(db: Session, parsed: dict[str, list[tuple[int, Any]]]) -> dict[str, dict[str, str]]:
+    """The institution of every class, classroom and lecturer: the file's row where it has
+    one (it will be upserted), else the stored one; keyed by the session row's field."""
+    owners: dict[str, dict[str, str]] = {}
+    for field, section, model in (
+        ("class_id", "classes", TrainingClass),
+        ("classroom_id", "classrooms", Classroom),
+        ("lecturer_id", "lecturers", Lecturer),
+    ):
+        stored = db.execute(select(model.id, model.institution_id))
+        owners[field] = {row_id: school for row_id, school in stored}
+        owners[field].update({r.id: r.institution_id for _, r in parsed[section]})
+    return owners
+
+
+def mixed_schools(db: Session, parsed: dict[str, list[tuple[int, Any]]]) -> list[RowError]:
+    """A session whose class, classroom and lecturer are not all one institution's: its
+    evidence would be shown to one school as another's class (scope goes by the classroom,
+    the lecturer sees their own sessions), so it is refused, naming each one's institution."""
+    owners = _owners(db, parsed)
+    errors = []
+    for line, r in parsed["sessions"]:
+        schools = {field: owners[field].get(getattr(r, field)) for field in owners}
+        if None in schools.values() or len(set(schools.values())) == 1:
+            continue  # an unknown id is reported as such
+        named = ", ".join(f"{getattr(r, f)} of {schools[f]}" for f in owners)
+        # Named at the first field that disagrees with the classroom (whose school scopes it).
+        field = "class_id" if schools["class_id"] != schools["classroom_id"] else "lecturer_id"
+        message = f"class, classroom and lecturer belong to different institutions: {named}"
+        errors.append(RowError("sessions", line, field, message))
+    return errors
+
+
 @dataclass(frozen=True, slots=True)
 class _Booking:
     session_id: str
@@ -334,11 +368,14 @@ def import_rows(
                 value = getattr(row, field, None)
                 if value is not None and value not in ids:
                     errors.append(RowError(section, line, field, f"no such id: {value!r}"))
+    errors += mixed_schools(db, parsed)
     errors += double_booked(db, parsed["sessions"])
     errors += cameras_shared(db, parsed["devices"])
     if errors:
         raise ImportFailed(errors)
     counts = dict.fromkeys(SECTIONS, 0)
+    # The server's clock (simulated in a replay), as crud.register_device dates a move.
+    now = session_clock(db).now()
     for _, r in parsed["institutions"]:
         db.merge(Institution(id=r.id, name=r.name))
         counts["institutions"] += 1
@@ -380,14 +417,14 @@ def import_rows(
                     device_id=r.device_id,
                     public_key=r.public_key,
                     classroom_id=r.classroom_id,
-                    created_at=utc_now(),
+                    created_at=now,
                     enabled=True,
                 )
             )
         else:
             if existing.classroom_id != r.classroom_id:
                 # A move: the clips it took before are not its new classroom's (evidence.scope).
-                existing.classroom_since = utc_now()
+                existing.classroom_since = now
             existing.public_key, existing.classroom_id = r.public_key, r.classroom_id
         counts["devices"] += 1
     db.flush()

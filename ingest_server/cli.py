@@ -292,6 +292,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     import os
     from zoneinfo import ZoneInfo
 
+    from sqlalchemy import true
+
     from ingest_server.export import ExportRefused, export_sessions, load_export_key
     from ingest_server.models import ClassSession
 
@@ -314,6 +316,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
             signing_key=load_export_key(settings.export_key_file),
             now=SystemClock().now(),
             actor=f"cli:{getpass.getuser()}",
+            reader_scope=true(),  # the operator reads everything: reasons keep every param
             lang=args.lang,
             tz=ZoneInfo(settings.timezone),
         )

@@ -9,11 +9,13 @@ exported entry to the head, and refuses if that does not verify.
 
 The archive (a zip, written to a temporary file: clips may be large) holds the clips, photos,
 signed manifests exactly as received, the device keys and the server's, each session's
-evidence (``evidence.session_evidence``), every audit entry about those sessions, their clips,
-photos and uploads, ``audit/chain.json`` (seq, prev_hash, hash of every row from the first
-exported entry to the head), and ``MANIFEST.json`` (every file with its size and SHA-256, the
-clips' and photos' index, the head, who exported it and when) with the server's signature in
-``MANIFEST.sig``; plus ``verify.py`` (``export_verify.py`` byte for byte) and a README.
+evidence (``evidence.session_evidence``, as the exporting caller may see it: another school's
+session a reason names is left out for a school, ``evidence.blind``), every audit entry about
+those sessions, their clips, photos and uploads, ``audit/chain.json`` (seq, prev_hash, hash of
+every row from the first exported entry to the head), and ``MANIFEST.json`` (every file with its
+size and SHA-256, the clips' and photos' index, the head, who exported it and when) with the
+server's signature in ``MANIFEST.sig``; plus ``verify.py`` (``export_verify.py`` byte for byte)
+and a README.
 
 The export is recorded in the audit log (``audit.record_export``: the archive's SHA-256, one
 row per session) and committed before the archive is handed over.
@@ -39,7 +41,7 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from common.clock import to_utc
@@ -409,12 +411,14 @@ def write_archive(
     signing_key: Ed25519PrivateKey,
     now: datetime,
     actor: str,
+    reader_scope: ColumnElement[bool],
     lang: str,
     tz: tzinfo,
 ) -> ArchiveFacts:
-    """Write the export of ``rows`` (sessions already admitted for the caller) to ``out``.
-    ``db`` should read one snapshot (``db.reader_factory``); rows appended to the log meanwhile
-    are after the head read here and are left out."""
+    """Write the export of ``rows`` (sessions already admitted for the caller) to ``out``;
+    ``reader_scope`` is the caller's (``api.deps.session_scope``), which decides which other
+    sessions the reasons may name. ``db`` should read one snapshot (``db.reader_factory``);
+    rows appended to the log meanwhile are after the head read here and are left out."""
     if not rows:
         raise ExportRefused("no session to export")
     for row in rows:
@@ -435,13 +439,14 @@ def write_archive(
     ).all()
     entries = _entries(db, _subjects(session_ids, clips, photos), head.seq)
 
+    reader = evidence.Reader(db, reader_scope)
     with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
         archive = ArchiveWriter(zf, now)
         clip_index = _add_clips(archive, db, store, clips)
         photo_index = _add_photos(archive, store, photos)
         archive.add_bytes(export_verify.SERVER_KEY, public_key_pem(signing_key))
         for row in rows:
-            shown = evidence.session_evidence(db, row, now=now, lang=lang, tz=tz)
+            shown = evidence.session_evidence(db, row, reader=reader, now=now, lang=lang, tz=tz)
             archive.add_bytes(f"sessions/{row.id}.json", _json(_with_commands(db, row, shown)))
         for entry in entries:
             archive.add_bytes(f"audit/{entry.seq}.json", _entry_json(entry))
@@ -494,6 +499,7 @@ def export_sessions(
     signing_key: Ed25519PrivateKey,
     now: datetime,
     actor: str,
+    reader_scope: ColumnElement[bool],
     lang: str,
     tz: tzinfo,
 ) -> ExportResult:
@@ -515,6 +521,7 @@ def export_sessions(
                 signing_key=signing_key,
                 now=now,
                 actor=actor,
+                reader_scope=reader_scope,
                 lang=lang,
                 tz=tz,
             )

@@ -33,6 +33,7 @@ from ingest_server.api.evidence_files import actor_of, get_clip_video, get_photo
 from ingest_server.api.params import AcceptLanguage, Id, Lang, SessionId, UtcBound
 from ingest_server.evidence import (
     BadCursor,
+    Reader,
     SessionFilter,
     decode_cursor,
     fleet,
@@ -102,8 +103,10 @@ def list_sessions(
     page = session_page(db, session_scope(caller), flt, after=after, limit=limit)
     language, tz = pick_language(lang or accept_language), _zone(context)
     reviewed = reviewed_by(db, reviewer_of(caller), [row.id for row in page.sessions])
+    reader = Reader(db, session_scope(caller))
     sessions = [
-        session_summary(db, row, lang=language, tz=tz) | {"reviewed": row.id in reviewed}
+        session_summary(db, row, reader=reader, lang=language, tz=tz)
+        | {"reviewed": row.id in reviewed}
         for row in page.sessions
     ]
     # One row per request, not per session shown (a page is up to 500 of them).
@@ -134,6 +137,7 @@ def get_session(
     view = session_evidence(
         db,
         row,
+        reader=Reader(db, session_scope(caller)),
         now=context.clock.now(),
         lang=pick_language(lang or accept_language),
         tz=_zone(context),

@@ -27,6 +27,7 @@ from ingest_server.api.deps import (
     get_context,
     get_db,
     require,
+    session_scope,
     visible_session,
 )
 from ingest_server.api.params import AcceptLanguage, Id, Lang, SessionId
@@ -100,6 +101,7 @@ def _send(
             signing_key=load_export_key(settings.export_key_file),
             now=context.clock.now(),
             actor=audit.api_actor(caller.role, caller.name, caller.token_id),
+            reader_scope=session_scope(caller),
             lang=pick_language(lang),
             tz=ZoneInfo(settings.timezone),
         )

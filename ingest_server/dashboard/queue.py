@@ -156,8 +156,12 @@ def review_queue(
         page = evidence.session_page(db, scope, query.filter, after=query.after, limit=query.limit)
     except evidence.BadCursor as exc:
         raise HTTPException(400, "bad cursor") from exc
+    # The reader's scope without the reviewed filter: it decides which other sessions the
+    # reasons may name.
+    reader = evidence.Reader(db, session_scope(caller))
     rows: list[dict[str, Any]] = [
-        evidence.session_summary(db, row, lang=lang, tz=tz) for row in page.sessions
+        evidence.session_summary(db, row, reader=reader, lang=lang, tz=tz)
+        for row in page.sessions
     ]
     marked = evidence.reviewed_by(db, reviewer, [r["id"] for r in rows])
     choices = filter_choices(db, caller)

@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session
 
 from ingest_server import audit, evidence
 from ingest_server.api import exports
-from ingest_server.api.deps import ApiContext, get_context, get_db, visible_session
+from ingest_server.api.deps import (
+    ApiContext,
+    get_context,
+    get_db,
+    session_scope,
+    visible_session,
+)
 from ingest_server.auth import Caller
 from ingest_server.dashboard import diagrams, i18n, templating
 from ingest_server.dashboard.auth import REVIEWERS, PageCaller, page_require
@@ -45,7 +51,12 @@ def _gather(
     row = visible_session(db, caller, path_id(session_id))
     tz = templating.zone(context.settings.timezone)
     facts = evidence.session_evidence(
-        db, row, now=context.clock.now(), lang=i18n.pick(request), tz=tz
+        db,
+        row,
+        reader=evidence.Reader(db, session_scope(caller)),
+        now=context.clock.now(),
+        lang=i18n.pick(request),
+        tz=tz,
     )
     marked = bool(evidence.reviewed_by(db, reviewer_of(caller), [row.id]))
     db.close()

@@ -11,9 +11,11 @@ this package calls and never copies. Every time is an ISO-8601 UTC string: reade
 the deployment's zone.
 
 ``listing`` pages and summarises sessions, ``session`` gathers one session whole, ``figures``
-counts (statistics, fleet), ``reviews`` keeps the reviewed mark, ``files`` finds stored files.
+counts (statistics, fleet), ``reviews`` keeps the reviewed mark, ``files`` finds stored files,
+``blind`` leaves out of reasons the other sessions outside the reader's scope.
 """
 
+from ingest_server.evidence.blind import Reader
 from ingest_server.evidence.figures import fleet, statistics
 from ingest_server.evidence.files import clip_file, clip_media_type, photo_file
 from ingest_server.evidence.listing import (
@@ -45,6 +47,7 @@ __all__ = [
     "VERDICTS",
     "VERDICT_CHANGED",
     "BadCursor",
+    "Reader",
     "SessionFilter",
     "SessionPage",
     "clip_file",

@@ -1,5 +1,6 @@
 """Sessions as a list shows them: the filter, keyset pages within the caller's scope (an
-opaque cursor), and each session's summary with its reasons in the reader's language."""
+opaque cursor), and each session's summary with its reasons in the reader's language, other
+sessions outside the reader's scope left out of them (``evidence.blind``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from common.clock import to_utc
 from common.topics import ID_PATTERN
+from ingest_server.evidence.blind import Reader
 from ingest_server.models import Classroom, ClassSession, Institution, Lecturer, TrainingClass
 from ingest_server.rules.reasons import DEFAULT_TIMEZONE, Reason, ReasonCode, render
 
@@ -135,13 +137,18 @@ def session_page(
 # -- Summaries ----------------------------------------------------------------------------------
 
 
-def reasons_view(raw: str | list[Any], lang: str, tz: tzinfo) -> list[dict[str, Any]]:
+def reasons_view(
+    raw: str | list[Any], lang: str, tz: tzinfo, reader: Reader
+) -> list[dict[str, Any]]:
     """Stored reasons (JSON text or a list of {code, params}) with their sentences in
-    ``lang``; a code this version does not know is shown by its code rather than dropped."""
+    ``lang``, as ``reader`` may see them (another session outside its scope shown blind,
+    ``evidence.blind``); a code this version does not know is shown by its code rather than
+    dropped."""
     items = json.loads(raw or "[]") if isinstance(raw, str) else raw
     out = []
     for item in items:
-        code, params = item.get("code"), item.get("params") or {}
+        code = item.get("code")
+        params = reader.params(code, item.get("params") or {})
         try:
             reason = Reason(code=ReasonCode(code), params=params)
             text, severity = render(reason, lang, tz=tz), str(reason.severity)
@@ -152,9 +159,10 @@ def reasons_view(raw: str | list[Any], lang: str, tz: tzinfo) -> list[dict[str, 
 
 
 def session_summary(
-    db: Session, row: ClassSession, *, lang: str, tz: tzinfo = DEFAULT_TIMEZONE
+    db: Session, row: ClassSession, *, reader: Reader, lang: str, tz: tzinfo = DEFAULT_TIMEZONE
 ) -> dict[str, Any]:
-    """A session as a list shows it: who, where, when, its state and verdict with reasons."""
+    """A session as a list shows it to ``reader``: who, where, when, its state and verdict
+    with reasons."""
     course = db.get(TrainingClass, row.class_id)
     room = db.get(Classroom, row.classroom_id)
     institution = db.get(Institution, room.institution_id) if room else None
@@ -176,7 +184,7 @@ def session_summary(
         "verdict": {
             "state": row.verdict,
             "at": iso_or_none(row.verdict_at),
-            "reasons": reasons_view(row.verdict_reasons, lang, tz),
+            "reasons": reasons_view(row.verdict_reasons, lang, tz, reader),
         },
         "language": lang,
     }

@@ -1,6 +1,7 @@
 """One session's evidence whole: its windows with the clip that speaks for each (true bounds,
 hash, manifest signature status, check), photos with their distance to the classroom, the
-verdict with its reasons and history, and a timeline."""
+verdict with its reasons and history, and a timeline; reasons as the reader may see them
+(``evidence.blind``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from common.clock import to_utc
 from common.errors import ProtocolError, SignatureInvalid
 from common.geo import Coordinate, Datum, distance_m
 from common.signing import parse_signed_manifest
+from ingest_server.evidence.blind import Reader
 from ingest_server.evidence.files import clip_media_type
 from ingest_server.evidence.listing import iso_or_none, reasons_view, session_summary
 from ingest_server.facts import (
@@ -127,7 +129,7 @@ def session_over(row: ClassSession, now: datetime) -> bool:
 
 
 def shown_windows(
-    db: Session, row: ClassSession, now: datetime, lang: str, tz: tzinfo
+    db: Session, row: ClassSession, now: datetime, lang: str, tz: tzinfo, reader: Reader
 ) -> list[dict[str, Any]]:
     """The session's windows with the clip that speaks for each (``rules.clip_proof``) among
     the clips that count for the session (``facts.clip_counts_for``: another school's camera
@@ -150,7 +152,9 @@ def shown_windows(
         if clip is not None and proof is not None:
             clip_data = clip_view(db, clip) | {
                 "proof": str(proof.outcome),
-                "proof_reasons": reasons_view([r.to_dict() for r in proof.reasons], lang, tz),
+                "proof_reasons": reasons_view(
+                    [r.to_dict() for r in proof.reasons], lang, tz, reader
+                ),
             }
         shown.append(
             {
@@ -196,8 +200,11 @@ def photo_view(photo: Photo, room: Classroom | None) -> dict[str, Any]:
     }
 
 
-def verdict_history(db: Session, session_id: str, lang: str, tz: tzinfo) -> list[dict[str, Any]]:
-    """Every verdict the session had, oldest first, from the append-only feed."""
+def verdict_history(
+    db: Session, session_id: str, lang: str, tz: tzinfo, reader: Reader
+) -> list[dict[str, Any]]:
+    """Every verdict the session had, oldest first, from the append-only feed (which keeps
+    every param), its reasons as ``reader`` may see them."""
     rows = db.scalars(
         select(FeedEvent)
         .where(FeedEvent.session_id == session_id, FeedEvent.kind == VERDICT_CHANGED)
@@ -216,7 +223,7 @@ def verdict_history(db: Session, session_id: str, lang: str, tz: tzinfo) -> list
                 "seq": event.seq,
                 "at": iso_or_none(event.at),
                 "state": payload.get("state"),
-                "reasons": reasons_view(payload.get("reasons") or [], lang, tz),
+                "reasons": reasons_view(payload.get("reasons") or [], lang, tz, reader),
             }
         )
     return out
@@ -268,16 +275,22 @@ _FLAT_KEYS = (
 
 
 def session_evidence(
-    db: Session, row: ClassSession, *, now: datetime, lang: str, tz: tzinfo = DEFAULT_TIMEZONE
+    db: Session,
+    row: ClassSession,
+    *,
+    reader: Reader,
+    now: datetime,
+    lang: str,
+    tz: tzinfo = DEFAULT_TIMEZONE,
 ) -> dict[str, Any]:
-    """Everything shown of one session, JSON-ready (keys in ``docs``/interface: session,
-    classroom, windows, photos, verdict, timeline). The top level also carries the older flat
-    view's fields (``id``, ``state``, ``opened_at``, ``windows_total``, ...), which replays and
-    backends read."""
-    summary = session_summary(db, row, lang=lang, tz=tz)
+    """Everything ``reader`` is shown of one session, JSON-ready (keys in ``docs``/interface:
+    session, classroom, windows, photos, verdict, timeline). The top level also carries the
+    older flat view's fields (``id``, ``state``, ``opened_at``, ``windows_total``, ...), which
+    replays and backends read."""
+    summary = session_summary(db, row, reader=reader, lang=lang, tz=tz)
     room = db.get(Classroom, row.classroom_id)
     institution = db.get(Institution, room.institution_id) if room else None
-    windows = shown_windows(db, row, now, lang, tz)
+    windows = shown_windows(db, row, now, lang, tz, reader)
     windows_total = len(
         db.scalars(select(SessionWindow.id).where(SessionWindow.session_id == row.id)).all()
     )
@@ -292,7 +305,7 @@ def session_evidence(
         "reported_recorded_s": row.reported_recorded_s,
         "device_clock_offset_s": row.device_clock_offset_s,
     }
-    verdict = summary["verdict"] | {"history": verdict_history(db, row.id, lang, tz)}
+    verdict = summary["verdict"] | {"history": verdict_history(db, row.id, lang, tz, reader)}
     return {
         # The fields of the older flat view, which replays and backends read.
         "id": row.id,

@@ -337,6 +337,27 @@ TEMPLATES.update(
     }
 )
 
+# The sentences of reasons shown blind: the other session they name is outside the reader's
+# scope, so its params are left out (``evidence.blind``) and the sentence says only that there
+# is one. ``render`` takes these when a param the usual sentence quotes is missing.
+BLIND_TEMPLATES: dict[ReasonCode, dict[Lang, str]] = {
+    _C.PHOTO_REUSED: {
+        "zh-CN": "{kind}照片与您查看范围之外的另一课程先前收到的照片相同或几乎相同",
+        "en": "The {kind} photo is the same, or nearly the same, as a photo received earlier"
+        " for another session, outside what you may see",
+    },
+    _C.LECTURER_DOUBLE_BOOKED: {
+        "zh-CN": "{conflict_at} 讲师同时出现在您查看范围之外的另一课程（相距 {distance_m} 米）",
+        "en": "At {conflict_at} the lecturer was also in another session, outside what you may"
+        " see, {distance_m} m away",
+    },
+    _C.CLIP_DUPLICATE: {
+        "zh-CN": _CLIP_ZH + "与已用于您查看范围之外的另一课程的视频完全相同",
+        "en": _CLIP_EN + " is byte for byte a clip already given for another session, outside"
+        " what you may see",
+    },
+}
+
 # Values of ``kind`` as each language says them inside a sentence.
 _KIND_WORDS: dict[Lang, dict[str, str]] = {
     "zh-CN": {"opening": "开课", "closing": "结课"},
@@ -425,6 +446,8 @@ def render(reason: Reason, lang: str = DEFAULT_LANGUAGE, *, tz: tzinfo = DEFAULT
     """The sentence for ``reason`` in ``lang`` (a language tag or an Accept-Language value)."""
     chosen = pick_language(lang)  # "zh-CN" and "en" map to themselves
     template = TEMPLATES[reason.code][chosen]
+    if reason.code in BLIND_TEMPLATES and not template_fields(template) <= reason.params.keys():
+        template = BLIND_TEMPLATES[reason.code][chosen]
     values = {
         name: _format_param(name, reason.params[name], chosen, tz)
         for name in template_fields(template)

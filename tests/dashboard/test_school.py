@@ -66,7 +66,9 @@ def test_the_verdict_history_is_dated_within_the_story(dashboard: Dashboard) -> 
     dated between its start and the page's now, not on the day the tests ran."""
     plan = next(p for p in SESSIONS if p.id == "a-1117")
     with dashboard.school.factory() as db:
-        history = evidence.verdict_history(db, plan.id, "en", UTC)
+        history = evidence.verdict_history(
+            db, plan.id, "en", UTC, evidence.Reader.of_everything(db)
+        )
     assert history, "a judged session has a history"
     for entry in history:
         assert plan.start <= datetime.fromisoformat(entry["at"]) <= NOW, entry

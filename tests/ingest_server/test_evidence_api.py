@@ -8,7 +8,9 @@ reviewed mark; paging and the mark again on PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,8 +39,10 @@ from ingest_server.auth import Role, create_token
 from ingest_server.db import make_engine, make_session_factory, migrate
 from ingest_server.errors import StoreError
 from ingest_server.evidence import (
+    Reader,
     SessionFilter,
     mark_reviewed,
+    reasons_view,
     reviewed_by,
     session_page,
     unmark_reviewed,
@@ -918,3 +922,150 @@ def test_a_store_that_cannot_serve_now_is_503_not_a_crash(world: World):
     response = client.get(f"/api/v1/clips/{world.clips['s-a1-0']}/video")
     assert response.status_code == 503 and "evidence store" in response.json()["detail"]
     assert _downloads(world, "clip") == []  # nothing was sent: no download logged
+
+
+BLIND_REUSE_ZH = "开课照片与您查看范围之外的另一课程先前收到的照片相同或几乎相同"
+BLIND_REUSE_EN = (
+    "The opening photo is the same, or nearly the same, as a photo received earlier for another"
+    " session, outside what you may see"
+)
+OTHER_SCHOOL = ("other_session", "other_photo", "other_received_at")
+
+
+def _reused(reasons: list[dict[str, Any]]) -> dict[str, Any]:
+    found = [r for r in reasons if r["code"] == "photo_reused"]
+    assert len(found) == 1, reasons
+    return found[0]
+
+
+def test_a_photo_reused_from_another_school_is_shown_blind_to_the_school(world: World):
+    """School B reposts school A's photo: the verdict rejects it with ``photo_reused``, but
+    school B is never shown school A's session id, photo id or receive time — not in the
+    evidence, the list, the dashboard page, its evidence.json or the export; admin is."""
+    photo = make_photo(
+        taken_at=T0, lat=ROOM_A1_WGS.lat, lon=ROOM_A1_WGS.lon, scene_seed=7, size=(320, 240)
+    )
+    posted = {}
+    for who, session_id in (("la1", "s-a1-0"), ("lb1", "s-b1-0")):
+        response = world.client(who).post(
+            f"/api/v1/sessions/{session_id}/photos/opening",
+            files={"file": ("o.jpg", photo, "image/jpeg")},
+        )
+        assert response.status_code == 201, response.text
+        posted[session_id] = response.json()
+        assert "s-a1-0" not in response.text or who == "la1"
+    context = world.context
+    VerdictKeeper(context.session_factory, context.settings, context.clock).recompute(
+        {"s-a1-0", "s-b1-0"}
+    )
+    a_photo = str(posted["s-a1-0"]["id"])
+    # Stored as judged: the row and the feed keep every param; the verdict is the rule's.
+    with context.session_factory() as db:
+        row = db.get(ClassSession, "s-b1-0")
+        assert row is not None and row.verdict == "rejected"
+        stored = _reused(json.loads(row.verdict_reasons))
+    assert stored["params"]["other_session"] == "s-a1-0"
+    assert stored["params"]["other_photo"] == a_photo
+
+    # The API evidence, its history, and the list, for school B.
+    view = world.get("inst-b", "/api/v1/sessions/s-b1-0").json()
+    assert view["verdict"]["state"] == "rejected"
+    for reasons in [view["verdict"]["reasons"]] + [
+        h["reasons"] for h in view["verdict"]["history"]
+    ]:
+        if any(r["code"] == "photo_reused" for r in reasons):
+            blind = _reused(reasons)
+            assert blind["severity"] == "hard" and blind["text"] == BLIND_REUSE_ZH
+            assert not set(OTHER_SCHOOL) & blind["params"].keys()
+            assert blind["params"]["kind"] == "opening"
+    assert "s-a1-0" not in json.dumps(view, ensure_ascii=False)
+    english = world.get("inst-b", "/api/v1/sessions/s-b1-0?lang=en").json()
+    assert _reused(english["verdict"]["reasons"])["text"] == BLIND_REUSE_EN
+    listed = world.get("inst-b", "/api/v1/sessions").json()["sessions"]
+    summary = next(s for s in listed if s["id"] == "s-b1-0")
+    assert _reused(summary["verdict"]["reasons"])["text"] == BLIND_REUSE_ZH
+    assert "s-a1-0" not in json.dumps(listed, ensure_ascii=False)
+    # The lecturer of B sees the same.
+    lecturer_view = world.get("lb1", "/api/v1/sessions/s-b1-0")
+    assert lecturer_view.status_code == 200 and "s-a1-0" not in lecturer_view.text
+
+    # The dashboard: the session page, its evidence.json and the queue.
+    for path in ("/ui/sessions/s-b1-0", "/ui/sessions/s-b1-0/evidence.json", "/ui/queue"):
+        page = world.get("inst-b", path)
+        assert page.status_code == 200, (path, page.text[:300])
+        # (Its receive time is the test clock's now, which the page shows anyway.)
+        assert "s-a1-0" not in page.text and f">{a_photo}<" not in page.text, path
+    assert BLIND_REUSE_ZH in world.get("inst-b", "/ui/sessions/s-b1-0").text
+
+    # The export school B makes of its session.
+    export = world.get("inst-b", "/api/v1/sessions/s-b1-0/export")
+    assert export.status_code == 200, export.text[:300]
+    with zipfile.ZipFile(io.BytesIO(export.content)) as archive:
+        shown = json.loads(archive.read("sessions/s-b1-0.json"))
+        assert not [n for n in archive.namelist() if b"s-a1-0" in archive.read(n)]
+    blind = _reused(shown["verdict"]["reasons"])
+    assert blind["text"] == BLIND_REUSE_ZH and not set(OTHER_SCHOOL) & blind["params"].keys()
+
+    # Whoever reads everything is shown every param, in the API, the page and the export.
+    full = _reused(world.get("admin", "/api/v1/sessions/s-b1-0").json()["verdict"]["reasons"])
+    assert full["params"]["other_session"] == "s-a1-0"
+    assert full["params"]["other_photo"] == a_photo
+    assert "s-a1-0" in full["text"]
+    assert "s-a1-0" in world.get("supervisor", "/ui/sessions/s-b1-0").text
+    with zipfile.ZipFile(
+        io.BytesIO(world.get("admin", "/api/v1/sessions/s-b1-0/export").content)
+    ) as archive:
+        shown = json.loads(archive.read("sessions/s-b1-0.json"))
+    assert _reused(shown["verdict"]["reasons"])["params"]["other_session"] == "s-a1-0"
+
+
+def test_reasons_naming_another_schools_session_are_blind_outside_its_scope(world: World):
+    """Every reason that names another session: the reused photo, the duplicate clip (its
+    window's session, or a command no window has), the double-booked lecturer."""
+    reused = {
+        "kind": "closing",
+        "other_session": "s-a1-0",
+        "other_photo": "9",
+        "other_received_at": T0.isoformat(),
+        "distance_bits": 0,
+        "max_bits": 6,
+    }
+    duplicate = {
+        "window_no": 1,
+        "window_start_at": T0.isoformat(),
+        "window_end_at": T0.isoformat(),
+        "other_window": "s-a1-0#2",
+    }
+    booked = {
+        "other_session": "s-a1-0",
+        "other_classroom": "room-a1",
+        "basis": "photo",
+        "conflict_at": T0.isoformat(),
+        "distance_m": 900,
+        "seconds_apart": 30.0,
+    }
+    raw = [
+        {"code": "photo_reused", "params": reused},
+        {"code": "clip_duplicate", "params": duplicate},
+        {"code": "clip_duplicate", "params": duplicate | {"other_window": "command roll-7"}},
+        {"code": "lecturer_double_booked", "params": booked},
+    ]
+    factory = world.context.session_factory
+    with factory() as db:
+        school_b = Reader(db, ClassSession.classroom_id.in_(["room-b1"]))
+        school_a = Reader(db, ClassSession.classroom_id.in_(["room-a1", "room-a2", "room-a3"]))
+        for lang in ("zh-CN", "en"):
+            blind = reasons_view(raw, lang, UTC, school_b)
+            assert "s-a1-0" not in json.dumps(blind, ensure_ascii=False)
+            assert "room-a1" not in json.dumps(blind, ensure_ascii=False)
+            assert "roll-7" not in json.dumps(blind, ensure_ascii=False)
+            assert [r["code"] for r in blind] == [r["code"] for r in raw]
+            assert all(r["severity"] == "hard" for r in blind)
+            assert blind[3]["params"]["distance_m"] == 900
+        own = reasons_view(raw, "en", UTC, school_a)
+        assert [r["params"] for r in own[:2] + own[3:]] == [reused, duplicate, booked]
+        assert "s-a1-0" in own[0]["text"] and "s-a1-0#2" in own[1]["text"]
+        # A command no window has is nobody's the reader can be sure of: blind but to all-readers.
+        assert "other_window" not in own[2]["params"]
+        everything = reasons_view(raw, "en", UTC, Reader.of_everything(db))
+        assert [r["params"] for r in everything] == [item["params"] for item in raw]

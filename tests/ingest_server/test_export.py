@@ -35,7 +35,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from ingest_helpers import START, Harness, TestUpload, signed_upload
-from sqlalchemy import select, text
+from sqlalchemy import select, text, true
 
 from common.clock import VirtualClock
 from common.schemas import AckState
@@ -81,9 +81,13 @@ def _setup(device_key: str) -> dict[str, list[dict[str, Any]]]:
         ],
         "devices": [{"device_id": "dev-1", "classroom_id": "room", "public_key": device_key}],
         "lecturers": [
-            {"id": "lect", "institution_id": "school", "name": "王老师", "token": LECTURER_TOKEN}
+            {"id": "lect", "institution_id": "school", "name": "王老师", "token": LECTURER_TOKEN},
+            {"id": "lect-2", "institution_id": "other", "name": "李老师", "token": "x" * 32},
         ],
-        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
+        "classes": [
+            {"id": "cls", "institution_id": "school", "name": "电工"},
+            {"id": "cls-2", "institution_id": "other", "name": "焊工"},
+        ],
         "sessions": [
             {"id": "sess-1", "classroom_id": "room", "start": SESSION_START.isoformat(), **session},
             {
@@ -97,6 +101,9 @@ def _setup(device_key: str) -> dict[str, list[dict[str, Any]]]:
                 "classroom_id": "room-2",
                 "start": (SESSION_START - timedelta(hours=3)).isoformat(),
                 **session,
+                # One institution's session: the other school's class and lecturer.
+                "class_id": "cls-2",
+                "lecturer_id": "lect-2",
             },
         ],
     }
@@ -647,6 +654,7 @@ def test_a_chain_that_does_not_verify_is_not_exported(world: World, tmp_path: Pa
             signing_key=load_export_key(world.settings.export_key_file),
             now=world.harness.clock.now(),
             actor="test",
+            reader_scope=true(),
             lang="zh-CN",
             tz=ZoneInfo("Asia/Shanghai"),
         )
@@ -822,6 +830,64 @@ def test_a_clip_claimed_for_another_session_or_window_fails(
         status, out = run_verify(forged, "--lang", "en", script=Path(export_verify.__file__))
         assert status == 1, (index, out)
         assert all(e in out for e in expected), (index, out)
+
+
+def test_windows_repeated_dropped_or_reordered_fail(
+    world: World, case_zip: Path, tmp_path: Path
+) -> None:
+    """Re-signed with the real server key, a session whose windows all show window 1's clip
+    (each copy keeping its own number), name one command twice, or come out of order fails,
+    naming the session file: each window's clip is only tied to that window's own command,
+    so one recording must not stand for several windows."""
+    key = load_export_key(world.settings.export_key_file, create=False)
+    evidence = json.loads(zipfile.ZipFile(case_zip).read("sessions/sess-1.json"))
+    windows = evidence["windows"]
+    assert len(windows) >= 2 and windows[0]["clip"] is not None
+    assert [(w["index"], w["number"]) for w in windows] == [(i, i + 1) for i in range(len(windows))]
+    name = "FAIL sessions/sess-1.json:"
+
+    def every_window_is_window_1(v: dict[str, Any]) -> None:
+        for window in v["windows"][1:]:
+            number = window["number"]
+            window.clear()
+            window.update(json.loads(json.dumps(v["windows"][0])), number=number)
+
+    def same_clip_only(v: dict[str, Any]) -> None:
+        v["windows"][1]["clip"] = v["windows"][0]["clip"]
+        v["windows"][1]["cmd_id"] = v["windows"][0]["cmd_id"]
+
+    cases: list[tuple[Callable[[Any], None], list[str]]] = [
+        (
+            every_window_is_window_1,
+            [
+                f"{name} the windows' entry 2 has index 0 (number 2), not index 1",
+                f"{name} window 2 shows the same clip as window 1 ({windows[0]['clip']['id']})",
+                f"{name} window 2 has the same command as window 1 ({windows[0]['cmd_id']})",
+            ],
+        ),
+        (
+            same_clip_only,
+            [f"{name} window 2 shows the same clip as window 1", "same command as window 1"],
+        ),
+        (
+            lambda v: v["windows"].reverse(),
+            [f"{name} the windows' entry 1 has index {len(windows) - 1}"],
+        ),
+        (lambda v: v["windows"].pop(0), [f"{name} the windows' entry 1 has index 1"]),
+    ]
+    for index, (edit, expected) in enumerate(cases):
+        forged = tmp_path / f"forged-{index}.zip"
+        _resign(
+            case_zip,
+            forged,
+            key,
+            lambda m, edit=edit: _edit_json(m, "sessions/sess-1.json", edit),  # type: ignore[misc]
+        )
+        status, out = run_verify(forged, "--lang", "en", script=Path(export_verify.__file__))
+        assert status == 1, (index, out)
+        assert all(e in out for e in expected), (index, out)
+    status, out = run_verify(case_zip, "--lang", "en", script=Path(export_verify.__file__))
+    assert status == 0, out
 
 
 def test_bytes_the_zip_directory_does_not_account_for_are_refused(

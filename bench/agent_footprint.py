@@ -239,7 +239,7 @@ def main() -> int:
         "",
     )
     console.print(table)
-    command = "make bench (bench/agent_footprint.py)"
+    command = ".venv/bin/python bench/agent_footprint.py"
     figures = [
         Figure(
             "agent_idle_cpu",

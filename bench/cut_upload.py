@@ -230,7 +230,7 @@ def main() -> int:
     table.add_row("[bold]one device / bare paho", f"[bold]{up['ours_vs_bare']:.2f}")
     table.add_row("[bold]fleet / bare paho", f"[bold]{up['fleet_vs_bare']:.2f}")
     console.print(table)
-    command = "make bench (bench/cut_upload.py)"
+    command = ".venv/bin/python bench/cut_upload.py"
     report(
         "cut and upload: issue 11 goals",
         [

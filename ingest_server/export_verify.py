@@ -165,6 +165,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "window {number} (session {session}, command {want}) shows clip {clip}, whose"
         " device-signed manifest is for session {got_session}, command {got}",
     ),
+    "window_order": (
+        "时段列表第 {position} 项的序号为 {index}（编号 {number}），应为序号 {want}（编号"
+        " {want_number}）：时段被删除、重复或调换",
+        "the windows' entry {position} has index {index} (number {number}), not index {want}"
+        " (number {want_number}): a window was dropped, repeated or moved",
+    ),
+    "window_repeat_cmd_id": (
+        "第 {number} 个时段与第 {first} 个时段的指令同为 {value}：一条指令只对应一个时段",
+        "window {number} has the same command as window {first} ({value}): a command is"
+        " one window's",
+    ),
+    "window_repeat_clip": (
+        "第 {number} 个时段与第 {first} 个时段的片段同为 {value}：一段录像不能证明两个时段",
+        "window {number} shows the same clip as window {first} ({value}): one recording"
+        " cannot prove two windows",
+    ),
     "window_cover": (
         "第 {number} 个时段 {start}–{end} 不在片段 {clip} 签名清单所请求的 {got_start}–{got_end}"
         " 之内",
@@ -844,6 +860,51 @@ def check_evidence(
     return evidences
 
 
+def check_windows(evidences: dict[str, dict[str, Any]], report: Report) -> None:
+    """Step 4 (continued): each session's windows are its windows once each, in order (index
+    0, 1, ... with number index + 1: the export is of a session that is over, so every window
+    is shown), and no two answer one command or show one clip. Each window's clip is later
+    tied to its own window's command; without this a re-signed archive could show one
+    window's clip as every window's."""
+    for session_id, evidence in evidences.items():
+        name = f"sessions/{session_id}.json"
+        windows = [w for w in evidence.get("windows") or [] if isinstance(w, dict)]
+        if len(windows) != len(evidence.get("windows") or []):
+            report.bad(name, "malformed", detail="a window that is not a JSON object")
+        for position, window in enumerate(windows):
+            index, number = window.get("index"), window.get("number")
+            if type(index) is not int or index != position or number != position + 1:
+                report.bad(
+                    name,
+                    "window_order",
+                    position=position + 1,
+                    index=index,
+                    number=number,
+                    want=position,
+                    want_number=position + 1,
+                )
+        for what, value_of in (
+            ("cmd_id", lambda w: w.get("cmd_id")),
+            ("clip", lambda w: w["clip"].get("id") if isinstance(w.get("clip"), dict) else None),
+        ):
+            first_with: dict[str, Any] = {}
+            for position, window in enumerate(windows):
+                value = value_of(window)
+                if value is None:
+                    continue  # a window never asked for, or without a clip
+                key = json.dumps(value, sort_keys=True)
+                if key in first_with:
+                    report.bad(
+                        name,
+                        f"window_repeat_{what}",
+                        number=window.get("number", position + 1),
+                        first=first_with[key],
+                        value=value,
+                    )
+                else:
+                    first_with[key] = window.get("number", position + 1)
+
+
 def _instant(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -991,6 +1052,7 @@ def verify(
             manifests = check_device_signatures(export, report)
             entries, chain = check_audit(export, manifest, checkpoints or [], report, lang)
             evidences = check_evidence(export, manifest, digests, manifests, entries, report)
+            check_windows(evidences, report)
             check_clip_claims(manifest, manifests, evidences, report)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             # Signed, yet not shaped as this script expects: say so rather than crash.

@@ -877,12 +877,11 @@ def test_windows_repeated_dropped_or_reordered_fail(
     ]
     for index, (edit, expected) in enumerate(cases):
         forged = tmp_path / f"forged-{index}.zip"
-        _resign(
-            case_zip,
-            forged,
-            key,
-            lambda m, edit=edit: _edit_json(m, "sessions/sess-1.json", edit),  # type: ignore[misc]
-        )
+
+        def change(members: dict[str, bytes], edit: Callable[[Any], None] = edit) -> None:
+            _edit_json(members, "sessions/sess-1.json", edit)
+
+        _resign(case_zip, forged, key, change)
         status, out = run_verify(forged, "--lang", "en", script=Path(export_verify.__file__))
         assert status == 1, (index, out)
         assert all(e in out for e in expected), (index, out)

@@ -43,6 +43,8 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -202,6 +204,22 @@ def entry_hash(
     return hmac.new(key.secret, canonical_json(fields).encode(), hashlib.sha256).hexdigest()
 
 
+# Set while a HEAD is answered as its GET (api.head): nothing is shown, so nothing was viewed.
+_HEADERS_ONLY: ContextVar[bool] = ContextVar("classcam_audit_headers_only", default=False)
+_SHOWN = frozenset({AuditAction.VIEWED.value, AuditAction.EXPORTED.value})
+
+
+@contextmanager
+def headers_only() -> Iterator[None]:
+    """Within it, ``record`` leaves out "viewed" and "exported" rows (a HEAD answered as its
+    GET sends the headers alone); every other action is still recorded."""
+    token = _HEADERS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _HEADERS_ONLY.reset(token)
+
+
 def record(
     db: Session,
     action: AuditAction | str,
@@ -213,6 +231,8 @@ def record(
     """Append one action to the audit log in ``db``'s transaction (written at its commit, gone
     if it rolls back). Never call it on a read-only session: on SQLite it would write through a
     deferred transaction."""
+    if _HEADERS_ONLY.get() and str(action) in _SHOWN:
+        return
     defer_to_commit(
         db,
         "audit",

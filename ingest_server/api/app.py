@@ -12,6 +12,7 @@ from ingest_server import dashboard
 from ingest_server.api import evidence, exports, metrics, photos, rollcall, views
 from ingest_server.api.deps import BODY_ROLES, ApiContext, token_role
 from ingest_server.api.guard import BodyGuard
+from ingest_server.api.head import HeadAsGet
 from ingest_server.metrics import metrics_registry
 
 # Room for the multipart framing and the form fields around the largest photo allowed.
@@ -75,6 +76,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.metrics = metrics_registry(
         context.session_factory, context.clock, context.live_ingest
     )
+    # HEAD of every GET (same answer, no body, no viewing logged), inside the body guard.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(
         BodyGuard,
         token_role=partial(token_role, context),

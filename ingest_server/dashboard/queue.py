@@ -160,8 +160,7 @@ def review_queue(
     # reasons may name.
     reader = evidence.Reader(db, session_scope(caller))
     rows: list[dict[str, Any]] = [
-        evidence.session_summary(db, row, reader=reader, lang=lang, tz=tz)
-        for row in page.sessions
+        evidence.session_summary(db, row, reader=reader, lang=lang, tz=tz) for row in page.sessions
     ]
     marked = evidence.reviewed_by(db, reviewer, [r["id"] for r in rows])
     choices = filter_choices(db, caller)

@@ -38,7 +38,6 @@ from sqlalchemy import select
 
 from common.clock import VirtualClock
 from common.schemas import Event, EventType
-from common.signing import generate_private_key, public_key_b64
 from common.topics import UpKind, UpTopic
 from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
@@ -54,49 +53,11 @@ from simulators.phone import make_photo
 
 # The suite's row builders: a stored clip with its check, a heartbeat that says "alive".
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest_server"))
-from ingest_helpers import quiet_heartbeat
+from ingest_helpers import quiet_heartbeat, rooms_school
 from rows import stored_clip
 
 console = Console()
 START = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
-
-
-def setup_document(rooms: int) -> dict[str, Any]:
-    key = public_key_b64(generate_private_key())
-    return {
-        "institutions": [{"id": "school", "name": "学校"}],
-        "classrooms": [
-            {
-                "id": f"room-{i}",
-                "institution_id": "school",
-                "name": f"{i}",
-                "lat": 31.2304 + i * 0.01,
-                "lon": 121.4737,
-                "datum": "wgs84",
-            }
-            for i in range(rooms)
-        ],
-        "devices": [
-            {"device_id": f"cam-{i}", "classroom_id": f"room-{i}", "public_key": key}
-            for i in range(rooms)
-        ],
-        "lecturers": [
-            {"id": f"lect-{i}", "institution_id": "school", "name": "老师", "token": f"tok-{i}" * 4}
-            for i in range(rooms)
-        ],
-        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
-        "sessions": [
-            {
-                "id": f"s{i}",
-                "class_id": "cls",
-                "classroom_id": f"room-{i}",
-                "lecturer_id": f"lect-{i}",
-                "start": START.isoformat(),
-                "duration_min": 90,
-            }
-            for i in range(rooms)
-        ],
-    }
 
 
 def verdicts(factory: Any, session_id: str) -> list[tuple[int, str]]:
@@ -120,7 +81,7 @@ def main() -> int:
         engine = make_engine(settings.database_url)
         migrate(engine)
         factory = make_session_factory(engine)
-        (work / "setup.json").write_text(json.dumps(setup_document(rooms)))
+        (work / "setup.json").write_text(json.dumps(rooms_school(rooms, START)))
         with factory.begin() as db:
             import_rows(db, read_rows(work / "setup.json"), settings)
         clock = VirtualClock(start=START - timedelta(minutes=5))

@@ -24,7 +24,7 @@ from common.chunks import digest_file
 from common.clock import VirtualClock
 from common.heartbeat import Heartbeat
 from common.schemas import Ack, Fin, Manifest, decode
-from common.signing import public_key_b64, sign_manifest
+from common.signing import generate_private_key, public_key_b64, sign_manifest
 from ingest_server import audit, crud
 from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory
@@ -334,5 +334,46 @@ def one_room_school(
         "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
         "sessions": [
             {"id": sid, "start": start.isoformat(), **session} for sid, start in starts.items()
+        ],
+    }
+
+
+def rooms_school(rooms: int, start: datetime) -> dict[str, Any]:
+    """A setup document: one school with ``rooms`` classrooms ``room-i`` (0.01° apart), each
+    with camera ``cam-i`` (one key for all), lecturer ``lect-i`` (app token ``tok-i`` × 4) and
+    a 90-minute session ``s{i}`` of class ``cls`` at ``start``."""
+    key = public_key_b64(generate_private_key())
+    return {
+        "institutions": [{"id": "school", "name": "学校"}],
+        "classrooms": [
+            {
+                "id": f"room-{i}",
+                "institution_id": "school",
+                "name": f"{i}",
+                "lat": 31.2304 + i * 0.01,
+                "lon": 121.4737,
+                "datum": "wgs84",
+            }
+            for i in range(rooms)
+        ],
+        "devices": [
+            {"device_id": f"cam-{i}", "classroom_id": f"room-{i}", "public_key": key}
+            for i in range(rooms)
+        ],
+        "lecturers": [
+            {"id": f"lect-{i}", "institution_id": "school", "name": "老师", "token": f"tok-{i}" * 4}
+            for i in range(rooms)
+        ],
+        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
+        "sessions": [
+            {
+                "id": f"s{i}",
+                "class_id": "cls",
+                "classroom_id": f"room-{i}",
+                "lecturer_id": f"lect-{i}",
+                "start": start.isoformat(),
+                "duration_min": 90,
+            }
+            for i in range(rooms)
         ],
     }

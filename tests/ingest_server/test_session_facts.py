@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ingest_helpers import rooms_school
 from rows import stored_clip
 from sqlalchemy import select
 
@@ -39,51 +40,13 @@ START = T0 + timedelta(hours=1)
 FAST = 1200.0  # the camera's clock runs 20 min fast
 
 
-def _doc(rooms: int = 1) -> dict[str, Any]:
-    key = public_key_b64(generate_private_key())
-    return {
-        "institutions": [{"id": "school", "name": "学校"}],
-        "classrooms": [
-            {
-                "id": f"room-{i}",
-                "institution_id": "school",
-                "name": f"{i}",
-                "lat": 31.2304 + i * 0.01,
-                "lon": 121.4737,
-                "datum": "wgs84",
-            }
-            for i in range(rooms)
-        ],
-        "devices": [
-            {"device_id": f"cam-{i}", "classroom_id": f"room-{i}", "public_key": key}
-            for i in range(rooms)
-        ],
-        "lecturers": [
-            {"id": f"lect-{i}", "institution_id": "school", "name": "老师", "token": f"tok-{i}" * 4}
-            for i in range(rooms)
-        ],
-        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
-        "sessions": [
-            {
-                "id": f"s{i}",
-                "class_id": "cls",
-                "classroom_id": f"room-{i}",
-                "lecturer_id": f"lect-{i}",
-                "start": START.isoformat(),
-                "duration_min": 90,
-            }
-            for i in range(rooms)
-        ],
-    }
-
-
 @pytest.fixture
 def db_world(tmp_path: Path, sqlite_url: str) -> Any:
     settings = Settings(data_dir=tmp_path, database_url=sqlite_url)
     engine = make_engine(sqlite_url)
     factory = make_session_factory(engine)
     path = tmp_path / "setup.json"
-    path.write_text(json.dumps(_doc(20)))
+    path.write_text(json.dumps(rooms_school(20, START)))
     with factory.begin() as db:
         import_rows(db, read_rows(path), settings)
     yield settings, factory
@@ -331,7 +294,7 @@ def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_
     engine = make_engine(sqlite_url)
     factory = make_session_factory(engine)
     path = tmp_path / "setup.json"
-    path.write_text(json.dumps(_doc(1)))
+    path.write_text(json.dumps(rooms_school(1, START)))
     with factory.begin() as db:
         import_rows(db, read_rows(path), settings)
     clock = VirtualClock(start=START - timedelta(minutes=5))
@@ -599,7 +562,7 @@ def test_import_refuses_two_sessions_in_one_classroom_at_once(
     from ingest_server.setup_import import ImportFailed
 
     settings, factory = db_world
-    doc = _doc(1)
+    doc = rooms_school(1, START)
     overlapping = {**doc["sessions"][0], "id": "s-dup", "start": (START + timedelta(hours=1))}
     after = {**doc["sessions"][0], "id": "s-next", "start": START + timedelta(minutes=90)}
     path = tmp_path / "more.json"

@@ -31,7 +31,8 @@ Who records what:
   row (``audit_arrivals``, installed on every session factory by ``ingest_server.db``), whichever
   module commits it;
 * judgements — the clip checker (``clip_checked``) and the verdict keeper (``verdict_changed``);
-* reads — the API routes that show evidence (``viewed``); exports — ``record_export``.
+* reads — the API routes and pages that show evidence, the fleet or the statistics
+  (``viewed``); exports — ``record_export``.
 """
 
 from __future__ import annotations
@@ -382,6 +383,16 @@ def record_list_view(
     }
     with factory.begin() as db:
         record(db, AuditAction.VIEWED, "sessions", route, actor, details)
+
+
+def record_overview(
+    factory: sessionmaker[Session], actor: str, route: str, details: dict[str, Any]
+) -> None:
+    """Record that ``actor`` was shown an overview that is not one session's evidence (the
+    fleet, the statistics): one row per request, subject the route, with what was asked and
+    how much was shown (``details``), so every page a person opens is in the log."""
+    with factory.begin() as db:
+        record(db, AuditAction.VIEWED, "overview", route, actor, {"route": route, **details})
 
 
 def record_export(

@@ -158,13 +158,18 @@ def list_devices(
 ) -> list[dict[str, Any]]:
     """Every device the caller may see (an institution: those in its classrooms): online or
     not (retained status and heartbeat timeout), last heartbeat, signal, disk, clock skew,
-    recording, and the raw heartbeat."""
-    return fleet(
+    recording, and the raw heartbeat. Audited: one row per request."""
+    devices = fleet(
         db,
         device_scope(caller),
         now=context.clock.now(),
         heartbeat_timeout_s=context.settings.heartbeat_timeout_s,
     )
+    db.close()
+    audit.record_overview(
+        context.session_factory, actor_of(caller), "GET /devices", {"shown": len(devices)}
+    )
+    return devices
 
 
 @router.get("/statistics", tags=["statistics"])
@@ -177,8 +182,17 @@ def get_statistics(
 ) -> dict[str, Any]:
     """Sessions scheduled in ``[start, end)`` that the caller may read (an institution: its
     own), counted by verdict in all, by month (in the deployment's zone), by institution and
-    by classroom, with verified trainee-hours. Counts, not evidence: not audited."""
-    return statistics(db, session_scope(caller), start=start, end=end, tz=_zone(context))
+    by classroom, with verified trainee-hours. Audited: one row per request."""
+    figures = statistics(db, session_scope(caller), start=start, end=end, tz=_zone(context))
+    db.close()
+    query = {"start": start, "end": end}
+    audit.record_overview(
+        context.session_factory,
+        actor_of(caller),
+        "GET /statistics",
+        {"query": {k: v for k, v in query.items() if v is not None}},
+    )
+    return figures
 
 
 # -- The reviewed mark ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from ingest_server import evidence
+from ingest_server import audit, evidence
 from ingest_server.api.deps import ApiContext, device_scope, get_context, get_db
 from ingest_server.auth import Caller
 from ingest_server.dashboard import i18n, templating
@@ -191,6 +191,12 @@ def fleet_page(
         heartbeat_timeout_s=context.settings.heartbeat_timeout_s,
     )
     db.close()
+    audit.record_overview(
+        context.session_factory,
+        audit.api_actor(caller.role, caller.name, caller.token_id),
+        "GET /ui/fleet",
+        {"shown": len(devices)},
+    )
     rows = sorted((camera_row(d) for d in devices), key=lambda r: (r.online, r.device_id))
     return templating.render(
         request,

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from ingest_server import evidence
+from ingest_server import audit, evidence
 from ingest_server.api.deps import ApiContext, get_context, get_db, session_scope
 from ingest_server.auth import Caller
 from ingest_server.dashboard import charts, i18n, templating
@@ -141,6 +141,12 @@ def statistics_page(
     span = read_range(request, tz, context.clock.now())
     stats = evidence.statistics(db, session_scope(caller), start=span.start, end=span.end, tz=tz)
     db.close()
+    audit.record_overview(
+        context.session_factory,
+        audit.api_actor(caller.role, caller.name, caller.token_id),
+        "GET /ui/statistics",
+        {"query": {"start": span.start, "end": span.end}},
+    )
     months = stats["by_month"]
     return templating.render(
         request,

@@ -439,6 +439,15 @@ def test_the_queue_is_audited_like_the_api_list(world: World) -> None:
     assert rows[-1].actor.startswith("supervisor:sup-2")
 
 
+@pytest.mark.parametrize("page", ["/ui/fleet", "/ui/statistics"])
+def test_the_fleet_and_statistics_pages_are_audited(world: World, page: str) -> None:
+    before = len(world.audit_rows(f"GET {page}"))
+    assert world.client("sup-2").get(page).status_code == 200
+    rows = world.audit_rows(f"GET {page}")
+    assert len(rows) == before + 1
+    assert rows[-1].subject_type == "overview" and rows[-1].actor.startswith("supervisor:sup-2")
+
+
 # -- the queue --------------------------------------------------------------------------------
 
 

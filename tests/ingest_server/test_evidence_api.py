@@ -439,6 +439,23 @@ def test_a_list_is_audited_once_per_request(world: World):
     assert details["ids"] == ids and details["query"]["verdict"] == "verified"
 
 
+@pytest.mark.parametrize(
+    ("route", "subject"),
+    [("/api/v1/devices", "GET /devices"), ("/api/v1/statistics", "GET /statistics")],
+)
+def test_the_fleet_and_the_statistics_are_audited_once_per_request(
+    world: World, route: str, subject: str
+):
+    with world.context.session_factory() as db:
+        before = db.scalar(text("SELECT count(*) FROM audit_log"))
+    assert world.get("inst-a", route).status_code == 200
+    with world.context.session_factory() as db:
+        rows = db.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()[before:]
+    assert [(r.action, r.subject_type, r.subject_id, r.actor.split("#")[0]) for r in rows] == [
+        ("viewed", "overview", subject, "institution:inst-a")
+    ]
+
+
 # -- Scope ------------------------------------------------------------------------------------
 
 

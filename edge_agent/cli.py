@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import secrets
@@ -17,8 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.clock import Clock, SystemClock, VirtualClock, to_utc
 from common.schemas import ClipKind
@@ -26,12 +25,23 @@ from common.signing import generate_private_key, load_private_key, private_key_p
 from edge_agent.config import AgentConfig, ConfigError, load_config
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from edge_agent.camera import CameraSource
     from edge_agent.cameras import EncodedCamera
     from edge_agent.recording import CameraFactory
 
-console = Console(stderr=True)
 log = logging.getLogger("classcam.agent")
+
+
+@functools.cache
+def console() -> Console:
+    """rich's console on stderr, made on first use: the operator's commands print through it,
+    but ``run`` (the service, on a Pi-class box) does not pay the 2 MB that importing rich
+    costs."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _parse_time(value: str) -> datetime:
@@ -47,7 +57,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     key_path, password_path = out / "device-key.pem", out / "broker-password"
     if key_path.exists() and not args.force:
-        console.print(f"[red]{key_path} exists; use --force to replace the device's identity")
+        console().print(f"[red]{key_path} exists; use --force to replace the device's identity")
         return 2
     key = generate_private_key()
     password = secrets.token_urlsafe(24)
@@ -64,14 +74,16 @@ def cmd_provision(args: argparse.Namespace) -> int:
     entry = _broker_password_entry(args.device_id, password)
     if entry:
         (out / "broker-passwd-entry").write_text(entry + "\n")
-        console.print(f"broker: append {out / 'broker-passwd-entry'} to Mosquitto's password_file")
+        console().print(
+            f"broker: append {out / 'broker-passwd-entry'} to Mosquitto's password_file"
+        )
     else:
-        console.print(
+        console().print(
             "broker: mosquitto_passwd not found; add the password in "
             f"{password_path} to the broker for user {args.device_id}"
         )
-    console.print(f"device [bold]{args.device_id}[/bold] provisioned in {out}")
-    console.print(
+    console().print(f"device [bold]{args.device_id}[/bold] provisioned in {out}")
+    console().print(
         f"register on the server:\n  classcam-server register-device "
         f"--device-id {args.device_id} --public-key {public}"
     )
@@ -104,7 +116,7 @@ def cmd_record(args: argparse.Namespace, config: AgentConfig) -> int:
 
     clock = _clock(args)
     if args.virtual_clock and config.camera.kind != "synthetic":
-        console.print("[red]--virtual-clock only works with the synthetic camera")
+        console().print("[red]--virtual-clock only works with the synthetic camera")
         return 2
     camera = open_camera(
         config.camera, clock=clock, device_id=config.device_id, recording=config.recording
@@ -137,7 +149,7 @@ def cmd_record(args: argparse.Namespace, config: AgentConfig) -> int:
     finally:
         spool.close()
     end = clock.now()
-    console.print(f"recording {recording}: {start.isoformat()} → {end.isoformat()}")
+    console().print(f"recording {recording}: {start.isoformat()} → {end.isoformat()}")
     print(f"{start.isoformat()} {end.isoformat()}")
     return 0
 
@@ -168,7 +180,7 @@ def cmd_cut(args: argparse.Namespace, config: AgentConfig) -> int:
         chunk_size=config.upload.chunk_size,
         clock=clock,
     )
-    console.print(f"cut {item.size} bytes into upload {item.upload_id} (sha256 {item.sha256})")
+    console().print(f"cut {item.size} bytes into upload {item.upload_id} (sha256 {item.sha256})")
     print(item.upload_id)
     return 0
 
@@ -195,7 +207,7 @@ def queue_reference(config: AgentConfig, camera: CameraSource | EncodedCamera, c
     from edge_agent.outbox import Outbox
 
     if isinstance(camera, EncodedCamera):
-        console.print(
+        console().print(
             "[red]this camera gives no stills on its own; take the reference with "
             "the `snapshot` command while a session records"
         )
@@ -207,7 +219,7 @@ def queue_reference(config: AgentConfig, camera: CameraSource | EncodedCamera, c
         camera.close()
     ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
-        console.print("[red]JPEG encoding failed")
+        console().print("[red]JPEG encoding failed")
         return 1
     outbox = Outbox(config.outbox_dir, clock)
     item = enqueue_snapshot(
@@ -222,7 +234,7 @@ def queue_reference(config: AgentConfig, camera: CameraSource | EncodedCamera, c
         clock=clock,
         kind=ClipKind.REFERENCE,
     )
-    console.print(
+    console().print(
         f"reference view queued as upload {item.upload_id}; "
         "the service (or `upload --until-empty`) sends it"
     )
@@ -250,13 +262,15 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
     try:
         if args.until_empty:
             pending = outbox.pending()
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
                 TimeRemainingColumn(),
-                console=console,
-                disable=not console.is_terminal,
+                console=console(),
+                disable=not console().is_terminal,
             ) as progress:
                 task = progress.add_task("uploading clips", total=len(pending))
                 for item in pending:
@@ -279,7 +293,7 @@ def cmd_upload(args: argparse.Namespace, config: AgentConfig) -> int:
         link.stop()
     left = outbox.count(OutboxState.PENDING)
     rejected = outbox.count(OutboxState.REJECTED)
-    console.print(
+    console().print(
         f"outbox: {left} pending, {rejected} rejected; {uploader.stats.chunks_sent} chunks sent"
     )
     return 0 if left == 0 and rejected == 0 else 1
@@ -303,7 +317,8 @@ def run_service(
         config, clock=clock, camera_factory=camera_factory, modem=_modem(config, clock)
     )
     service.start()
-    console.print(f"agent {config.device_id} running; state in {config.state_dir}")
+    # Plain stderr, not rich: the service never loads rich (see ``console``).
+    print(f"agent {config.device_id} running; state in {config.state_dir}", file=sys.stderr)
     try:
         stop.wait()
     finally:
@@ -387,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         return handler(args, config)
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {exc}")
+        console().print(f"[red]config error:[/red] {exc}")
         return 2
 
 

@@ -31,7 +31,6 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import numpy as np
 from av.video.frame import PictureType
 
 from common.clock import Clock
@@ -192,6 +191,10 @@ class _Recording:
         ):
             self.on_gap(self._wall(self.last_pts + self.frame_ticks), self._wall(pts))
         self.last_pts = pts
+        # numpy is imported here, with OpenCV, only by an agent that encodes frames itself: an
+        # encoded camera (RTSP, stream copy) never loads either.
+        import numpy as np
+
         # OpenCV's I420 conversion is ~9x faster than PyAV's reformat (DESIGN.md §4).
         yuv = np.asarray(_cv2().cvtColor(frame.image, _cv2().COLOR_BGR2YUV_I420), dtype=np.uint8)
         image = av.VideoFrame.from_ndarray(yuv, format="yuv420p")

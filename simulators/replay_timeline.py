@@ -154,8 +154,12 @@ def is_settled(
 
 
 def in_class(plan: ReplayPlan, now: datetime, lead: timedelta) -> bool:
-    """Whether a session is about to start (within ``lead``) or running: no jumping then."""
-    return any(s.start - lead <= now <= s.end for s in plan.sessions)
+    """Whether a session is about to start (within ``lead``), running, or just over (within
+    ``lead`` of its end): no jumping then. Just over too, because the camera closes the class
+    at its planned end by its own timer, a moment after the clock passed it: a jump in that
+    moment made the camera close it hours late (a closing photo then read as taken far from
+    the close)."""
+    return any(s.start - lead <= now <= s.end + lead for s in plan.sessions)
 
 
 def fast_forward_target(

@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from fuzz_budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ingest_helpers import one_room_school
 from PIL import Image
 from rows import stored_clip, stored_upload
 from schemathesis import GenerationMode
@@ -85,29 +86,9 @@ CHECKS = [
 
 
 def setup_doc(device_key: str) -> dict[str, Any]:
-    session = {"class_id": "cls", "classroom_id": "room", "lecturer_id": "lect", "duration_min": 90}
-    return {
-        "institutions": [{"id": "school", "name": "职业培训学校"}],
-        "classrooms": [
-            {
-                "id": "room",
-                "institution_id": "school",
-                "name": "101",
-                "lat": 31.2304,
-                "lon": 121.4737,
-                "datum": "wgs84",
-            }
-        ],
-        "devices": [{"device_id": "cam-1", "classroom_id": "room", "public_key": device_key}],
-        "lecturers": [
-            {"id": "lect", "institution_id": "school", "name": "王老师", "token": LECTURER_TOKEN}
-        ],
-        "classes": [{"id": "cls", "institution_id": "school", "name": "电工"}],
-        "sessions": [
-            {"id": "s-past", "start": (T0 + timedelta(hours=1)).isoformat(), **session},
-            {"id": "s-next", "start": (T0 + timedelta(days=2)).isoformat(), **session},
-        ],
-    }
+    """One classroom with camera ``cam-1``: a session that is over and one two days away."""
+    starts = {"s-past": T0 + timedelta(hours=1), "s-next": T0 + timedelta(days=2)}
+    return one_room_school("cam-1", device_key, LECTURER_TOKEN, starts)
 
 
 @dataclass

@@ -31,29 +31,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
 from figures import Figure, report
 from rich.console import Console
 from sqlalchemy import select
 
-from common.clock import VirtualClock
 from common.schemas import Event, EventType
 from common.topics import UpKind, UpTopic
-from ingest_server.api import create_app
-from ingest_server.api.deps import ApiContext
-from ingest_server.db import make_engine, make_session_factory, migrate
-from ingest_server.device_messages import DeviceMessages
+from ingest_server.db import make_engine, migrate
 from ingest_server.models import FeedEvent, SessionWindow
-from ingest_server.scheduler import Scheduler
 from ingest_server.settings import Settings
-from ingest_server.setup_import import import_rows, read_rows
-from ingest_server.store import EvidenceStore
-from ingest_server.verdicts import VerdictKeeper
 from simulators.phone import make_photo
 
 # The suite's row builders: a stored clip with its check, a heartbeat that says "alive".
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest_server"))
-from ingest_helpers import quiet_heartbeat, rooms_school
+from ingest_helpers import quiet_heartbeat, rooms_school, verdict_rig
 from rows import stored_clip
 
 console = Console()
@@ -80,26 +71,15 @@ def main() -> int:
         settings = Settings(data_dir=work, clip_grace_s=3600, photo_grace_s=3600)
         engine = make_engine(settings.database_url)
         migrate(engine)
-        factory = make_session_factory(engine)
-        (work / "setup.json").write_text(json.dumps(rooms_school(rooms, START)))
-        with factory.begin() as db:
-            import_rows(db, read_rows(work / "setup.json"), settings)
-        clock = VirtualClock(start=START - timedelta(minutes=5))
-        keeper = VerdictKeeper(factory, settings, clock)
-        fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, clock)
-        scheduler = Scheduler(settings, factory, fleet, keeper.recompute, clock)
-        fleet.on_online = scheduler.device_online
-        fleet.on_sessions_changed = scheduler.sessions_changed
-        api = TestClient(
-            create_app(
-                ApiContext(
-                    settings,
-                    factory,
-                    EvidenceStore(settings.evidence_dir),
-                    keeper.recompute,
-                    clock=clock,
-                )
-            )
+        rig = verdict_rig(
+            settings, engine, rooms_school(rooms, START), START - timedelta(minutes=5)
+        )
+        factory, clock, fleet, scheduler, api = (
+            rig.factory,
+            rig.clock,
+            rig.fleet,
+            rig.scheduler,
+            rig.api,
         )
         beats = iter(range(1, 10**6))
         events = iter(range(10**6))

@@ -5,6 +5,7 @@ and a condition to wait for."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from common import topics
@@ -26,12 +28,17 @@ from common.heartbeat import Heartbeat
 from common.schemas import Ack, Fin, Manifest, decode
 from common.signing import generate_private_key, public_key_b64, sign_manifest
 from ingest_server import audit, crud
+from ingest_server.api import create_app
+from ingest_server.api.deps import ApiContext
 from ingest_server.core import run_server
 from ingest_server.db import make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
+from ingest_server.scheduler import Scheduler
 from ingest_server.settings import SCHEDULER_USER, Settings
+from ingest_server.setup_import import import_rows, read_rows
 from ingest_server.store import EvidenceStore
+from ingest_server.verdicts import VerdictKeeper
 from simulators.broker import SERVER_USER, MosquittoBroker, free_port
 
 START = datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
@@ -377,3 +384,38 @@ def rooms_school(rooms: int, start: datetime) -> dict[str, Any]:
             for i in range(rooms)
         ],
     }
+
+
+@dataclass
+class VerdictRig:
+    """The server's verdict path without a broker: device messages, the scheduler asking for
+    windows, the verdict keeper and the API, on one virtual clock over one database."""
+
+    factory: Any
+    clock: VirtualClock
+    fleet: DeviceMessages
+    scheduler: Scheduler
+    api: TestClient
+
+
+def verdict_rig(
+    settings: Settings, engine: Engine, doc: dict[str, Any], clock_start: datetime
+) -> VerdictRig:
+    """Import ``doc`` into ``engine``'s (migrated) database and wire the verdict path on a
+    virtual clock at ``clock_start``, as ``run_server`` wires it."""
+    factory = make_session_factory(engine)
+    path = settings.data_dir / "setup.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    with factory.begin() as db:
+        import_rows(db, read_rows(path), settings)
+    clock = VirtualClock(start=clock_start)
+    keeper = VerdictKeeper(factory, settings, clock)
+    fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, clock)
+    scheduler = Scheduler(settings, factory, fleet, keeper.recompute, clock)
+    fleet.on_online = scheduler.device_online
+    fleet.on_sessions_changed = scheduler.sessions_changed
+    context = ApiContext(
+        settings, factory, EvidenceStore(settings.evidence_dir), keeper.recompute, clock=clock
+    )
+    return VerdictRig(factory, clock, fleet, scheduler, TestClient(create_app(context)))

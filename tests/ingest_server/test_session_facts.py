@@ -275,44 +275,24 @@ def test_the_feed_of_an_honest_class_never_says_rejected(tmp_path: Path, sqlite_
     """A grace (10 min) far shorter than the class, and a camera that goes offline at the end
     and comes back hours later: the real scheduler asks for the windows, the clips arrive late,
     and the verdict goes from pending to verified without ever passing through rejected."""
-    from fastapi.testclient import TestClient
-    from ingest_helpers import quiet_heartbeat
+    from ingest_helpers import quiet_heartbeat, verdict_rig
 
     from common.schemas import Status, StatusState
     from common.topics import UpKind, UpTopic
-    from ingest_server.api import create_app
-    from ingest_server.api.deps import ApiContext
-    from ingest_server.device_messages import DeviceMessages
     from ingest_server.models import FeedEvent
-    from ingest_server.scheduler import Scheduler
-    from ingest_server.verdicts import VerdictKeeper
     from simulators.phone import make_photo
 
     settings = Settings(
         data_dir=tmp_path, database_url=sqlite_url, clip_grace_s=600, photo_grace_s=3600
     )
     engine = make_engine(sqlite_url)
-    factory = make_session_factory(engine)
-    path = tmp_path / "setup.json"
-    path.write_text(json.dumps(rooms_school(1, START)))
-    with factory.begin() as db:
-        import_rows(db, read_rows(path), settings)
-    clock = VirtualClock(start=START - timedelta(minutes=5))
-    keeper = VerdictKeeper(factory, settings, clock)
-    fleet = DeviceMessages(factory, settings.heartbeat_timeout_s, clock)
-    scheduler = Scheduler(settings, factory, fleet, keeper.recompute, clock)
-    fleet.on_online = scheduler.device_online
-    fleet.on_sessions_changed = scheduler.sessions_changed
-    client = TestClient(
-        create_app(
-            ApiContext(
-                settings,
-                factory,
-                EvidenceStore(settings.evidence_dir),
-                keeper.recompute,
-                clock=clock,
-            )
-        )
+    rig = verdict_rig(settings, engine, rooms_school(1, START), START - timedelta(minutes=5))
+    factory, clock, fleet, scheduler, client = (
+        rig.factory,
+        rig.clock,
+        rig.fleet,
+        rig.scheduler,
+        rig.api,
     )
     beats = iter(range(1, 10**6))
 

@@ -95,6 +95,18 @@ def test_cut_packets_are_the_source_packets_byte_for_byte(spool: Spool, tmp_path
         assert source[wall] == data  # same time, same bytes: nothing was re-encoded
 
 
+def test_the_clip_header_states_the_picture_size_without_decoding(
+    spool: Spool, tmp_path: Path
+) -> None:
+    # The cutter opens all segments but the first without decoding; the clip's track must
+    # still carry the picture size a player reads before it decodes anything.
+    result = cut_window(spool, at(3), at(25), tmp_path / "clip.mp4")
+    header_only = {"skip_frame": "all", "probesize": "32", "analyzeduration": "1"}
+    with av.open(str(result.path), options=header_only) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.width, context.height) == (640, 360)
+
+
 def test_an_unaligned_window_starts_at_the_keyframe_before_it(spool: Spool, tmp_path: Path) -> None:
     result = cut_window(spool, at(10.5), at(13.3), tmp_path / "clip.mp4")
     cut = packet_walls(result)

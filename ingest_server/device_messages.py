@@ -36,7 +36,6 @@ is the device seen, and must not let the sweep mark it offline meanwhile.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import Counter
@@ -44,8 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import or_
 
 from common import topics
 from common.clock import Clock, SystemClock
@@ -62,9 +60,10 @@ from common.schemas import (
 )
 from ingest_server import feed
 from ingest_server.db import SessionFactory
+from ingest_server.device_health import HEALTH, HealthBatch, HealthRow
 from ingest_server.errors import RETRYABLE_ERRORS, error_text
 from ingest_server.ingest import Outgoing
-from ingest_server.models import DeadLetter, DeviceHealth, PresenceChange
+from ingest_server.models import DeadLetter
 from ingest_server.sessions import append_feed, record_device_event
 
 log = logging.getLogger(__name__)
@@ -82,21 +81,6 @@ def device_time_to_server(
     except (OverflowError, ValueError):  # out of range, or not a number (NaN)
         return received_at
     return min(at, received_at)
-
-
-def _last_seen(row: DeviceHealth) -> datetime | None:
-    return max((t for t in (row.last_heartbeat_at, row.status_at) if t), default=None)
-
-
-def _last_offset(row: DeviceHealth) -> float | None:
-    """The clock offset the device stated in its last heartbeat."""
-    if not row.heartbeat:
-        return None
-    try:
-        value = json.loads(row.heartbeat).get("clock_offset_s")
-    except (ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,21 +239,17 @@ class DeviceMessages:
         counts: Counter[str] = Counter()
         try:
             with self.session_factory.begin() as db:
-                # One query loads every row the batch touches.
-                ids = {said.device_id for said in waiting}
-                rows = {
-                    row.device_id: row
-                    for row in db.scalars(
-                        select(DeviceHealth).where(DeviceHealth.device_id.in_(ids))
-                    )
-                }
+                # One query loads every row the batch touches; the rows change in memory and
+                # are written together (``HealthBatch.write``), each device's once.
+                batch = HealthBatch.load(db, {said.device_id for said in waiting})
                 for said in waiting:
                     if guarded:
-                        online = self._apply_or_keep(db, rows, said, counts)
+                        online = self._apply_or_keep(batch, said, counts)
                     else:
-                        online = self._apply(db, rows, said, counts)
+                        online = self._apply(batch, said, counts)
                     if online:
                         came_online.append(said.device_id)
+                batch.write()
         except BaseException:
             for device_id, before in heard.items():
                 self._set_offline_heard(device_id, before)
@@ -282,17 +262,15 @@ class DeviceMessages:
         else:
             self._offline_heard[device_id] = at
 
-    def _apply(
-        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, counts: Counter[str]
-    ) -> bool:
-        """Apply one status or heartbeat; True when its device came online."""
+    def _apply(self, batch: HealthBatch, said: _Said, counts: Counter[str]) -> bool:
+        """Apply one status or heartbeat to ``batch``; True when its device came online."""
         kind = "heartbeat" if isinstance(said.message, Heartbeat) else "status"
         try:
             if isinstance(said.message, Heartbeat):
-                online = self._heartbeat(db, rows, said, said.message)
+                online = self._heartbeat(batch, said, said.message)
                 counts["heartbeats"] += 1
             else:
-                online = self._status(db, rows, said, said.message)
+                online = self._status(batch, said, said.message)
                 counts[f"status_{said.message.state.value}"] += 1
         except (ValueError, OverflowError) as exc:
             # Values that passed validation but not date arithmetic: the message's fault,
@@ -302,26 +280,29 @@ class DeviceMessages:
             return False
         return online
 
-    def _apply_or_keep(
-        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, counts: Counter[str]
-    ) -> bool:
-        """``_apply`` in a savepoint; if it raises anything but a database error, roll back
-        its effects alone and add it to ``dead_letters`` instead."""
+    def _apply_or_keep(self, batch: HealthBatch, said: _Said, counts: Counter[str]) -> bool:
+        """``_apply`` and write its effects in a savepoint; if that raises anything but a
+        database error, roll back its effects alone and add it to ``dead_letters`` instead."""
         offline_heard = self._offline_heard.get(said.device_id)
+        before = batch.rows.get(said.device_id)
+        before = before.copy() if before is not None else None
         mine: Counter[str] = Counter()
         try:
-            with feed.savepoint(db):
-                online = self._apply(db, rows, said, mine)
+            with feed.savepoint(batch.db):
+                online = self._apply(batch, said, mine)
+                batch.write()
         except RETRYABLE_ERRORS:
             raise
         except Exception as exc:
             self._set_offline_heard(said.device_id, offline_heard)
-            row = rows.get(said.device_id)
-            if row is not None and row not in db:
-                del rows[said.device_id]  # made in the savepoint, gone with it
+            batch.changes = []
+            if before is None:
+                batch.rows.pop(said.device_id, None)  # made in the savepoint, gone with it
+            else:
+                batch.rows[said.device_id] = before
             topic = topics.heartbeat if isinstance(said.message, Heartbeat) else topics.status
             error = error_text(exc)
-            db.add(
+            batch.db.add(
                 DeadLetter(
                     topic=topic(said.device_id),
                     payload=said.payload,
@@ -342,21 +323,12 @@ class DeviceMessages:
         counts.update(mine)
         return online
 
-    def _health(self, db: Session, rows: dict[str, DeviceHealth], device_id: str) -> DeviceHealth:
-        row = rows.get(device_id)
-        if row is None:
-            row = rows[device_id] = DeviceHealth(device_id=device_id, status="offline")
-            db.add(row)
-        return row
-
-    def _status(
-        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, status: Status
-    ) -> bool:
+    def _status(self, batch: HealthBatch, said: _Said, status: Status) -> bool:
         """Apply a status; True when the device came online."""
         device_id, received, live = said.device_id, said.received, said.live
         online = status.state == StatusState.ONLINE
-        row = self._health(db, rows, device_id)
-        offset = _last_offset(row)
+        row = batch.health(device_id)
+        offset = row.last_offset()
         if online and live:
             at = received  # it is back now, whatever its clock says
         elif status.at is not None and offset is not None:
@@ -367,20 +339,20 @@ class DeviceMessages:
             at = received
         else:
             # The will: the broker noticed the device gone; it was last seen before.
-            at = _last_seen(row) or received
+            at = row.last_seen() or received
         if online and not live:
             at = self._backlog_floor(device_id, at)
         if row.status_at is not None:
             at = max(at, row.status_at)  # presence never runs backwards
-        came_online = self._change(db, row, online, at, "status", status.at)
+        came_online = self._change(batch, row, online, at, "status", status.at)
         if not online and live:
             self._offline_heard[device_id] = received
         return came_online
 
     def _change(
         self,
-        db: Session,
-        row: DeviceHealth,
+        batch: HealthBatch,
+        row: HealthRow,
         online: bool,
         at: datetime,
         source: str,
@@ -390,9 +362,9 @@ class DeviceMessages:
         state = "online" if online else "offline"
         if row.status == state:
             return False
-        db.add(PresenceChange(device_id=row.device_id, at=at, online=online, source=source))
+        batch.record_change(row.device_id, at, online, source)
         append_feed(
-            db,
+            batch.db,
             "device_" + state,
             None,
             {
@@ -402,12 +374,10 @@ class DeviceMessages:
                 "device_at": device_at.isoformat() if device_at else None,
             },
         )
-        row.status, row.status_at = state, at
+        row.set_presence(state, at)
         return online
 
-    def _heartbeat(
-        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, beat: Heartbeat
-    ) -> bool:
+    def _heartbeat(self, batch: HealthBatch, said: _Said, beat: Heartbeat) -> bool:
         """Apply a heartbeat; True when the device came online."""
         device_id, received = said.device_id, said.received
         if said.live:
@@ -415,13 +385,12 @@ class DeviceMessages:
         else:
             at = device_time_to_server(beat.at, beat.clock_offset_s, received)
             at = self._backlog_floor(device_id, at)
-        row = self._health(db, rows, device_id)
+        row = batch.health(device_id)
         if row.last_heartbeat_at is None or at >= row.last_heartbeat_at:
-            row.last_heartbeat_at = at
-            row.heartbeat = beat.model_dump_json()
+            row.set_heartbeat(at, beat)
         # A heartbeat older than the last change (a late redelivery) changes nothing.
         if row.status != "online" and (row.status_at is None or at > row.status_at):
-            return self._change(db, row, True, at, "heartbeat", beat.at)
+            return self._change(batch, row, True, at, "heartbeat", beat.at)
         return False
 
     def _event_payload(self, device_id: str, payload: bytes) -> list[Outgoing]:
@@ -481,23 +450,21 @@ class DeviceMessages:
             heard = set(self._heard)
         with self.session_factory.begin() as db:
             # Only rows silent since the cutoff: a sweep every second must not load the fleet.
-            rows = db.scalars(
-                select(DeviceHealth).where(
-                    DeviceHealth.status == "online",
-                    or_(
-                        DeviceHealth.last_heartbeat_at.is_(None),
-                        DeviceHealth.last_heartbeat_at < cutoff,
-                    ),
-                    or_(DeviceHealth.status_at.is_(None), DeviceHealth.status_at < cutoff),
-                )
-            ).all()
-            for row in rows:
+            batch = HealthBatch.load(
+                db,
+                None,
+                HEALTH.c.status == "online",
+                or_(HEALTH.c.last_heartbeat_at.is_(None), HEALTH.c.last_heartbeat_at < cutoff),
+                or_(HEALTH.c.status_at.is_(None), HEALTH.c.status_at < cutoff),
+            )
+            for row in list(batch.rows.values()):
                 if row.device_id in heard:
                     continue  # heard within the timeout; its commit is still to come
-                last = _last_seen(row)
+                last = row.last_seen()
                 if last is not None and now - last > self.heartbeat_timeout:
-                    self._change(db, row, False, last, "heartbeat_timeout")
+                    self._change(batch, row, False, last, "heartbeat_timeout")
                     gone.append(row.device_id)
+            batch.write()
         for device_id in gone:
             self._offline_heard[device_id] = now
         self.counters["status_offline"] += len(gone)

@@ -27,12 +27,12 @@ from ingest_helpers import (
 )
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from common import topics
 from common.heartbeat import Heartbeat
 from common.schemas import Status, StatusState
 from ingest_server.consumer import ConsumerThread
+from ingest_server.device_health import HealthBatch, HealthRow
 from ingest_server.device_messages import DeviceMessages, _Said
 from ingest_server.models import DeadLetter, DeviceHealth, FeedEvent, PresenceChange
 from ingest_server.settings import Settings
@@ -50,24 +50,22 @@ class PoisonFleet(DeviceMessages):
 
     def _change(
         self,
-        db: Session,
-        row: DeviceHealth,
+        batch: HealthBatch,
+        row: HealthRow,
         online: bool,
         at: datetime,
         source: str,
         device_at: datetime | None = None,
     ) -> bool:
-        came_online = super()._change(db, row, online, at, source, device_at)
+        came_online = super()._change(batch, row, online, at, source, device_at)
         if json_seq(row.heartbeat) == POISON_SEQ:
             raise TypeError("boom: a bug in applying a heartbeat")
         return came_online
 
-    def _heartbeat(
-        self, db: Session, rows: dict[str, DeviceHealth], said: _Said, beat: Heartbeat
-    ) -> bool:
+    def _heartbeat(self, batch: HealthBatch, said: _Said, beat: Heartbeat) -> bool:
         if self.database_away:
             raise OperationalError("UPDATE ...", {}, sqlite3.OperationalError("disk I/O error"))
-        return super()._heartbeat(db, rows, said, beat)
+        return super()._heartbeat(batch, said, beat)
 
 
 def json_seq(heartbeat_json: str | None) -> int | None:

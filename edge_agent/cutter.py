@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -37,8 +38,10 @@ OUTPUT_TIME_BASE = Fraction(1, 90_000)
 # Opening a segment only to copy its packets: libavformat's stream-info probe otherwise opens an
 # H.264 decoder and decodes up to 7 frames of every file (three quarters of a cut's time), to
 # learn what the first segment's fully probed stream already tells (same recording parameters,
-# _choose_recordings). The packets read are the same either way.
-_PACKETS_ONLY = {"skip_frame": "all", "probesize": "32", "analyzeduration": "1"}
+# _choose_recordings). With no decoder allowed and the least probing, it reads the header only
+# (FFmpeg's log, off in PyAV, would say the codec could not be opened); the packets are the same.
+_PACKETS_ONLY = {"codec_whitelist": "none", "probesize": "32", "analyzeduration": "1"}
+_MICROSECOND = timedelta(microseconds=1)
 _COMMENT = re.compile(r"classcam cut_start=(\S+) cut_end=(\S+)")
 
 
@@ -81,9 +84,17 @@ def parse_cut_comment(comment: str) -> tuple[datetime, datetime] | None:
     )
 
 
-def _rescale(value: int, source: Fraction, target: Fraction) -> int:
-    # The spool, its files and the output all use 90 kHz: skip Fraction arithmetic then.
-    return value if source == target else round(value * source / target)
+def _rescaler(source: Fraction, target: Fraction) -> Callable[[int], int]:
+    """Converts a count of ``source`` units to ``target`` units, rounded."""
+    if source == target:
+        return lambda value: value  # the spool, its files and the output all use 90 kHz
+    return lambda value: round(value * source / target)
+
+
+def _microseconds(time_base: Fraction) -> Callable[[int], int]:
+    """Converts pts in ``time_base`` to whole microseconds, rounded half up."""
+    num, den = time_base.numerator * 1_000_000, time_base.denominator
+    return lambda pts: (2 * pts * num + den) // (2 * den)
 
 
 def _choose_recordings(
@@ -153,22 +164,32 @@ def _pick_packets(
         if template is None:
             template = stream
             extradata = bytes(stream.codec_context.extradata or b"")
+        # Per packet, integers only: the window's bounds as microseconds after the segment's
+        # server start, compared with each frame's (exactly the datetime comparison).
+        to_rec, to_output = _rescaler(tb, rec.time_base), _rescaler(tb, OUTPUT_TIME_BASE)
+        rec_to_output, rec_us = (
+            _rescaler(rec.time_base, OUTPUT_TIME_BASE),
+            _microseconds(rec.time_base),
+        )
+        start_us, end_us = (start - seg_server) // _MICROSECOND, (end - seg_server) // _MICROSECOND
         for packet in container.demux(stream):
-            if packet.pts is None or packet.size == 0:
+            pts = packet.pts
+            if pts is None or packet.size == 0:
                 continue
-            rec_pts = seg.start_pts + _rescale(packet.pts, tb, rec.time_base)
-            server = seg_server + _pts_delta(rec, rec_pts - seg.start_pts)
-            if server >= end:
+            rel_pts = to_rec(pts)  # in the recording's time base, after the segment's start
+            us = rec_us(rel_pts)
+            if us >= end_us:
                 break
-            ticks = base + _rescale(rec_pts, rec.time_base, OUTPUT_TIME_BASE)
-            if server <= start and packet.is_keyframe:
+            ticks = base + rec_to_output(seg.start_pts + rel_pts)
+            keyframe = packet.is_keyframe
+            if us <= start_us and keyframe:
                 picked.clear()  # a later keyframe at or before start: begin there instead
-            elif (server < start or not packet.is_keyframe) and not picked:
+            elif (us < start_us or not keyframe) and not picked:
                 continue  # nothing decodable yet
             elif picked and ticks <= picked[-1].ticks:
                 continue  # overlapping recordings: keep the timeline monotonic
-            duration = _rescale(packet.duration or 0, tb, OUTPUT_TIME_BASE)
-            picked.append(_Picked(packet, server, offset, ticks, duration))
+            server = seg_server + timedelta(microseconds=us)
+            picked.append(_Picked(packet, server, offset, ticks, to_output(packet.duration or 0)))
     # Durations follow the next packet's pts where there is one (exact across segments).
     for here, after in itertools.pairwise(picked):
         here.duration = after.ticks - here.ticks
@@ -178,8 +199,7 @@ def _pick_packets(
 
 
 def _pts_delta(rec: RecordingInfo, pts: int) -> timedelta:
-    num, den = rec.time_base.numerator * 1_000_000, rec.time_base.denominator
-    return timedelta(microseconds=(2 * pts * num + den) // (2 * den))
+    return timedelta(microseconds=_microseconds(rec.time_base)(pts))
 
 
 def cut_window(

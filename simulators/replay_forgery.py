@@ -5,8 +5,11 @@ during its classes), reports its sessions as a camera would, and answers each cu
 forged, validly signed clip.
 
 - ``another_day``: a genuine recording whose manifest honestly says it was cut a day earlier;
-- ``another_classroom``: the very window cut from the other device's spool by the agent's own
-  cutter, signed with this device's key.
+- ``another_classroom``: the window, a few seconds wider on each side (``COPY_PAD``), cut from
+  the other device's spool by the agent's own cutter, signed with this device's key. Wider, as
+  a copier would leave a margin: so its bytes are never the very clip the other camera gives
+  for a window of its own drawn within the same second (``clip_duplicate`` there would flag
+  the honest camera's clip, whichever of the two arrived second).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from simulators.sim_clock import SharedClock
 
 if TYPE_CHECKING:
     from simulators.replay_stack import DeviceRig, ReplayStack
+
+# The margin a copier leaves on each side of the window it cuts from another camera's spool:
+# more than a keyframe interval (1 s), so that the copy is always longer than any window's cut.
+COPY_PAD = timedelta(seconds=3)
 
 
 def start_forger(rig: DeviceRig, stack: ReplayStack) -> Forger:
@@ -57,7 +64,7 @@ def start_forger(rig: DeviceRig, stack: ReplayStack) -> Forger:
         spool = Spool(other.device.state_dir / "spool", read_only=True)
         try:
             out = workdir / f"{uuid.uuid4().hex}.mp4"
-            cut = cut_window(spool, cmd.start, cmd.end, out)
+            cut = cut_window(spool, cmd.start - COPY_PAD, cmd.end + COPY_PAD, out)
         finally:
             spool.close()
         return ForgedClip(

@@ -1,15 +1,19 @@
 """The server half of the chunk protocol, with no MQTT in it (DESIGN.md §1 steps 5–6).
 
 ``IngestProcessor.handle(topic, payload)`` takes one device message and returns the acks to
-publish. Chunks go to the staging file at once, but the fsync of the touched files and the
-database update of ``received_ranges`` wait for ``flush()`` (group commit): the consumer calls
-it when its queue runs dry or every N messages. Any ack is produced only after a flush, so what
-an ack says was received is durable. Chunk-level complaints are therefore held back and
-returned by the next ``flush()``; ``init`` and ``fin`` flush and answer straight away.
+publish. A chunk is verified at once and kept in memory; its bytes are staged in the database
+with its range in ``received_ranges`` by ``flush()`` (group commit, one transaction): the
+consumer calls it when its queue runs dry or every N messages, and acknowledges the messages
+to the broker after it. Any ack is produced only after a flush, so what an ack says was
+received is durable, and readable by every ingest worker on the shared subscription: the one
+that gets ``fin`` assembles the file from the staged chunks (``uploads.staging``).
+Chunk-level complaints are held back and returned by the next ``flush()``; ``init`` and
+``fin`` flush and answer straight away.
 
 The processor orders the steps; the parts live in ``ingest_server.uploads`` (DESIGN.md §3):
-``manifest`` (authentication, pure), ``ledger`` (byte ranges), ``commit`` (the assembled file
-and the clip), ``acks`` (what the device is told), ``rejections`` and ``reaper`` (bounds).
+``manifest`` (authentication, pure), ``ledger`` (byte ranges), ``staging`` (the chunks'
+bytes), ``commit`` (the assembled file and the clip), ``acks`` (what the device is told),
+``rejections`` and ``reaper`` (bounds).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ingest_server.errors import ChunkRefused, Refusal, StoreError, UploadReject
 from ingest_server.models import Device, Upload, UploadState
 from ingest_server.settings import Settings
 from ingest_server.store import Store, clip_path, staging_key
-from ingest_server.uploads import commit, ledger, manifest
+from ingest_server.uploads import commit, ledger, manifest, staging
 from ingest_server.uploads.acks import (
     Outgoing,
     Reply,
@@ -199,7 +203,6 @@ class IngestProcessor:
         """Insert a new upload; return the row another worker inserted first, if it did."""
         signed_manifest = signed.manifest
         device_id, upload_id = signed_manifest.device_id, signed_manifest.upload_id
-        self.store.prepare(staging_key(device_id, upload_id), signed_manifest.size)
         row = ledger.new_upload_row(signed_manifest, payload, self.clock.now())
         try:
             with self.session_factory.begin() as session:
@@ -234,10 +237,6 @@ class IngestProcessor:
         ledger.check_open_uploads(
             self.session_factory, up.device_id, upload_id, self.settings.max_open_uploads_per_device
         )
-        key = staging_key(up.device_id, upload_id)
-        # Our descriptor may still point at the file the reaper deleted.
-        self.store.discard(key)
-        self.store.prepare(key, row.size)
         ledger.restart_expired(self.session_factory, (up.device_id, upload_id), self.clock.now())
         self._cache.forget((up.device_id, upload_id))
         self.stats["uploads_restarted"] += 1
@@ -287,10 +286,7 @@ class IngestProcessor:
             upload.duplicate_chunks += 1
             self.stats["duplicate_chunks"] += 1
             return
-        try:
-            self.store.write_chunk(upload.staging, offset, data)
-        except StoreError as exc:
-            raise ChunkRefused(RejectReason.STORAGE_ERROR, upload_id, str(exc)) from exc
+        upload.pending_data[offset] = data
         upload.pending = add(upload.pending, span)
         upload.new_chunks += 1
         self.stats["chunks"] += 1
@@ -348,17 +344,25 @@ class IngestProcessor:
             signed_manifest.cut_start,
             signed_manifest.content_type,
         )
-        # A crash after the move but before the database commit leaves the clip in place:
-        # recognise it by its hash and just finish recording it.
+        # A crash (or another worker) after the move but before the database commit leaves the
+        # clip in place: recognise it by its hash and just finish recording it.
         if self.store.committed_sha256(relative) != signed_manifest.sha256:
-            self._verify_staged(upload)
-            self.store.commit(upload.staging, relative)
+            name = staging.assembly_name(upload)
+            try:
+                digest = staging.assemble(self.session_factory, self.store, upload, name)
+                self._verify_staged(upload, name, digest)
+                self.store.commit(name, relative)
+            finally:
+                self.store.discard(name)
         self._record_clip(upload, relative)
         return Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.FIN)
 
-    def _verify_staged(self, upload: OpenUpload) -> None:
-        """Check the assembled file; drop chunks that went bad on disk so they are re-sent."""
-        spans = commit.staged_bad_spans(self.store, upload)
+    def _verify_staged(self, upload: OpenUpload, name: str, digest: str) -> None:
+        """Check the assembled file (``digest``, hashed as it was written); drop chunks whose
+        staged bytes do not match their hash, so that they are sent again."""
+        if digest == upload.manifest.sha256:
+            return
+        spans = commit.staged_bad_spans(self.store, upload, name)
         if spans is None:
             return
         if not spans:
@@ -381,7 +385,6 @@ class IngestProcessor:
     def _record_clip(self, upload: OpenUpload, relative: str) -> None:
         """Record the clip (``commit.record_clip``), forget the staged bytes, tell listeners."""
         clip_id = commit.record_clip(self.session_factory, upload, relative, self.clock.now())
-        self.store.discard(upload.staging)
         self._cache.finish(FinalUpload(upload.upload_id, upload.device_id, UploadState.COMPLETE))
         self.stats["uploads_complete"] += 1
         log.info(
@@ -393,7 +396,6 @@ class IngestProcessor:
     def _reject_upload(self, upload: OpenUpload, reason: RejectReason, detail: str) -> None:
         """Mark the upload rejected for good, drop its staged bytes, and raise."""
         commit.mark_rejected(self.session_factory, upload.key, reason, self.clock.now())
-        self.store.discard(upload.staging)
         self._cache.finish(
             FinalUpload(upload.upload_id, upload.device_id, UploadState.REJECTED, reason.value)
         )
@@ -402,23 +404,10 @@ class IngestProcessor:
     # ---------------------------------------------------------------- durability
 
     def _commit_pending(self) -> None:
-        """fsync touched staging files, then record their new ranges in one transaction."""
+        """Stage the pending chunks and record their ranges, in one transaction."""
         dirty = self._cache.dirty()
         if not dirty and not self._rejections:
             return
-        for upload in dirty:
-            if not upload.pending:
-                continue
-            try:
-                self.store.sync(upload.staging)
-            except StoreError as exc:
-                # Not durable, so not received: the device will be asked for them again.
-                refusal = ChunkRefused(
-                    RejectReason.STORAGE_ERROR, upload.upload_id, str(exc), upload.device_id
-                )
-                self._record(refusal, None)
-                upload.pending = []
-                upload.new_chunks = 0
         with self.session_factory.begin() as session:
             merged = ledger.record_ranges(session, dirty, self.clock.now())
             self._rejections.write(session)
@@ -426,6 +415,7 @@ class IngestProcessor:
         for upload in dirty:
             upload.received = merged.get(upload.key, upload.received)
             upload.pending = []
+            upload.pending_data = {}
             upload.new_chunks = 0
             upload.duplicate_chunks = 0
         self.stats["flushes"] += 1
@@ -461,6 +451,7 @@ class IngestProcessor:
         upload = OpenUpload(upload_id, row.device_id, signed_manifest, row.ranges)
         if cached is not None:
             upload.pending = cached.pending
+            upload.pending_data = cached.pending_data
             upload.new_chunks = cached.new_chunks
             upload.duplicate_chunks = cached.duplicate_chunks
         self._cache.remember(upload)

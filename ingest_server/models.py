@@ -123,6 +123,20 @@ class Upload(Base):
         self.received_ranges = json.dumps([[a, b] for a, b in value], separators=(",", ":"))
 
 
+class UploadChunk(Base):
+    """A verified chunk of an upload still receiving, staged in the database: written in the
+    transaction that records its range, so whichever ingest worker receives ``fin`` can
+    assemble the file (migration 0014). Deleted once the upload is complete, rejected or
+    expired."""
+
+    __tablename__ = "upload_chunks"
+
+    device_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    byte_offset: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Clip(Base):
     """A verified file in the evidence store; ``path`` is relative to the store's root.
 

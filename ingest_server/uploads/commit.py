@@ -1,8 +1,8 @@
 """Commit: check the assembled file, and record a stored clip or a rejected upload.
 
 The file is checked whole against the signed manifest before it is moved into the store; the
-clip, its pending check and the upload's ``complete`` go in one transaction, so a crash after
-the commit leaves the check queued, never forgotten.
+clip, its pending check, the upload's ``complete`` and the deletion of its staged chunks go in
+one transaction, so a crash after the commit leaves the check queued, never forgotten.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from ingest_server import feed
 from ingest_server.db import SessionFactory
 from ingest_server.models import Clip, ClipCheck, Upload, UploadState
 from ingest_server.store import Store
+from ingest_server.uploads import staging
 from ingest_server.uploads.ledger import OpenUpload, UploadKey, bad_chunk_spans
 
 log = logging.getLogger(__name__)
 
 
-def staged_bad_spans(store: Store, upload: OpenUpload) -> list[Range] | None:
-    """None if the staged file is the one the manifest signs; else the spans of the chunks
-    that went bad on disk (empty: every chunk matches but the file does not, so the manifest
-    contradicts itself)."""
+def staged_bad_spans(store: Store, upload: OpenUpload, name: str) -> list[Range] | None:
+    """None if the staging file ``name`` is the one the manifest signs; else the spans of the
+    chunks that do not match their hash (empty: every chunk matches but the file does not, so
+    the manifest contradicts itself)."""
     manifest = upload.manifest
-    whole, chunks = store.staging_digest(upload.staging, manifest.size, manifest.chunk_size)
+    whole, chunks = store.staging_digest(name, manifest.size, manifest.chunk_size)
     if whole == manifest.sha256:
         return None
     return bad_chunk_spans(manifest, chunks)
@@ -93,6 +94,7 @@ def record_clip(
                 feed.append(session, "clip_stored", clip.session_id, clip_event(clip))
                 row.state = UploadState.COMPLETE.value
                 row.updated_at = now
+                staging.drop(session, upload.key)
     except IntegrityError:
         # Another worker recorded the same clip first: that is the outcome we wanted.
         log.info("upload %s was recorded by another worker", upload.upload_id)
@@ -110,3 +112,4 @@ def mark_rejected(
             row.state = UploadState.REJECTED.value
             row.reject_reason = reason.value
             row.updated_at = now
+        staging.drop(session, key)

@@ -1,10 +1,11 @@
 """The byte-range ledger: which verified bytes of an upload are durable, in memory and in the
 database.
 
-A chunk is checked against its signed manifest (``check_chunk``, pure) before it is written;
-written ranges stay ``pending`` until the group commit fsyncs the staging files and records them
-in ``uploads.received_ranges`` (``record_ranges``), so ``received`` only ever lists durable
-bytes. ``UploadCache`` keeps open uploads and recently finished ones in bounded memory.
+A chunk is checked against its signed manifest (``check_chunk``, pure) before it is kept;
+kept ranges stay ``pending`` until the group commit stages their bytes (``staging.stage``) and
+records them in ``uploads.received_ranges`` (``record_ranges``) in one transaction, so
+``received`` only ever lists durable bytes, readable by every worker. ``UploadCache`` keeps
+open uploads and recently finished ones in bounded memory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from common.schemas import Manifest, RejectReason
 from ingest_server.db import SessionFactory
 from ingest_server.errors import ChunkRefused, UploadRejected
 from ingest_server.models import Upload, UploadState
-from ingest_server.store import staging_key
+from ingest_server.uploads import staging
 
 MAX_CACHED_UPLOADS = 4096
 MAX_FINISHED_REMEMBERED = 4096
@@ -38,18 +39,16 @@ class OpenUpload:
     upload_id: str
     device_id: str
     manifest: Manifest
-    received: list[Range]  # durable: fsync'ed and in the database
-    pending: list[Range] = field(default_factory=list)  # written, not yet durable
+    received: list[Range]  # durable: staged and recorded in the database
+    pending: list[Range] = field(default_factory=list)  # verified, not yet committed
+    # The verified bytes of ``pending`` by offset, staged by the next commit (``staging``).
+    pending_data: dict[int, bytes] = field(default_factory=dict)
     new_chunks: int = 0
     duplicate_chunks: int = 0
 
     @property
     def key(self) -> UploadKey:
         return (self.device_id, self.upload_id)
-
-    @property
-    def staging(self) -> str:
-        return staging_key(self.device_id, self.upload_id)
 
     @property
     def dirty(self) -> bool:
@@ -197,13 +196,18 @@ def new_upload_row(manifest: Manifest, payload: bytes, now: datetime) -> Upload:
 def record_ranges(
     session: Session, dirty: Iterable[OpenUpload], now: datetime
 ) -> dict[UploadKey, list[Range]]:
-    """Add the pending (now fsync'ed) ranges of ``dirty`` uploads to their rows; return each
-    upload's ranges as recorded. Uploads no longer receiving are left alone."""
+    """Stage the pending chunks of ``dirty`` uploads (``staging.stage``) and add their ranges
+    to the uploads' rows, in ``session``'s transaction; return each upload's ranges as
+    recorded. Uploads no longer receiving are left alone (their pending chunks are dropped)."""
     merged: dict[UploadKey, list[Range]] = {}
-    for upload in dirty:
+    receiving: list[OpenUpload] = []
+    # Rows locked in one order by every worker: two flushes touching the same uploads wait
+    # for each other instead of deadlocking.
+    for upload in sorted(dirty, key=lambda u: u.key):
         row = session.get(Upload, (upload.upload_id, upload.device_id), with_for_update=True)
         if row is None or row.state != UploadState.RECEIVING.value:
             continue
+        receiving.append(upload)
         # Merge with what is in the database: another worker may have added ranges.
         ranges = merge([*row.ranges, *upload.pending])
         row.ranges = ranges
@@ -211,17 +215,20 @@ def record_ranges(
         row.chunks_duplicate += upload.duplicate_chunks
         row.updated_at = now
         merged[upload.key] = ranges
+    staging.stage(session, receiving)
     return merged
 
 
 def forget_ranges(
     session_factory: SessionFactory, upload: OpenUpload, spans: list[Range], now: datetime
 ) -> list[Range]:
-    """Take ``spans`` out of the upload's received ranges (their bytes went bad on disk)."""
+    """Take ``spans`` out of the upload's received ranges, their staged bytes with them (they
+    did not hash as the manifest says)."""
     with session_factory.begin() as session:
         row = session.get(Upload, (upload.upload_id, upload.device_id), with_for_update=True)
         if row is None:
             raise UploadRejected(RejectReason.UNKNOWN_UPLOAD, upload.upload_id, "vanished")
+        staging.drop(session, upload.key, spans)
         ranges = row.ranges
         for span in spans:
             ranges = subtract(ranges, span)
@@ -236,6 +243,7 @@ def restart_expired(session_factory: SessionFactory, key: UploadKey, now: dateti
     with session_factory.begin() as session:
         row = session.get(Upload, (upload_id, device_id), with_for_update=True)
         if row is not None and row.state == UploadState.EXPIRED.value:
+            staging.drop(session, key)  # the reaper dropped them; whatever is left is stale
             row.state = UploadState.RECEIVING.value
             row.ranges = []
             row.updated_at = now

@@ -1,9 +1,10 @@
 """Reaping: uploads nobody finishes do not hold disk and rows for ever (issue 8, finding 9).
 
 An upload still ``receiving`` with no chunk for ``upload_stale_after_s`` is marked ``expired``
-and its staging file deleted; a device that sends the same ``init`` later starts it again from
-nothing and is told every byte is missing. Staging files older than that with no receiving
-upload (a crash between the database and the disk) are deleted too.
+and its staged chunks deleted (``uploads.staging``, in the same transaction); a device that
+sends the same ``init`` later starts it again from nothing and is told every byte is missing.
+Staging files older than that with no receiving upload (a file being assembled at ``fin`` when
+its worker crashed) are deleted too.
 
 Safe to run from any thread (the scheduler's tick runs it): each upload is expired by a
 conditional update (still receiving, still stale), so a chunk committed meanwhile by the ingest
@@ -26,6 +27,7 @@ from ingest_server.errors import StoreError
 from ingest_server.models import Upload, UploadState
 from ingest_server.settings import Settings
 from ingest_server.store import Store, staging_key
+from ingest_server.uploads import staging
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +92,11 @@ class UploadReaper:
                     .values(state=UploadState.EXPIRED.value, received_ranges="[]", updated_at=now)
                     .execution_options(synchronize_session=False)
                 )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    staging.drop(session, (device_id, upload_id))
             if not result.rowcount:  # type: ignore[attr-defined]
                 continue  # a chunk arrived meanwhile: not stale any more
             expired += 1
-            self._drop(staging_key(device_id, upload_id))
             log.info("upload %s of %s expired: no chunk since %s", upload_id, device_id, cutoff)
         orphans = self._drop_orphans(cutoff)
         self.stats["uploads_expired"] += expired

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from common import topics
 from common.chunks import digest_file
@@ -31,9 +31,10 @@ from ingest_server import audit, crud
 from ingest_server.api import create_app
 from ingest_server.api.deps import ApiContext
 from ingest_server.core import run_server
-from ingest_server.db import make_engine, make_session_factory
+from ingest_server.db import SessionFactory, make_engine, make_session_factory
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor, Outgoing
+from ingest_server.models import UploadChunk
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import SCHEDULER_USER, Settings
 from ingest_server.setup_import import import_rows, read_rows
@@ -183,6 +184,17 @@ def server_thread(settings: Settings, name: str) -> Iterator[Callable[[], None]]
     assert not thread.is_alive() and not failure
 
 
+def staged_chunks(sessions: SessionFactory, device_id: str, upload_id: str) -> dict[int, bytes]:
+    """The chunks staged for an upload in the database (``upload_chunks``), by offset."""
+    with sessions() as session:
+        rows = session.execute(
+            select(UploadChunk.byte_offset, UploadChunk.data)
+            .where(UploadChunk.device_id == device_id, UploadChunk.upload_id == upload_id)
+            .order_by(UploadChunk.byte_offset)
+        ).all()
+    return {offset: bytes(data) for offset, data in rows}
+
+
 class Harness:
     """A real processor on a real database and store, speaking in topics and payloads."""
 
@@ -206,6 +218,23 @@ class Harness:
     def register(self, device_id: str, key: Ed25519PrivateKey) -> None:
         with self.sessions.begin() as session:
             crud.register_device(session, device_id, public_key_b64(key))
+
+    def staged(self, device_id: str, upload_id: str) -> dict[int, bytes]:
+        """The chunks staged for an upload in the database, by offset."""
+        return staged_chunks(self.sessions, device_id, upload_id)
+
+    def spoil_staged(self, device_id: str, upload_id: str, position: int) -> None:
+        """Flip one bit of the staged byte at ``position`` (storage gone bad after the check)."""
+        with self.sessions.begin() as session:
+            rows = session.scalars(
+                select(UploadChunk).where(
+                    UploadChunk.device_id == device_id, UploadChunk.upload_id == upload_id
+                )
+            ).all()
+            [row] = [r for r in rows if r.byte_offset <= position < r.byte_offset + len(r.data)]
+            data = bytearray(row.data)
+            data[position - row.byte_offset] ^= 0x01
+            row.data = bytes(data)
 
     def send(self, topic: str, payload: bytes) -> list[Ack]:
         return acks(self.processor.handle(topic, payload))

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ingest_helpers import START, Harness, make_upload
+from ingest_helpers import START, Harness, make_upload, staged_chunks
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -20,9 +20,8 @@ from common.signing import public_key_b64
 from ingest_server import crud
 from ingest_server.core import ServerCore
 from ingest_server.db import migrate
-from ingest_server.models import Clip, Rejection, RejectionCount, Upload
+from ingest_server.models import Clip, Rejection, RejectionCount, Upload, UploadChunk
 from ingest_server.settings import Settings
-from ingest_server.store import staging_key
 from ingest_server.uploads.reaper import UploadReaper
 
 
@@ -39,8 +38,10 @@ def _rejection_rows(harness: Harness) -> int:
         return int(session.scalar(select(func.count()).select_from(Rejection)) or 0)
 
 
-def _staging_files(harness: Harness) -> list[Path]:
-    return sorted(harness.store.staging.glob("*.part"))
+def _staged_uploads(harness: Harness) -> set[str]:
+    """The uploads with chunks staged in the database."""
+    with harness.sessions() as session:
+        return set(session.scalars(select(UploadChunk.upload_id).distinct()))
 
 
 def _bounded_harness(url: str, tmp_path: Path, key: Ed25519PrivateKey, **limits: object) -> Harness:
@@ -139,7 +140,8 @@ def test_a_device_opening_a_thousand_uploads_is_capped_and_told_to_retry(
             receiving = session.scalar(
                 select(func.count()).select_from(Upload).where(Upload.state == "receiving")
             )
-        assert receiving == 32 and len(_staging_files(harness)) == 32
+        # Nothing was staged for the refused ones (nor, yet, for the accepted empty ones).
+        assert receiving == 32 and _staged_uploads(harness) == {"keep-0"}
         # The accepted upload is undisturbed: it finishes, and frees a place.
         harness.send_chunks(first, [1024, 2048])
         [done] = harness.send(first.fin_topic(), first.fin_payload())
@@ -162,7 +164,7 @@ def test_a_device_opening_a_thousand_uploads_is_capped_and_told_to_retry(
         harness.close()
 
 
-def test_a_stale_upload_is_reaped_with_its_staging_file_and_can_start_again(
+def test_a_stale_upload_is_reaped_with_its_staged_chunks_and_can_start_again(
     sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     stale_after = 2 * 24 * 3600.0
@@ -176,29 +178,30 @@ def test_a_stale_upload_is_reaped_with_its_staging_file_and_can_start_again(
         harness.send(stale.init_topic(), stale.init_payload)
         harness.send_chunks(stale, [0, 1024])
         harness.flush()
-        staging = harness.store.staging_path(staging_key("dev-1", "stale"))
-        assert staging.exists()
-        # A file a crash left behind, with no upload. File times on the test's clock.
+        assert sorted(harness.staged("dev-1", "stale")) == [0, 1024]
+        # A file a worker was assembling when it crashed, with no upload. File times on the
+        # test's clock.
         orphan = harness.store.staging_path("0" * 48)
         orphan.write_bytes(b"left over")
         written = harness.clock.now().timestamp()
         os.utime(orphan, (written, written))
-        os.utime(staging, (written, written))
 
         harness.clock.advance(stale_after - 60)
         fresh = make_upload(device, key, "dev-1", "fresh", size=3000, chunk_size=1024)
         harness.send(fresh.init_topic(), fresh.init_payload)
+        harness.send_chunks(fresh, [0])
+        harness.flush()
         assert reaper.maybe_run() is not None  # the first tick reaps
-        assert harness.store.staging_path(staging_key("dev-1", "fresh")).exists()
-        assert staging.exists()  # not stale yet
+        assert sorted(harness.staged("dev-1", "stale")) == [0, 1024]  # not stale yet
+        assert orphan.exists()
 
         harness.clock.advance(120)
         assert reaper.maybe_run() is None  # within the interval: nothing done
         harness.clock.advance(600)
         report = reaper.maybe_run()
         assert report is not None and (report.expired, report.orphan_files) == (1, 1)
-        assert not staging.exists() and not orphan.exists()
-        assert harness.store.staging_path(staging_key("dev-1", "fresh")).exists()
+        assert harness.staged("dev-1", "stale") == {} and not orphan.exists()
+        assert sorted(harness.staged("dev-1", "fresh")) == [0]
         with harness.sessions() as session:
             row = session.get(Upload, ("stale", "dev-1"))
             assert row is not None and row.state == "expired" and row.ranges == []
@@ -213,11 +216,11 @@ def test_a_stale_upload_is_reaped_with_its_staging_file_and_can_start_again(
         # A later init starts clean: every byte missing, and the upload completes.
         [ack] = harness.send(stale.init_topic(), stale.init_payload)
         assert (ack.state, ack.missing) == (AckState.MISSING, [(0, stale.manifest.size)])
-        assert staging.exists()
         harness.send_chunks(stale)
         [done] = harness.send(stale.fin_topic(), stale.fin_payload())
         assert done.state is AckState.COMPLETE
         assert harness.store.path_of(_clip_path(harness, "stale")).read_bytes() == stale.data
+        assert harness.staged("dev-1", "stale") == {}
     finally:
         harness.close()
 
@@ -261,14 +264,16 @@ def test_the_running_server_reaps_from_its_scheduler_tick(
             crud.register_device(session, "dev-1", public_key_b64(key))
         upload = make_upload(tmp_path / "device", key, "dev-1", "idle", size=3000, chunk_size=1024)
         core.processor.handle(upload.init_topic(), upload.init_payload)
-        staging = core.store.staging_path(staging_key("dev-1", "idle"))
-        assert staging.exists()
+        core.processor.handle(upload.chunk_topic(0), upload.chunks[0][1])
+        core.processor.flush()
+        assert sorted(staged_chunks(core.session_factory, "dev-1", "idle")) == [0]
         clock.advance(3601)
         core.scheduler.tick()
         with core.session_factory() as session:
             row = session.get(Upload, ("idle", "dev-1"))
             assert row is not None and row.state == "expired"
-        assert not staging.exists() and core.reaper.stats["uploads_expired"] == 1
+        assert staged_chunks(core.session_factory, "dev-1", "idle") == {}
+        assert core.reaper.stats["uploads_expired"] == 1
     finally:
         core.close()
 

@@ -25,7 +25,6 @@ from common import topics
 from common.ranges import Range, merge, missing_ranges
 from common.schemas import Ack, AckReplyTo, AckState, Fin, Manifest, RejectReason
 from common.signing import sign_manifest
-from ingest_server.ingest import staging_key
 from ingest_server.models import Clip, Upload
 from ingest_server.store import clip_path
 
@@ -209,14 +208,9 @@ def run_step(harness: Harness, model: Model, step: Step) -> None:
         else:
             assert [a.state for a in acks if a.reply_to is AckReplyTo.INIT] == [model.final]
     elif kind == "rot":
-        stored = model.written | model.durable
-        if number in stored and number not in model.rotten and model.final is None:
-            path = harness.store.staging_path(staging_key(DEVICE, clip.upload_id))
-            with path.open("r+b") as fh:
-                fh.seek(clip.span(number)[0])
-                byte = fh.read(1)
-                fh.seek(clip.span(number)[0])
-                fh.write(bytes([byte[0] ^ 0x01]))
+        # Staged bytes gone bad after their check (only committed chunks are staged).
+        if number in model.durable and number not in model.rotten and model.final is None:
+            harness.spoil_staged(DEVICE, clip.upload_id, clip.span(number)[0])
             model.rotten.add(number)
     elif kind == "fin":
         fin_and_check(harness, model)

@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 from common import topics
 from common.schemas import Ack, AckReplyTo, AckState, RejectReason
 from common.signing import generate_private_key
-from ingest_server.ingest import staging_key
 from ingest_server.models import Clip, Rejection, Upload
 
 
@@ -152,19 +151,15 @@ def test_reinit_after_complete_acks_complete(
     assert _clip_count(harness) == 1
 
 
-def test_chunk_corrupted_on_disk_is_asked_for_again(
+def test_chunk_corrupted_in_staging_is_asked_for_again(
     harness: Harness, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     upload = _upload(harness, tmp_path, key, chunk_size=4096, size=5 * 4096 + 10)
     harness.send(upload.init_topic(), upload.init_payload)
     harness.send_chunks(upload)
     harness.flush()
-    staging = harness.store.staging_path(staging_key("dev-1", "up-1"))
-    with staging.open("r+b") as fh:  # a flipped bit in chunk 2, after it was verified
-        fh.seek(2 * 4096 + 17)
-        byte = fh.read(1)
-        fh.seek(2 * 4096 + 17)
-        fh.write(bytes([byte[0] ^ 0x01]))
+    # A flipped bit in chunk 2, after it was verified and staged.
+    harness.spoil_staged("dev-1", "up-1", 2 * 4096 + 17)
 
     [ack] = harness.send(upload.fin_topic(), upload.fin_payload())
     assert (ack.state, ack.reply_to, ack.reason) == (
@@ -190,11 +185,13 @@ def test_fin_finishes_when_a_crash_left_the_clip_committed_but_unrecorded(
     harness.send_chunks(upload)
     harness.flush()
     # The crash: the store move happened, the database transaction did not.
-    harness.store.commit(staging_key("dev-1", "up-1"), "clips/dev-1/2026-03-02/up-1.mp4")
+    harness.store.put_bytes("clips/dev-1/2026-03-02/up-1.mp4", upload.data)
     harness.restart()
+    assert len(harness.staged("dev-1", "up-1")) == len(upload.chunks)
     [ack] = harness.send(upload.fin_topic(), upload.fin_payload())
     assert ack.state is AckState.COMPLETE
     assert _clip_count(harness) == 1
+    assert harness.staged("dev-1", "up-1") == {}  # the staged chunks go with the recording
 
 
 # ------------------------------------------------------------------ refusals
@@ -284,10 +281,7 @@ def test_upload_of_another_device_is_unknown_to_a_device(
     harness.send(topics.file_chunk("dev-2", "up-1", offset), data)
     [ack] = harness.flush()
     assert (ack.state, ack.reason) == (AckState.REJECTED, RejectReason.UNKNOWN_UPLOAD)
-    assert (
-        harness.store.staging_path(staging_key("dev-1", "up-1")).read_bytes()
-        == b"\0" * upload.manifest.size
-    )
+    assert harness.staged("dev-1", "up-1") == {}  # nothing of dev-2's reached dev-1's upload
 
 
 @pytest.mark.parametrize(

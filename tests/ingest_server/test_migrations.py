@@ -15,6 +15,7 @@ from ingest_server.models import Base
 TABLES = {
     "devices",
     "uploads",
+    "upload_chunks",
     "clips",
     "rejections",
     "rejection_counts",

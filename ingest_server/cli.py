@@ -20,8 +20,14 @@ from sqlalchemy import Engine, select
 from common.clock import Clock, SystemClock
 from ingest_server import audit, crud
 from ingest_server.consumer import replay_dead_letters
-from ingest_server.core import run_server
-from ingest_server.db import SessionFactory, make_engine, make_session_factory, migrate
+from ingest_server.core import Role, run_server
+from ingest_server.db import (
+    SessionFactory,
+    make_engine,
+    make_session_factory,
+    migrate,
+    schema_revision,
+)
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeadLetter
@@ -80,11 +86,32 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return serve_until_signalled(settings, SystemClock())
 
 
-def serve_until_signalled(settings: Settings, clock: Clock) -> int:
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    """One more ingest worker on the shared subscription (docs/deployment.md)."""
+    current, head = schema_revision(settings.database_url)
+    if current != head:
+        # Workers never migrate: several starting at once would race over the schema.
+        log.error(
+            "the database is at migration %s, this code needs %s: run `classcam-server migrate`"
+            " (or start `classcam-server run`) first",
+            current or "(none)",
+            head,
+        )
+        return 1
+    if not settings.shared_group:
+        log.error("an ingest worker needs a shared subscription (CLASSCAM_SHARED_GROUP)")
+        return 1
+    return serve_until_signalled(settings, SystemClock(), role="ingest")
+
+
+def serve_until_signalled(settings: Settings, clock: Clock, role: Role = "all") -> int:
     """What ``run`` does, on ``clock``: migrate, then ingest, schedule and serve the API until
-    SIGTERM or SIGINT (``simulators.sim_server`` passes a replay's simulated clock)."""
-    migrate(settings.database_url)
+    SIGTERM or SIGINT (``simulators.sim_server`` passes a replay's simulated clock); in the
+    ``ingest`` role, only ingest (the database must be migrated already)."""
+    if role == "all":
+        migrate(settings.database_url)
     # Logged, not printed: under systemd stderr reaches the journal unbuffered.
+    log.info("role: %s (MQTT account %s)", role, settings.mqtt_username)
     for what, where in settings.describe().items():
         log.info("%s: %s", what, where)
 
@@ -93,7 +120,7 @@ def serve_until_signalled(settings: Settings, clock: Clock) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_server(settings, stop, clock)
+        await run_server(settings, stop, clock, role=role)
 
     asyncio.run(serve())
     return 0
@@ -446,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--classroom-id")
     register.add_argument("--replace", action="store_true", help="change an existing key")
     sub.add_parser("run", help="migrate, then ingest, schedule and serve the API until SIGTERM")
+    sub.add_parser(
+        "ingest",
+        help="one more ingest worker on the shared subscription (no scheduler, no API);"
+        " its own MQTT account in CLASSCAM_MQTT_USERNAME",
+    )
     imp = sub.add_parser("import", help="bulk setup from a JSON or CSV file")
     imp.add_argument("file")
     imp.add_argument("--kind", help="the CSV's section (default: the file's stem)")
@@ -521,6 +553,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "register-device": cmd_register_device,
     "run": cmd_run,
+    "ingest": cmd_ingest,
     "clips": cmd_clips,
     "dead-letters": cmd_dead_letters,
     "export": cmd_export,

@@ -235,7 +235,8 @@ class ClipChecker:
                 "error": None,
             }
         with self.session_factory.begin() as db:
-            row = db.get(ClipCheck, clip_id)
+            # Locked: another ingest worker may have checked the same clip meanwhile.
+            row = db.get(ClipCheck, clip_id, with_for_update=True)
             if row is None or row.checked_at is not None:
                 return
             self._store_outcome(db, row, outcome, compared)
@@ -273,7 +274,7 @@ class ClipChecker:
             }
         adopted = check_result(outcome) == "passed"
         with self.session_factory.begin() as db:
-            row = db.get(ClipCheck, clip_id)
+            row = db.get(ClipCheck, clip_id, with_for_update=True)
             room = db.get(Classroom, classroom.id)
             if row is None or room is None or row.checked_at is not None:
                 return

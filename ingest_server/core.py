@@ -1,12 +1,22 @@
 """The running server: ingest, device messages, clip checks, the scheduler and the HTTP API in
-one asyncio process, wired together once (STYLE.md: one typed config, passed down)."""
+one asyncio process, wired together once (STYLE.md: one typed config, passed down).
+
+Two roles (docs/deployment.md): ``all`` (``classcam-server run``) is the whole server;
+``ingest`` (``classcam-server ingest``) is one more ingest worker on the broker's shared
+subscription: the consumer with device messages and clip checks, no scheduler and no API. A
+worker recomputes the verdicts of the sessions its messages changed itself (the scheduler is in
+another process), and the scheduler learns of devices come back online from
+``presence_changes`` (``Scheduler.tick``), whichever worker heard them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import uvicorn
 
@@ -28,13 +38,20 @@ from ingest_server.verdicts import VerdictKeeper
 
 log = logging.getLogger(__name__)
 
+Role = Literal["all", "ingest"]
+
 
 class ServerCore:
-    """Every server part, built from one ``Settings``."""
+    """Every server part, built from one ``Settings``; ``role`` says who hears that sessions
+    changed: the scheduler's next tick (``all``) or this process at once (``ingest``)."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None, role: Role = "all") -> None:
         self.settings = settings
+        self.role = role
         self.clock = clock or SystemClock()
+        self._changed: set[str] = set()
+        self._changed_lock = threading.Lock()
+        self._recomputing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdicts")
         self.engine = make_engine(settings.database_url)
         self.session_factory = make_session_factory(
             self.engine, audit.load_key(settings.audit_key_file), self.clock
@@ -82,8 +99,24 @@ class ServerCore:
             log.exception("reaping stale uploads failed")
 
     def sessions_changed(self, session_ids: set[str]) -> None:
-        # Verdicts are recomputed on the scheduler's next tick, off the ingest thread.
-        self.scheduler.sessions_changed(session_ids)
+        # Verdicts are recomputed off the ingest thread: on the scheduler's next tick, or in
+        # an ingest worker (no scheduler here) by a thread of its own.
+        if self.role == "all":
+            self.scheduler.sessions_changed(session_ids)
+            return
+        with self._changed_lock:
+            first = not self._changed
+            self._changed |= session_ids
+        if first:
+            self._recomputing.submit(self._recompute_changed)
+
+    def _recompute_changed(self) -> None:
+        with self._changed_lock:
+            changed, self._changed = self._changed, set()
+        try:
+            self.verdicts.recompute(changed)
+        except Exception:  # the scheduler's periodic pass over pending sessions catches up
+            log.exception("recomputing %d verdict(s) failed", len(changed))
 
     def device_online(self, device_id: str) -> None:
         self.scheduler.device_online(device_id)
@@ -102,6 +135,7 @@ class ServerCore:
         )
 
     def close(self) -> None:
+        self._recomputing.shutdown(wait=True)
         self.checker.close()
         self.store.close()
         self.engine.dispose()
@@ -120,14 +154,22 @@ async def run_server(
     stop: asyncio.Event,
     clock: Clock | None = None,
     consumer_class: type[IngestConsumer] = IngestConsumer,
+    role: Role = "all",
 ) -> None:
     """Ingest, schedule and serve the API until ``stop`` is set, on ``clock`` (the system
-    clock unless given: a replay passes its shared simulated clock). ``consumer_class`` lets a
-    bench time the real consumer (bench/heartbeat_ingest.py)."""
-    core = ServerCore(settings, clock)
+    clock unless given: a replay passes its shared simulated clock); only ingest in the
+    ``ingest`` role. ``consumer_class`` lets a bench time the real consumer
+    (bench/heartbeat_ingest.py)."""
+    core = ServerCore(settings, clock, role)
     consumer = consumer_class(settings, core.processor)
     # Heartbeat timeouts wait until the backlog at the broker is drained.
     core.fleet.caught_up = consumer.caught_up
+    if role == "ingest":
+        try:
+            await consumer.run(stop)
+        finally:
+            core.close()
+        return
     api: _EmbeddedServer | None = None
     if settings.api_port:
         api = _EmbeddedServer(

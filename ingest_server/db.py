@@ -13,6 +13,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -112,3 +114,15 @@ def migrate(database_url: str | Engine, revision: str = "head") -> None:
     finally:
         if isinstance(database_url, str):
             engine.dispose()
+
+
+def schema_revision(database_url: str) -> tuple[str | None, str]:
+    """The database's migration revision (None: never migrated) and the code's head."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return current, head or ""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import aiomqtt
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from common import topics
@@ -36,6 +36,7 @@ from ingest_server.models import (
     DeviceCommand,
     DeviceEvent,
     DeviceHealth,
+    PresenceChange,
     SessionState,
     SessionWindow,
     Upload,
@@ -103,6 +104,7 @@ class Scheduler:
         self._dirty: set[str] = set()
         self._manual: list[Outbound] = []
         self._last_full_recompute = 0.0
+        self._presence_seen: int | None = None  # the last presence change read
 
     # -- signals from the ingest thread and the API ------------------------------------------
 
@@ -148,6 +150,7 @@ class Scheduler:
         try:
             self.fleet.sweep_timeouts()
             with self.session_factory.begin() as db:
+                back |= self._came_online(db)
                 self._bind_begun(db)
                 out.extend(self._timetables_due(db))
                 out.extend(self._commands_due(db))
@@ -174,6 +177,23 @@ class Scheduler:
         if dirty:
             self.recompute(dirty)
         return out
+
+    def _came_online(self, db: Session) -> set[str]:
+        """Devices recorded coming online since the last tick, by any ingest worker (this
+        process's own also call ``device_online``); nothing on the first tick, which only
+        notes where the record stands. A hastening only: a change committed out of id order
+        can be passed over, and its windows are asked for again at ``window_retry_s``."""
+        query = select(PresenceChange.id, PresenceChange.device_id, PresenceChange.online)
+        if self._presence_seen is None:
+            last = db.scalar(select(func.max(PresenceChange.id)))
+            self._presence_seen = int(last or 0)
+            return set()
+        rows = db.execute(
+            query.where(PresenceChange.id > self._presence_seen).order_by(PresenceChange.id)
+        ).all()
+        if rows:
+            self._presence_seen = rows[-1].id
+        return {row.device_id for row in rows if row.online}
 
     def _bind_begun(self, db: Session) -> None:
         """Sessions that have begun are bound to their classroom's camera of that moment: a

@@ -176,6 +176,7 @@ class MosquittoBroker(LocalBroker):
         tls_hosts: tuple[str, ...] = ("localhost",),
         tls_ips: tuple[str, ...] = ("127.0.0.1",),
         edit_config: Callable[[str], str] | None = None,
+        extra_acl: str = "",
     ) -> None:
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
@@ -187,6 +188,8 @@ class MosquittoBroker(LocalBroker):
         self.tls_ips = list(tls_ips)
         # Benchmarks compare settings by editing the rendered shipped config.
         self.edit_config = edit_config
+        # ACL lines after the shipped ones (the accounts of more ingest workers).
+        self.extra_acl = extra_acl
 
     @property
     def ca_file(self) -> Path:
@@ -217,7 +220,7 @@ class MosquittoBroker(LocalBroker):
         data_dir = self.workdir / "data"
         data_dir.mkdir(exist_ok=True)
         acl = self.workdir / "acl"
-        acl.write_text((CONFIG_DIR / "mosquitto.acl").read_text() + OPERATOR_ACL)
+        acl.write_text((CONFIG_DIR / "mosquitto.acl").read_text() + OPERATOR_ACL + self.extra_acl)
         tls_dir = self.workdir / "tls"
         if not (tls_dir / "server.crt").exists():
             make_broker_certificates(tls_dir, self.tls_hosts, self.tls_ips)

@@ -54,6 +54,8 @@ class ServerProcess:
     api_port: int = field(default_factory=free_port)
     # What ``start`` runs: ``simulators.sim_server`` runs it on a replay's shared clock.
     run_module: str = "ingest_server.cli"
+    # ``run`` (the whole server) or ``ingest`` (one more worker on the shared subscription).
+    command: str = "run"
     admin_token: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,7 +135,7 @@ class ServerProcess:
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [*_python_cmd(self.run_module), "run"],
+                [*_python_cmd(self.run_module), self.command],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -11,6 +11,9 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
+import numpy as np
 import pytest
 from camera_helpers import (
     T0,
@@ -22,6 +25,7 @@ from camera_helpers import (
     pairwise_steps,
     segment_packets,
     slices,
+    synthetic_images,
 )
 
 from common.clock import VirtualClock
@@ -129,6 +133,35 @@ def test_a_jump_in_camera_time_starts_a_new_recording_that_never_overlaps(
     restart = recs[1].started_wall - T0
     assert restart == pytest.approx(timedelta(seconds=3.01), abs=timedelta(seconds=0.05))
     assert cut.frames == 90 and decode_count(cut.path) == 90
+
+
+def test_a_cut_keeps_the_pixel_aspect_ratio_the_camera_signals(tmp_path: Path) -> None:
+    """An IP camera's SPS may say its pixels are not square. The segment files carry no
+    ``pasp`` box for it, so the clip's track has it only because the cutter probes its first
+    segment in full (decoding) rather than header-only like the others."""
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = 320, 240, "yuv420p"
+    ctx.sample_aspect_ratio = Fraction(4, 3)
+    ctx.time_base, ctx.framerate = RTP, Fraction(15)
+    ctx.options = {"preset": "ultrafast", "x264-params": "keyint=15:scenecut=0:bframes=0"}
+    units = []
+    for i, image in enumerate(synthetic_images(60, 320, 240, 15.0)):
+        yuv = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = i * 6000
+        units += [EncodedUnit(bytes(p), int(p.pts or 0), p.is_keyframe) for p in ctx.encode(frame)]
+    units += [EncodedUnit(bytes(p), int(p.pts or 0), p.is_keyframe) for p in ctx.encode(None)]
+    clock = VirtualClock(T0)
+    with Spool(tmp_path / "spool") as spool:
+        recorder = PacketRecorder(spool, clock, time_base=RTP)
+        feed(recorder, clock, units, [seconds(u) for u in units])
+        recorder.close()
+        cut = cut_window(
+            spool, T0 + timedelta(seconds=1), T0 + timedelta(seconds=3.5), tmp_path / "cut.mp4"
+        )
+    header_only = {"codec_whitelist": "none", "probesize": "32", "analyzeduration": "1"}
+    with av.open(str(cut.path), options=header_only) as container:
+        assert container.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
 
 
 def test_a_stall_in_the_camera_pts_is_a_reported_gap(tmp_path: Path) -> None:

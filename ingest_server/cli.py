@@ -98,6 +98,23 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             head,
         )
         return 1
+    if not settings.audit_key_file.is_file():
+        # Made on first use by `run`: a worker making its own would write rows that fail
+        # `audit verify` for ever.
+        log.error(
+            "no audit key at %s: give every worker the key `classcam-server run` uses"
+            " (CLASSCAM_AUDIT_KEY_FILE)",
+            settings.audit_key_file,
+        )
+        return 1
+    if settings.staging != "database":
+        # With local staging each process keeps the chunks it received on its own disk, and
+        # the one that gets an upload's fin never has them all.
+        log.error(
+            "an ingest worker needs staging in the database: set CLASSCAM_STAGING=database"
+            " for every process of the deployment (`run` too)"
+        )
+        return 1
     if not settings.shared_group:
         log.error("an ingest worker needs a shared subscription (CLASSCAM_SHARED_GROUP)")
         return 1
@@ -111,7 +128,9 @@ def serve_until_signalled(settings: Settings, clock: Clock, role: Role = "all") 
     if role == "all":
         migrate(settings.database_url)
     # Logged, not printed: under systemd stderr reaches the journal unbuffered.
-    log.info("role: %s (MQTT account %s)", role, settings.mqtt_username)
+    log.info(
+        "role: %s (MQTT account %s), staging: %s", role, settings.mqtt_username, settings.staging
+    )
     for what, where in settings.describe().items():
         log.info("%s: %s", what, where)
 

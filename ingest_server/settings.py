@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # None or "" subscribes without $share (amqtt has no shared subscriptions).
     shared_group: str | None = SHARED_GROUP
 
+    # Where received chunks wait for their upload's fin (ingest_server/ingest.py): "local", a
+    # staging file in evidence_dir (one server process: the fastest); "database", rows of
+    # upload_chunks, which every ingest worker can read: required, on every process of the
+    # deployment, to run several (`classcam-server ingest`; docs/deployment.md).
+    staging: Literal["local", "database"] = "local"
+
     max_chunk_size: int = Field(default=MAX_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE)
     max_upload_size: int = Field(default=512 * 1024 * 1024, gt=0)
     # Group commit: flush (fsync + DB) at least this often while messages keep coming.

@@ -38,6 +38,14 @@ topic write classcam/v1/down/#
 SERVICE_USERS = (SERVER_USER, SCHEDULER_USER, OPERATOR_USER)
 
 
+def ingest_worker_acl(username: str) -> str:
+    """The ACL lines of one more ingest worker, as docs/deployment.md says to write them: the
+    server account's block of the shipped ACL under another user name."""
+    shipped = (CONFIG_DIR / "mosquitto.acl").read_text()
+    block = shipped[shipped.index(f"user {SERVER_USER}\n") :].split("\n\n")[0]
+    return "\n" + block.replace(f"user {SERVER_USER}\n", f"user {username}\n") + "\n"
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:

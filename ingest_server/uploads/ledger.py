@@ -2,9 +2,10 @@
 database.
 
 A chunk is checked against its signed manifest (``check_chunk``, pure) before it is kept;
-kept ranges stay ``pending`` until the group commit stages their bytes (``staging.stage``) and
-records them in ``uploads.received_ranges`` (``record_ranges``) in one transaction, so
-``received`` only ever lists durable bytes, readable by every worker. ``UploadCache`` keeps
+kept ranges stay ``pending`` until the group commit has made their bytes durable (the staging
+file fsync'ed, or their rows inserted by ``staging.stage`` in the same transaction) and records
+them in ``uploads.received_ranges`` (``record_ranges``), so ``received`` only ever lists
+durable bytes. ``UploadCache`` keeps
 open uploads and recently finished ones in bounded memory.
 """
 
@@ -24,6 +25,7 @@ from common.schemas import Manifest, RejectReason
 from ingest_server.db import SessionFactory
 from ingest_server.errors import ChunkRefused, UploadRejected
 from ingest_server.models import Upload, UploadState
+from ingest_server.store import staging_key
 from ingest_server.uploads import staging
 
 MAX_CACHED_UPLOADS = 4096
@@ -41,7 +43,8 @@ class OpenUpload:
     manifest: Manifest
     received: list[Range]  # durable: staged and recorded in the database
     pending: list[Range] = field(default_factory=list)  # verified, not yet committed
-    # The verified bytes of ``pending`` by offset, staged by the next commit (``staging``).
+    # ``database`` staging: the verified bytes of ``pending`` by offset, staged as rows by the
+    # next commit (``staging.stage``); ``local`` staging writes them to the file at once.
     pending_data: dict[int, bytes] = field(default_factory=dict)
     new_chunks: int = 0
     duplicate_chunks: int = 0
@@ -49,6 +52,11 @@ class OpenUpload:
     @property
     def key(self) -> UploadKey:
         return (self.device_id, self.upload_id)
+
+    @property
+    def staging_file(self) -> str:
+        """Its staging file's name in the store (``local`` staging)."""
+        return staging_key(self.device_id, self.upload_id)
 
     @property
     def dirty(self) -> bool:

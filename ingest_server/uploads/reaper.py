@@ -1,10 +1,11 @@
 """Reaping: uploads nobody finishes do not hold disk and rows for ever (issue 8, finding 9).
 
 An upload still ``receiving`` with no chunk for ``upload_stale_after_s`` is marked ``expired``
-and its staged chunks deleted (``uploads.staging``, in the same transaction); a device that
-sends the same ``init`` later starts it again from nothing and is told every byte is missing.
-Staging files older than that with no receiving upload (a file being assembled at ``fin`` when
-its worker crashed) are deleted too.
+and its staged bytes deleted (the staging file; the ``upload_chunks`` rows in the same
+transaction); a device that sends the same ``init`` later starts it again from nothing and is
+told every byte is missing.
+Staging files older than that with no receiving upload (a crash between the database and the
+disk, or a file being assembled at ``fin`` when its worker crashed) are deleted too.
 
 Safe to run from any thread (the scheduler's tick runs it): each upload is expired by a
 conditional update (still receiving, still stale), so a chunk committed meanwhile by the ingest
@@ -97,6 +98,7 @@ class UploadReaper:
             if not result.rowcount:  # type: ignore[attr-defined]
                 continue  # a chunk arrived meanwhile: not stale any more
             expired += 1
+            self._drop(staging_key(device_id, upload_id))  # ``local`` staging's file
             log.info("upload %s of %s expired: no chunk since %s", upload_id, device_id, cutoff)
         orphans = self._drop_orphans(cutoff)
         self.stats["uploads_expired"] += expired

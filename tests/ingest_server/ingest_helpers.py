@@ -38,7 +38,7 @@ from ingest_server.models import UploadChunk
 from ingest_server.scheduler import Scheduler
 from ingest_server.settings import SCHEDULER_USER, Settings
 from ingest_server.setup_import import import_rows, read_rows
-from ingest_server.store import EvidenceStore
+from ingest_server.store import EvidenceStore, staging_key
 from ingest_server.verdicts import VerdictKeeper
 from simulators.broker import SERVER_USER, MosquittoBroker, free_port
 
@@ -204,9 +204,14 @@ class Harness:
         evidence: Path,
         settings: Settings | None = None,
         clock: VirtualClock | None = None,
+        staging: str = "local",
     ) -> None:
         self.engine: Engine = make_engine(database_url)
-        self.settings = settings or Settings(data_dir=evidence.parent, database_url=database_url)
+        self.settings = settings or Settings(
+            data_dir=evidence.parent,
+            database_url=database_url,
+            staging=staging,  # type: ignore[arg-type]
+        )
         # Keyed as the server's own sessions are, so ``audit verify`` on data_dir passes.
         self.sessions = make_session_factory(
             self.engine, audit.load_key(self.settings.audit_key_file)
@@ -224,7 +229,16 @@ class Harness:
         return staged_chunks(self.sessions, device_id, upload_id)
 
     def spoil_staged(self, device_id: str, upload_id: str, position: int) -> None:
-        """Flip one bit of the staged byte at ``position`` (storage gone bad after the check)."""
+        """Flip one bit of the staged byte at ``position`` (storage gone bad after the check):
+        in the staging file, or in its chunk's row (``database`` staging)."""
+        if self.settings.staging == "local":
+            path = self.store.staging_path(staging_key(device_id, upload_id))
+            with path.open("r+b") as fh:
+                fh.seek(position)
+                byte = fh.read(1)
+                fh.seek(position)
+                fh.write(bytes([byte[0] ^ 0x01]))
+            return
         with self.sessions.begin() as session:
             rows = session.scalars(
                 select(UploadChunk).where(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import START, Harness, make_upload, staged_chunks
 from sqlalchemy import func, select
@@ -22,6 +23,7 @@ from ingest_server.core import ServerCore
 from ingest_server.db import migrate
 from ingest_server.models import Clip, Rejection, RejectionCount, Upload, UploadChunk
 from ingest_server.settings import Settings
+from ingest_server.store import staging_key
 from ingest_server.uploads.reaper import UploadReaper
 
 
@@ -36,6 +38,10 @@ def counts_by_device(session: Session) -> dict[tuple[str, str], int]:
 def _rejection_rows(harness: Harness) -> int:
     with harness.sessions() as session:
         return int(session.scalar(select(func.count()).select_from(Rejection)) or 0)
+
+
+def _staging_files(harness: Harness) -> list[Path]:
+    return sorted(harness.store.staging.glob("*.part"))
 
 
 def _staged_uploads(harness: Harness) -> set[str]:
@@ -114,10 +120,13 @@ def test_rejections_on_postgresql_are_counted_and_bounded_too(
         harness.close()
 
 
+@pytest.mark.parametrize("staging", ["local", "database"])
 def test_a_device_opening_a_thousand_uploads_is_capped_and_told_to_retry(
-    sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
+    sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey, staging: str
 ) -> None:
-    harness = _bounded_harness(sqlite_url, tmp_path, key, max_open_uploads_per_device=32)
+    harness = _bounded_harness(
+        sqlite_url, tmp_path, key, max_open_uploads_per_device=32, staging=staging
+    )
     device = tmp_path / "device"
     try:
         first = make_upload(device, key, "dev-1", "keep-0", size=3000, chunk_size=1024)
@@ -140,8 +149,11 @@ def test_a_device_opening_a_thousand_uploads_is_capped_and_told_to_retry(
             receiving = session.scalar(
                 select(func.count()).select_from(Upload).where(Upload.state == "receiving")
             )
-        # Nothing was staged for the refused ones (nor, yet, for the accepted empty ones).
-        assert receiving == 32 and _staged_uploads(harness) == {"keep-0"}
+        assert receiving == 32
+        if staging == "local":  # a staging file per accepted upload, none for the refused
+            assert len(_staging_files(harness)) == 32
+        else:  # nothing staged for the refused ones (nor, yet, for the accepted empty ones)
+            assert _staged_uploads(harness) == {"keep-0"}
         # The accepted upload is undisturbed: it finishes, and frees a place.
         harness.send_chunks(first, [1024, 2048])
         [done] = harness.send(first.fin_topic(), first.fin_payload())
@@ -164,12 +176,77 @@ def test_a_device_opening_a_thousand_uploads_is_capped_and_told_to_retry(
         harness.close()
 
 
-def test_a_stale_upload_is_reaped_with_its_staged_chunks_and_can_start_again(
+def test_a_stale_upload_is_reaped_with_its_staging_file_and_can_start_again(
     sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     stale_after = 2 * 24 * 3600.0
     harness = _bounded_harness(
         sqlite_url, tmp_path, key, upload_stale_after_s=stale_after, upload_reap_interval_s=600
+    )
+    reaper = UploadReaper(harness.sessions, harness.store, harness.settings, harness.clock)
+    device = tmp_path / "device"
+    try:
+        stale = make_upload(device, key, "dev-1", "stale", size=5000, chunk_size=1024)
+        harness.send(stale.init_topic(), stale.init_payload)
+        harness.send_chunks(stale, [0, 1024])
+        harness.flush()
+        staging = harness.store.staging_path(staging_key("dev-1", "stale"))
+        assert staging.exists()
+        # A file a crash left behind, with no upload. File times on the test's clock.
+        orphan = harness.store.staging_path("0" * 48)
+        orphan.write_bytes(b"left over")
+        written = harness.clock.now().timestamp()
+        os.utime(orphan, (written, written))
+        os.utime(staging, (written, written))
+
+        harness.clock.advance(stale_after - 60)
+        fresh = make_upload(device, key, "dev-1", "fresh", size=3000, chunk_size=1024)
+        harness.send(fresh.init_topic(), fresh.init_payload)
+        assert reaper.maybe_run() is not None  # the first tick reaps
+        assert harness.store.staging_path(staging_key("dev-1", "fresh")).exists()
+        assert staging.exists()  # not stale yet
+
+        harness.clock.advance(120)
+        assert reaper.maybe_run() is None  # within the interval: nothing done
+        harness.clock.advance(600)
+        report = reaper.maybe_run()
+        assert report is not None and (report.expired, report.orphan_files) == (1, 1)
+        assert not staging.exists() and not orphan.exists()
+        assert harness.store.staging_path(staging_key("dev-1", "fresh")).exists()
+        with harness.sessions() as session:
+            row = session.get(Upload, ("stale", "dev-1"))
+            assert row is not None and row.state == "expired" and row.ranges == []
+            fresh_row = session.get(Upload, ("fresh", "dev-1"))
+            assert fresh_row is not None and fresh_row.state == "receiving"
+        assert reaper.stats["uploads_expired"] == 1
+
+        # The device's fin, late: told to start again, in a way it retries.
+        [ack] = harness.send(stale.fin_topic(), stale.fin_payload())
+        assert (ack.state, ack.reason) == (AckState.REJECTED, RejectReason.UPLOAD_EXPIRED)
+        assert ack.reason in RETRYABLE_REJECTIONS
+        # A later init starts clean: every byte missing, and the upload completes.
+        [ack] = harness.send(stale.init_topic(), stale.init_payload)
+        assert (ack.state, ack.missing) == (AckState.MISSING, [(0, stale.manifest.size)])
+        assert staging.exists()
+        harness.send_chunks(stale)
+        [done] = harness.send(stale.fin_topic(), stale.fin_payload())
+        assert done.state is AckState.COMPLETE
+        assert harness.store.path_of(_clip_path(harness, "stale")).read_bytes() == stale.data
+    finally:
+        harness.close()
+
+
+def test_a_stale_upload_is_reaped_with_its_staged_chunks_and_can_start_again(
+    sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    stale_after = 2 * 24 * 3600.0
+    harness = _bounded_harness(
+        sqlite_url,
+        tmp_path,
+        key,
+        upload_stale_after_s=stale_after,
+        upload_reap_interval_s=600,
+        staging="database",
     )
     reaper = UploadReaper(harness.sessions, harness.store, harness.settings, harness.clock)
     device = tmp_path / "device"
@@ -255,7 +332,11 @@ def test_the_running_server_reaps_from_its_scheduler_tick(
     sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     settings = Settings(
-        data_dir=tmp_path, database_url=sqlite_url, upload_stale_after_s=3600.0, api_port=0
+        data_dir=tmp_path,
+        database_url=sqlite_url,
+        upload_stale_after_s=3600.0,
+        api_port=0,
+        staging="database",
     )
     clock = VirtualClock(START)
     core = ServerCore(settings, clock)

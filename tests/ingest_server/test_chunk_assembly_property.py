@@ -208,8 +208,12 @@ def run_step(harness: Harness, model: Model, step: Step) -> None:
         else:
             assert [a.state for a in acks if a.reply_to is AckReplyTo.INIT] == [model.final]
     elif kind == "rot":
-        # Staged bytes gone bad after their check (only committed chunks are staged).
-        if number in model.durable and number not in model.rotten and model.final is None:
+        # Staged bytes gone bad after their check: a staging file holds every chunk written,
+        # the database only the committed ones.
+        stored = model.durable
+        if harness.settings.staging == "local":
+            stored = model.written | model.durable
+        if number in stored and number not in model.rotten and model.final is None:
             harness.spoil_staged(DEVICE, clip.upload_id, clip.span(number)[0])
             model.rotten.add(number)
     elif kind == "fin":
@@ -243,11 +247,11 @@ def assert_stored_state(harness: Harness, model: Model) -> None:
             assert missing_ranges(row.ranges, len(clip.data)) == model.missing()
 
 
-@pytest.fixture
+@pytest.fixture(params=["local", "database"])
 def shared_harness(
-    sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
+    request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
 ) -> Any:  # one database for every example: each example uploads under a new id
-    h = Harness(sqlite_url, tmp_path / "evidence")
+    h = Harness(sqlite_url, tmp_path / "evidence", staging=request.param)
     h.register(DEVICE, key)
     try:
         yield h

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from common import topics
 from common.schemas import Ack, AckReplyTo, AckState, RejectReason
 from common.signing import generate_private_key
 from ingest_server.models import Clip, Rejection, Upload
+from ingest_server.store import staging_key
 
 
 def _upload(
@@ -151,9 +153,29 @@ def test_reinit_after_complete_acks_complete(
     assert _clip_count(harness) == 1
 
 
+@pytest.fixture(params=["local", "database"])
+def either(
+    request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path, key: Ed25519PrivateKey
+) -> Iterator[Harness]:
+    """``harness`` staging in files (one process) or in the database (several workers)."""
+    h = Harness(sqlite_url, tmp_path / "evidence", staging=request.param)
+    h.register("dev-1", key)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def _staged_anywhere(harness: Harness, upload_id: str) -> bool:
+    """Whether anything is still staged for dev-1's upload: its file, or its chunks' rows."""
+    path = harness.store.staging_path(staging_key("dev-1", upload_id))
+    return path.exists() or bool(harness.staged("dev-1", upload_id))
+
+
 def test_chunk_corrupted_in_staging_is_asked_for_again(
-    harness: Harness, tmp_path: Path, key: Ed25519PrivateKey
+    either: Harness, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
+    harness = either
     upload = _upload(harness, tmp_path, key, chunk_size=4096, size=5 * 4096 + 10)
     harness.send(upload.init_topic(), upload.init_payload)
     harness.send_chunks(upload)
@@ -178,8 +200,9 @@ def test_chunk_corrupted_in_staging_is_asked_for_again(
 
 
 def test_fin_finishes_when_a_crash_left_the_clip_committed_but_unrecorded(
-    harness: Harness, tmp_path: Path, key: Ed25519PrivateKey
+    either: Harness, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
+    harness = either
     upload = _upload(harness, tmp_path, key)
     harness.send(upload.init_topic(), upload.init_payload)
     harness.send_chunks(upload)
@@ -187,11 +210,11 @@ def test_fin_finishes_when_a_crash_left_the_clip_committed_but_unrecorded(
     # The crash: the store move happened, the database transaction did not.
     harness.store.put_bytes("clips/dev-1/2026-03-02/up-1.mp4", upload.data)
     harness.restart()
-    assert len(harness.staged("dev-1", "up-1")) == len(upload.chunks)
+    assert _staged_anywhere(harness, "up-1")
     [ack] = harness.send(upload.fin_topic(), upload.fin_payload())
     assert ack.state is AckState.COMPLETE
     assert _clip_count(harness) == 1
-    assert harness.staged("dev-1", "up-1") == {}  # the staged chunks go with the recording
+    assert not _staged_anywhere(harness, "up-1")  # the staged bytes go with the recording
 
 
 # ------------------------------------------------------------------ refusals
@@ -272,8 +295,9 @@ def test_chunk_of_unknown_upload_is_rejected_at_flush(harness: Harness) -> None:
 
 
 def test_upload_of_another_device_is_unknown_to_a_device(
-    harness: Harness, tmp_path: Path, key: Ed25519PrivateKey
+    either: Harness, tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
+    harness = either
     harness.register("dev-2", key)
     upload = _upload(harness, tmp_path, key)
     harness.send(upload.init_topic(), upload.init_payload)
@@ -281,7 +305,10 @@ def test_upload_of_another_device_is_unknown_to_a_device(
     harness.send(topics.file_chunk("dev-2", "up-1", offset), data)
     [ack] = harness.flush()
     assert (ack.state, ack.reason) == (AckState.REJECTED, RejectReason.UNKNOWN_UPLOAD)
-    assert harness.staged("dev-1", "up-1") == {}  # nothing of dev-2's reached dev-1's upload
+    # Nothing of dev-2's reached dev-1's upload.
+    assert harness.staged("dev-1", "up-1") == {}
+    staged = harness.store.staging_path(staging_key("dev-1", "up-1"))
+    assert not staged.exists() or staged.read_bytes() == b"\0" * upload.manifest.size
 
 
 @pytest.mark.parametrize(

@@ -38,10 +38,10 @@ from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.recorder import Recorder
 from edge_agent.spool import Spool
 from edge_agent.uplink import MqttLink, Uploader
-from ingest_server import audit, crud
-from ingest_server.db import make_engine, make_session_factory
+from ingest_server import audit, cli, crud
+from ingest_server.db import make_engine, make_session_factory, migrate
 from ingest_server.models import Clip, FeedEvent, Upload, UploadChunk
-from simulators.broker import CONFIG_DIR, SERVER_USER, MosquittoBroker
+from simulators.broker import SERVER_USER, MosquittoBroker, ingest_worker_acl
 from simulators.harness import ServerProcess, provision_device
 
 pytestmark = pytest.mark.timeout(300)
@@ -61,20 +61,12 @@ UPLOAD = {
 }
 
 
-def worker_acl(username: str) -> str:
-    """What docs/deployment.md says to do for another worker: the server account's lines of the
-    shipped ACL, under another user name."""
-    shipped = (CONFIG_DIR / "mosquitto.acl").read_text()
-    block = shipped[shipped.index(f"user {SERVER_USER}\n") :].split("\n\n")[0]
-    return "\n" + block.replace(f"user {SERVER_USER}\n", f"user {username}\n") + "\n"
-
-
 class Cluster:
     def __init__(self, root: Path, database_url: str) -> None:
         self.root = root
         self.database_url = database_url
         self.broker = MosquittoBroker(
-            root / "broker", extra_acl="".join(worker_acl(u) for u in WORKERS[1:])
+            root / "broker", extra_acl="".join(ingest_worker_acl(u) for u in WORKERS[1:])
         )
         for username in WORKERS[1:]:
             self.broker.add_account(username)
@@ -85,6 +77,7 @@ class Cluster:
             "CLASSCAM_EVIDENCE_DIR": str(shared / "evidence"),
             "CLASSCAM_AUDIT_KEY_FILE": str(shared / "audit.key"),
             "CLASSCAM_EXPORT_KEY_FILE": str(shared / "export.key"),
+            "CLASSCAM_STAGING": "database",
         }
         self.workers = [
             ServerProcess(
@@ -277,3 +270,24 @@ def test_three_workers_store_every_clip_once_also_when_one_is_killed_mid_upload(
     # The three wrote into one audit chain at once: it verifies.
     verified = cluster.workers[0].cli("audit", "verify")
     assert "audit log intact" in verified.stdout, verified.stdout
+
+
+def test_a_worker_refuses_what_would_split_uploads_or_the_audit_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'classcam.db'}"
+    args = ["--data-dir", str(tmp_path), "--database-url", url, "ingest"]
+    monkeypatch.setenv("CLASSCAM_STAGING", "database")
+    assert cli.main(args) == 1
+    assert "run `classcam-server migrate`" in caplog.text
+    migrate(url)
+    assert cli.main(args) == 1
+    assert "no audit key" in caplog.text  # `run` makes it; a worker must be given it
+    audit.load_key(tmp_path / "audit.key")
+    monkeypatch.setenv("CLASSCAM_STAGING", "local")
+    assert cli.main(args) == 1
+    assert "CLASSCAM_STAGING=database" in caplog.text
+    monkeypatch.setenv("CLASSCAM_STAGING", "database")
+    monkeypatch.setenv("CLASSCAM_SHARED_GROUP", "")
+    assert cli.main(args) == 1
+    assert "needs a shared subscription" in caplog.text

@@ -17,6 +17,9 @@ from rich.console import Console
 ORDER = {
     "clip_ingest_fleet": "clip ingest, M agents → server vs bare paho subscriber",
     "clip_ingest_one": "clip ingest, one agent → server vs bare paho subscriber",
+    "clip_ingest_workers_1_local": "clip ingest, 8 agents → 1 worker, file staging, PostgreSQL",
+    "clip_ingest_workers_1_database": "clip ingest, 8 agents → 1 worker, database staging",
+    "clip_ingest_workers_3_database": "clip ingest, 8 agents → 3 workers, database staging",
     "heartbeat_rate": "heartbeats, processed msg/s vs bare subscriber",
     "heartbeat_p99_lag": "heartbeats, p99 lag publish → stored",
     "cut_60s": "cut a 60 s window vs shutil.copyfile",

@@ -25,8 +25,9 @@ Id = Annotated[
     str, StringConstraints(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN.pattern)
 ]
 SessionId = Id
-# The largest row id (clips, photos): a positive 64-bit integer.
-MAX_ROW_ID = 2**63 - 1
+# The largest row id (clips, photos) and feed cursor: their columns are INTEGER, 32 bits on
+# PostgreSQL, which answers a larger number with an error (a 500), not with no row.
+MAX_ROW_ID = 2**31 - 1
 
 Lang = Annotated[str | None, Query(max_length=64, description="zh-CN (default) or en")]
 AcceptLanguage = Annotated[str | None, Header(max_length=1024)]

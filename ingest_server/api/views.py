@@ -24,7 +24,7 @@ from ingest_server.api.deps import (
     require,
     visible_session,
 )
-from ingest_server.api.params import SessionId
+from ingest_server.api.params import MAX_ROW_ID, SessionId
 from ingest_server.facts import session_camera
 from ingest_server.models import SessionWindow
 
@@ -107,7 +107,7 @@ async def read_feed(
     db: Annotated[Session, Depends(get_db)],
     context: Annotated[ApiContext, Depends(get_context)],
     caller: Annotated[Caller, Depends(require(Role.ADMIN, Role.SUPERVISOR))],
-    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[
         int,

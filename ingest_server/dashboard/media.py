@@ -25,7 +25,7 @@ router = APIRouter()
 
 
 def _file_id(value: str) -> int:
-    """A clip's or photo's id from the path (as the API's: a positive 64-bit integer); anything
+    """A clip's or photo's id from the path (as the API's: 1 to ``MAX_ROW_ID``); anything
     else is no such file (a page's 404, not a validation error in JSON)."""
     if not (value.isascii() and value.isdigit() and len(value) <= 19) or not (
         1 <= int(value) <= MAX_ROW_ID

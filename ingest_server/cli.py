@@ -31,7 +31,7 @@ from ingest_server.db import (
 from ingest_server.device_messages import DeviceMessages
 from ingest_server.ingest import IngestProcessor
 from ingest_server.models import DeadLetter
-from ingest_server.settings import Settings
+from ingest_server.settings import SERVER_USER, Settings
 from ingest_server.stores import open_store
 
 log = logging.getLogger("classcam.server")
@@ -113,6 +113,15 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         log.error(
             "an ingest worker needs staging in the database: set CLASSCAM_STAGING=database"
             " for every process of the deployment (`run` too)"
+        )
+        return 1
+    if settings.mqtt_username == SERVER_USER:
+        # The broker binds client id to username: this worker and `run` would keep
+        # disconnecting each other.
+        log.error(
+            "an ingest worker needs a broker account of its own (CLASSCAM_MQTT_USERNAME),"
+            " not %s, which `run` uses",
+            SERVER_USER,
         )
         return 1
     if not settings.shared_group:

@@ -30,9 +30,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
@@ -79,11 +80,18 @@ class ClipChecker:
         store: EvidenceStore,
         on_sessions_changed: Callable[[set[str]], None],
         clock: Clock | None = None,
+        *,
+        others_after_s: float | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.store = store
         self.on_sessions_changed = on_sessions_changed
         self.clock = clock or SystemClock()
+        # Several ingest workers: each checks the clips it stored itself (``clip_stored``) and
+        # those of the others only once they have waited this long (their storer died, or its
+        # check failed): a clip is decoded once, not once per worker. None: every pending one.
+        self.others_after_s = others_after_s
+        self._own: set[int] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-check")
         self._views: OrderedDict[str, tuple[str, View]] = OrderedDict()
         self._lock = threading.Lock()
@@ -91,6 +99,8 @@ class ClipChecker:
 
     def clip_stored(self, clip_id: int) -> Future[None]:
         """Called by the ingest processor once a clip and its pending check are committed."""
+        with self._lock:
+            self._own.add(clip_id)
         return self.wake()
 
     def wake(self) -> Future[None]:
@@ -105,11 +115,17 @@ class ClipChecker:
         try:
             while True:
                 with self.session_factory() as db:
-                    pending = db.scalars(
-                        select(ClipCheck.clip_id)
-                        .where(ClipCheck.checked_at.is_(None), ClipCheck.attempts < MAX_ATTEMPTS)
-                        .order_by(ClipCheck.clip_id)
-                    ).all()
+                    query = select(ClipCheck.clip_id).where(
+                        ClipCheck.checked_at.is_(None), ClipCheck.attempts < MAX_ATTEMPTS
+                    )
+                    if self.others_after_s is not None:
+                        with self._lock:
+                            own = list(self._own)
+                        adopt_before = self.clock.now() - timedelta(seconds=self.others_after_s)
+                        query = query.join(Clip, Clip.id == ClipCheck.clip_id).where(
+                            or_(ClipCheck.clip_id.in_(own), Clip.stored_at <= adopt_before)
+                        )
+                    pending = db.scalars(query.order_by(ClipCheck.clip_id)).all()
                 batch = [clip_id for clip_id in pending if clip_id not in tried][:BATCH]
                 if not batch:
                     return
@@ -122,6 +138,8 @@ class ClipChecker:
     def _safely(self, clip_id: int) -> None:
         try:
             self._check(clip_id)
+            with self._lock:
+                self._own.discard(clip_id)
         except Exception:  # our own trouble: count the attempt, leave the check pending
             log.exception("checking clip %s failed; it stays pending", clip_id)
             with self.session_factory.begin() as db:

@@ -67,7 +67,12 @@ class ServerCore:
             batched=True,  # committed by the processor's flush, before the consumer acks
         )
         self.checker = ClipChecker(
-            self.session_factory, self.store, self.sessions_changed, self.clock
+            self.session_factory,
+            self.store,
+            self.sessions_changed,
+            self.clock,
+            # Staging in the database means several workers: each decodes its own clips.
+            others_after_s=settings.clip_check_adopt_s if settings.staging == "database" else None,
         )
         self.processor = IngestProcessor(
             self.session_factory,
@@ -135,8 +140,8 @@ class ServerCore:
         )
 
     def close(self) -> None:
+        self.checker.close()  # first: a check finishing now still reports its sessions
         self._recomputing.shutdown(wait=True)
-        self.checker.close()
         self.store.close()
         self.engine.dispose()
 

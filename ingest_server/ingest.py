@@ -188,6 +188,8 @@ class IngestProcessor:
                 up.device_id,
                 upload_id,
                 self.settings.max_open_uploads_per_device,
+                size=signed_manifest.size,
+                byte_limit=self.settings.max_open_bytes_per_device,
             )
             existing = self._create_upload(signed, payload)
         if existing is not None:
@@ -246,7 +248,12 @@ class IngestProcessor:
         """An expired upload announced again: stage it afresh, every byte missing."""
         upload_id = row.upload_id
         ledger.check_open_uploads(
-            self.session_factory, up.device_id, upload_id, self.settings.max_open_uploads_per_device
+            self.session_factory,
+            up.device_id,
+            upload_id,
+            self.settings.max_open_uploads_per_device,
+            size=row.size,
+            byte_limit=self.settings.max_open_bytes_per_device,
         )
         if not self._staged_in_db:
             key = staging_key(up.device_id, upload_id)
@@ -297,7 +304,11 @@ class IngestProcessor:
             self.stats["late_chunks"] += 1
             return
         span = ledger.check_chunk(upload.manifest, upload_id, offset, data)
-        if covers(upload.received, span) or covers(upload.pending, span):
+        # Staged in the database, ``received`` may be stale (another worker restarted an
+        # expired upload): a chunk is staged again rather than dropped, which costs a no-op
+        # insert (``staging.stage``).
+        durable = not self._staged_in_db and covers(upload.received, span)
+        if durable or covers(upload.pending, span):
             # Same offset, same verified bytes: nothing to write (QoS 1 redelivery, resends).
             upload.duplicate_chunks += 1
             self.stats["duplicate_chunks"] += 1
@@ -334,16 +345,8 @@ class IngestProcessor:
             raise UploadRejected(
                 RejectReason.UNKNOWN_UPLOAD, upload_id, f"no upload {upload_id} from {up.device_id}"
             )
-        if isinstance(upload, FinalUpload) and upload.state is UploadState.COMPLETE:
-            return Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.FIN)
-        if isinstance(upload, FinalUpload) and upload.state is UploadState.EXPIRED:
-            raise UploadRejected(
-                RejectReason.UPLOAD_EXPIRED,
-                upload_id,
-                "no chunk for too long: its bytes were dropped; send init to start again",
-            )
         if isinstance(upload, FinalUpload):
-            return rejected_before(up.device_id, upload_id, AckReplyTo.FIN, upload.reject_reason)
+            return self._final_fin_reply(upload)
         signed_manifest = upload.manifest
         if fin.size != signed_manifest.size:
             self._reject_upload(
@@ -372,7 +375,26 @@ class IngestProcessor:
             if self._staged_in_db:
                 name = staging.assembly_name(upload)
                 try:
-                    digest = staging.assemble(self.session_factory, self.store, upload, name)
+                    digest, found = staging.assemble(self.session_factory, self.store, upload, name)
+                    if digest != signed_manifest.sha256:
+                        # The same fin on two workers: the one that recorded the clip first
+                        # deleted its rows under the other's feet. Answer as it stands now.
+                        settled = self._load(up.device_id, upload_id, fresh=True)
+                        if isinstance(settled, FinalUpload):
+                            return self._final_fin_reply(settled)
+                        upload = settled or upload  # the cache's object from now on
+                        chunks = len(signed_manifest.chunk_sha256)
+                        if found < chunks:
+                            self.counters["unstaged_ranges"] += 1
+                            log.error(
+                                "upload %s of %s: every byte recorded as received, but %d of"
+                                " its %d chunks are not staged in the database: does a process"
+                                " of this deployment stage locally (CLASSCAM_STAGING)?",
+                                upload_id,
+                                up.device_id,
+                                chunks - found,
+                                chunks,
+                            )
                     self._verify_staged(upload, name, digest)
                     self.store.commit(name, relative)
                 finally:
@@ -382,6 +404,20 @@ class IngestProcessor:
                 self.store.commit(upload.staging_file, relative)
         self._record_clip(upload, relative)
         return Reply(up.device_id, upload_id, AckState.COMPLETE, AckReplyTo.FIN)
+
+    def _final_fin_reply(self, upload: FinalUpload) -> Reply:
+        """What a fin is told about an upload no longer receiving."""
+        if upload.state is UploadState.COMPLETE:
+            return Reply(upload.device_id, upload.upload_id, AckState.COMPLETE, AckReplyTo.FIN)
+        if upload.state is UploadState.EXPIRED:
+            raise UploadRejected(
+                RejectReason.UPLOAD_EXPIRED,
+                upload.upload_id,
+                "no chunk for too long: its bytes were dropped; send init to start again",
+            )
+        return rejected_before(
+            upload.device_id, upload.upload_id, AckReplyTo.FIN, upload.reject_reason
+        )
 
     def _verify_staged(self, upload: OpenUpload, name: str, digest: str | None) -> None:
         """Check the staging file ``name`` (``digest``: hashed as it was assembled; None: hash

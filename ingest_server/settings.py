@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # upload_chunks, which every ingest worker can read: required, on every process of the
     # deployment, to run several (`classcam-server ingest`; docs/deployment.md).
     staging: Literal["local", "database"] = "local"
+    # With several workers each decodes the clips it stored; a pending check of another's clip
+    # is taken over once the clip is this old (its worker died, or the check failed there).
+    clip_check_adopt_s: float = Field(default=120.0, gt=0)
 
     max_chunk_size: int = Field(default=MAX_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE)
     max_upload_size: int = Field(default=512 * 1024 * 1024, gt=0)
@@ -118,6 +121,9 @@ class Settings(BaseSettings):
     upload_stale_after_s: float = Field(default=2 * 24 * 3600.0, gt=0)
     upload_reap_interval_s: float = Field(default=600.0, gt=0)
     max_open_uploads_per_device: int = Field(default=32, ge=1)
+    # ... and at most this many bytes staged for them (a day's clips are tens of MB): what one
+    # device can make the server hold on disk or, staging in the database, in PostgreSQL.
+    max_open_bytes_per_device: int = Field(default=1024**3, ge=1)
     rejection_sample_per_reason: int = Field(default=100, ge=1)
     rejection_sample_max: int = Field(default=2000, ge=1)
     # At most this many QoS 1 messages handed to us and not yet acknowledged (MQTT 5

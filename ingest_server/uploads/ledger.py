@@ -158,27 +158,41 @@ class UploadCache:
         return [u for u in self.open.values() if u.dirty]
 
 
-def open_upload_count(session_factory: SessionFactory, device_id: str) -> int:
-    """How many uploads ``device_id`` holds open (receiving)."""
+def open_uploads(session_factory: SessionFactory, device_id: str) -> tuple[int, int]:
+    """How many uploads ``device_id`` holds open (receiving), and their bytes in all."""
     with session_factory() as session:
-        count = session.scalar(
-            select(func.count())
-            .select_from(Upload)
-            .where(Upload.device_id == device_id, Upload.state == UploadState.RECEIVING.value)
-        )
-    return int(count or 0)
+        count, size = session.execute(
+            select(func.count(), func.coalesce(func.sum(Upload.size), 0)).where(
+                Upload.device_id == device_id, Upload.state == UploadState.RECEIVING.value
+            )
+        ).one()
+    return int(count or 0), int(size or 0)
 
 
 def check_open_uploads(
-    session_factory: SessionFactory, device_id: str, upload_id: str, limit: int
+    session_factory: SessionFactory,
+    device_id: str,
+    upload_id: str,
+    limit: int,
+    *,
+    size: int = 0,
+    byte_limit: int | None = None,
 ) -> None:
-    """Refuse a new upload (for now) to a device that holds ``limit`` open already."""
-    open_uploads = open_upload_count(session_factory, device_id)
-    if open_uploads >= limit:
+    """Refuse a new upload (for now) to a device that holds ``limit`` open already, or whose
+    open uploads with this one of ``size`` bytes would stage more than ``byte_limit``."""
+    count, staged = open_uploads(session_factory, device_id)
+    if count >= limit:
         raise UploadRejected(
             RejectReason.TOO_MANY_UPLOADS,
             upload_id,
-            f"device {device_id} has {open_uploads} uploads open (at most {limit})",
+            f"device {device_id} has {count} uploads open (at most {limit})",
+        )
+    if byte_limit is not None and staged + size > byte_limit:
+        raise UploadRejected(
+            RejectReason.TOO_MANY_UPLOADS,
+            upload_id,
+            f"device {device_id} has {staged} bytes of uploads open; with this one's {size}"
+            f" that is over {byte_limit}",
         )
 
 
@@ -236,6 +250,8 @@ def forget_ranges(
         row = session.get(Upload, (upload.upload_id, upload.device_id), with_for_update=True)
         if row is None:
             raise UploadRejected(RejectReason.UNKNOWN_UPLOAD, upload.upload_id, "vanished")
+        if row.state != UploadState.RECEIVING.value:
+            return row.ranges  # finished meanwhile (by another worker): nothing to take back
         staging.drop(session, upload.key, spans)
         ranges = row.ranges
         for span in spans:

@@ -58,7 +58,9 @@ class RejectionLog:
         (call inside the transaction that commits them; ``clear`` once it has)."""
         if not self._counts:
             return
-        for (device_id, reason), count in self._counts.items():
+        # In one order on every worker: two flushes upserting the same counts wait for each
+        # other instead of deadlocking.
+        for (device_id, reason), count in sorted(self._counts.items()):
             _upsert_count(
                 session,
                 device_id,

@@ -84,15 +84,19 @@ def assembly_name(upload: OpenUpload) -> str:
     return f"{staging_key(upload.device_id, upload.upload_id)[:40]}-{uuid.uuid4().hex[:16]}"
 
 
-def assemble(session_factory: SessionFactory, store: Store, upload: OpenUpload, name: str) -> str:
+def assemble(
+    session_factory: SessionFactory, store: Store, upload: OpenUpload, name: str
+) -> tuple[str, int]:
     """Write the upload's staged chunks, in order, to the store's staging file ``name``;
-    return the SHA-256 of what was written (the caller compares it with the manifest's: a chunk
-    that is not there leaves a hole of zeros, which that comparison catches)."""
+    return the SHA-256 of what was written and how many chunks were (the caller compares the
+    hash with the manifest's: a chunk that is not there leaves a hole of zeros, which that
+    comparison catches)."""
     size = upload.manifest.size
     store.discard(name)
     store.prepare(name, size)
     digest = hashlib.sha256()
     position = 0
+    found = 0
     with session_factory() as session:
         chunks = session.execute(
             select(UploadChunk.byte_offset, UploadChunk.data)
@@ -111,6 +115,7 @@ def assemble(session_factory: SessionFactory, store: Store, upload: OpenUpload, 
             store.write_chunk(name, offset, data)
             digest.update(data)
             position = offset + len(data)
+            found += 1
     if position < size:
         digest.update(bytes(size - position))
-    return digest.hexdigest()
+    return digest.hexdigest(), found

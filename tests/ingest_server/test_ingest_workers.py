@@ -288,6 +288,9 @@ def test_a_worker_refuses_what_would_split_uploads_or_the_audit_chain(
     assert cli.main(args) == 1
     assert "CLASSCAM_STAGING=database" in caplog.text
     monkeypatch.setenv("CLASSCAM_STAGING", "database")
+    assert cli.main(args) == 1
+    assert "a broker account of its own" in caplog.text  # not `run`'s
+    monkeypatch.setenv("CLASSCAM_MQTT_USERNAME", "classcam-ingest-2")
     monkeypatch.setenv("CLASSCAM_SHARED_GROUP", "")
     assert cli.main(args) == 1
     assert "needs a shared subscription" in caplog.text

@@ -1,4 +1,12 @@
-"""Fixtures for the ingest server: real SQLite / PostgreSQL databases, real stores, real keys."""
+"""Fixtures for the ingest server: real SQLite / PostgreSQL databases, real stores, real keys.
+
+``sqlite_url`` (and ``harness`` on it) is the database most tests run on: a migrated SQLite
+file of the test's own, or, with ``CLASSCAM_TEST_DATABASE=postgresql``, a migrated PostgreSQL
+database on the server at ``CLASSCAM_TEST_PG``, one per worker, put back as migrated before
+each test (pg_worker.py); ``make test`` runs the database-facing suite (``-m db``) both ways.
+``pg_url`` and ``pg_harness`` are PostgreSQL always, for the tests that run on both engines by
+themselves.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +19,34 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_helpers import Harness
+from pg_worker import WorkerDatabase
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from common.signing import generate_private_key
 from ingest_server.db import make_engine, migrate
 
 PG_BASE = os.environ.get("CLASSCAM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# The engine that ``sqlite_url`` and ``harness`` hand out: "sqlite" or "postgresql".
+TEST_DATABASE = os.environ.get("CLASSCAM_TEST_DATABASE", "sqlite")
+if TEST_DATABASE not in ("sqlite", "postgresql"):
+    raise pytest.UsageError(
+        f"CLASSCAM_TEST_DATABASE={TEST_DATABASE!r}: expected 'sqlite' or 'postgresql'"
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_worker_database() -> Iterator[WorkerDatabase]:
+    """This worker's PostgreSQL database for ``sqlite_url`` (pg_worker.py), dropped at the end."""
+    try:
+        database = WorkerDatabase(PG_BASE)
+    except OperationalError as exc:  # pragma: no cover - depends on the machine
+        # PostgreSQL is part of the test environment; its absence is a failure, not a skip.
+        pytest.fail(f"PostgreSQL not reachable at {PG_BASE}: {exc}")
+    try:
+        yield database
+    finally:
+        database.drop()
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +58,20 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
-    path = tmp_path / "classcam.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
+def sqlite_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
+    """The test's own migrated database: a copy of the SQLite template or, with
+    ``CLASSCAM_TEST_DATABASE=postgresql``, the worker's PostgreSQL database as migrations left
+    it (the connections earlier tests left open are ended)."""
+    if TEST_DATABASE == "sqlite":
+        path = tmp_path / "classcam.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    database: WorkerDatabase = request.getfixturevalue("pg_worker_database")
+    database.reset()
+    yield database.url
 
 
 @pytest.fixture

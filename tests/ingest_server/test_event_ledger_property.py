@@ -38,6 +38,9 @@ from ingest_server.sessions import record_device_event
 from ingest_server.settings import Settings
 from ingest_server.setup_import import import_rows, read_rows
 
+# Each example runs on a fresh copy of the seeded database file (hundreds per test).
+pytestmark = pytest.mark.sqlite_only(reason="each example copies the seeded SQLite file")
+
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 _runs = itertools.count()
 RECEIVED = T0 + timedelta(days=1)  # every event reaches the server after it happened

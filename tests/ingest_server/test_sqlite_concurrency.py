@@ -8,11 +8,14 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from ingest_server.db import SessionFactory, make_engine, make_session_factory, reader_factory
 from ingest_server.models import FeedEvent
+
+pytestmark = pytest.mark.sqlite_only(reason="SQLite's write lock (BEGIN IMMEDIATE)")
 
 ROUNDS = 25
 

@@ -55,8 +55,8 @@ PREFIX = "classcam"
 RECENT_SESSIONS = timedelta(days=30)
 # The processor's work (``IngestProcessor.stats``) that /metrics shows, by metric name.
 PROCESSOR_STATS = {
-    "upload_chunks": ("chunks", "Upload chunks written to staging (duplicates not counted)."),
-    "upload_bytes": ("bytes", "Bytes of upload chunks written to staging."),
+    "upload_chunks": ("chunks", "Upload chunks received to stage (duplicates not counted)."),
+    "upload_bytes": ("bytes", "Bytes of upload chunks received to stage."),
     "upload_duplicate_chunks": ("duplicate_chunks", "Chunks received again and ignored."),
     "uploads_started": ("uploads_started", "Uploads begun by an accepted init."),
     "uploads_completed": ("uploads_complete", "Uploads assembled, verified and stored."),

@@ -113,6 +113,7 @@ bench: system-deps $(STAMP)
 	$(PY) bench/verdict_latency.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/ingest_processor.py
+	$(PY) bench/ingest_workers.py
 	$(PY) bench/photo_reuse.py
 	$(PY) bench/photo_memory.py
 	$(PY) bench/frozen_margin.py

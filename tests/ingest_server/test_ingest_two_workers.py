@@ -112,7 +112,7 @@ def test_two_flushes_counting_refusals_in_opposite_orders_do_not_deadlock(
         with x.sessions.begin() as db:
             rejections._upsert_count(db, device, "unknown_upload", 0, x.clock.now(), x.clock.now())
     real = rejections._upsert_count
-    both_hold_one = threading.Barrier(2, timeout=5)
+    both_hold_one = threading.Barrier(2, timeout=2)
     upserts: dict[int, int] = {}
 
     def paced(db: Any, *args: Any) -> None:

@@ -47,7 +47,7 @@ from simulators.harness import ServerProcess, provision_device
 pytestmark = pytest.mark.timeout(300)
 
 WORKERS = (SERVER_USER, "classcam-ingest-2", "classcam-ingest-3")
-DEVICES = 6
+DEVICES = 4
 CLIPS_PER_ROUND = 2
 UPLOAD = {
     # Small chunks, so that every clip is many messages spread over the workers, and a rate

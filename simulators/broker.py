@@ -274,6 +274,13 @@ class MosquittoBroker(LocalBroker):
         if self.process and self.process.poll() is None:
             self.process.send_signal(1)  # SIGHUP re-reads password and ACL files
             time.sleep(0.2)
+            # Under load the broker can take longer to listen again: a client connecting at
+            # once was refused (test_device_word, in make test's PostgreSQL pass).
+            try:
+                wait_for_port(self.host, self.port)
+                wait_for_port(self.host, self.tls_port)
+            except TimeoutError:
+                raise RuntimeError(f"mosquitto did not come back: {self.tail_log()}") from None
 
 
 class EmbeddedBroker(LocalBroker):

@@ -119,7 +119,7 @@ class Fleet:
         self.spool = Spool(root / "spool")
         self.start = clock.now()
         camera = SyntheticCamera("workers-cam", width=320, height=240, fps=10.0, clock=clock)
-        Recorder(camera, self.spool, clock).record_for(40)
+        Recorder(camera, self.spool, clock).record_for(30)
         with ThreadPoolExecutor(4) as pool:
             devices = list(
                 pool.map(
@@ -146,8 +146,8 @@ class Fleet:
             key = load_private_key(config.keys.private_key_file)
             items = []
             for c in range(CLIPS_PER_ROUND):
-                begin = self.start + timedelta(seconds=1 + (self.round * 7 + n + c * 3) % 26)
-                request = ClipRequest(begin, begin + timedelta(seconds=10))
+                begin = self.start + timedelta(seconds=1 + (self.round * 7 + n + c * 3) % 18)
+                request = ClipRequest(begin, begin + timedelta(seconds=8))
                 items.append(
                     cut_and_enqueue(
                         self.spool,

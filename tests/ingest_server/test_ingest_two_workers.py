@@ -177,12 +177,16 @@ def test_each_worker_checks_its_own_clips_and_takes_over_only_old_ones(
     workers: tuple[Harness, Harness], tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     x, y = workers
-    up = make_upload(tmp_path / "device", key, "dev-1", "u-3", size=3 * 4096)
-    x.send(up.init_topic(), up.init_payload)
-    x.send_chunks(up)
-    assert x.send(up.fin_topic(), up.fin_payload())[0].state is AckState.COMPLETE
-    with x.sessions() as db:
-        clip_id = db.scalars(select(Clip.id).where(Clip.upload_id == "u-3")).one()
+
+    def stored_on_x(upload_id: str) -> int:
+        up = make_upload(tmp_path / "device", key, "dev-1", upload_id, size=3 * 4096)
+        x.send(up.init_topic(), up.init_payload)
+        x.send_chunks(up)
+        assert x.send(up.fin_topic(), up.fin_payload())[0].state is AckState.COMPLETE
+        with x.sessions() as db:
+            return db.scalars(select(Clip.id).where(Clip.upload_id == upload_id)).one()
+
+    clip_id = stored_on_x("u-3")
 
     def checked() -> bool:
         with x.sessions() as db:
@@ -200,12 +204,7 @@ def test_each_worker_checks_its_own_clips_and_takes_over_only_old_ones(
         theirs.wake().result(timeout=60)
         assert checked()
         # The storer checks its own at once, however young.
-        up2 = make_upload(tmp_path / "device", key, "dev-1", "u-4", size=3 * 4096)
-        x.send(up2.init_topic(), up2.init_payload)
-        x.send_chunks(up2)
-        assert x.send(up2.fin_topic(), up2.fin_payload())[0].state is AckState.COMPLETE
-        with x.sessions() as db:
-            clip_id = db.scalars(select(Clip.id).where(Clip.upload_id == "u-4")).one()
+        clip_id = stored_on_x("u-4")
         theirs.wake().result(timeout=60)
         assert not checked()
         mine.clip_stored(clip_id).result(timeout=60)

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common import topics
+from common.clock import SystemClock
 from ingest_server.consumer import IngestConsumer
 from ingest_server.ingest import Outgoing
 from ingest_server.settings import Settings
@@ -48,6 +49,7 @@ class NullProcessor:
         self.handled = 0
         self.done = threading.Event()
         self.expected = 0
+        self.clock = SystemClock()  # the consumer times each message's wait on it
 
     def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
         self.handled += 1

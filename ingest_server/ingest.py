@@ -183,14 +183,7 @@ class IngestProcessor:
         with self.session_factory() as session:
             existing = session.get(Upload, (upload_id, up.device_id))
         if existing is None:
-            ledger.check_open_uploads(
-                self.session_factory,
-                up.device_id,
-                upload_id,
-                self.settings.max_open_uploads_per_device,
-                size=signed_manifest.size,
-                byte_limit=self.settings.max_open_bytes_per_device,
-            )
+            self._check_room(up.device_id, upload_id, signed_manifest.size)
             existing = self._create_upload(signed, payload)
         if existing is not None:
             return self._reinit(existing, signed, up)
@@ -208,6 +201,17 @@ class IngestProcessor:
             AckState.MISSING,
             AckReplyTo.INIT,
             missing=[(0, signed_manifest.size)],
+        )
+
+    def _check_room(self, device_id: str, upload_id: str, size: int) -> None:
+        """Refuse (retryably) an upload to open past the device's count and byte allowance."""
+        ledger.check_open_uploads(
+            self.session_factory,
+            device_id,
+            upload_id,
+            self.settings.max_open_uploads_per_device,
+            size=size,
+            byte_limit=self.settings.max_open_bytes_per_device,
         )
 
     def _create_upload(self, signed: SignedManifest, payload: bytes) -> Upload | None:
@@ -247,14 +251,7 @@ class IngestProcessor:
     def _restart(self, row: Upload, up: topics.UpTopic) -> Reply:
         """An expired upload announced again: stage it afresh, every byte missing."""
         upload_id = row.upload_id
-        ledger.check_open_uploads(
-            self.session_factory,
-            up.device_id,
-            upload_id,
-            self.settings.max_open_uploads_per_device,
-            size=row.size,
-            byte_limit=self.settings.max_open_bytes_per_device,
-        )
+        self._check_room(up.device_id, upload_id, row.size)
         if not self._staged_in_db:
             key = staging_key(up.device_id, upload_id)
             # Our descriptor may still point at the file the reaper deleted.
@@ -373,9 +370,11 @@ class IngestProcessor:
         # clip in place: recognise it by its hash and just finish recording it.
         if self.store.committed_sha256(relative) != signed_manifest.sha256:
             if self._staged_in_db:
-                name = staging.assembly_name(upload)
+                name = staging.assembly_name(upload.key)
                 try:
-                    digest, found = staging.assemble(self.session_factory, self.store, upload, name)
+                    digest, found = staging.assemble(
+                        self.session_factory, self.store, upload.key, signed_manifest.size, name
+                    )
                     if digest != signed_manifest.sha256:
                         # The same fin on two workers: the one that recorded the clip first
                         # deleted its rows under the other's feet. Answer as it stands now.

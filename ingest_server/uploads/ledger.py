@@ -237,7 +237,7 @@ def record_ranges(
         row.chunks_duplicate += upload.duplicate_chunks
         row.updated_at = now
         merged[upload.key] = ranges
-    staging.stage(session, receiving)
+    staging.stage(session, ((u.key, u.pending_data) for u in receiving))
     return merged
 
 

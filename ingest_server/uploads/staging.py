@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,24 +33,19 @@ from ingest_server.db import SessionFactory
 from ingest_server.models import UploadChunk
 from ingest_server.store import Store, staging_key
 
-if TYPE_CHECKING:
-    from ingest_server.uploads.ledger import OpenUpload, UploadKey
+Key = tuple[str, str]  # (device id, upload id), as ``ledger.UploadKey``
 
 ROWS_PER_FETCH = 16  # chunks held in memory at once while a file is assembled
 
 
-def stage(session: Session, uploads: Iterable[OpenUpload]) -> int:
-    """Insert the pending chunks of ``uploads`` in ``session``'s transaction (a chunk staged
-    already, by this worker or another, is left as it is); return how many were offered."""
+def stage(session: Session, pending: Iterable[tuple[Key, dict[int, bytes]]]) -> int:
+    """Insert the pending chunks (by offset) of each upload in ``session``'s transaction (a
+    chunk staged already, by this worker or another, is left as it is); return how many were
+    offered."""
     rows = [
-        {
-            "device_id": upload.device_id,
-            "upload_id": upload.upload_id,
-            "byte_offset": offset,
-            "data": data,
-        }
-        for upload in uploads
-        for offset, data in upload.pending_data.items()
+        {"device_id": device_id, "upload_id": upload_id, "byte_offset": offset, "data": data}
+        for (device_id, upload_id), chunks in pending
+        for offset, data in chunks.items()
     ]
     if not rows:
         return 0
@@ -64,7 +58,7 @@ def stage(session: Session, uploads: Iterable[OpenUpload]) -> int:
     return len(rows)
 
 
-def drop(session: Session, key: UploadKey, spans: Iterable[Range] | None = None) -> None:
+def drop(session: Session, key: Key, spans: Iterable[Range] | None = None) -> None:
     """Delete the staged chunks of an upload (only those starting in ``spans``, if given)."""
     device_id, upload_id = key
     statement = delete(UploadChunk).where(
@@ -78,20 +72,20 @@ def drop(session: Session, key: UploadKey, spans: Iterable[Range] | None = None)
     session.execute(statement.execution_options(synchronize_session=False))
 
 
-def assembly_name(upload: OpenUpload) -> str:
-    """A staging file name for assembling ``upload`` that no other worker uses (workers on one
-    machine may share the store's staging directory)."""
-    return f"{staging_key(upload.device_id, upload.upload_id)[:40]}-{uuid.uuid4().hex[:16]}"
+def assembly_name(key: Key) -> str:
+    """A staging file name for assembling the upload ``key`` that no other worker uses
+    (workers on one machine may share the store's staging directory)."""
+    return f"{staging_key(*key)[:40]}-{uuid.uuid4().hex[:16]}"
 
 
 def assemble(
-    session_factory: SessionFactory, store: Store, upload: OpenUpload, name: str
+    session_factory: SessionFactory, store: Store, key: Key, size: int, name: str
 ) -> tuple[str, int]:
-    """Write the upload's staged chunks, in order, to the store's staging file ``name``;
-    return the SHA-256 of what was written and how many chunks were (the caller compares the
-    hash with the manifest's: a chunk that is not there leaves a hole of zeros, which that
-    comparison catches)."""
-    size = upload.manifest.size
+    """Write the staged chunks of the upload ``key`` (``size`` bytes), in order, to the
+    store's staging file ``name``; return the SHA-256 of what was written and how many chunks
+    were (the caller compares the hash with the manifest's: a chunk that is not there leaves a
+    hole of zeros, which that comparison catches)."""
+    device_id, upload_id = key
     store.discard(name)
     store.prepare(name, size)
     digest = hashlib.sha256()
@@ -101,8 +95,8 @@ def assemble(
         chunks = session.execute(
             select(UploadChunk.byte_offset, UploadChunk.data)
             .where(
-                UploadChunk.device_id == upload.device_id,
-                UploadChunk.upload_id == upload.upload_id,
+                UploadChunk.device_id == device_id,
+                UploadChunk.upload_id == upload_id,
             )
             .order_by(UploadChunk.byte_offset)
             .execution_options(yield_per=ROWS_PER_FETCH)
